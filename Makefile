@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ART ?= artifacts
+PRESET ?= small
+SEED ?= 0
+
+.PHONY: install demo test lint typecheck clean
+
+install:
+	bash scripts/install.sh
+
+demo: install
+	$(PY) -m pipelines.demo --preset $(PRESET) --seed $(SEED) --artifacts $(ART)
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check moon_rec || true
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(ART)

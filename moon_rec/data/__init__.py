@@ -1,0 +1,1 @@
+"""Data contracts, validation, the synthetic world and real-catalog import."""

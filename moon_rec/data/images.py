@@ -1,0 +1,63 @@
+"""Image bytes <-> arrays: the one place that encodes and decodes catalog photos."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from moon_rec.data.errors import DataError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+    """Encode an (H, W, 3) uint8 RGB array as PNG bytes."""
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 array, got {arr.dtype} {arr.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="RGB").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, *, where: str = "image") -> np.ndarray:
+    """Decode PNG/JPEG bytes into an (H, W, 3) uint8 RGB array.
+
+    Raises:
+        DataError: naming ``where`` when the bytes are empty or not a decodable image.
+    """
+    if not data:
+        raise DataError("empty image bytes", file=where)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"undecodable image ({exc.__class__.__name__}: {exc})", file=where) from exc
+
+
+def check_image(data: bytes | None, *, full: bool) -> str | None:
+    """Return why ``data`` is not a valid image, or None when it is.
+
+    ``full=False`` checks the signature and parses the header (cheap, used at every load);
+    ``full=True`` also decodes the pixels (``moon world validate``).
+    """
+    if data is None or len(data) == 0:
+        return "empty image bytes"
+    if not (data.startswith(PNG_SIGNATURE) or data.startswith(JPEG_SIGNATURE)):
+        return "not a PNG or JPEG (bad signature)"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if full:
+                im.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return f"undecodable image ({exc.__class__.__name__})"
+    return None
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of encoded image bytes, read from the header only."""
+    with Image.open(io.BytesIO(data)) as im:
+        w, h = im.size
+    return int(w), int(h)

@@ -1,0 +1,199 @@
+"""The data contracts of DESIGN.md section 3, as pyarrow schemas plus value rules.
+
+Every table is parquet, timestamps are ``timestamp[us, UTC]`` and IDs are int64. A world
+directory holds one file per table (``items.parquet``) or a folder of parts for large
+worlds (``items/part-00000.parquet``). Synthetic-only columns are prefixed ``oracle_`` and
+are never used as features; any other unknown column is an error.
+
+Tables:
+    items          item_id, category_id, brand_id, title, attributes, price, launch_ts,
+                   image (PNG bytes), spu_id
+    image_queries  query_id, item_id, ts, image (PNG bytes)
+    users          user_id, signup_ts
+    behaviors      user_id, item_id, ts, action (click|cart|buy), query_text,
+                   query_image_id (nullable)
+    impressions    request_id, user_id, ts, query_text, item_id, position, clicked (0/1)
+    categories     category_id, parent_id (nullable), name, look_driven  -- optional table,
+                   an addition to DESIGN section 3: which categories are "look-driven"
+                   (fashion) is needed to report metrics per category group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+ACTIONS: tuple[str, ...] = ("click", "cart", "buy")
+ORACLE_PREFIX = "oracle_"
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One column of a table contract.
+
+    Args:
+        name: column name.
+        type: the exact pyarrow type required.
+        nullable: whether nulls are allowed.
+        min_value / max_value: inclusive numeric bounds (None: unbounded).
+        allowed: the allowed string values (None: any).
+        non_empty: strings must have at least one non-blank character.
+        image: the column holds encoded PNG/JPEG bytes that must decode.
+        unique: values must be unique over the whole table.
+    """
+
+    name: str
+    type: pa.DataType
+    nullable: bool = False
+    min_value: float | None = None
+    max_value: float | None = None
+    allowed: tuple[str, ...] | None = None
+    non_empty: bool = False
+    image: bool = False
+    unique: bool = False
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table contract: its columns, in order, and whether the world must have it."""
+
+    name: str
+    columns: tuple[ColumnSpec, ...]
+    required: bool = True
+    doc: str = ""
+    references: dict[str, str] = field(default_factory=dict)  # column -> "table.column"
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in self.columns])
+
+    def column(self, name: str) -> ColumnSpec:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+def _id(name: str, *, unique: bool = False, nullable: bool = False) -> ColumnSpec:
+    return ColumnSpec(name, pa.int64(), nullable=nullable, min_value=0, unique=unique)
+
+
+ITEMS = TableSpec(
+    "items",
+    (
+        _id("item_id", unique=True),
+        _id("category_id"),
+        _id("brand_id"),
+        ColumnSpec("title", pa.string(), non_empty=True),
+        ColumnSpec("attributes", pa.string()),
+        ColumnSpec("price", pa.float64(), min_value=0.0),
+        ColumnSpec("launch_ts", TIMESTAMP),
+        ColumnSpec("image", pa.binary(), image=True),
+        _id("spu_id"),
+    ),
+    doc="the catalog: one row per item, with its photo",
+)
+
+IMAGE_QUERIES = TableSpec(
+    "image_queries",
+    (
+        _id("query_id", unique=True),
+        _id("item_id"),
+        ColumnSpec("ts", TIMESTAMP),
+        ColumnSpec("image", pa.binary(), image=True),
+    ),
+    doc="user photos of catalog items (the queries of image-based search recall)",
+    references={"item_id": "items.item_id"},
+)
+
+USERS = TableSpec(
+    "users",
+    (_id("user_id", unique=True), ColumnSpec("signup_ts", TIMESTAMP)),
+    doc="one row per user",
+)
+
+BEHAVIORS = TableSpec(
+    "behaviors",
+    (
+        _id("user_id"),
+        _id("item_id"),
+        ColumnSpec("ts", TIMESTAMP),
+        ColumnSpec("action", pa.string(), allowed=ACTIONS),
+        ColumnSpec("query_text", pa.string()),
+        _id("query_image_id", nullable=True),
+    ),
+    doc="clicks, carts and buys: the behaviour sequences and the post-training pairs",
+    references={
+        "user_id": "users.user_id",
+        "item_id": "items.item_id",
+        "query_image_id": "image_queries.query_id",
+    },
+)
+
+IMPRESSIONS = TableSpec(
+    "impressions",
+    (
+        _id("request_id"),
+        _id("user_id"),
+        ColumnSpec("ts", TIMESTAMP),
+        ColumnSpec("query_text", pa.string()),
+        _id("item_id"),
+        ColumnSpec("position", pa.int32(), min_value=0),
+        ColumnSpec("clicked", pa.int8(), min_value=0, max_value=1),
+    ),
+    doc="what was shown to whom and whether it was clicked: the CTR labels",
+    references={"user_id": "users.user_id", "item_id": "items.item_id"},
+)
+
+CATEGORIES = TableSpec(
+    "categories",
+    (
+        _id("category_id", unique=True),
+        _id("parent_id", nullable=True),
+        ColumnSpec("name", pa.string(), non_empty=True),
+        ColumnSpec("look_driven", pa.bool_()),
+    ),
+    required=False,
+    doc="the category tree and which categories are look-driven (optional)",
+)
+
+TABLES: dict[str, TableSpec] = {
+    t.name: t for t in (ITEMS, IMAGE_QUERIES, USERS, BEHAVIORS, IMPRESSIONS, CATEGORIES)
+}
+
+# Types of the synthetic-only columns, so that generated files are stable and documented.
+ORACLE_COLUMNS: dict[str, dict[str, pa.DataType]] = {
+    "items": {
+        "oracle_color": pa.int32(),
+        "oracle_pattern": pa.int32(),
+        "oracle_shape": pa.int32(),
+        "oracle_material": pa.int32(),
+        "oracle_price_tier": pa.int32(),
+        "oracle_quality": pa.float32(),
+        "oracle_style": pa.list_(pa.float32()),
+    },
+    "image_queries": {},
+    "users": {
+        "oracle_taste": pa.list_(pa.float32()),
+        "oracle_category_pref": pa.list_(pa.float32()),
+        "oracle_brand_pref": pa.list_(pa.float32()),
+        "oracle_price_pref": pa.float32(),
+    },
+    "behaviors": {},
+    "impressions": {
+        "oracle_p_click": pa.float32(),
+        "oracle_logit_style": pa.float32(),
+    },
+    "categories": {},
+}
+
+
+def full_schema(name: str, with_oracle: bool = True) -> pa.Schema:
+    """The contract schema of table ``name``, plus its synthetic ``oracle_`` columns."""
+    spec = TABLES[name]
+    fields = list(spec.schema)
+    if with_oracle:
+        fields += [pa.field(k, v) for k, v in ORACLE_COLUMNS[name].items()]
+    return pa.schema(fields)

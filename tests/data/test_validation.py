@@ -1,0 +1,159 @@
+"""Bad input is rejected naming file, column and first bad row (DESIGN section 3)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from moon_rec.cli import main
+from moon_rec.data.errors import DataError
+from moon_rec.data.io import read_table
+from moon_rec.data.validation import validate_table, validate_world
+
+Corrupt = Callable[[pa.Table], pa.Table]
+
+
+def _set(table: pa.Table, column: str, array: pa.Array) -> pa.Table:
+    i = table.column_names.index(column)
+    return table.set_column(i, pa.field(column, array.type), array)
+
+
+def _replace_row(column: str, row: int, value: object, type_: pa.DataType | None = None) -> Corrupt:
+    def corrupt(t: pa.Table) -> pa.Table:
+        values = t.column(column).to_pylist()
+        values[row] = value
+        return _set(t, column, pa.array(values, type_ or t.schema.field(column).type))
+
+    return corrupt
+
+
+def _drop(column: str) -> Corrupt:
+    return lambda t: t.drop_columns([column])
+
+
+def _cast(column: str, type_: pa.DataType) -> Corrupt:
+    return lambda t: _set(t, column, t.column(column).cast(type_).combine_chunks())
+
+
+def _strip_zone(column: str) -> Corrupt:
+    return lambda t: _set(t, column, pc.cast(t.column(column), pa.int64()).cast(pa.timestamp("us")).combine_chunks())
+
+
+def _add(column: str) -> Corrupt:
+    return lambda t: t.append_column(column, pa.array([1] * t.num_rows, pa.int64()))
+
+
+CASES: list[tuple[str, Corrupt, str, int | None, str]] = [
+    # table, corruption, column named, row named, words in the message
+    ("items", _drop("title"), "title", None, "missing column"),
+    ("items", _cast("item_id", pa.int32()), "item_id", None, "type int32, expected int64"),
+    ("items", _replace_row("title", 7, None), "title", 7, "null"),
+    ("items", _replace_row("title", 9, "   "), "title", 9, "empty text"),
+    ("items", _replace_row("image", 5, b"\x89PNG\r\n\x1a\ngarbage"), "image", 5, "undecodable image"),
+    ("items", _replace_row("image", 6, b"not an image"), "image", 6, "not a PNG"),
+    ("items", _replace_row("item_id", 11, 3), "item_id", 11, "duplicate id 3"),
+    ("items", _replace_row("price", 4, -1.0), "price", 4, "below the minimum"),
+    ("items", _replace_row("price", 4, float("nan")), "price", 4, "NaN"),
+    ("items", _strip_zone("launch_ts"), "launch_ts", None, "without a time zone"),
+    ("items", _add("colour"), "colour", None, "unknown column"),
+    ("image_queries", _replace_row("image", 2, b""), "image", 2, "empty image"),
+    ("image_queries", _drop("item_id"), "item_id", None, "missing column"),
+    ("users", _replace_row("user_id", 3, 1), "user_id", 3, "duplicate id 1"),
+    ("users", _strip_zone("signup_ts"), "signup_ts", None, "without a time zone"),
+    ("behaviors", _replace_row("action", 0, "view"), "action", 0, "not one of"),
+    ("behaviors", _replace_row("ts", 1, None), "ts", 1, "null"),
+    ("impressions", _replace_row("clicked", 12, 2), "clicked", 12, "above the maximum"),
+    ("impressions", _replace_row("position", 3, -1), "position", 3, "below the minimum"),
+    ("impressions", _cast("user_id", pa.string()), "user_id", None, "type string, expected int64"),
+    ("categories", _replace_row("name", 0, ""), "name", 0, "empty text"),
+]
+
+
+@pytest.fixture
+def world_copy(tiny_world: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "w"
+    shutil.copytree(tiny_world, dst)
+    return dst
+
+
+def _corrupt(world: Path, table: str, corrupt: Corrupt) -> Path:
+    path = world / f"{table}.parquet"
+    pq.write_table(corrupt(pq.read_table(path)), path)
+    return path
+
+
+@pytest.mark.parametrize("table,corrupt,column,row,words", CASES, ids=[f"{c[0]}-{c[4]}" for c in CASES])
+def test_corrupted_table_fails_naming_file_column_and_row(
+    world_copy: Path, table: str, corrupt: Corrupt, column: str, row: int | None, words: str
+) -> None:
+    path = _corrupt(world_copy, table, corrupt)
+    with pytest.raises(DataError) as info:
+        validate_world(world_copy)
+    err = info.value
+    assert err.file == str(path)
+    assert err.column == column
+    if row is not None:
+        assert err.row == row
+    assert words in str(err)
+    assert str(path) in str(err) and f"column '{column}'" in str(err)
+    # every load goes through the same validator
+    with pytest.raises(DataError):
+        read_table(world_copy, table)
+
+
+def test_unreadable_parquet_is_named(world_copy: Path) -> None:
+    path = world_copy / "users.parquet"
+    path.write_bytes(b"this is not parquet")
+    with pytest.raises(DataError, match="not a readable parquet file") as info:
+        validate_table(world_copy, "users")
+    assert info.value.file == str(path)
+
+
+def test_dangling_reference_is_named(world_copy: Path) -> None:
+    path = _corrupt(world_copy, "behaviors", _replace_row("item_id", 4, 999_999))
+    with pytest.raises(DataError, match="999999 not found in items.item_id") as info:
+        validate_world(world_copy)
+    assert (info.value.file, info.value.column, info.value.row) == (str(path), "item_id", 4)
+
+
+def test_missing_required_table_and_optional_table(world_copy: Path) -> None:
+    (world_copy / "categories.parquet").unlink()
+    validate_world(world_copy)  # categories is optional
+    (world_copy / "users.parquet").unlink()
+    with pytest.raises(DataError, match="table 'users' not found"):
+        validate_world(world_copy)
+
+
+def test_rows_are_counted_across_parts(world_copy: Path) -> None:
+    """A table split in parts names the part file and the row within it."""
+    table = pq.read_table(world_copy / "users.parquet")
+    (world_copy / "users.parquet").unlink()
+    parts = world_copy / "users"
+    parts.mkdir()
+    pq.write_table(table.slice(0, 100), parts / "part-00000.parquet")
+    bad = _replace_row("user_id", 10, 5)(table.slice(100))
+    pq.write_table(bad, parts / "part-00001.parquet")
+    with pytest.raises(DataError, match="duplicate id 5") as info:
+        validate_table(world_copy, "users")
+    assert info.value.file == str(parts / "part-00001.parquet")
+    assert info.value.row == 10
+
+
+def test_cli_validate_exits_2_with_a_named_error_and_no_traceback(world_copy: Path) -> None:
+    assert main(["world", "validate", str(world_copy)]) == 0
+    _corrupt(world_copy, "impressions", _replace_row("clicked", 12, 2))
+    proc = subprocess.run(
+        [sys.executable, "-m", "moon_rec.cli", "world", "validate", str(world_copy)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 2
+    assert "impressions.parquet: column 'clicked': row 12" in proc.stderr
+    assert "Traceback" not in proc.stderr
