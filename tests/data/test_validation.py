@@ -119,7 +119,7 @@ def test_unreadable_parquet_is_named(world_copy: Path) -> None:
 
 def test_dangling_reference_is_named(world_copy: Path) -> None:
     path = _corrupt(world_copy, "behaviors", _replace_row("item_id", 4, 999_999))
-    with pytest.raises(DataError, match="999999 not found in items.item_id") as info:
+    with pytest.raises(DataError, match=r"999999 not found in items\.item_id") as info:
         validate_world(world_copy)
     assert (info.value.file, info.value.column, info.value.row) == (str(path), "item_id", 4)
 

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 from moon_rec.data import world as world_mod
 from moon_rec.data.errors import DataError
 from moon_rec.data.io import read_table, read_world_meta
+from moon_rec.data.render import COLORS, PATTERNS
 from moon_rec.data.validation import validate_world
 from moon_rec.data.world import (
     COLOR_SYNONYMS,
@@ -25,7 +26,6 @@ from moon_rec.data.world import (
     item_texts,
     make_config,
 )
-from moon_rec.data.render import COLORS, PATTERNS
 
 TABLE_NAMES = ("items", "image_queries", "users", "behaviors", "impressions", "categories")
 

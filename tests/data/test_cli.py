@@ -1,0 +1,58 @@
+"""The `moon` command end to end for the data subcommands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from moon_rec.cli import build_parser, main
+
+
+def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, sp in sub.choices.items():  # type: ignore[union-attr]
+        assert sp.format_help().strip(), name
+    with pytest.raises(SystemExit) as info:
+        main(["world", "generate", "--help"])
+    assert info.value.code == 0
+    assert "--preset" in capsys.readouterr().out
+
+
+def test_generate_validate_show_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "W"
+    assert main(["world", "generate", "--preset", "tiny", "--seed", "123", "--out", str(out),
+                 "--n-items", "80", "--n-requests", "300", "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n_items"] == 80 and printed["seed"] == 123
+    assert main(["world", "validate", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["valid"] and report["tables"]["items"]["rows"] == 80
+    # a second generate with the same config is a no-op; another config needs --overwrite
+    assert main(["world", "generate", "--preset", "tiny", "--seed", "123", "--out", str(out),
+                 "--n-items", "80", "--n-requests", "300", "--quiet"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main(["world", "generate", "--preset", "tiny", "--seed", "9", "--out", str(out), "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    sheet = tmp_path / "sheet.png"
+    assert main(["world", "show", str(out), "--n", "6", "--out", str(sheet)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    with Image.open(sheet) as im:
+        w, h = im.size
+    assert h > 6 * 64 and w > 3 * 64
+    assert main(["world", "summary", str(out)]) == 0
+    assert "config" not in json.loads(capsys.readouterr().out)
+
+
+def test_console_script_reports_bad_input_without_traceback(tmp_path: Path) -> None:
+    moon = Path(sys.executable).with_name("moon")
+    proc = subprocess.run([str(moon), "world", "validate", str(tmp_path / "missing")],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "world directory not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
