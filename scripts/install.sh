@@ -15,11 +15,12 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/moon" ]
 fi
 echo "install: creating $VENV with $REQ"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip --disable-pip-version-check"
+# pip warns about every local index folder that lacks a package; keep the log readable.
+pip_q() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }; }
 # torch first and pinned: an unpinned torch would pull several GB of CUDA wheels.
-$PIP install -q torch==2.13.0
-$PIP install -q -r "$REQ" -r requirements/dev.txt
-$PIP install -q --no-deps torchrec==1.8.0
-$PIP install -q --no-deps -e .
+pip_q install -q torch==2.13.0
+pip_q install -q -r "$REQ" -r requirements/dev.txt
+pip_q install -q --no-deps torchrec==1.8.0
+pip_q install -q --no-deps -e .
 "$VENV/bin/python" -c "import torchrec, fbgemm_gpu, feast, faiss, transformers; print('install: ok, torch', __import__('torch').__version__, 'torchrec', torchrec.__version__ if hasattr(torchrec, '__version__') else '1.8.0')"
 echo "$want" > "$STAMP"
