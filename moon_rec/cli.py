@@ -15,6 +15,10 @@ from collections.abc import Sequence
 # Modules exposing ``register(subparsers: argparse._SubParsersAction) -> None``.
 COMMAND_MODULES: list[str] = [
     "moon_rec.data.cli",
+    "moon_rec.ranking.cli",
+    "moon_rec.training.cli",
+    "moon_rec.retrieval.cli",
+    "moon_rec.featurestore.cli",
 ]
 
 

@@ -1,0 +1,323 @@
+"""The one encoder interface of MOON: text query, image or product -> one vector.
+
+Every output is L2-normalised at the full dimension D; ``matryoshka(x, dim)`` gives the
+renormalised prefix that a consumer of a smaller size uses. A checkpoint directory holds:
+
+    moon_encoder.json   {"config": EncoderConfig, "model_version": str, "format": 1}
+    backbone/           the `transformers` model (config.json + model.safetensors)
+    heads.safetensors   projection / fusion heads
+    tokenizer.json      the word-piece tokenizer trained on the catalog
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from moon_rec.data.errors import DataError
+from moon_rec.encoders.config import EncoderConfig
+from moon_rec.encoders.tokenizer import MoonTokenizer
+
+META_FILE = "moon_encoder.json"
+HEADS_FILE = "heads.safetensors"
+BACKBONE_DIR = "backbone"
+FORMAT_VERSION = 1
+
+E = TypeVar("E", bound="MoonEncoder")
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence `transformers` progress bars and its warnings while saving / loading: saving
+    a config builds the library's default sub-configs, whose token ids (49406/49407) do not
+    fit their default vocabulary and log a spurious warning every time."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def matryoshka(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The first ``dim`` coordinates of ``x`` [N, D], renormalised to unit length [N, dim]."""
+    if dim <= 0 or dim > x.shape[-1]:
+        raise ValueError(f"matryoshka dim {dim} outside 1..{x.shape[-1]}")
+    return F.normalize(x[..., :dim], dim=-1)
+
+
+def check_images(images: torch.Tensor | None, image_size: int, *, field: str = "image") -> None:
+    """Reject what ``encode_image`` cannot take, naming the field.
+
+    Raises:
+        DataError: missing images, wrong rank/channels/size, values outside [0, 1].
+    """
+    if images is None:
+        raise DataError("missing image", column=field)
+    if not isinstance(images, torch.Tensor):
+        raise DataError(f"expected a float tensor [N, 3, H, W], got {type(images).__name__}",
+                        column=field)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise DataError(f"expected shape [N, 3, H, W], got {tuple(images.shape)}", column=field)
+    h, w = int(images.shape[2]), int(images.shape[3])
+    if (h, w) != (image_size, image_size):
+        raise DataError(
+            f"wrong image size {h}x{w}, the encoder takes {image_size}x{image_size}", column=field
+        )
+    if not images.is_floating_point():
+        raise DataError(f"expected float pixels in [0, 1], got {images.dtype}", column=field)
+    if images.numel() and (float(images.min()) < -1e-3 or float(images.max()) > 1 + 1e-3):
+        raise DataError("pixel values outside [0, 1]", column=field)
+
+
+def images_to_tensor(
+    images: Sequence[np.ndarray | None], image_size: int, *, field: str = "image"
+) -> torch.Tensor:
+    """Stack (H, W, 3) uint8 arrays into a float tensor [N, 3, H, W] in [0, 1].
+
+    Raises:
+        DataError: naming ``field`` and the row of a missing or wrongly sized image.
+    """
+    out = torch.empty((len(images), 3, image_size, image_size), dtype=torch.float32)
+    for i, a in enumerate(images):
+        if a is None:
+            raise DataError("missing image", column=field, row=i)
+        if a.shape != (image_size, image_size, 3):
+            raise DataError(
+                f"wrong image size {a.shape}, expected ({image_size}, {image_size}, 3)",
+                column=field, row=i,
+            )
+        out[i] = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float() / 255.0
+    return out
+
+
+class MoonEncoder(nn.Module, ABC):
+    """Maps a text query, an image, or a product (title + image) to one vector in R^D.
+
+    Subclasses implement ``_text``, ``_image`` and ``_product`` on validated inputs and
+    return un-normalised [N, D] tensors; this class validates, normalises and handles
+    checkpoints. The ``encode_*`` methods keep autograd (training uses them); wrap them in
+    ``torch.inference_mode()`` for batch embedding.
+
+    Args:
+        config: the architecture.
+        tokenizer: the catalog word-piece tokenizer.
+    """
+
+    backbone_name: str = ""
+
+    def __init__(self, config: EncoderConfig, tokenizer: MoonTokenizer) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+
+    # -- the interface ---------------------------------------------------------------
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self.config.dims)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Text queries (or titles) -> [N, D], L2-normalised."""
+        self._check_texts(texts, "text")
+        return F.normalize(self._text(list(texts)), dim=-1)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Images float [N, 3, H, W] in [0, 1] -> [N, D], L2-normalised."""
+        check_images(images, self.config.image_size)
+        return F.normalize(self._image(images.to(self.device)), dim=-1)
+
+    def encode_product(self, titles: Sequence[str], images: torch.Tensor) -> torch.Tensor:
+        """Products (title + catalog image) -> [N, D], L2-normalised."""
+        self._check_texts(titles, "title")
+        check_images(images, self.config.image_size)
+        if len(titles) != images.shape[0]:
+            raise DataError(
+                f"{len(titles)} titles but {images.shape[0]} images", column="title"
+            )
+        return F.normalize(self._product(list(titles), images.to(self.device)), dim=-1)
+
+    def forward(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One call for training under DDP: any of ``text`` (list[str]), ``image``
+        (Tensor[N,3,H,W]) and ``product`` ((titles, Tensor)) -> the same keys, [N, D] each."""
+        out: dict[str, torch.Tensor] = {}
+        if inputs.get("text"):
+            out["text"] = self.encode_text(inputs["text"])
+        if inputs.get("image") is not None:
+            out["image"] = self.encode_image(inputs["image"])
+        if inputs.get("product") is not None:
+            titles, imgs = inputs["product"]
+            out["product"] = self.encode_product(titles, imgs)
+        extra = self.auxiliary_loss(inputs)
+        if extra is not None:
+            out["aux_loss"] = extra
+        return out
+
+    def auxiliary_loss(self, inputs: dict[str, Any]) -> torch.Tensor | None:
+        """A backbone-specific extra objective (the MLLM's title generation), or None."""
+        return None
+
+    @staticmethod
+    def _check_texts(texts: Sequence[str], field: str) -> None:
+        if texts is None or isinstance(texts, str):
+            raise DataError("expected a list of strings", column=field)
+        for i, t in enumerate(texts):
+            if t is None:
+                raise DataError("missing text", column=field, row=i)
+            if not isinstance(t, str) or not t.strip():
+                raise DataError("empty text", column=field, row=i)
+
+    @abstractmethod
+    def _text(self, texts: list[str]) -> torch.Tensor: ...
+
+    @abstractmethod
+    def _image(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def _product(self, titles: list[str], images: torch.Tensor) -> torch.Tensor: ...
+
+    # -- checkpoints -----------------------------------------------------------------
+    @abstractmethod
+    def _backbone_module(self) -> Any:
+        """The `transformers` PreTrainedModel saved under backbone/."""
+
+    @abstractmethod
+    def _head_modules(self) -> dict[str, nn.Module]:
+        """Modules outside the backbone, saved in heads.safetensors."""
+
+    @classmethod
+    @abstractmethod
+    def _build(cls: type[E], config: EncoderConfig, tokenizer: MoonTokenizer,
+               backbone: Any = None) -> E:
+        """Construct (``backbone`` None: freshly initialised from config)."""
+
+    @property
+    def model_version(self) -> str:
+        """Short hash of config + weights: identical models have identical versions."""
+        h = hashlib.sha256()
+        h.update(self.config.model_dump_json().encode())
+        h.update(self.tokenizer.tokenizer.to_str().encode())
+        for name, t in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+        return h.hexdigest()[:12]
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write a self-contained checkpoint directory (atomically replaced)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+        try:
+            with quiet_transformers():
+                self._backbone_module().save_pretrained(tmp / BACKBONE_DIR)
+            heads = {
+                f"{name}.{k}": v.detach().cpu().contiguous()
+                for name, mod in self._head_modules().items()
+                for k, v in mod.state_dict().items()
+            }
+            save_file(heads, str(tmp / HEADS_FILE))
+            self.tokenizer.save(tmp)
+            meta = {
+                "format": FORMAT_VERSION,
+                "backbone": self.backbone_name,
+                "config": json.loads(self.config.model_dump_json()),
+                "model_version": self.model_version,
+            }
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+            if path.exists():
+                old = path.with_name(path.name + ".old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> MoonEncoder:
+        """Load a checkpoint written by ``save_pretrained`` (either backbone). ``path`` may
+        also be a training stage's run folder, whose ``encoder/`` holds the checkpoint.
+
+        Raises:
+            FileNotFoundError: no checkpoint at ``path``.
+        """
+        path = Path(path)
+        if not (path / META_FILE).exists() and (path / "encoder" / META_FILE).exists():
+            path = path / "encoder"
+        meta_path = path / META_FILE
+        if not meta_path.exists():
+            raise FileNotFoundError(f"no MOON encoder checkpoint at {path} (missing {META_FILE})")
+        meta = json.loads(meta_path.read_text())
+        config = EncoderConfig.model_validate(meta["config"])
+        impl = encoder_class(config.backbone)
+        if cls is not MoonEncoder and not issubclass(impl, cls):
+            raise ValueError(f"{path} holds a {config.backbone} encoder, not {cls.__name__}")
+        tokenizer = MoonTokenizer.load(path)
+        with quiet_transformers():
+            model = impl._load_backbone(config, tokenizer, path / BACKBONE_DIR)
+        heads = load_file(str(path / HEADS_FILE))
+        for name, mod in model._head_modules().items():
+            sd = {k[len(name) + 1:]: v for k, v in heads.items() if k.startswith(name + ".")}
+            mod.load_state_dict(sd)
+        model.eval()
+        saved = meta.get("model_version")
+        if saved and saved != model.model_version:
+            raise ValueError(
+                f"{path}: weights do not match the saved model_version {saved} "
+                f"(got {model.model_version}); the checkpoint is corrupt"
+            )
+        return model
+
+    @classmethod
+    @abstractmethod
+    def _load_backbone(cls: type[E], config: EncoderConfig, tokenizer: MoonTokenizer,
+                       backbone_dir: Path) -> E: ...
+
+
+def encoder_class(backbone: str) -> type[MoonEncoder]:
+    """The implementation of a backbone name."""
+    if backbone == "dual_tower":
+        from moon_rec.encoders.dual_tower import DualTowerEncoder
+
+        return DualTowerEncoder
+    if backbone == "mllm":
+        from moon_rec.encoders.mllm import MllmEncoder
+
+        return MllmEncoder
+    raise ValueError(f"unknown backbone {backbone!r} (dual_tower | mllm)")
+
+
+def build_encoder(config: EncoderConfig, tokenizer: MoonTokenizer) -> MoonEncoder:
+    """A freshly initialised encoder (seeded by ``config.seed``)."""
+    torch.manual_seed(config.seed)
+    return encoder_class(config.backbone)._build(config, tokenizer)

@@ -1,0 +1,92 @@
+"""The encoder's architecture, as a strict config: a typo in YAML is an error.
+
+Both backbones share one config object; the fields of the other backbone are ignored.
+Defaults are the CPU-sized "tiny" architecture used by tests (64x64 images).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+Backbone = Literal["dual_tower", "mllm"]
+
+
+class EncoderConfig(BaseModel):
+    """Architecture of a MOON encoder.
+
+    Args:
+        backbone: ``dual_tower`` (SigLIP-style vision + text towers, the CPU default) or
+            ``mllm`` (a Qwen2-VL-style vision-language decoder run with bidirectional
+            attention, mean-pooled).
+        embed_dim: D, the full output dimension.
+        dims: the Matryoshka prefixes that are trained to work alone (ascending, last == D).
+        image_size: square input images, in pixels (the world's default is 64).
+        patch_size: vision patch size in pixels.
+        hidden_size: width of both towers (dual tower) or of the decoder (mllm).
+        vision_layers / text_layers: depth of each tower (mllm: vision_layers for its
+            vision encoder, text_layers for its decoder).
+        num_heads: attention heads in every transformer.
+        intermediate_size: MLP width (0: 2 * hidden_size).
+        max_text_len: tokens per text, after truncation.
+        vocab_size: target size of the word-piece vocabulary trained on the catalog text.
+        vision_pool: dual tower: ``mean`` of the patch tokens (default; learned faster and
+            generalised better to user photos in our runs) or SigLIP's attention-pooling
+            ``head``.
+        fusion: how a product (title + image) becomes one vector in the dual tower:
+            ``mlp`` (residual MLP over both normalised tower outputs) or ``mean``.
+        spatial_merge_size: mllm only, 2x2 patches merge into one decoder token.
+        seed: initialisation seed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: Backbone = "dual_tower"
+    embed_dim: int = 256
+    dims: tuple[int, ...] = (32, 64, 128, 256)
+    image_size: int = 64
+    patch_size: int = 8
+    hidden_size: int = 128
+    vision_layers: int = 2
+    text_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 0
+    max_text_len: int = 32
+    vocab_size: int = 2000
+    vision_pool: Literal["mean", "head"] = "mean"
+    fusion: Literal["mlp", "mean"] = "mlp"
+    spatial_merge_size: int = 2
+    seed: int = 0
+
+    @field_validator("dims")
+    @classmethod
+    def _ascending(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or list(v) != sorted(set(v)) or v[0] <= 0:
+            raise ValueError(f"dims must be ascending positive integers, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EncoderConfig:
+        if self.dims[-1] != self.embed_dim:
+            raise ValueError(f"dims {self.dims} must end at embed_dim {self.embed_dim}")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} not divisible by {self.num_heads}")
+        if self.backbone == "mllm":
+            grid = self.image_size // self.patch_size
+            if grid % self.spatial_merge_size:
+                raise ValueError(
+                    f"patch grid {grid} is not a multiple of spatial_merge_size "
+                    f"{self.spatial_merge_size}"
+                )
+            if (self.hidden_size // self.num_heads) % 4:
+                raise ValueError("mllm head_dim must be a multiple of 4 (M-RoPE sections)")
+        return self
+
+    @property
+    def mlp_size(self) -> int:
+        return self.intermediate_size or 2 * self.hidden_size

@@ -1,0 +1,163 @@
+"""``moon features ...`` and ``moon embed``: the representation center's commands.
+
+moon features build --world W --out DIR            # behaviour sequences, item features
+moon features init --data DIR [--embeddings E]     # record paths for feature_repo/
+moon features apply [--profile embedded|production]
+moon features materialize [--batch-rows N]         # chunked embeddings + Feast for the rest
+moon features training-set --world W --out T       # point-in-time ranker training set
+moon embed --world W --checkpoint C --out E        # batch embedding job
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN
+
+
+def _add_store_args(p: argparse.ArgumentParser) -> None:
+    from moon_rec.featurestore.repo import DEFAULT_STATE_DIR
+
+    p.add_argument(
+        "--profile",
+        default="embedded",
+        help="embedded (DuckDB + SQLite + file registry) or production (Redis + PostgreSQL "
+        "registry), or a YAML path (default: embedded)",
+    )
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="folder of the local registry / SQLite database and paths.json "
+        f"(default: {DEFAULT_STATE_DIR}, shared with feature_repo/)",
+    )
+
+
+def _open(args: argparse.Namespace, apply: bool = True):  # type: ignore[no-untyped-def]
+    from moon_rec.featurestore.repo import resolve_data_paths
+    from moon_rec.featurestore.store import open_store
+
+    return open_store(args.profile, args.state, resolve_data_paths(args.state), apply=apply)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from pipelines.feature_tables import build_feature_tables
+
+    print(json.dumps(build_feature_tables(args.world, args.out, seq_len=args.seq_len), indent=2))
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from moon_rec.featurestore.layout import FeatureDataPaths
+    from moon_rec.featurestore.repo import write_data_paths
+
+    if not args.data.is_dir():
+        raise FileNotFoundError(f"feature data folder not found: {args.data}")
+    paths = FeatureDataPaths.from_dir(args.data, args.embeddings)
+    written = write_data_paths(paths, args.state)
+    print(f"wrote {written}")
+    print(paths.to_json())
+    return 0
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    mfs = _open(args)
+    views = [v.name for v in mfs.store.list_feature_views()]
+    print(json.dumps({"project": mfs.config.project, "feature_views": views}))
+    return 0
+
+
+def _cmd_materialize(args: argparse.Namespace) -> int:
+    from moon_rec.featurestore.layout import (
+        ITEM_ATTRIBUTES_VIEW,
+        USER_BEHAVIOUR_VIEW,
+    )
+    from moon_rec.featurestore.materialize import materialize_embeddings, materialize_views
+
+    mfs = _open(args)
+    reports = []
+    if not args.skip_embeddings:
+        reports.append(materialize_embeddings(mfs, batch_rows=args.batch_rows).as_dict())
+    if not args.embeddings_only:
+        for r in materialize_views(
+            mfs, [ITEM_ATTRIBUTES_VIEW, USER_BEHAVIOUR_VIEW], batch_rows=args.batch_rows
+        ):
+            reports.append(r.as_dict())
+    print(json.dumps(reports, indent=2))
+    return 0
+
+
+def _cmd_training_set(args: argparse.Namespace) -> int:
+    from pipelines.training_set import build_training_set
+
+    summary = build_training_set(
+        args.world, args.out, data_dir=args.data, profile=args.profile, seq_len=args.seq_len
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from pipelines.embed import EmbedJobConfig, run_embed_job
+
+    cfg = EmbedJobConfig(
+        batch_size=args.batch_size,
+        part_rows=args.part_rows,
+        progress=not args.no_progress,
+        device=args.device,
+    )
+    summary = run_embed_job(args.world, args.checkpoint, args.out, cfg)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``moon features ...`` and ``moon embed``."""
+    feats = subparsers.add_parser(
+        "features", help="the Feast feature store: tables, apply, materialize, training sets"
+    )
+    fsub = feats.add_subparsers(dest="features_command", metavar="SUBCOMMAND")
+    fsub.required = True
+
+    p = fsub.add_parser("build", help="build behaviour-sequence and item feature tables")
+    p.add_argument("--world", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="feature data folder")
+    p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="max sequence length L")
+    p.set_defaults(func=_cmd_build)
+
+    p = fsub.add_parser("init", help="record absolute data paths for feature_repo/")
+    p.add_argument("--data", type=Path, required=True, help="feature data folder (from build)")
+    p.add_argument("--embeddings", type=Path, default=None, help="embedding parts (moon embed)")
+    _add_store_args(p)
+    p.set_defaults(func=_cmd_init)
+
+    p = fsub.add_parser("apply", help="register the feature definitions (feast apply)")
+    _add_store_args(p)
+    p.set_defaults(func=_cmd_apply)
+
+    p = fsub.add_parser("materialize", help="load the online store from the offline tables")
+    _add_store_args(p)
+    p.add_argument("--batch-rows", type=int, default=10_000, help="rows per online write")
+    p.add_argument("--embeddings-only", action="store_true")
+    p.add_argument("--skip-embeddings", action="store_true")
+    p.set_defaults(func=_cmd_materialize)
+
+    p = fsub.add_parser("training-set", help="point-in-time ranker training set")
+    p.add_argument("--world", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output parquet")
+    p.add_argument("--data", type=Path, default=None, help="feature tables (default: built now)")
+    p.add_argument("--profile", default="embedded")
+    p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN)
+    p.set_defaults(func=_cmd_training_set)
+
+    p = subparsers.add_parser("embed", help="batch-embed the catalog with a MOON encoder")
+    p.add_argument("--world", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True, help="MoonEncoder.save_pretrained dir")
+    p.add_argument("--out", type=Path, required=True, help="embedding parts folder")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--part-rows", type=int, default=4096, help="items per parquet part")
+    p.add_argument("--device", default=None, help="torch device for the encoder (e.g. cuda)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_embed)

@@ -1,0 +1,181 @@
+"""Online lookups: numpy arrays for a batch of item / user ids, model_version checked.
+
+A thin client over ``FeatureStore.get_online_features``; it works on any online store
+(SQLite, Redis). Embeddings carry the ``model_version`` that produced them; a ranker built
+for one encoder version must not silently read another's vectors, so every lookup checks
+the version against the expected one (by default the embedding view's ``model_version``
+tag, set by ``feast apply`` from the embed job's manifest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+
+from moon_rec.featurestore.layout import (
+    ITEM_ATTRIBUTES_VIEW,
+    ITEM_EMBEDDING_VIEW,
+    ITEM_STAT_FIELDS,
+    UNKNOWN_MODEL_VERSION,
+    USER_BEHAVIOUR_VIEW,
+)
+from moon_rec.featurestore.store import MoonFeatureStore
+
+
+class ModelVersionMismatch(ValueError):
+    """Embeddings of another encoder version than the one expected were found."""
+
+
+@dataclass
+class EmbeddingLookup:
+    """Item embeddings of one Matryoshka size.
+
+    Attributes:
+        vectors: float32 [N, dim]; zero rows where not found.
+        found: bool [N].
+        model_versions: the stored version per row (None where not found).
+    """
+
+    vectors: np.ndarray
+    found: np.ndarray
+    model_versions: list[str | None]
+
+
+@dataclass
+class SequenceLookup:
+    """Behaviour sequences, padded to L on the right (most recent first).
+
+    Attributes:
+        item_ids / category_ids: int64 [N, L], -1 padding.
+        actions: object [N, L] of str, "" padding.
+        ts: int64 [N, L] microseconds since the epoch (UTC), 0 padding.
+        lengths: int64 [N]; 0 where the user has no sequence.
+    """
+
+    item_ids: np.ndarray
+    category_ids: np.ndarray
+    actions: np.ndarray
+    ts: np.ndarray
+    lengths: np.ndarray
+
+
+def _micros(v: Any) -> int:
+    if isinstance(v, datetime):
+        from moon_rec.featurestore.online_stores import epoch_micros
+
+        return epoch_micros(v)
+    return int(v) * 1_000_000  # Feast returns Unix seconds for some stores
+
+
+class OnlineFeatureClient:
+    """Batch lookups against the online store of ``mfs``.
+
+    Args:
+        mfs: the feature store.
+        expected_model_version: the encoder version to accept; default: the embedding
+            view's ``model_version`` tag (no check when that tag is ``"unknown"``).
+
+    Example:
+        >>> client = OnlineFeatureClient(mfs)  # doctest: +SKIP
+        >>> client.item_embeddings([3, 7], dim=64).vectors.shape  # doctest: +SKIP
+        (2, 64)
+    """
+
+    def __init__(self, mfs: MoonFeatureStore, expected_model_version: str | None = None) -> None:
+        self.mfs = mfs
+        self.store = mfs.store
+        if expected_model_version is None:
+            tag = self.store.get_feature_view(ITEM_EMBEDDING_VIEW).tags.get("model_version")
+            expected_model_version = None if tag in (None, UNKNOWN_MODEL_VERSION) else tag
+        self.expected_model_version = expected_model_version
+        self.max_len = int(
+            self.store.get_feature_view(USER_BEHAVIOUR_VIEW).tags.get("max_len", "50")
+        )
+
+    def _get(
+        self, features: list[str], key: str, ids: Sequence[int] | np.ndarray
+    ) -> dict[str, list[Any]]:
+        rows = [{key: int(i)} for i in np.asarray(ids, dtype=np.int64).tolist()]
+        return self.store.get_online_features(features=features, entity_rows=rows).to_dict()
+
+    def item_embeddings(
+        self,
+        item_ids: Sequence[int] | np.ndarray,
+        dim: int = 256,
+        *,
+        on_mismatch: Literal["raise", "missing"] = "raise",
+    ) -> EmbeddingLookup:
+        """Embeddings of ``item_ids`` [N] at Matryoshka size ``dim`` -> ``EmbeddingLookup``.
+
+        Args:
+            on_mismatch: ``raise`` ``ModelVersionMismatch`` when a stored row has another
+                version than expected, or treat such rows as ``missing``.
+        """
+        name = f"emb_{dim}"
+        got = self._get(
+            [f"{ITEM_EMBEDDING_VIEW}:{name}", f"{ITEM_EMBEDDING_VIEW}:model_version"],
+            "item_id",
+            item_ids,
+        )
+        n = len(got["item_id"])
+        vectors = np.zeros((n, dim), dtype=np.float32)
+        found = np.zeros(n, dtype=bool)
+        versions: list[str | None] = list(got["model_version"])
+        bad: list[int] = []
+        for i, (vec, ver) in enumerate(zip(got[name], versions, strict=True)):
+            if vec is None:
+                continue
+            if self.expected_model_version is not None and ver != self.expected_model_version:
+                bad.append(i)
+                continue
+            vectors[i] = vec
+            found[i] = True
+        if bad and on_mismatch == "raise":
+            i = bad[0]
+            raise ModelVersionMismatch(
+                f"item_id {got['item_id'][i]} has embeddings of model_version "
+                f"{versions[i]!r}, expected {self.expected_model_version!r} "
+                f"({len(bad)} of {n} rows differ)"
+            )
+        return EmbeddingLookup(vectors=vectors, found=found, model_versions=versions)
+
+    def item_attributes(self, item_ids: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """Attributes and counts [N] each (``found`` [N] bool; -1 / NaN where missing)."""
+        ints = ["category_id", "brand_id", "spu_id", *ITEM_STAT_FIELDS]
+        got = self._get(
+            [f"{ITEM_ATTRIBUTES_VIEW}:{f}" for f in [*ints, "price"]], "item_id", item_ids
+        )
+        out: dict[str, np.ndarray] = {
+            f: np.array([-1 if v is None else v for v in got[f]], dtype=np.int64) for f in ints
+        }
+        out["price"] = np.array(
+            [np.nan if v is None else v for v in got["price"]], dtype=np.float64
+        )
+        out["found"] = np.array([v is not None for v in got["category_id"]], dtype=bool)
+        return out
+
+    def user_sequences(self, user_ids: Sequence[int] | np.ndarray) -> SequenceLookup:
+        """Behaviour sequences of ``user_ids`` [N], padded to [N, L]."""
+        fields = ["hist_item_ids", "hist_category_ids", "hist_actions", "hist_ts"]
+        got = self._get([f"{USER_BEHAVIOUR_VIEW}:{f}" for f in fields], "user_id", user_ids)
+        n, cap = len(got["user_id"]), self.max_len
+        items = np.full((n, cap), -1, dtype=np.int64)
+        cats = np.full((n, cap), -1, dtype=np.int64)
+        actions = np.full((n, cap), "", dtype=object)
+        ts = np.zeros((n, cap), dtype=np.int64)
+        lengths = np.zeros(n, dtype=np.int64)
+        for i in range(n):
+            seq = got["hist_item_ids"][i]
+            if not seq:
+                continue
+            m = min(len(seq), cap)
+            lengths[i] = m
+            items[i, :m] = seq[:m]
+            cats[i, :m] = got["hist_category_ids"][i][:m]
+            actions[i, :m] = got["hist_actions"][i][:m]
+            ts[i, :m] = [_micros(t) for t in got["hist_ts"][i][:m]]
+        return SequenceLookup(items, cats, actions, ts, lengths)

@@ -1,0 +1,1 @@
+"""Metrics: ranking (AUC, GAUC, logloss) and the intermediate metrics of the encoder."""

@@ -1,0 +1,137 @@
+"""``moon ranker train|eval|compare``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "ranker" / "experiments.yaml"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("ranker", help="TorchRec CTR ranker: train, evaluate, compare")
+    sub = parser.add_subparsers(dest="ranker_command", metavar="ACTION")
+    sub.required = True
+
+    train = sub.add_parser("train", help="train a ranker (one process or under torchrun)")
+    train.add_argument("--training-set", required=True, help="training-set parquet (file or dir)")
+    train.add_argument(
+        "--embeddings", help="MOON embedding parquet (file or dir); needed for ids+moon"
+    )
+    train.add_argument("--query-embeddings", help="query-text embedding parquet (optional)")
+    train.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML experiment file")
+    train.add_argument("--experiment", help="experiment id in the YAML file (e.g. cube_moon)")
+    train.add_argument("--out", required=True, help="model directory")
+    train.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    train.add_argument("--max-steps", type=int, help="stop after this many steps (checkpointed)")
+    train.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="evaluate a ranker on the test period")
+    ev.add_argument("--model", required=True, help="model directory")
+    ev.add_argument("--training-set", help="override the training set recorded in the model")
+    ev.add_argument("--embeddings", help="override the embeddings recorded in the model")
+    ev.add_argument(
+        "--query-embeddings", help="override the query embeddings recorded in the model"
+    )
+    ev.add_argument("--world", help="world directory (oracle_p_click for oracle_auc)")
+    ev.add_argument("--json", action="store_true", help="print JSON only")
+    ev.set_defaults(func=_eval)
+
+    cmp = sub.add_parser("compare", help="ID-only DIN vs MOON rankers, with gap closed")
+    cmp.add_argument("--training-set", required=True)
+    cmp.add_argument("--embeddings", required=True)
+    cmp.add_argument("--query-embeddings", help="query-text embedding parquet (optional)")
+    cmp.add_argument("--world", help="world directory (oracle AUC, needed for gap closed)")
+    cmp.add_argument("--config", default=str(DEFAULT_CONFIG))
+    cmp.add_argument(
+        "--experiments",
+        nargs="+",
+        default=["din_ids", "cube_moon", "sim_moon"],
+        help="experiment ids; the first is the baseline",
+    )
+    cmp.add_argument("--seed", type=int)
+    cmp.add_argument("--out", required=True)
+    cmp.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    cmp.set_defaults(func=_compare)
+
+    q = sub.add_parser("embed-queries", help="encode a training set's query texts (CUBE's s_q)")
+    q.add_argument("--training-set", required=True)
+    q.add_argument("--checkpoint", required=True, help="MoonEncoder.save_pretrained dir")
+    q.add_argument("--out", required=True, help="output parquet file")
+    q.add_argument("--batch-size", type=int, default=256)
+    q.set_defaults(func=_embed_queries)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from moon_rec.ranking.config import load_ranker_config
+    from moon_rec.ranking.train import train_ranker
+
+    config = load_ranker_config(args.config, args.experiment)
+    meta = train_ranker(
+        args.training_set,
+        config,
+        args.out,
+        embeddings=args.embeddings,
+        query_embeddings=args.query_embeddings,
+        resume=not args.no_resume,
+        progress=not args.quiet,
+        max_steps=args.max_steps,
+        device=args.device,
+    )
+    if _is_main():
+        keys = ("steps", "total_steps", "done", "train_loss", "examples_per_s", "model_version")
+        print(json.dumps({k: meta.get(k) for k in keys}))
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from moon_rec.ranking.evaluate import evaluate_ranker
+
+    report = evaluate_ranker(
+        args.model,
+        training_set=args.training_set,
+        embeddings=args.embeddings,
+        query_embeddings=args.query_embeddings,
+        world=args.world,
+    )
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        for key, value in sorted(report.items()):
+            print(f"{key:24s} {value}")
+    (Path(args.model) / "eval.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from moon_rec.ranking.compare import compare_rankers, format_table
+
+    result = compare_rankers(
+        args.training_set,
+        args.embeddings,
+        args.config,
+        args.out,
+        experiments=tuple(args.experiments),
+        world=args.world,
+        query_embeddings=args.query_embeddings,
+        seed=args.seed,
+    )
+    print(json.dumps(result, sort_keys=True) if args.json else format_table(result))
+    return 0
+
+
+def _embed_queries(args: argparse.Namespace) -> int:
+    from moon_rec.ranking.queries import write_query_embeddings
+
+    out = write_query_embeddings(args.training_set, args.checkpoint, args.out, args.batch_size)
+    print(json.dumps({"out": str(out)}))
+    return 0

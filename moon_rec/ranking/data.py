@@ -1,0 +1,419 @@
+"""Loading the ranker's inputs: the training-set parquet and the MOON embedding parquet.
+
+Training set (issue 4 -> 5, one row per impression): request_id, user_id, item_id, ts,
+query_text, position, clicked, category_id, brand_id, hist_item_ids, hist_category_ids
+(list<int64>, most recent first), hist_actions, hist_ts, split ("train"/"test"), is_cold,
+look_driven. A file or a directory of parquet parts.
+
+Embeddings: item rows (item_id, emb_32 ... emb_256, model_version, event_timestamp) and
+query rows (query_text, emb_*, model_version), in one directory or separate files; a file
+is recognised by its key column.
+
+Bad input is handled, never passed on to the kernels:
+- unknown ids (beyond the tables, negative) go to each table's OOV row (see
+  :func:`moon_rec.ranking.modules.remap_ids`); items without a MOON vector get zeros and
+  are left out of the content similarities;
+- empty behaviour sequences pool to zeros; sequences longer than ``max_seq_len`` keep the
+  most recent ``max_seq_len``;
+- NaN / inf embedding rows are zeroed (counted in ``MoonEmbeddings.n_bad_rows``, warned);
+- missing columns, null ids, labels outside {0, 1}, mismatched history lengths, mixed
+  ``model_version`` values raise DataError naming file, column and row.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from moon_rec.data.errors import DataError
+from moon_rec.ranking.features import RankerBatch, make_batch, query_tokens
+
+log = logging.getLogger(__name__)
+
+TRAINING_SET_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "user_id",
+    "item_id",
+    "query_text",
+    "position",
+    "clicked",
+    "category_id",
+    "brand_id",
+    "hist_item_ids",
+    "hist_category_ids",
+    "split",
+)
+OPTIONAL_FLAGS: tuple[str, ...] = ("is_cold", "look_driven")
+MAX_QUERY_TOKENS = 8
+
+
+def parquet_files(path: str | Path) -> list[Path]:
+    """``path`` itself, or every ``*.parquet`` under the directory ``path`` (sorted)."""
+    path = Path(path)
+    if path.is_dir():
+        # Hidden and underscore paths are job internals (.work/ chunks, _index.parquet).
+        files = sorted(
+            p
+            for p in path.rglob("*.parquet")
+            if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+        )
+        if not files:
+            raise DataError("no parquet files", file=str(path))
+        return files
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    return [path]
+
+
+def _read(files: list[Path], columns: list[str] | None = None) -> pa.Table:
+    try:
+        parts = [pq.read_table(f, columns=columns) for f in files]
+    except (pa.ArrowInvalid, OSError, KeyError) as exc:
+        raise DataError(f"cannot read parquet ({exc})", file=str(files[0])) from exc
+    return pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
+
+
+@dataclass
+class MoonEmbeddings:
+    """MOON embeddings at one Matryoshka size.
+
+    Args:
+        item_ids: [N] int64, sorted, unique.
+        item_vectors: [N, C] float32 (zero rows where the input was NaN/inf).
+        query_index: query_text -> row of ``query_vectors``.
+        query_vectors: [Q, C] float32.
+        model_version: the encoder version the vectors came from.
+        dim: C.
+        n_bad_rows: rows zeroed because they held NaN/inf.
+    """
+
+    item_ids: np.ndarray
+    item_vectors: np.ndarray
+    query_index: dict[str, int]
+    query_vectors: np.ndarray
+    model_version: str
+    dim: int
+    n_bad_rows: int = 0
+
+    def query_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(row index [N] (0 where absent), has_query [N] bool) of each query text."""
+        idx = np.array([self.query_index.get(t, -1) for t in texts], dtype=np.int64)
+        return np.maximum(idx, 0), idx >= 0
+
+
+def _vectors(table: pa.Table, column: str, dim: int, file: str) -> tuple[np.ndarray, int]:
+    col = table.column(column).combine_chunks()
+    lengths = pc.list_value_length(col).fill_null(-1).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(lengths != dim)
+    if bad.size:
+        raise DataError(
+            f"vector of length {int(lengths[bad[0]])}, expected {dim}",
+            file=file,
+            column=column,
+            row=int(bad[0]),
+        )
+    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    vecs = flat.reshape(-1, dim).copy()
+    nonfinite = ~np.isfinite(vecs).all(axis=1)
+    n_bad = int(nonfinite.sum())
+    if n_bad:
+        vecs[nonfinite] = 0.0
+        msg = f"{file}: {n_bad} embedding rows with NaN/inf in {column} were zeroed"
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        log.warning(msg)
+    return vecs, n_bad
+
+
+def _single_version(table: pa.Table, file: str) -> str:
+    if "model_version" not in table.column_names:
+        raise DataError("missing column", file=file, column="model_version")
+    versions = pc.unique(table.column("model_version").drop_null()).to_pylist()
+    if len(versions) != 1:
+        raise DataError(
+            f"expected one model_version, found {sorted(map(str, versions))[:5]}",
+            file=file,
+            column="model_version",
+        )
+    return str(versions[0])
+
+
+def load_moon_embeddings(
+    items: str | Path, dim: int, queries: str | Path | None = None
+) -> MoonEmbeddings:
+    """Load item (and query) MOON embeddings at Matryoshka size ``dim``.
+
+    Args:
+        items: an item-embedding parquet file, or a directory whose parquet files are
+            item files (with ``item_id``) or query files (with ``query_text``).
+        dim: Matryoshka size; reads column ``emb_{dim}``.
+        queries: query-embedding parquet file or directory (optional).
+
+    Raises:
+        DataError: a missing column, a wrong vector length, mixed model versions.
+    """
+    files = parquet_files(items) + (parquet_files(queries) if queries is not None else [])
+    item_files, query_files = [], []
+    for f in files:
+        names = pq.read_schema(f).names
+        if not any(n.startswith("emb_") for n in names):
+            continue  # e.g. the embed job's rejects.parquet
+        if "item_id" in names:
+            item_files.append(f)
+        elif "query_text" in names:
+            query_files.append(f)
+    if not item_files:
+        raise DataError("no item embedding file (a parquet with column item_id)", file=str(items))
+    column = f"emb_{dim}"
+    where = str(item_files[0])
+    for f in item_files + query_files:
+        names = pq.read_schema(f).names
+        if column not in names:
+            dims = [n for n in names if n.startswith("emb_")]
+            raise DataError(f"missing column (available: {dims})", file=str(f), column=column)
+    cols = ["item_id", column, "model_version"]
+    has_ts = all("event_timestamp" in pq.read_schema(f).names for f in item_files)
+    table = _read(item_files, [*cols, "event_timestamp"] if has_ts else cols)
+    version = _single_version(table, where)
+    ids = table.column("item_id").to_numpy(zero_copy_only=False)
+    if table.column("item_id").null_count:
+        row = int(
+            np.flatnonzero(table.column("item_id").is_null().to_numpy(zero_copy_only=False))[0]
+        )
+        raise DataError("null item_id", file=where, column="item_id", row=row)
+    vecs, n_bad = _vectors(table, column, dim, where)
+    # Keep one row per item: the latest event_timestamp (else the last row).
+    ts = (
+        table.column("event_timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
+        if has_ts
+        else np.arange(len(ids))
+    )
+    order = np.lexsort((ts, ids))
+    ids_sorted = ids[order].astype(np.int64)
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = ids_sorted[1:] != ids_sorted[:-1]
+    keep = order[last]
+    q_index: dict[str, int] = {}
+    q_vecs = np.zeros((0, dim), np.float32)
+    if query_files:
+        qt = _read(query_files, ["query_text", column, "model_version"])
+        q_version = _single_version(qt, str(query_files[0]))
+        if q_version != version:
+            raise DataError(
+                f"query embeddings come from model_version {q_version}, items from {version}",
+                file=str(query_files[0]),
+                column="model_version",
+            )
+        q_vecs, q_bad = _vectors(qt, column, dim, str(query_files[0]))
+        n_bad += q_bad
+        for i, text in enumerate(qt.column("query_text").to_pylist()):
+            if text is not None:
+                q_index[str(text)] = i
+    return MoonEmbeddings(
+        item_ids=ids[keep].astype(np.int64),
+        item_vectors=vecs[keep],
+        query_index=q_index,
+        query_vectors=q_vecs,
+        model_version=version,
+        dim=dim,
+        n_bad_rows=n_bad,
+    )
+
+
+def _padded_lists(col: pa.ChunkedArray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A list<int64> column as ([N, width] int64 padded with -1, full lengths [N])."""
+    arr = col.combine_chunks()
+    lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(arr).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    n = len(lengths)
+    out = np.full((n, width), -1, dtype=np.int64)
+    keep = np.minimum(lengths, width)
+    total = int(keep.sum())
+    if total:
+        # O(values kept): row and column of every kept value, and where it sits in ``flat``.
+        rows = np.repeat(np.arange(n), keep)
+        cols = np.arange(total) - np.repeat(np.cumsum(keep) - keep, keep)
+        out[rows, cols] = flat[np.repeat(starts, keep) + cols]
+    return out, lengths
+
+
+@dataclass
+class TrainingSet:
+    """A ranker training set in memory, as padded numpy arrays (N rows).
+
+    Args:
+        path: where it was read from.
+        request_id, user_id, item_id, category_id, brand_id, position: [N] int64.
+        clicked: [N] float32.
+        query_vocab: the distinct query texts ("" for none); query_code: [N] index into it.
+        query_tokens: [N, 8] hashed tokens padded with -1; query_token_lengths [N].
+        hist_item_ids, hist_category_ids: [N, L] padded with -1; hist_lengths [N] (<= L).
+        is_test, is_cold, look_driven: [N] bool.
+    """
+
+    path: str
+    request_id: np.ndarray
+    user_id: np.ndarray
+    item_id: np.ndarray
+    category_id: np.ndarray
+    brand_id: np.ndarray
+    position: np.ndarray
+    clicked: np.ndarray
+    query_vocab: list[str]
+    query_code: np.ndarray
+    query_tokens: np.ndarray
+    query_token_lengths: np.ndarray
+    hist_item_ids: np.ndarray
+    hist_category_ids: np.ndarray
+    hist_lengths: np.ndarray
+    is_test: np.ndarray
+    is_cold: np.ndarray
+    look_driven: np.ndarray
+    query_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    has_query: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+    def __len__(self) -> int:
+        return int(self.item_id.shape[0])
+
+    def attach_queries(self, embeddings: MoonEmbeddings | None) -> None:
+        """Resolve each row's query text to a row of ``embeddings.query_vectors``."""
+        if embeddings is None or not embeddings.query_index:
+            self.query_rows = np.zeros(len(self), np.int64)
+            self.has_query = np.zeros(len(self), bool)
+        else:
+            rows, has = embeddings.query_rows(self.query_vocab)
+            self.query_rows, self.has_query = rows[self.query_code], has[self.query_code]
+
+    def batch(self, rows: np.ndarray, query_vectors: np.ndarray | None) -> RankerBatch:
+        """The RankerBatch of ``rows`` (indices into this set)."""
+        if query_vectors is None or query_vectors.shape[0] == 0 or len(self.has_query) == 0:
+            dim = 0 if query_vectors is None else query_vectors.shape[1]
+            q = np.zeros((len(rows), dim), np.float32)
+            has = np.zeros(len(rows), bool)
+        else:
+            q = query_vectors[self.query_rows[rows]]
+            has = self.has_query[rows]
+            q = q * has[:, None]
+        return make_batch(
+            user_id=self.user_id[rows],
+            item_id=self.item_id[rows],
+            category_id=self.category_id[rows],
+            brand_id=self.brand_id[rows],
+            position=self.position[rows],
+            query_tokens_padded=self.query_tokens[rows],
+            query_token_lengths=self.query_token_lengths[rows],
+            hist_item_ids=self.hist_item_ids[rows],
+            hist_category_ids=self.hist_category_ids[rows],
+            hist_lengths=self.hist_lengths[rows],
+            query_embedding=q,
+            has_query=has,
+            labels=self.clicked[rows],
+        )
+
+
+def _ids(table: pa.Table, name: str, file: str) -> np.ndarray:
+    col = table.column(name)
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError("null value", file=file, column=name, row=row)
+    try:
+        return col.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(f"expected integers ({exc})", file=file, column=name) from exc
+
+
+def load_training_set(path: str | Path, max_seq_len: int, query_token_buckets: int) -> TrainingSet:
+    """Read a training-set parquet (file or directory) into padded arrays.
+
+    Args:
+        path: the training set.
+        max_seq_len: L, behaviours kept per row (most recent first).
+        query_token_buckets: hash buckets of query tokens.
+
+    Raises:
+        DataError: missing column, null id, label outside {0, 1}, split outside
+            {train, test}, different history lengths of items and categories.
+    """
+    files = parquet_files(path)
+    where = str(path)
+    names = set(pq.read_schema(files[0]).names)
+    missing = [c for c in TRAINING_SET_COLUMNS if c not in names]
+    if missing:
+        raise DataError("missing column in training set", file=str(files[0]), column=missing[0])
+    flags = [c for c in OPTIONAL_FLAGS if c in names]
+    table = _read(files, list(TRAINING_SET_COLUMNS) + flags)
+    n = table.num_rows
+    clicked = _ids(table, "clicked", where)
+    bad = np.flatnonzero((clicked != 0) & (clicked != 1))
+    if bad.size:
+        raise DataError(
+            f"label {int(clicked[bad[0]])} not in {{0, 1}}",
+            file=where,
+            column="clicked",
+            row=int(bad[0]),
+        )
+    split = table.column("split")
+    ok = pc.is_in(split, value_set=pa.array(["train", "test"])).to_numpy(zero_copy_only=False)
+    bad_split = np.flatnonzero(~ok)
+    if bad_split.size:
+        row = int(bad_split[0])
+        raise DataError(
+            f"split {split[row].as_py()!r} not in ('train', 'test')",
+            file=where,
+            column="split",
+            row=row,
+        )
+    hist_items, item_len = _padded_lists(table.column("hist_item_ids"), max_seq_len)
+    hist_cats, cat_len = _padded_lists(table.column("hist_category_ids"), max_seq_len)
+    mismatch = np.flatnonzero(item_len != cat_len)
+    if mismatch.size:
+        raise DataError(
+            "hist_item_ids and hist_category_ids differ in length",
+            file=where,
+            column="hist_category_ids",
+            row=int(mismatch[0]),
+        )
+    # Tokenise each distinct query once, then expand by the per-row dictionary codes.
+    encoded = pc.dictionary_encode(table.column("query_text").fill_null("")).combine_chunks()
+    vocab = [str(t) for t in encoded.dictionary.to_pylist()]
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    vocab_tok = np.full((len(vocab), MAX_QUERY_TOKENS), -1, np.int64)
+    vocab_len = np.zeros(len(vocab), np.int64)
+    for i, t in enumerate(vocab):
+        toks = query_tokens(t, query_token_buckets, MAX_QUERY_TOKENS)
+        vocab_tok[i, : len(toks)] = toks
+        vocab_len[i] = len(toks)
+    q_tok, q_len = vocab_tok[codes], vocab_len[codes]
+
+    def flag(name: str) -> np.ndarray:
+        if name not in table.column_names:
+            return np.zeros(n, bool)
+        return table.column(name).fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
+
+    return TrainingSet(
+        path=where,
+        request_id=_ids(table, "request_id", where),
+        user_id=_ids(table, "user_id", where),
+        item_id=_ids(table, "item_id", where),
+        category_id=_ids(table, "category_id", where),
+        brand_id=_ids(table, "brand_id", where),
+        position=_ids(table, "position", where),
+        clicked=clicked.astype(np.float32),
+        query_vocab=vocab,
+        query_code=codes,
+        query_tokens=q_tok,
+        query_token_lengths=q_len,
+        hist_item_ids=hist_items,
+        hist_category_ids=hist_cats,
+        hist_lengths=np.minimum(item_len, max_seq_len),
+        is_test=pc.equal(split, "test").to_numpy(zero_copy_only=False).astype(bool),
+        is_cold=flag("is_cold"),
+        look_driven=flag("look_driven"),
+    )

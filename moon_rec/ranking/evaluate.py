@@ -1,0 +1,203 @@
+"""Evaluating a trained ranker on the test period of its training set.
+
+``evaluate_ranker`` returns (and ``moon ranker eval --json`` prints) the keys ``auc``,
+``gauc``, ``logloss``, ``oracle_auc``, ``auc_cold``, ``auc_warm``, ``auc_look_driven``,
+``auc_other``, ``model_version``, ``n_test`` (plus ``oracle_auc_cold`` and
+``oracle_auc_look_driven`` for gap-closed tables). A metric that is undefined on the data
+(one class only, no oracle) is ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from moon_rec.data.errors import DataError
+from moon_rec.metrics.ranking import auc, gauc, logloss
+from moon_rec.ranking.config import RankerConfig
+from moon_rec.ranking.data import (
+    MoonEmbeddings,
+    TrainingSet,
+    load_moon_embeddings,
+    load_training_set,
+)
+from moon_rec.ranking.model import MoonRanker
+from moon_rec.ranking.modules import MoonContentArch, TableSizes
+from moon_rec.ranking.train import META, WEIGHTS
+
+
+def read_meta(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / META
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (is {model_dir} a ranker model directory?)")
+    meta: dict[str, Any] = json.loads(path.read_text())
+    return meta
+
+
+def load_ranker(model_dir: str | Path, device: str = "cpu") -> tuple[MoonRanker, dict[str, Any]]:
+    """The trained, unsharded ranker of ``model_dir`` in eval mode, and its meta dict."""
+    meta = read_meta(model_dir)
+    weights = Path(model_dir) / WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found (training did not finish?)")
+    config = RankerConfig.from_dict(meta["config"])
+    content = None
+    if config.uses_moon:
+        n = int(meta["content_rows"])
+        content = MoonContentArch(torch.zeros(n, dtype=torch.long), torch.zeros(n, config.moon_dim))
+    model = MoonRanker(config, TableSizes(**meta["tables"]), content)
+    try:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except RuntimeError as exc:  # written by another version of the architecture
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise ValueError(
+            f"{weights}: does not fit this version of the ranker ({first[0].strip()}); retrain it"
+        ) from exc
+    return model.to(device).eval(), meta
+
+
+@torch.no_grad()
+def predict(
+    model: MoonRanker,
+    data: TrainingSet,
+    rows: np.ndarray,
+    query_vectors: np.ndarray | None,
+    batch_size: int = 4096,
+) -> np.ndarray:
+    """Click probabilities [len(rows)] of ``rows`` of ``data``."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = data.batch(rows[start : start + batch_size], query_vectors).to(device)
+        out.append(torch.sigmoid(model(batch)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def oracle_probabilities(
+    world: str | Path, request_id: np.ndarray, item_id: np.ndarray
+) -> np.ndarray:
+    """``oracle_p_click`` of the world's impressions for each (request_id, item_id) pair
+    (NaN where the world has no such impression)."""
+    from moon_rec.data.io import read_table
+
+    table = read_table(world, "impressions", columns=["request_id", "item_id", "oracle_p_click"])
+    if "oracle_p_click" not in table.column_names:
+        raise DataError(
+            "no oracle_p_click (not a synthetic world?)", file=str(world), column="oracle_p_click"
+        )
+    w_req = table.column("request_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    w_item = table.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    w_p = table.column("oracle_p_click").to_numpy(zero_copy_only=False).astype(np.float64)
+    # Join on the pair through a sorted composite key.
+    shift = np.int64(max(int(w_item.max(initial=0)), int(item_id.max(initial=0))) + 1)
+    w_key = w_req * shift + w_item
+    key = request_id.astype(np.int64) * shift + item_id.astype(np.int64)
+    order = np.argsort(w_key, kind="stable")
+    pos = np.searchsorted(w_key[order], key).clip(max=max(len(order) - 1, 0))
+    out = np.full(len(key), np.nan)
+    if len(order):
+        hit = w_key[order][pos] == key
+        out[hit] = w_p[order][pos[hit]]
+    return out
+
+
+def ranking_report(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    users: np.ndarray,
+    is_cold: np.ndarray,
+    look_driven: np.ndarray,
+    oracle: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The evaluation keys for one set of predictions (see the module docstring)."""
+    report: dict[str, Any] = {
+        "auc": auc(labels, scores),
+        "gauc": gauc(labels, scores, users),
+        "logloss": logloss(labels, scores),
+        "auc_cold": auc(labels[is_cold], scores[is_cold]),
+        "auc_warm": auc(labels[~is_cold], scores[~is_cold]),
+        "auc_look_driven": auc(labels[look_driven], scores[look_driven]),
+        "auc_other": auc(labels[~look_driven], scores[~look_driven]),
+        "n_test": len(labels),
+        "n_cold": int(is_cold.sum()),
+        "n_look_driven": int(look_driven.sum()),
+    }
+    if oracle is not None:
+        report["oracle_auc"] = auc(labels, oracle)
+        report["oracle_auc_cold"] = auc(labels[is_cold], oracle[is_cold])
+        report["oracle_auc_look_driven"] = auc(labels[look_driven], oracle[look_driven])
+    else:
+        report["oracle_auc"] = report["oracle_auc_cold"] = report["oracle_auc_look_driven"] = None
+    return report
+
+
+def evaluate_ranker(
+    model_dir: str | Path,
+    *,
+    training_set: str | Path | None = None,
+    embeddings: str | Path | None = None,
+    query_embeddings: str | Path | None = None,
+    world: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate the ranker of ``model_dir`` on the test split.
+
+    Args:
+        model_dir: written by ``train_ranker``.
+        training_set: override the training set recorded in the model.
+        embeddings: override the embeddings recorded in the model; their model_version
+            must equal the model's.
+        query_embeddings: override the query embeddings recorded in the model.
+        world: world directory whose impressions carry ``oracle_p_click`` (oracle AUC).
+
+    Raises:
+        DataError: embeddings of another encoder version, no test rows.
+    """
+    model, meta = load_ranker(model_dir)
+    config = model.config
+    ts_path = training_set or meta["training_set"]
+    data = load_training_set(ts_path, config.max_seq_len, config.query_token_buckets)
+    emb: MoonEmbeddings | None = None
+    emb_path = embeddings or meta.get("embeddings")
+    if config.uses_moon:
+        if emb_path is None:
+            raise DataError("the model uses MOON features: pass --embeddings")
+        q_path = query_embeddings or meta.get("query_embeddings")
+        emb = load_moon_embeddings(emb_path, config.moon_dim, queries=q_path)
+        if emb.model_version != meta["model_version"]:
+            raise DataError(
+                f"embeddings are model_version {emb.model_version}, the ranker was trained "
+                f"on {meta['model_version']}",
+                file=str(emb_path),
+                column="model_version",
+            )
+        data.attach_queries(emb)
+    rows = np.flatnonzero(data.is_test)
+    if rows.size == 0:
+        raise DataError("no test rows (split == 'test')", file=str(ts_path), column="split")
+    q_vectors = emb.query_vectors if emb is not None else None
+    scores = predict(model, data, rows, q_vectors, config.train.eval_batch_size)
+    oracle = None
+    if world is not None:
+        oracle = oracle_probabilities(world, data.request_id[rows], data.item_id[rows])
+        missing = int(np.isnan(oracle).sum())
+        if missing:
+            warnings.warn(
+                f"{missing} test rows have no impression in {world}", RuntimeWarning, stacklevel=2
+            )
+    report = ranking_report(
+        data.clicked[rows],
+        scores,
+        data.user_id[rows],
+        data.is_cold[rows],
+        data.look_driven[rows],
+        oracle,
+    )
+    report["model_version"] = meta.get("model_version")
+    report["feature_set"] = config.feature_set
+    report["behaviour"] = config.behaviour.module
+    return report

@@ -1,0 +1,522 @@
+"""Training the ranker: DistributedModelParallel, fused sparse optimizers, checkpoints.
+
+One process or ``torchrun --nproc_per_node N``: gloo on CPU, nccl on GPU (chosen from the
+device). Embedding tables are sharded table-wise by TorchRec's planner and use fused
+kernels with EXACT_ROWWISE_ADAGRAD (``RowWiseAdagrad`` applied in backward); the dense part
+is data-parallel with Adam. The global batch is split evenly over ranks, so one rank and
+two ranks see the same examples per step.
+
+Model directory (``--out``):
+    meta.json       config, table sizes, encoder model_version, inputs, progress
+    model.pt        the full (unsharded) weights, written on rank 0 at the end
+    checkpoint.pt   full weights + optimizer states + position, for resume (any world size)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+from torchrec.distributed.types import ModuleSharder, ShardingType
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+from tqdm import tqdm
+
+from moon_rec.data.errors import DataError
+from moon_rec.ranking.config import RankerConfig
+from moon_rec.ranking.data import (
+    MoonEmbeddings,
+    TrainingSet,
+    load_moon_embeddings,
+    load_training_set,
+)
+from moon_rec.ranking.model import MoonRanker
+from moon_rec.ranking.modules import MoonContentArch, TableSizes
+
+log = logging.getLogger(__name__)
+
+META = "meta.json"
+WEIGHTS = "model.pt"
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class DistributedEnv:
+    """Where this process runs: rank, world size, device and collective backend."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@contextlib.contextmanager
+def distributed(device: str | None = None) -> Iterator[DistributedEnv]:
+    """Join (or create) the process group; one process gets a private single-rank group.
+
+    Under ``torchrun`` (RANK/WORLD_SIZE set) every rank joins the group from the
+    environment. The device is CUDA when available (nccl), else CPU (gloo); ``device``
+    forces one. A group created here is destroyed on exit; an existing one is reused.
+    """
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    backend = "nccl" if use_cuda else "gloo"
+    created = False
+    if not dist.is_initialized():
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        created = True
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    try:
+        yield DistributedEnv(rank, world, local_rank, dev, dist.get_backend())
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def table_sizes(data: TrainingSet, config: RankerConfig) -> TableSizes:
+    """Rows of each ID table: ``config.id_table_rows`` or, when 0, the largest id of the
+    train split (targets and behaviours) + 2, so the last (OOV) row is never a real id.
+    Test-only ids (cold items) therefore share the OOV row."""
+    train = ~data.is_test
+
+    def rows(*arrays: np.ndarray) -> int:
+        if config.id_table_rows > 0:
+            return config.id_table_rows
+        top = max((int(a.max()) if a.size else 0) for a in arrays)
+        return max(top, 0) + 2
+
+    hist_mask = data.hist_item_ids[train] >= 0
+    return TableSizes(
+        user=rows(data.user_id[train]),
+        item=rows(data.item_id[train], data.hist_item_ids[train][hist_mask]),
+        category=rows(data.category_id[train], data.hist_category_ids[train][hist_mask]),
+        brand=rows(data.brand_id[train]),
+        query_token=config.query_token_buckets + 1,
+        position=config.max_position,
+    )
+
+
+def content_arch(embeddings: MoonEmbeddings | None, config: RankerConfig) -> MoonContentArch | None:
+    """The frozen content lookup of ``embeddings`` (None for the ``ids`` feature set)."""
+    if not config.uses_moon:
+        return None
+    if embeddings is None:
+        raise DataError("feature_set 'ids+moon' needs --embeddings")
+    return MoonContentArch(
+        torch.from_numpy(embeddings.item_ids), torch.from_numpy(embeddings.item_vectors)
+    )
+
+
+def build_model(
+    config: RankerConfig, tables: TableSizes, embeddings: MoonEmbeddings | None, seed: int
+) -> MoonRanker:
+    """The unsharded model with seeded initial weights (identical on every rank)."""
+    torch.manual_seed(seed)
+    return MoonRanker(config, tables, content_arch(embeddings, config))
+
+
+def sharders(config: RankerConfig) -> list[ModuleSharder[torch.nn.Module]]:
+    return [
+        EmbeddingBagCollectionSharder(),
+        EmbeddingCollectionSharder(),
+    ]
+
+
+def shard_model(
+    model: MoonRanker, config: RankerConfig, env: DistributedEnv
+) -> tuple[DistributedModelParallel, CombinedOptimizer]:
+    """Wrap ``model`` in DMP (table-wise sharding, fused kernels, row-wise Adagrad in
+    backward) and return it with the combined optimizer (fused sparse + Adam dense).
+
+    The sharded model starts from ``model``'s own weights (DMP re-initialises shards, so
+    they are copied back).
+    """
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # The dense part (and the frozen content buffer) goes to the device here; DMP builds the
+    # table shards on the device itself, so the tables are never copied there whole.
+    for name, child in model.named_children():
+        if name != "sparse_arch":
+            child.to(env.device)
+    sparse_params = list(model.sparse_arch.embedding_bag_collection.parameters()) + list(
+        model.sparse_arch.embedding_collection.parameters()
+    )
+    apply_optimizer_in_backward(RowWiseAdagrad, sparse_params, {"lr": config.train.sparse_lr})
+    tables = [
+        *model.sparse_arch.embedding_bag_collection.embedding_bag_configs(),
+        *model.sparse_arch.embedding_collection.embedding_configs(),
+    ]
+    constraints = {
+        t.name: ParameterConstraints(
+            sharding_types=[ShardingType.TABLE_WISE.value], compute_kernels=["fused"]
+        )
+        for t in tables
+    }
+    with _quiet_torchrec():
+        planner = EmbeddingShardingPlanner(
+            topology=Topology(
+                world_size=env.world_size,
+                local_world_size=env.world_size,
+                compute_device=env.device.type,
+            ),
+            constraints=constraints,
+            batch_size=max(1, config.train.batch_size // env.world_size),
+            storage_reservation=FixedPercentageStorageReservation(percentage=0.15),
+        )
+    shard = sharders(config)
+    with _quiet_torchrec():
+        plan = planner.collective_plan(model, shard, dist.GroupMember.WORLD)
+        dmp = DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=shard)
+    load_full_state(dmp.state_dict(), initial)
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(dmp.named_parameters())),
+        lambda params: torch.optim.Adam(params, lr=config.train.dense_lr),
+    )
+    return dmp, CombinedOptimizer([dmp.fused_optimizer, dense])
+
+
+@contextlib.contextmanager
+def _quiet_torchrec() -> Iterator[None]:
+    """Silence TorchRec's deprecation notices and planner chatter that users cannot act on."""
+    planner_log = logging.getLogger("torchrec.distributed.planner.types")
+    level = planner_log.level
+    planner_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="torchrec")
+            warnings.filterwarnings("ignore", message=".*ShardedTensor.*", category=FutureWarning)
+            warnings.filterwarnings(
+                "ignore", message=".*broadcast_buffers.*", category=FutureWarning
+            )
+            yield
+    finally:
+        planner_log.setLevel(level)
+
+
+def gather_full_state(state: Any, env: DistributedEnv) -> Any:
+    """A copy of a (nested) state dict with every ShardedTensor gathered to a full CPU
+    tensor on rank 0 (None elsewhere). Collective: call on every rank."""
+    if isinstance(state, ShardedTensor):
+        full = None
+        with _quiet_torchrec():
+            if env.is_main:
+                full = torch.empty(state.size(), dtype=state.dtype, device=env.device)
+            state.gather(dst=0, out=full)
+        return None if full is None else full.cpu()
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu().clone()
+    if isinstance(state, dict):
+        # Sorted: ranks may list keys in different orders, and gathers must pair up.
+        return {k: gather_full_state(state[k], env) for k in sorted(state, key=str)}
+    if isinstance(state, list | tuple):
+        return type(state)(gather_full_state(v, env) for v in state)
+    return copy.deepcopy(state)
+
+
+def load_full_state(current: Any, full: Any) -> None:
+    """Copy full tensors ``full`` into the (possibly sharded) tensors of ``current`` in
+    place; each rank copies the slices of its own shards."""
+    if isinstance(current, ShardedTensor):
+        for shard in current.local_shards():
+            md = shard.metadata
+            idx = tuple(
+                slice(o, o + s) for o, s in zip(md.shard_offsets, md.shard_sizes, strict=True)
+            )
+            shard.tensor.detach().copy_(full[idx])
+    elif isinstance(current, torch.Tensor):
+        if tuple(current.shape) != tuple(full.shape):
+            raise ValueError(f"shape {tuple(full.shape)} does not fit {tuple(current.shape)}")
+        current.detach().copy_(full)
+    elif isinstance(current, dict):
+        for key, value in current.items():
+            if key not in full:
+                raise KeyError(f"checkpoint has no entry {key!r}")
+            load_full_state(value, full[key])
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _meta(
+    config: RankerConfig,
+    tables: TableSizes,
+    embeddings: MoonEmbeddings | None,
+    training_set: str,
+    embeddings_path: str | None,
+) -> dict[str, Any]:
+    return {
+        "config": config.to_dict(),
+        "tables": asdict(tables),
+        "model_version": embeddings.model_version if embeddings is not None else None,
+        "moon_dim": config.moon_dim,
+        "content_rows": int(embeddings.item_ids.shape[0]) if embeddings is not None else 0,
+        "embedding_bad_rows": embeddings.n_bad_rows if embeddings is not None else 0,
+        "training_set": str(Path(training_set).resolve()),
+        "embeddings": str(Path(embeddings_path).resolve()) if embeddings_path else None,
+    }
+
+
+def train_ranker(
+    training_set: str | Path,
+    config: RankerConfig,
+    out: str | Path,
+    *,
+    embeddings: str | Path | None = None,
+    query_embeddings: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    max_steps: int | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Train a ranker on the train split of ``training_set`` and write it to ``out``.
+
+    Args:
+        training_set: the training-set parquet (file or directory).
+        config: the experiment.
+        out: the model directory (created).
+        embeddings: MOON embeddings (file or directory); needed for ``ids+moon``, and
+            recorded (model_version) whenever given.
+        query_embeddings: query-text MOON embeddings (file or directory), optional (they
+            may also sit in the ``embeddings`` directory); without them s_q is 0.
+        resume: continue from ``out/checkpoint.pt`` when it exists (same config).
+        progress: show a progress bar (rank 0).
+        max_steps: stop after this many steps in total (a checkpoint is written), e.g. to
+            test resume; None trains all epochs.
+        device: force ``cpu`` or ``cuda`` (default: CUDA when available).
+
+    Returns:
+        the meta dict written to ``out/meta.json`` (rank 0), with ``steps``, ``done``,
+        ``train_loss`` and ``examples_per_s``.
+    """
+    out = Path(out)
+    with distributed(device) as env:
+        data = load_training_set(training_set, config.max_seq_len, config.query_token_buckets)
+        emb = None
+        if embeddings is not None:
+            emb = load_moon_embeddings(embeddings, config.moon_dim, queries=query_embeddings)
+        elif config.uses_moon:
+            raise DataError("feature_set 'ids+moon' needs --embeddings")
+        data.attach_queries(emb if config.uses_moon else None)
+        q_vectors = emb.query_vectors if (emb is not None and config.uses_moon) else None
+        train_rows = np.flatnonzero(~data.is_test)
+        if train_rows.size < env.world_size:
+            raise DataError(
+                "the train split has too few rows", file=str(training_set), column="split"
+            )
+        tables = table_sizes(data, config)
+        meta = _meta(
+            config, tables, emb, str(training_set), str(embeddings) if embeddings else None
+        )
+        meta["query_embeddings"] = (
+            str(Path(query_embeddings).resolve()) if query_embeddings else None
+        )
+        meta["n_queries"] = len(emb.query_index) if emb is not None else 0
+        seed = config.train.seed
+        model = build_model(config, tables, emb, seed)
+        dmp, optimizer = shard_model(model, config, env)
+
+        global_batch = min(config.train.batch_size, train_rows.size)
+        global_batch -= global_batch % env.world_size
+        per_rank = global_batch // env.world_size
+        steps_per_epoch = train_rows.size // global_batch
+        total_steps = steps_per_epoch * config.train.epochs
+        step = 0
+        ckpt_path = out / CHECKPOINT
+        if resume and ckpt_path.is_file():
+            step = _resume(ckpt_path, dmp, optimizer, meta, env)
+        if env.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            _write_json(
+                out / META, {**meta, "steps": step, "total_steps": total_steps, "done": False}
+            )
+        stop = total_steps if max_steps is None else min(total_steps, max_steps)
+        bar = tqdm(
+            total=total_steps, initial=step, disable=not (progress and env.is_main), desc="ranker"
+        )
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        dmp.train()
+        losses: list[float] = []
+        t0, n_examples = time.perf_counter(), 0
+        perm_epoch, perm = -1, train_rows
+        while step < stop:
+            epoch, k = divmod(step, steps_per_epoch)
+            if epoch != perm_epoch:  # the epoch's shuffle depends on (seed, epoch) only
+                perm_epoch, perm = (
+                    epoch,
+                    np.random.default_rng([seed, epoch]).permutation(train_rows),
+                )
+            start = k * global_batch + env.rank * per_rank
+            rows = np.sort(perm[start : start + per_rank])
+            batch = data.batch(rows, q_vectors).to(env.device)
+            logits = dmp(batch)
+            loss = loss_fn(logits, batch.labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            n_examples += global_batch
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            at_epoch_end = step % steps_per_epoch == 0
+            every = config.train.checkpoint_every
+            if step == stop or at_epoch_end or (every > 0 and step % every == 0):
+                _save_checkpoint(ckpt_path, dmp, optimizer, meta, step, env)
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        done = step >= total_steps
+        weights = gather_full_state(dmp.state_dict(), env)
+        if env.is_main:
+            if done:
+                _atomic_save(weights, out / WEIGHTS)
+            meta.update(
+                steps=step,
+                total_steps=total_steps,
+                done=done,
+                world_size=env.world_size,
+                train_loss=float(np.mean(losses[-50:])) if losses else None,
+                examples_per_s=n_examples / elapsed if elapsed > 0 and n_examples else None,
+            )
+            _write_json(out / META, meta)
+        dist.barrier()
+        return meta
+
+
+def _fused_file(path: Path, env: DistributedEnv) -> Path:
+    return path.with_name(f"{path.stem}.fused.rank{env.rank}-of-{env.world_size}.pt")
+
+
+def _local_fused_state(fused: Any) -> dict[tuple[str, str], list[torch.Tensor]]:
+    """This rank's fused (sparse) optimizer state: the local shards as plain tensors.
+
+    The fused state is rank-local (a rank lists only the tables it holds), so it is saved
+    per rank rather than gathered."""
+    out: dict[tuple[str, str], list[torch.Tensor]] = {}
+    for key, entry in fused.state_dict()["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, ShardedTensor):
+                out[(key, name)] = [s.tensor.detach().cpu().clone() for s in value.local_shards()]
+            elif isinstance(value, torch.Tensor):
+                out[(key, name)] = [value.detach().cpu().clone()]
+    return out
+
+
+def _load_local_fused_state(fused: Any, saved: dict[tuple[str, str], list[torch.Tensor]]) -> None:
+    state = fused.state_dict()
+    for key, entry in state["state"].items():
+        for name, value in entry.items():
+            tensors = (
+                [s.tensor for s in value.local_shards()]
+                if isinstance(value, ShardedTensor)
+                else [value]
+            )
+            for t, src in zip(tensors, saved[(key, name)], strict=True):
+                t.detach().copy_(src)
+    fused.load_state_dict(state)
+
+
+def _save_checkpoint(
+    path: Path,
+    dmp: DistributedModelParallel,
+    optimizer: CombinedOptimizer,
+    meta: dict[str, Any],
+    step: int,
+    env: DistributedEnv,
+) -> None:
+    fused, dense = optimizer.optimizers[0][1], optimizer.optimizers[1][1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save({"step": step, "state": _local_fused_state(fused)}, _fused_file(path, env))
+    state = {
+        "model": gather_full_state(dmp.state_dict(), env),
+        "dense_optimizer": gather_full_state(dense.state_dict(), env),
+        "step": step,
+        "world_size": env.world_size,
+        "config": meta["config"],
+        "training_set": meta["training_set"],
+        "model_version": meta["model_version"],
+    }
+    dist.barrier()  # every rank's fused state is on disk before the main file names the step
+    if env.is_main:
+        _atomic_save(state, path)
+    dist.barrier()
+
+
+def _resume(
+    path: Path,
+    dmp: DistributedModelParallel,
+    optimizer: CombinedOptimizer,
+    meta: dict[str, Any],
+    env: DistributedEnv,
+) -> int:
+    """Load the checkpoint at ``path``; returns its step. Weights and the dense optimizer
+    load at any world size; the fused (sparse) optimizer state needs the same world size,
+    else it restarts (with a warning)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("config", "training_set", "model_version"):
+        if state.get(key) != meta[key]:
+            raise ValueError(
+                f"{path}: checkpoint was made with another {key}; pass --no-resume or a new --out"
+            )
+    step = int(state["step"])
+    load_full_state(dmp.state_dict(), state["model"])
+    fused, dense = optimizer.optimizers[0][1], optimizer.optimizers[1][1]
+    dense.init_state()  # Adam's state is lazy: create it so that it can be loaded into
+    dense.load_state_dict(state["dense_optimizer"])
+    fused_path = _fused_file(path, env)
+    fused_state = (
+        torch.load(fused_path, map_location="cpu", weights_only=False)
+        if fused_path.is_file()
+        else None
+    )
+    if fused_state is not None and int(fused_state["step"]) == step:
+        _load_local_fused_state(fused, fused_state["state"])
+    else:
+        warnings.warn(
+            f"{path}: no sparse optimizer state for rank {env.rank} of {env.world_size} at step "
+            f"{step}; row-wise Adagrad state restarts",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    log.info("resumed from %s at step %d", path, step)
+    return step

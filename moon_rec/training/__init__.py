@@ -1,0 +1,1 @@
+"""Encoder training: pair building, contrastive objectives, negative samplers, trainer."""

@@ -1,0 +1,91 @@
+"""`moon encoder pretrain | posttrain --stage 1|2 | train`: MOON encoder training.
+
+All three accept ``--preset`` (configs/encoder/<preset>.yaml) or ``--config FILE`` plus
+``--set key.sub=value`` overrides; they resume from ``OUT/state`` after a kill unless
+``--no-resume``. Run under ``torchrun --nproc_per_node N -m moon_rec.cli encoder ...`` for
+DDP (gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--world", required=True, type=Path, help="world directory")
+    p.add_argument("--out", required=True, type=Path, help="run directory (OUT/encoder is the checkpoint)")
+    p.add_argument("--preset", default=None, help="configs/encoder/<preset>.yaml (default tiny)")
+    p.add_argument("--config", type=Path, default=None, help="a training YAML instead of a preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set stage1.steps=200 (repeatable)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: config)")
+    p.add_argument("--no-resume", action="store_true", help="ignore OUT/state, start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    enc = sub.add_parser("encoder", help="train the MOON encoder (pretrain, post-train)")
+    esub = enc.add_subparsers(dest="encoder_command", metavar="COMMAND")
+    esub.required = True
+
+    pre = esub.add_parser(
+        "pretrain", help="image-title contrastive pretraining on the catalog",
+        description="Train the tokenizer on the catalog text, build the encoder from its "
+        "config and pretrain it (image-title InfoNCE; the MLLM adds title generation).")
+    _common(pre)
+    pre.add_argument("--init", type=Path, default=None, help="start from a checkpoint instead")
+    pre.set_defaults(func=_pretrain)
+
+    post = esub.add_parser(
+        "posttrain", help="behaviour-based contrastive post-training, stage 1 or 2",
+        description="Stage 1: InfoNCE over the behaviour pairs' modality mix. Stage 2: "
+        "purchase pairs, hardest-pair dedup, SPU merging, category resampling, hard and "
+        "spatial-temporal negatives, optional circle loss.")
+    _common(post)
+    post.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    post.add_argument("--init", type=Path, required=True,
+                      help="the previous stage's run directory or encoder checkpoint")
+    post.set_defaults(func=_posttrain)
+
+    allp = esub.add_parser("train", help="pretrain, stage 1 and stage 2 in a row (OUT/<stage>)")
+    _common(allp)
+    allp.set_defaults(func=_train_all)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from moon_rec.training.config import load_config
+
+    overrides = list(args.overrides)
+    if args.threads is not None:
+        overrides.append(f"threads={args.threads}")
+    return load_config(args.preset, args.config, overrides)
+
+
+def _run(args: argparse.Namespace, stage: str, init: Path | None) -> int:
+    from moon_rec.training.trainer import train_stage
+
+    summary = train_stage(args.world, stage, _config(args), args.out, init=init,
+                          resume=not args.no_resume, progress=not args.quiet)
+    summary.pop("config", None)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    return _run(args, "pretrain", args.init)
+
+
+def _posttrain(args: argparse.Namespace) -> int:
+    return _run(args, f"stage{args.stage}", args.init)
+
+
+def _train_all(args: argparse.Namespace) -> int:
+    from moon_rec.training.trainer import train_all
+
+    result = train_all(args.world, _config(args), args.out, progress=not args.quiet)
+    print(json.dumps({s: {k: v for k, v in r.items() if k != "config"} for s, r in result.items()},
+                     indent=2))
+    return 0

@@ -1,0 +1,151 @@
+"""Training configuration: YAML with presets (configs/encoder/<preset>.yaml), strict keys.
+
+A run is reproducible from its config and seed. Structure::
+
+    seed: 0
+    threads: 1
+    encoder: {EncoderConfig}
+    pretrain: {StageConfig}
+    stage1:   {StageConfig}
+    stage2:   {StageConfig}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from moon_rec.encoders.config import EncoderConfig
+from moon_rec.training.pairs import KINDS
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "encoder"
+STAGES: tuple[str, ...] = ("pretrain", "stage1", "stage2")
+
+
+class StageConfig(BaseModel):
+    """One training stage.
+
+    Args:
+        steps: optimiser steps (per rank).
+        batch_size: pairs per step per rank.
+        lr / weight_decay / warmup_steps / grad_clip: AdamW with linear warm-up and cosine
+            decay.
+        temperature: InfoNCE tau.
+        loss: ``infonce`` or ``circle`` (circle_margin, circle_gamma).
+        symmetric: also contrast targets against queries (in-batch).
+        matryoshka_weights: one weight per Matryoshka dim (default 1 each).
+        mix: pair kind -> mixing ratio (see moon_rec.training.pairs.KINDS).
+        actions: behaviours that make pairs (stage 2: ``[buy]``).
+        items_bought_only: catalog/photo pairs only for bought items (stage 2).
+        min_query_tokens: drop text queries with fewer words (stage 2).
+        dedup_hardest: keep per (kind, item) this many hardest pairs under the previous
+            model (0: no dedup).
+        resample_categories: draw this many pairs matching the online category exposure
+            (0: off).
+        hard_negatives: same-category negatives per positive (encoded with gradient).
+        queue_size: temporal negatives, a FIFO of past target embeddings (0: off).
+        all_gather: spatial negatives, the other ranks' targets (under torchrun).
+        merge_spu: which queries treat variants of the positive's SPU as non-negatives:
+            ``text`` (text/title queries), ``all`` or ``none``.
+        caption_weight: MLLM only, weight of the title-generation objective.
+        checkpoint_every / log_every: in steps.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+    temperature: float = 0.05
+    loss: Literal["infonce", "circle"] = "infonce"
+    circle_margin: float = 0.25
+    circle_gamma: float = 32.0
+    symmetric: bool = True
+    matryoshka_weights: list[float] | None = None
+    mix: dict[str, float] = Field(default_factory=lambda: {"title_image": 1.0})
+    actions: list[Literal["click", "cart", "buy"]] | None = None
+    items_bought_only: bool = False
+    min_query_tokens: int = 0
+    dedup_hardest: int = 0
+    resample_categories: int = 0
+    hard_negatives: int = 0
+    queue_size: int = 0
+    all_gather: bool = True
+    merge_spu: Literal["text", "all", "none"] = "text"
+    caption_weight: float = 0.0
+    checkpoint_every: int = 50
+    log_every: int = 10
+
+    @field_validator("mix")
+    @classmethod
+    def _known_kinds(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown pair kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+        if not any(r > 0 for r in v.values()):
+            raise ValueError("mix needs at least one positive ratio")
+        return v
+
+
+class TrainConfig(BaseModel):
+    """A full encoder training recipe: architecture plus the three stages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = "custom"
+    seed: int = 0
+    threads: int = 1
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    pretrain: StageConfig = Field(default_factory=StageConfig)
+    stage1: StageConfig = Field(default_factory=StageConfig)
+    stage2: StageConfig = Field(default_factory=StageConfig)
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r} ({', '.join(STAGES)})")
+        stage: StageConfig = getattr(self, name)
+        return stage
+
+
+def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+def load_config(
+    preset: str | None = None, path: str | Path | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
+    """A preset (configs/encoder/<preset>.yaml) or a YAML file, plus ``key.sub=value``
+    overrides (values parsed as YAML).
+
+    Raises:
+        ValueError: unknown preset, unknown key or bad value (pydantic names the field).
+    """
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"no config file {p}")
+    else:
+        name = preset or "tiny"
+        p = PRESET_DIR / f"{name}.yaml"
+        if not p.is_file():
+            known = sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
+            raise ValueError(f"unknown preset {name!r} (known: {', '.join(known)})")
+    raw = yaml.safe_load(p.read_text()) or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        k, v = item.split("=", 1)
+        _set(raw, k.strip(), yaml.safe_load(v))
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"{p}: {exc}") from None

@@ -1,0 +1,507 @@
+"""The encoder trainer: one function runs one stage (pretrain, stage1, stage2).
+
+Runs like real training: seeded (every batch is a pure function of seed, stage, step and
+rank, so a resumed run sees the same batches), a tqdm bar with loss and throughput, a
+checkpoint every ``checkpoint_every`` steps that carries the ``model_version``, resume from
+the last checkpoint after a kill, and DDP under ``torchrun`` (gloo on CPU) with the other
+ranks' targets all-gathered as spatial negatives.
+
+Run directory layout (``out``)::
+
+    encoder/          the final MoonEncoder checkpoint (``MoonEncoder.from_pretrained``)
+    state/            the last resumable checkpoint: encoder/ + trainer.pt
+    train_log.jsonl   one JSON line per logged step (loss, lr, pairs/s, negatives)
+    summary.json      stage, model_version, steps, seconds, pair counts, final loss
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from moon_rec.encoders import MoonEncoder, MoonTokenizer, build_encoder
+from moon_rec.training.augment import user_photo_augment
+from moon_rec.training.config import STAGES, StageConfig, TrainConfig
+from moon_rec.training.data import WorldData, load_world
+from moon_rec.training.losses import LOSSES, matryoshka_loss
+from moon_rec.training.negatives import (
+    CategoryHardNegatives,
+    TemporalNegativeQueue,
+    gather_ids,
+    gather_with_local_grad,
+)
+from moon_rec.training.pairs import (
+    KIND_NAMES,
+    KINDS,
+    TEXT_QUERIES,
+    PairSet,
+    build_pairs,
+    dedup_hardest,
+    drop_short_texts,
+    resample_categories,
+    sample_batch,
+)
+
+log = logging.getLogger(__name__)
+KILL_ENV = "MOON_TRAIN_KILL_AT_STEP"  # fault injection for the resume test: SIGKILL after
+# the checkpoint of this step has been written.
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory (holding encoder/) or an encoder checkpoint directory -> the latter."""
+    p = Path(path)
+    if (p / "encoder" / "moon_encoder.json").exists():
+        return p / "encoder"
+    if (p / "moon_encoder.json").exists():
+        return p
+    raise FileNotFoundError(f"no MOON encoder checkpoint at {p} (nor at {p / 'encoder'})")
+
+
+# -- batches ---------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Encoder inputs of one step and where each query / target / hard negative lands in
+    the concatenated output [text; image; product]."""
+
+    inputs: dict[str, Any]
+    query_index: torch.Tensor
+    target_index: torch.Tensor
+    hard_index: torch.Tensor
+    target_ids: torch.Tensor
+    target_spu: torch.Tensor
+    hard_ids: torch.Tensor
+    hard_spu: torch.Tensor
+    merge_rows: torch.Tensor  # [B] bool: query is text-like (SPU variants not negatives)
+    product_targets: torch.Tensor  # [B] bool: target is a product embedding (for the queue)
+
+
+@dataclass
+class _Slots:
+    texts: list[str] = field(default_factory=list)
+    images: list[torch.Tensor] = field(default_factory=list)
+    n_images: int = 0
+    titles: list[str] = field(default_factory=list)
+    prod_images: list[torch.Tensor] = field(default_factory=list)
+    slots: list[tuple[str, int]] = field(default_factory=list)
+
+    def text(self, s: str) -> tuple[str, int]:
+        self.texts.append(s)
+        return ("text", len(self.texts) - 1)
+
+    def image(self, x: torch.Tensor) -> tuple[str, int]:
+        self.images.append(x)
+        self.n_images += x.shape[0]
+        return ("image", self.n_images - 1)
+
+    def product(self, title: str, x: torch.Tensor) -> tuple[str, int]:
+        self.titles.append(title)
+        self.prod_images.append(x)
+        return ("product", len(self.titles) - 1)
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255.0)
+
+
+def assemble(
+    data: WorldData,
+    pairs: PairSet,
+    idx: np.ndarray,
+    g: torch.Generator,
+    *,
+    hard_rows: np.ndarray | None = None,
+    caption: bool = False,
+) -> Batch:
+    """Build the encoder inputs of pairs ``idx`` (+ hard-negative catalog rows [B, k])."""
+    s = _Slots()
+    aug_rows = [int(pairs.query_ref[i]) for i in idx if KINDS[KIND_NAMES[pairs.kind[i]]][0] == "aug"]
+    augmented = (user_photo_augment(_float(data.images[aug_rows]), g) if aug_rows
+                 else torch.zeros(0))
+    a = 0
+    q_slots, t_slots = [], []
+    for i in idx:
+        qm, tm = KINDS[KIND_NAMES[pairs.kind[i]]]
+        ref, row = int(pairs.query_ref[i]), int(pairs.target_row[i])
+        if qm == "text":
+            q_slots.append(s.text(data.beh_text[ref]))
+        elif qm == "title":
+            q_slots.append(s.text(data.title[ref]))
+        elif qm == "photo":
+            q_slots.append(s.image(_float(data.query_images[ref: ref + 1])))
+        elif qm == "aug":
+            q_slots.append(s.image(augmented[a: a + 1]))
+            a += 1
+        else:
+            q_slots.append(s.product(data.title[ref], _float(data.images[ref: ref + 1])))
+        if tm == "product":
+            t_slots.append(s.product(data.title[row], _float(data.images[row: row + 1])))
+        elif tm == "image":
+            t_slots.append(s.image(_float(data.images[row: row + 1])))
+        else:
+            t_slots.append(s.text(data.title[row]))
+    h_slots = []
+    hr = hard_rows[hard_rows >= 0] if hard_rows is not None else np.zeros(0, np.int64)
+    for row in hr.tolist():
+        h_slots.append(s.product(data.title[row], _float(data.images[row: row + 1])))
+    inputs: dict[str, Any] = {
+        "text": s.texts,
+        "image": torch.cat(s.images) if s.images else None,
+        "product": (s.titles, torch.cat(s.prod_images)) if s.titles else None,
+    }
+    if caption:
+        cap = [int(pairs.target_row[i]) for i in idx if KIND_NAMES[pairs.kind[i]] == "title_image"]
+        if cap:
+            inputs["caption"] = ([data.title[r] for r in cap], _float(data.images[cap]))
+    offsets = {"text": 0, "image": len(s.texts), "product": len(s.texts) + s.n_images}
+
+    def index(slots: list[tuple[str, int]]) -> torch.Tensor:
+        return torch.tensor([offsets[m] + j for m, j in slots], dtype=torch.long)
+
+    t_rows = pairs.target_row[idx]
+    return Batch(
+        inputs=inputs,
+        query_index=index(q_slots),
+        target_index=index(t_slots),
+        hard_index=index(h_slots),
+        target_ids=torch.from_numpy(data.item_id[t_rows].astype(np.int64)),
+        target_spu=torch.from_numpy(data.spu_id[t_rows].astype(np.int64)),
+        hard_ids=torch.from_numpy(data.item_id[hr].astype(np.int64)),
+        hard_spu=torch.from_numpy(data.spu_id[hr].astype(np.int64)),
+        merge_rows=torch.tensor([KINDS[KIND_NAMES[pairs.kind[i]]][0] in TEXT_QUERIES for i in idx],
+                                dtype=torch.bool),
+        product_targets=torch.tensor([KINDS[KIND_NAMES[pairs.kind[i]]][1] == "product"
+                                      for i in idx], dtype=torch.bool),
+    )
+
+
+def flat_outputs(out: dict[str, torch.Tensor], dim: int) -> torch.Tensor:
+    parts = [out[k] for k in ("text", "image", "product") if k in out]
+    return torch.cat(parts) if parts else torch.zeros((0, dim))
+
+
+@torch.no_grad()
+def pair_similarity(encoder: MoonEncoder, data: WorldData, pairs: PairSet, seed: int,
+                    batch_size: int = 256) -> np.ndarray:
+    """[P] cosine of each pair's query and target under ``encoder`` (no gradient)."""
+    encoder.eval()
+    g = torch.Generator().manual_seed(seed)
+    sims = np.zeros(len(pairs), np.float32)
+    for start in range(0, len(pairs), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(pairs)))
+        b = assemble(data, pairs, idx, g)
+        e = flat_outputs(encoder(b.inputs), encoder.embed_dim)
+        sims[idx] = (e[b.query_index] * e[b.target_index]).sum(-1).numpy()
+    return sims
+
+
+# -- distributed -------------------------------------------------------------------------
+
+
+def _dist_setup() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+# -- checkpoints -------------------------------------------------------------------------
+
+
+def _save_state(out: Path, encoder: MoonEncoder, trainer: dict[str, Any]) -> None:
+    """Write out/state atomically: a crash leaves either the old or the new state."""
+    tmp, state, old = out / "state.tmp", out / "state", out / "state.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    encoder.save_pretrained(tmp / "encoder")
+    trainer["model_version"] = encoder.model_version
+    torch.save(trainer, tmp / "trainer.pt")
+    if state.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(state, old)
+    os.replace(tmp, state)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _finished(out: Path, stage: str, config: TrainConfig) -> dict[str, Any] | None:
+    """The summary of a finished identical run in ``out``, or None."""
+    path = out / "summary.json"
+    if not (path.exists() and (out / "encoder").exists()):
+        return None
+    summary: dict[str, Any] = json.loads(path.read_text())
+    want = {k: v for k, v in config.model_dump(mode="json").items() if k != "threads"}
+    got = {k: v for k, v in (summary.get("config") or {}).items() if k != "threads"}
+    return summary if summary.get("stage") == stage and got == want else None
+
+
+def _find_state(out: Path) -> Path | None:
+    for d in (out / "state", out / "state.old"):
+        if (d / "trainer.pt").exists() and (d / "encoder").exists():
+            return d
+    return None
+
+
+# -- the stage ---------------------------------------------------------------------------
+
+
+def catalog_texts(data: WorldData) -> list[str]:
+    """What the tokenizer is trained on: warm items' titles and attributes, training
+    behaviours' query texts."""
+    warm = np.flatnonzero(data.warm_item_mask)
+    texts = [data.title[i] for i in warm] + [data.attributes[i] for i in warm if data.attributes[i]]
+    texts += [t for t, us in zip(data.beh_text, data.beh_us.tolist(), strict=True)
+              if t and us < data.train_end_us]
+    return texts
+
+
+def stage_pairs(data: WorldData, sc: StageConfig, encoder: MoonEncoder, seed: int) -> PairSet:
+    """The stage's pairs after its data processing (stage 2: purchases, short-text drop,
+    hardest-pair dedup under ``encoder`` = the previous model, category resampling)."""
+    pairs = build_pairs(data, sc.mix, actions=set(sc.actions) if sc.actions else None,
+                        items_bought_only=sc.items_bought_only)
+    if sc.min_query_tokens:
+        pairs = drop_short_texts(data, pairs, sc.min_query_tokens)
+    if sc.dedup_hardest and len(pairs):
+        pairs = dedup_hardest(pairs, pair_similarity(encoder, data, pairs, seed), sc.dedup_hardest)
+    if sc.resample_categories and len(pairs):
+        pairs = resample_categories(data, pairs, sc.resample_categories,
+                                    np.random.default_rng([seed, 17]))
+    if len(pairs) == 0:
+        raise ValueError(f"no training pairs for mix {sc.mix} in {data.root}")
+    return pairs
+
+
+def _loss_kwargs(sc: StageConfig) -> dict[str, Any]:
+    if sc.loss == "circle":
+        return {"margin": sc.circle_margin, "gamma": sc.circle_gamma}
+    return {"temperature": sc.temperature}
+
+
+def train_stage(
+    world: str | Path | WorldData,
+    stage: str,
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    init: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one stage and write the run directory ``out`` (see module docstring).
+
+    Args:
+        world: a world directory (or one already loaded).
+        stage: ``pretrain``, ``stage1`` or ``stage2``.
+        config: the recipe (its ``stage`` block and, without ``init``, its ``encoder``).
+        out: the run directory.
+        init: the previous stage's checkpoint (run dir or encoder dir); None builds a
+            fresh encoder and trains its tokenizer on the catalog.
+        resume: continue from ``out/state`` when it exists.
+
+    Returns:
+        the summary (also written to out/summary.json by rank 0).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r} ({', '.join(STAGES)})")
+    sc = config.stage(stage)
+    rank, world_size = _dist_setup()
+    torch.set_num_threads(max(1, config.threads))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = _finished(out, stage, config) if resume else None
+    if done is not None:  # the same stage with the same recipe already finished here
+        return done
+    data = world if isinstance(world, WorldData) else load_world(world)
+    t0 = time.time()
+
+    state_dir = _find_state(out) if resume else None
+    trainer_state: dict[str, Any] | None = None
+    if state_dir is not None:
+        encoder = MoonEncoder.from_pretrained(state_dir / "encoder")
+        trainer_state = torch.load(state_dir / "trainer.pt", weights_only=False)
+        pairs = PairSet(**{k: np.asarray(v) for k, v in trainer_state["pairs"].items()})
+    else:
+        if init is not None:
+            encoder = MoonEncoder.from_pretrained(resolve_checkpoint(init))
+        else:
+            tok = MoonTokenizer.train(catalog_texts(data), vocab_size=config.encoder.vocab_size)
+            encoder = build_encoder(config.encoder, tok)
+        pairs = stage_pairs(data, sc, encoder, config.seed)
+    init_version = encoder.model_version
+    encoder.train()
+    dims = encoder.dims
+    weights = sc.matryoshka_weights or [1.0] * len(dims)
+    if len(weights) != len(dims):
+        raise ValueError(f"matryoshka_weights has {len(weights)} entries for dims {dims}")
+
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=sc.lr, weight_decay=sc.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, min(sc.warmup_steps, sc.steps), max(sc.steps, 1))
+    queue = TemporalNegativeQueue(encoder.embed_dim, sc.queue_size)
+    start = 0
+    if trainer_state is not None:
+        opt.load_state_dict(trainer_state["optimizer"])
+        sched.load_state_dict(trainer_state["scheduler"])
+        queue.load_state_dict(trainer_state["queue"])
+        start = int(trainer_state["step"])
+        init_version = trainer_state.get("init_version", init_version)
+    model: torch.nn.Module = encoder
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(encoder, find_unused_parameters=True)
+    hard = None
+    if sc.hard_negatives > 0:
+        warm = np.flatnonzero(data.warm_item_mask)
+        hard = CategoryHardNegatives(data.item_id[warm], data.category_id[warm], data.spu_id[warm])
+    loss_fn = LOSSES[sc.loss]
+    kw = _loss_kwargs(sc)
+    caption = sc.caption_weight > 0 and config.encoder.backbone == "mllm"
+    kill_at = int(os.environ.get(KILL_ENV, "-1"))
+    stage_idx = STAGES.index(stage)
+    log_path = out / "train_log.jsonl"
+    bar = tqdm(total=sc.steps, initial=start, desc=f"{stage}", unit="step",
+               disable=(rank != 0) or not progress, dynamic_ncols=True, mininterval=1.0)
+    last: dict[str, Any] = {}
+    ema_loss: float | None = None
+    for step in range(start, sc.steps):
+        t_step = time.time()
+        rng = np.random.default_rng([config.seed, stage_idx, step, rank])
+        g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        idx = sample_batch(pairs, sc.mix, sc.batch_size, rng)
+        hard_rows = None
+        if hard is not None:
+            hard_ids = hard.sample(data.item_id[pairs.target_row[idx]], sc.hard_negatives, rng)
+            hard_rows = np.where(hard_ids >= 0, data.rows_of(np.maximum(hard_ids, 0)), -1)
+            hard_rows = hard_rows.reshape(-1)
+        batch = assemble(data, pairs, idx, g, hard_rows=hard_rows, caption=caption)
+        outs = model(batch.inputs)
+        emb = flat_outputs(outs, encoder.embed_dim)
+        q, t, h = emb[batch.query_index], emb[batch.target_index], emb[batch.hard_index]
+        b = q.shape[0]
+        # spatial negatives: the other ranks' targets (all-gather, local grad only)
+        extra_parts, cand_ids, cand_spu = [], [batch.target_ids], [batch.target_spu]
+        if sc.all_gather and world_size > 1:
+            t_all = gather_with_local_grad(t)
+            ids_all, spu_all = gather_ids(batch.target_ids), gather_ids(batch.target_spu)
+            others = torch.ones(t_all.shape[0], dtype=torch.bool)
+            others[rank * b:(rank + 1) * b] = False
+            extra_parts.append(t_all[others])
+            cand_ids.append(ids_all[others])
+            cand_spu.append(spu_all[others])
+        n_spatial = sum(p.shape[0] for p in extra_parts)
+        if h.shape[0]:
+            extra_parts.append(h)
+            cand_ids.append(batch.hard_ids)
+            cand_spu.append(batch.hard_spu)
+        n_queue = len(queue)
+        if n_queue:
+            extra_parts.append(queue.embeddings())
+            cand_ids.append(queue.item_ids())
+            cand_spu.append(queue.spu_ids())
+        extra = torch.cat(extra_parts) if extra_parts else None
+        all_ids, all_spu = torch.cat(cand_ids), torch.cat(cand_spu)
+        same = batch.target_ids[:, None] == all_ids[None, :]
+        same |= (batch.target_spu[:, None] == all_spu[None, :]) & (
+            batch.merge_rows[:, None] if sc.merge_spu == "text"
+            else torch.full((b, 1), sc.merge_spu == "all"))
+        loss = matryoshka_loss(q, t, dims, loss_fn, weights=weights, extra=extra, same=same, **kw)
+        if sc.symmetric:
+            loss = loss + matryoshka_loss(t, q, dims, loss_fn, weights=weights,
+                                          same=same[:, :b], **kw)
+        if "aux_loss" in outs:
+            loss = loss + sc.caption_weight * outs["aux_loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if sc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
+        opt.step()
+        sched.step()
+        # temporal negatives: remember this step's product targets (all ranks')
+        if sc.queue_size > 0:
+            push_emb, push_ids, push_spu = t.detach(), batch.target_ids, batch.target_spu
+            push_mask = batch.product_targets
+            if sc.all_gather and world_size > 1:
+                push_emb, push_ids, push_spu = t_all.detach(), ids_all, spu_all
+                push_mask = gather_ids(push_mask.to(torch.uint8)).bool()
+            queue.push(push_emb[push_mask], push_ids[push_mask], push_spu[push_mask])
+        lv = float(loss.detach())
+        ema_loss = lv if ema_loss is None else 0.9 * ema_loss + 0.1 * lv
+        dt = time.time() - t_step
+        last = {
+            "step": step + 1, "loss": round(lv, 5), "lr": sched.get_last_lr()[0],
+            "pairs_per_s": round(b * world_size / max(dt, 1e-9), 1),
+            "negatives_per_query": int(b - 1 + (extra.shape[0] if extra is not None else 0)),
+            "spatial_negatives": int(n_spatial), "hard_negatives": int(h.shape[0]),
+            "queue_negatives": n_queue, "world_size": world_size,
+        }
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema_loss:.3f}", pairs_s=f"{last['pairs_per_s']:.0f}")
+        if rank == 0 and ((step + 1) % sc.log_every == 0 or step + 1 == sc.steps or step == start):
+            with log_path.open("a") as f:
+                f.write(json.dumps({"stage": stage, **last}) + "\n")
+        if (step + 1) % sc.checkpoint_every == 0 and step + 1 < sc.steps:
+            if rank == 0:
+                _save_state(out, encoder, {
+                    "step": step + 1, "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "queue": queue.state_dict(),
+                    "pairs": {"kind": pairs.kind, "query_ref": pairs.query_ref,
+                              "target_row": pairs.target_row},
+                    "stage": stage, "config": config.model_dump(mode="json"),
+                    "init_version": init_version,
+                })
+            _barrier()
+            if step + 1 == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+    encoder.eval()
+    seconds = time.time() - t0
+    summary = {
+        "stage": stage, "model_version": encoder.model_version, "init_version": init_version,
+        "steps": sc.steps, "resumed_from_step": start, "seconds": round(seconds, 2),
+        "world_size": world_size, "pairs": pairs.counts(), "n_pairs": len(pairs),
+        "final": last, "config": config.model_dump(mode="json"),
+    }
+    if rank == 0:
+        encoder.save_pretrained(out / "encoder")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if world_size > 1:  # every rank's final weights, to check that DDP kept them in sync
+        (out / f"rank{rank}.json").write_text(json.dumps(
+            {"rank": rank, "model_version": summary["model_version"]}))
+    _barrier()
+    return summary
+
+
+def train_all(
+    world: str | Path, config: TrainConfig, out: str | Path,
+    stages: Sequence[str] = STAGES, *, progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Run the stages in order, each initialised from the previous one: out/<stage>/."""
+    data = load_world(world)
+    out = Path(out)
+    prev: Path | None = None
+    result = {}
+    for s in stages:
+        result[s] = train_stage(data, s, config, out / s, init=prev, progress=progress)
+        prev = out / s
+    return result

@@ -1,0 +1,609 @@
+"""Batch job: embed every catalog item (title + image) with a MOON encoder.
+
+    moon embed --world W --checkpoint C --out E [--batch-size 64] [--part-rows 4096]
+    torchrun --nproc-per-node 2 -m pipelines.embed --world W --checkpoint C --out E
+
+Output folder ``E`` (a snapshot: exactly one row per embedded catalog item):
+    part-00000.parquet ...  item_id int64, emb_{d} list<float32> per Matryoshka size d
+                            (each prefix renormalised), model_version string,
+                            event_timestamp timestamp[us, UTC]; catalog order, ``part_rows``
+                            items per part
+    manifest.json           model_version, dims, counts, parts, the run's event time
+    _index.parquet          item_id, content_hash, model_version (drives incremental runs)
+    rejects.parquet         item_id, row, reason: rows that could not be embedded
+                            (empty title, undecodable image); never silently dropped
+
+Incremental: an item whose content hash (title + image bytes) and model_version match the
+index keeps its row (and its old event_timestamp); only the others are embedded.
+Resumable: the items to embed are cut into chunks of ``part_rows`` in catalog order; each
+chunk is written atomically under ``E/.work/<plan>/`` and skipped when present, and the
+snapshot is assembled from chunks and the previous snapshot only once all exist, then
+swapped in (also resumable). A killed run, run again, gives the same output as an
+uninterrupted one, event timestamps included (the plan records its time).
+Sharded: under ``torchrun`` rank r embeds chunks j with j % world_size == r; rank 0
+assembles the snapshot in catalog order, so the result does not depend on the sharding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from moon_rec.data.errors import DataError
+from moon_rec.data.images import decode_image
+from moon_rec.data.io import atomic_write_text
+from moon_rec.data.schemas import TIMESTAMP
+from moon_rec.data.validation import table_files
+
+MANIFEST = "manifest.json"
+INDEX = "_index.parquet"
+REJECTS = "rejects.parquet"
+WORK = ".work"
+PART_GLOB = "part-*.parquet"
+READ_BATCH = 1024
+
+
+class ProductEncoder(Protocol):
+    """What the job needs of ``moon_rec.encoders.MoonEncoder``."""
+
+    @property
+    def dims(self) -> tuple[int, ...]: ...
+
+    @property
+    def model_version(self) -> str: ...
+
+    def encode_product(self, titles: list[str], images: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class EmbedJobConfig:
+    """Knobs of the embed job.
+
+    Args:
+        batch_size: items per encoder call.
+        part_rows: items per output part and per resumable work chunk.
+        progress: show a progress bar.
+        event_ts: the event time stamped on new rows (default: when the plan is made).
+        max_chunks: stop after embedding this many chunks (tests simulate a kill with it).
+        device: run the encoder there (e.g. ``cuda``); default: where it was loaded.
+    """
+
+    batch_size: int = 64
+    part_rows: int = 4096
+    progress: bool = True
+    event_ts: datetime | None = None
+    max_chunks: int | None = None
+    device: str | None = None
+
+
+def embedding_schema(dims: tuple[int, ...]) -> pa.Schema:
+    """The item embedding parquet contract for Matryoshka sizes ``dims``."""
+    return pa.schema(
+        [pa.field("item_id", pa.int64(), nullable=False)]
+        + [pa.field(f"emb_{d}", pa.list_(pa.float32())) for d in dims]
+        + [pa.field("model_version", pa.string()), pa.field("event_timestamp", TIMESTAMP)]
+    )
+
+
+REJECT_SCHEMA = pa.schema(
+    [pa.field("item_id", pa.int64()), pa.field("row", pa.int64()), pa.field("reason", pa.string())]
+)
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.int64()),
+        pa.field("content_hash", pa.string()),
+        pa.field("model_version", pa.string()),
+    ]
+)
+
+
+def _items_files(world: str | Path) -> list[Path]:
+    files = table_files(world, "items")
+    if not files:
+        raise DataError("table 'items' not found", file=str(world))
+    return files
+
+
+def iter_items(world: str | Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The catalog in file order, in record batches (bounded memory; no validation, so
+    that bad rows reach the rejects file instead of stopping the job)."""
+    for f in _items_files(world):
+        # no pre_buffer: it caches every row group read so far (memory grows with the file)
+        reader = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 22)
+        try:
+            yield from reader.iter_batches(batch_size=READ_BATCH, columns=columns)
+        finally:
+            reader.close()
+
+
+def content_hashes(world: str | Path) -> tuple[np.ndarray, list[str]]:
+    """(item_id [N] int64, content hash [N]) of the catalog, in catalog order."""
+    ids: list[np.ndarray] = []
+    hashes: list[str] = []
+    for b in iter_items(world, ["item_id", "title", "image"]):
+        ids.append(b.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64))
+        for title, image in zip(
+            b.column("title").to_pylist(), b.column("image").to_pylist(), strict=True
+        ):
+            h = hashlib.sha256()
+            h.update((title or "").encode())
+            h.update(b"\0")
+            h.update(image or b"")
+            hashes.append(h.hexdigest()[:32])
+    return (np.concatenate(ids) if ids else np.zeros(0, np.int64)), hashes
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    if img.shape[:2] == (size, size):
+        return np.array(img)  # writable, as torch.from_numpy wants
+    from PIL import Image
+
+    return np.asarray(
+        Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8
+    )
+
+
+def _image_size(encoder: Any) -> int:
+    size = getattr(encoder, "image_size", None)
+    if size is None:
+        size = encoder.config.image_size
+    return int(size)
+
+
+def embed_rows(
+    encoder: ProductEncoder,
+    titles: list[str],
+    images: list[np.ndarray],
+    batch_size: int,
+) -> dict[int, np.ndarray]:
+    """Product embeddings [N, d] per Matryoshka size d (each prefix renormalised)."""
+    from moon_rec.encoders.base import images_to_tensor, matryoshka
+
+    size = _image_size(encoder)
+    outs: dict[int, list[np.ndarray]] = {d: [] for d in encoder.dims}
+    with torch.inference_mode():
+        for s in range(0, len(titles), batch_size):
+            x = encoder.encode_product(
+                titles[s : s + batch_size], images_to_tensor(images[s : s + batch_size], size)
+            ).float()
+            for d in encoder.dims:
+                outs[d].append(matryoshka(x, d).cpu().numpy().astype(np.float32))
+    return {d: np.concatenate(v) if v else np.zeros((0, d), np.float32) for d, v in outs.items()}
+
+
+def _list_column(m: np.ndarray) -> pa.Array:
+    n, d = m.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(m.reshape(-1), pa.float32()))
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+@dataclass
+class _Plan:
+    plan_id: str
+    dir: Path
+    event_ts: datetime
+    todo_ids: np.ndarray  # items to embed, catalog order
+    chunks: list[np.ndarray]
+
+
+def _load_index(out: Path) -> dict[int, tuple[str, str]]:
+    p = out / INDEX
+    if not p.is_file():
+        return {}
+    t = pq.read_table(p)
+    return {
+        int(i): (h, v)
+        for i, h, v in zip(
+            t.column("item_id").to_pylist(),
+            t.column("content_hash").to_pylist(),
+            t.column("model_version").to_pylist(),
+            strict=True,
+        )
+    }
+
+
+def _make_plan(
+    out: Path,
+    ids: np.ndarray,
+    hashes: list[str],
+    model_version: str,
+    cfg: EmbedJobConfig,
+    dims: tuple[int, ...],
+) -> _Plan:
+    index = _load_index(out)
+    todo = np.array(
+        [
+            i
+            for i, h in zip(ids.tolist(), hashes, strict=True)
+            if index.get(i) != (h, model_version)
+        ],
+        dtype=np.int64,
+    )
+    key = hashlib.sha256()
+    key.update(json.dumps([model_version, list(dims), cfg.part_rows, cfg.batch_size]).encode())
+    key.update(todo.tobytes())
+    key.update("".join(h for i, h in zip(ids.tolist(), hashes, strict=True)).encode())
+    plan_id = key.hexdigest()[:16]
+    pdir = out / WORK / plan_id
+    pdir.mkdir(parents=True, exist_ok=True)
+    pfile = pdir / "plan.json"
+    if pfile.is_file():
+        event_ts = datetime.fromisoformat(json.loads(pfile.read_text())["event_ts"])
+    else:
+        event_ts = (cfg.event_ts or datetime.now(UTC)).astimezone(UTC)
+        atomic_write_text(
+            pfile,
+            json.dumps(
+                {
+                    "event_ts": event_ts.isoformat(),
+                    "model_version": model_version,
+                    "n_todo": len(todo),
+                }
+            ),
+        )
+    chunks = [todo[s : s + cfg.part_rows] for s in range(0, len(todo), cfg.part_rows)]
+    return _Plan(plan_id, pdir, event_ts, todo, chunks)
+
+
+@dataclass
+class _ChunkInput:
+    index: int
+    item_ids: list[int]
+    rows: list[int]
+    titles: list[str | None]
+    images: list[bytes | None]
+
+
+def _iter_chunk_inputs(world: str | Path, plan: _Plan, wanted: set[int]) -> Iterator[_ChunkInput]:
+    """One pass over the catalog yielding the raw inputs of chunks ``wanted``, in order.
+
+    Chunks are runs of consecutive to-do items in catalog order, so at most one is open.
+    """
+    chunk_of = {int(i): j for j, c in enumerate(plan.chunks) if j in wanted for i in c.tolist()}
+    open_: _ChunkInput | None = None
+    row = 0
+    for b in iter_items(world, ["item_id", "title", "image"]):
+        bids = b.column("item_id").to_pylist()
+        pick = [k for k, i in enumerate(bids) if i in chunk_of]
+        if pick:
+            bt = b.column("title")
+            bi = b.column("image")
+            for k in pick:
+                j = chunk_of[bids[k]]
+                if open_ is None or open_.index != j:
+                    open_ = _ChunkInput(j, [], [], [], [])
+                open_.item_ids.append(bids[k])
+                open_.rows.append(row + k)
+                open_.titles.append(bt[k].as_py())
+                open_.images.append(bi[k].as_py())
+                if len(open_.item_ids) == len(plan.chunks[j]):
+                    yield open_
+                    open_ = None
+        row += b.num_rows
+    if open_ is not None:
+        raise RuntimeError(f"embed job: chunk {open_.index} incomplete (catalog changed mid-run?)")
+
+
+def _embed_chunk(
+    chunk: _ChunkInput, encoder: ProductEncoder, cfg: EmbedJobConfig, event_ts: datetime
+) -> tuple[pa.Table, pa.Table]:
+    """Embed one chunk; returns (embedding rows, rejects with reasons)."""
+    titles: list[str] = []
+    images: list[np.ndarray] = []
+    ok_ids: list[int] = []
+    rejects: list[tuple[int, int, str]] = []
+    size = _image_size(encoder)
+    for item, row, title, data in zip(
+        chunk.item_ids, chunk.rows, chunk.titles, chunk.images, strict=True
+    ):
+        if title is None or not str(title).strip():
+            rejects.append((item, row, "empty title"))
+            continue
+        try:
+            img = _resize(decode_image(data or b"", where=f"items row {row}"), size)
+        except DataError as exc:  # memory addresses out, so reruns give identical files
+            rejects.append((item, row, re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))))
+            continue
+        ok_ids.append(item)
+        titles.append(str(title))
+        images.append(img)
+    vecs = embed_rows(encoder, titles, images, cfg.batch_size)
+    dims = tuple(encoder.dims)
+    table = pa.table(
+        {
+            "item_id": pa.array(ok_ids, pa.int64()),
+            **{f"emb_{d}": _list_column(vecs[d]) for d in dims},
+            "model_version": pa.array([encoder.model_version] * len(ok_ids), pa.string()),
+            "event_timestamp": pa.array([event_ts] * len(ok_ids), TIMESTAMP),
+        },
+        schema=embedding_schema(dims),
+    )
+    rej = pa.table(
+        {
+            "item_id": pa.array([r[0] for r in rejects], pa.int64()),
+            "row": pa.array([r[1] for r in rejects], pa.int64()),
+            "reason": pa.array([r[2] for r in rejects], pa.string()),
+        },
+        schema=REJECT_SCHEMA,
+    )
+    return table, rej
+
+
+class _RowLocator:
+    """Where each item's row is among parquet ``files``; gathers rows in a given order."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+        self.where: dict[int, tuple[int, int]] = {}
+        for fi, f in enumerate(files):
+            col = pq.read_table(f, columns=["item_id"]).column("item_id").to_pylist()
+            for r, i in enumerate(col):
+                self.where[int(i)] = (fi, r)
+        self._cache: tuple[int, pa.Table] | None = None
+
+    def _file(self, fi: int) -> pa.Table:
+        if self._cache is None or self._cache[0] != fi:
+            self._cache = (fi, pq.read_table(self.files[fi]))
+        return self._cache[1]
+
+    def gather(self, ids: list[int], schema: pa.Schema) -> pa.Table:
+        """Rows of ``ids`` (all must be known), in that order."""
+        pieces: list[pa.Table] = []
+        positions: list[int] = []
+        by_file: dict[int, list[tuple[int, int]]] = {}
+        for pos, i in enumerate(ids):
+            fi, r = self.where[i]
+            by_file.setdefault(fi, []).append((pos, r))
+        for fi in sorted(by_file):
+            sel = by_file[fi]
+            pieces.append(self._file(fi).take(pa.array([r for _, r in sel])).select(schema.names))
+            positions.extend(p for p, _ in sel)
+        if not pieces:
+            return schema.empty_table()
+        table = pa.concat_tables(pieces).cast(schema)
+        order = np.argsort(np.array(positions, dtype=np.int64), kind="stable")
+        return table.take(pa.array(order))
+
+
+def _assemble(
+    out: Path,
+    plan: _Plan,
+    ids: np.ndarray,
+    hashes: list[str],
+    model_version: str,
+    dims: tuple[int, ...],
+    cfg: EmbedJobConfig,
+) -> dict[str, Any]:
+    """Build the new snapshot under the plan dir, then swap it in; returns the manifest."""
+    final = plan.dir / "final"
+    final.mkdir(exist_ok=True)
+    done_marker = final / "_COMPLETE"
+    schema = embedding_schema(dims)
+    chunk_files = [plan.dir / f"chunk-{j:05d}.parquet" for j in range(len(plan.chunks))]
+    reject_tables = [
+        pq.read_table(plan.dir / f"chunk-{j:05d}.rejects.parquet") for j in range(len(plan.chunks))
+    ]
+    rejects = pa.concat_tables([REJECT_SCHEMA.empty_table(), *reject_tables])
+    rejected = set(rejects.column("item_id").to_pylist())
+    todo = set(plan.todo_ids.tolist())
+    keep = [i for i in ids.tolist() if i not in rejected]
+    parts: list[str] = []
+    if not done_marker.is_file():
+        new_rows = _RowLocator([f for f in chunk_files if f.is_file()])
+        old_rows = _RowLocator(sorted(out.glob(PART_GLOB)))
+        for k, s in enumerate(range(0, len(keep), cfg.part_rows)):
+            name = f"part-{k:05d}.parquet"
+            parts.append(name)
+            if (final / name).is_file():
+                continue
+            part_ids = keep[s : s + cfg.part_rows]
+            is_new = np.array([i in todo for i in part_ids], dtype=bool)
+            missing = [i for i in part_ids if i not in (new_rows if i in todo else old_rows).where]
+            if missing:
+                raise RuntimeError(f"embed job: no row for item_id {missing[0]} (corrupt output?)")
+            new_ids = [i for i, n in zip(part_ids, is_new, strict=True) if n]
+            old_ids = [i for i, n in zip(part_ids, is_new, strict=True) if not n]
+            both = pa.concat_tables(
+                [new_rows.gather(new_ids, schema), old_rows.gather(old_ids, schema)]
+            )
+            # back to catalog order: new rows first in `both`, then old ones
+            slot = np.empty(len(part_ids), dtype=np.int64)
+            slot[np.flatnonzero(is_new)] = np.arange(len(new_ids))
+            slot[np.flatnonzero(~is_new)] = len(new_ids) + np.arange(len(old_ids))
+            _write_parquet(both.take(pa.array(slot)), final / name)
+        _write_parquet(rejects.sort_by([("row", "ascending")]), final / REJECTS)
+        hash_of = dict(zip(ids.tolist(), hashes, strict=True))
+        index = pa.table(
+            {
+                "item_id": pa.array(keep, pa.int64()),
+                "content_hash": pa.array([hash_of[i] for i in keep], pa.string()),
+                "model_version": pa.array([model_version] * len(keep), pa.string()),
+            },
+            schema=INDEX_SCHEMA,
+        )
+        _write_parquet(index, final / INDEX)
+        stamps = [
+            pq.read_table(final / p, columns=["event_timestamp"]).column(0).to_pylist()
+            for p in parts
+        ]
+        newest = max((t for ts in stamps for t in ts), default=None)
+        # the snapshot's description only: identical snapshots have identical manifests
+        manifest = {
+            "model_version": model_version,
+            "dims": list(dims),
+            "n_items": len(keep),
+            "n_rejects": rejects.num_rows,
+            "parts": parts,
+            "latest_event_ts": newest.isoformat() if newest else None,
+            "part_rows": cfg.part_rows,
+        }
+        atomic_write_text(final / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        done_marker.write_text("ok\n")
+    return _swap_in(out, final)
+
+
+def _swap_in(out: Path, final: Path) -> dict[str, Any]:
+    """Move a complete snapshot from ``final`` into ``out`` (idempotent, resumable)."""
+    manifest = json.loads((final / MANIFEST).read_text())
+    wanted = set(manifest["parts"])
+    (out / MANIFEST).unlink(missing_ok=True)  # readers see "no manifest" mid-swap
+    for p in out.glob(PART_GLOB):
+        if p.name not in wanted:
+            p.unlink()
+    for name in [*manifest["parts"], REJECTS, INDEX]:
+        src = final / name
+        if src.is_file():
+            os.replace(src, out / name)
+    os.replace(final / MANIFEST, out / MANIFEST)
+    shutil.rmtree(out / WORK, ignore_errors=True)
+    return dict(manifest)
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return rank, world
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def load_encoder(checkpoint: str | Path) -> ProductEncoder:
+    """The MOON encoder of a ``save_pretrained`` checkpoint, in eval mode."""
+    from moon_rec.encoders import MoonEncoder
+
+    enc = MoonEncoder.from_pretrained(checkpoint)
+    enc.eval()
+    return enc
+
+
+def run_embed_job(
+    world: str | Path,
+    checkpoint: str | Path | None,
+    out: str | Path,
+    cfg: EmbedJobConfig | None = None,
+    *,
+    encoder: ProductEncoder | None = None,
+) -> dict[str, Any]:
+    """Embed the catalog of ``world`` into ``out`` (see the module docstring).
+
+    Args:
+        world: the world directory (its ``items`` table).
+        checkpoint: a ``MoonEncoder.save_pretrained`` folder (ignored when ``encoder`` given).
+        out: the output folder.
+        cfg: job knobs.
+        encoder: an already loaded encoder.
+    Returns:
+        the manifest (on rank 0; other ranks return their chunk counts), plus
+        ``interrupted: True`` when stopped early by ``cfg.max_chunks``.
+    """
+    cfg = cfg or EmbedJobConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world_size = _dist()
+    # finish a swap that a kill interrupted, before looking at the index
+    for final in sorted(out.glob(f"{WORK}/*/final")):
+        if (final / "_COMPLETE").is_file() and rank == 0:
+            _swap_in(out, final)
+    _barrier(world_size)
+    if encoder is None:
+        if checkpoint is None:
+            raise ValueError("embed job: give a checkpoint or an encoder")
+        encoder = load_encoder(checkpoint)
+    if cfg.device is not None and hasattr(encoder, "to"):
+        encoder = encoder.to(cfg.device)
+    model_version = str(encoder.model_version)
+    dims = tuple(int(d) for d in encoder.dims)
+    ids, hashes = content_hashes(world)
+    if len(set(ids.tolist())) != len(ids):
+        raise DataError("duplicate item_id in the catalog", file="items", column="item_id")
+    plan = _make_plan(out, ids, hashes, model_version, cfg, dims)
+    mine = [j for j in range(len(plan.chunks)) if j % world_size == rank]
+    todo_here = sum(len(plan.chunks[j]) for j in mine)
+    t0 = time.perf_counter()
+    embedded = 0
+    with tqdm(
+        total=todo_here,
+        desc=f"embed[{rank}]",
+        unit="item",
+        disable=not cfg.progress,
+        file=sys.stderr,
+    ) as bar:
+        pending = set()
+        for j in mine:
+            if (plan.dir / f"chunk-{j:05d}.parquet").is_file():
+                bar.update(len(plan.chunks[j]))
+            else:
+                pending.add(j)
+        for chunk in _iter_chunk_inputs(world, plan, pending):
+            if cfg.max_chunks is not None and embedded >= cfg.max_chunks:
+                return {"interrupted": True, "chunks_done": embedded, "plan": plan.plan_id}
+            table, rej = _embed_chunk(chunk, encoder, cfg, plan.event_ts)
+            j = chunk.index
+            _write_parquet(rej, plan.dir / f"chunk-{j:05d}.rejects.parquet")
+            # written last: its presence marks the chunk done
+            _write_parquet(table, plan.dir / f"chunk-{j:05d}.parquet")
+            bar.update(len(chunk.item_ids))
+            embedded += 1
+    _barrier(world_size)
+    if rank != 0:
+        return {"rank": rank, "chunks": len(mine)}
+    manifest = _assemble(out, plan, ids, hashes, model_version, dims, cfg)
+    n_new = len(set(plan.todo_ids.tolist()) & set(_load_index(out)))
+    manifest["n_embedded"] = n_new
+    manifest["n_reused"] = manifest["n_items"] - n_new
+    manifest["plan"] = plan.plan_id
+    manifest["seconds"] = round(time.perf_counter() - t0, 3)
+    manifest["items_per_s"] = (
+        round(len(plan.todo_ids) / manifest["seconds"], 1) if manifest["seconds"] else None
+    )
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``torchrun -m pipelines.embed`` (same flags as ``moon embed``)."""
+    p = argparse.ArgumentParser(prog="pipelines.embed", description=__doc__.split("\n")[0])
+    p.add_argument("--world", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--part-rows", type=int, default=4096)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    cfg = EmbedJobConfig(batch_size=a.batch_size, part_rows=a.part_rows, progress=not a.no_progress)
+    summary = run_embed_job(a.world, a.checkpoint, a.out, cfg)
+    print(json.dumps({k: v for k, v in summary.items() if k != "parts"}, indent=2, default=str))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""The feature store on both profiles: apply, chunked materialization, no stale overwrite,
+pushes and the online client (embedded always; production with ``-m services``)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fs_data import embedding_table
+
+from moon_rec.featurestore.layout import (
+    EMBEDDING_DIMS,
+    ITEM_ATTRIBUTES_VIEW,
+    ITEM_EMBEDDING_VIEW,
+    USER_BEHAVIOUR_VIEW,
+)
+
+
+def _write_parts(data: Path, *tables: pa.Table) -> None:
+    emb = data / "item_embeddings"
+    emb.mkdir(parents=True, exist_ok=True)
+    for k, t in enumerate(tables):
+        pq.write_table(t, emb / f"part-{k:05d}.parquet", row_group_size=5)
+
+
+def _vectors(t: pa.Table, dim: int) -> np.ndarray:
+    return np.array(t.column(f"emb_{dim}").to_pylist(), dtype=np.float32)
+
+
+def test_apply_registers_views_with_model_version_tag(make_store: Any) -> None:
+    mfs = make_store(model_version="v7")
+    views = {v.name: v for v in mfs.store.list_feature_views()}
+    assert set(views) == {ITEM_EMBEDDING_VIEW, ITEM_ATTRIBUTES_VIEW, USER_BEHAVIOUR_VIEW}
+    emb = views[ITEM_EMBEDDING_VIEW]
+    assert emb.tags["model_version"] == "v7"
+    assert [f.name for f in emb.features] == [
+        *(f"emb_{d}" for d in EMBEDDING_DIMS),
+        "model_version",
+    ]
+    assert {p.name for p in mfs.store.list_data_sources()} >= {
+        "new_item_embedding_push",
+        "new_item_attributes_push",
+        "behaviour_push",
+    }
+
+
+def test_chunked_materialization_round_trip(
+    make_store: Any, tmp_path: Path, time0: datetime
+) -> None:
+    from moon_rec.featurestore.materialize import materialize_embeddings
+    from moon_rec.featurestore.online import OnlineFeatureClient
+
+    a = embedding_table(list(range(0, 23)), time0, "v1", seed=1)
+    b = embedding_table(list(range(23, 40)), time0, "v1", seed=2)
+    _write_parts(tmp_path / "data", a, b)
+    mfs = make_store(model_version="v1")
+    seen: list[int] = []
+    report = materialize_embeddings(mfs, batch_rows=7, progress=seen.append)
+    assert report.rows == 40 and sum(seen) == 40 and max(seen) <= 7
+    assert len(report.files) == 2
+    client = OnlineFeatureClient(mfs)
+    ids = [39, 0, 5, 1000, 23]
+    for d in EMBEDDING_DIMS:
+        got = client.item_embeddings(ids, dim=d)
+        assert got.found.tolist() == [True, True, True, False, True]
+        want = np.concatenate([_vectors(a, d), _vectors(b, d)])[[39, 0, 5, 23]]
+        np.testing.assert_array_equal(got.vectors[got.found], want)
+        assert not got.vectors[3].any()
+    # the materialized interval is recorded, so materialize-incremental continues from it
+    fv = mfs.store.get_feature_view(ITEM_EMBEDDING_VIEW)
+    assert fv.most_recent_end_time is not None and fv.most_recent_end_time > time0
+
+
+def test_no_stale_overwrite_by_chunked_writes(
+    make_store: Any, tmp_path: Path, time0: datetime, one_us: timedelta
+) -> None:
+    from moon_rec.featurestore.materialize import materialize_embeddings
+    from moon_rec.featurestore.online import OnlineFeatureClient
+
+    new = embedding_table([1, 2, 3], time0 + one_us, "v2", seed=2)
+    old = embedding_table([1, 2, 4], time0, "v1", seed=1)
+    newest = embedding_table([3], time0 + 2 * one_us, "v3", seed=3)
+    mfs = make_store()
+    materialize_embeddings(mfs, _parts(tmp_path / "a", new))
+    materialize_embeddings(mfs, _parts(tmp_path / "b", old))  # older: must not win
+    # one file holding both versions of item 3, the older last: the newer still wins
+    materialize_embeddings(
+        mfs, _parts(tmp_path / "c", newest, embedding_table([3], time0, "v1", seed=9))
+    )
+    client = OnlineFeatureClient(mfs, expected_model_version=None)
+    got = client.item_embeddings([1, 2, 3, 4], dim=32)
+    assert got.model_versions == ["v2", "v2", "v3", "v1"]
+    np.testing.assert_array_equal(got.vectors[:2], _vectors(new, 32)[:2])
+    np.testing.assert_array_equal(got.vectors[2], _vectors(newest, 32)[0])
+    np.testing.assert_array_equal(got.vectors[3], _vectors(old, 32)[2])
+
+
+def _parts(folder: Path, *tables: pa.Table) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.concat_tables(tables), folder / "part-00000.parquet")
+    return folder
+
+
+def test_no_stale_overwrite_by_pushes_and_feast_materialize(
+    make_store: Any, tmp_path: Path, time0: datetime, one_us: timedelta
+) -> None:
+    from moon_rec.featurestore.online import OnlineFeatureClient
+    from moon_rec.featurestore.push import push_item_embeddings
+
+    old = embedding_table([1, 2], time0, "v1", seed=1)
+    _write_parts(tmp_path / "data", old)  # the offline table holds the OLD version
+    mfs = make_store()
+    new = embedding_table([1], time0 + one_us, "v2", seed=2)
+    push_item_embeddings(mfs, new)
+    push_item_embeddings(mfs, embedding_table([1], time0, "v1", seed=5))  # a late push
+    # Feast's own materialize of the older offline rows must not undo the push either
+    mfs.store.materialize(
+        time0 - timedelta(days=1), time0 + timedelta(days=1), [ITEM_EMBEDDING_VIEW]
+    )
+    got = OnlineFeatureClient(mfs).item_embeddings([1, 2], dim=64)
+    assert got.model_versions == ["v2", "v1"]
+    np.testing.assert_allclose(got.vectors[0], _vectors(new, 64)[0], rtol=0, atol=0)
+    np.testing.assert_allclose(got.vectors[1], _vectors(old, 64)[1], rtol=0, atol=0)
+
+
+def test_model_version_is_checked(make_store: Any, tmp_path: Path, time0: datetime) -> None:
+    from moon_rec.featurestore.materialize import materialize_embeddings
+    from moon_rec.featurestore.online import ModelVersionMismatch, OnlineFeatureClient
+
+    _write_parts(
+        tmp_path / "data", embedding_table([1], time0, "v2"), embedding_table([2], time0, "v1")
+    )
+    mfs = make_store(model_version="v2")
+    materialize_embeddings(mfs)
+    client = OnlineFeatureClient(mfs)
+    assert client.expected_model_version == "v2"
+    assert client.item_embeddings([1], dim=128).found.tolist() == [True]
+    with pytest.raises(ModelVersionMismatch, match="item_id 2"):
+        client.item_embeddings([1, 2], dim=128)
+    got = client.item_embeddings([1, 2], dim=128, on_mismatch="missing")
+    assert got.found.tolist() == [True, False]
+
+
+def test_sequences_attributes_and_fresh_behaviour_push(
+    make_store: Any, tmp_path: Path, time0: datetime
+) -> None:
+    from moon_rec.data.io import write_table
+    from moon_rec.featurestore.materialize import materialize_views
+    from moon_rec.featurestore.online import OnlineFeatureClient
+    from moon_rec.featurestore.push import push_behaviour
+    from moon_rec.featurestore.tables import build_item_features, build_user_sequences
+
+    ts = pa.timestamp("us", tz="UTC")
+    h = timedelta(hours=1)
+    items = pa.table(
+        {
+            "item_id": [10, 11, 12, 13],
+            "category_id": [5, 6, 7, 8],
+            "brand_id": [1, 1, 2, 2],
+            "spu_id": [1, 2, 3, 4],
+            "price": [1.0, 2.0, 3.0, 4.0],
+            "launch_ts": pa.array([time0] * 4, ts),
+        }
+    )
+    beh = pa.table(
+        {
+            "user_id": [1, 1, 2],
+            "item_id": [10, 11, 12],
+            "ts": pa.array([time0 + h, time0 + 2 * h, time0 + h], ts),
+            "action": ["click", "buy", "cart"],
+        }
+    )
+    data = tmp_path / "data"
+    write_table(build_user_sequences(beh, items, max_len=3), data / "user_sequences.parquet")
+    write_table(build_item_features(items, beh), data / "item_features.parquet")
+    mfs = make_store(seq_len=3)
+    materialize_views(mfs, [ITEM_ATTRIBUTES_VIEW, USER_BEHAVIOUR_VIEW], end=time0 + 30 * h * 24)
+    client = OnlineFeatureClient(mfs)
+    attrs = client.item_attributes([12, 99])
+    assert attrs["found"].tolist() == [True, False]
+    assert attrs["category_id"].tolist() == [7, -1] and attrs["n_carts"][0] == 1
+    seq = client.user_sequences([1, 2, 3])
+    assert seq.lengths.tolist() == [2, 1, 0]
+    assert seq.item_ids[0].tolist() == [11, 10, -1]
+    assert seq.actions[0].tolist() == ["buy", "click", ""]
+    # fresh behaviour: two new events for user 1 (L = 3 keeps the newest three)
+    fresh = pa.table(
+        {
+            "user_id": [1, 1],
+            "item_id": [13, 12],
+            "ts": pa.array([time0 + 4 * h, time0 + 3 * h], ts),
+            "action": ["click", "cart"],
+        }
+    )
+    assert push_behaviour(mfs, fresh, client=client) == 1
+    seq = client.user_sequences([1])
+    assert seq.item_ids[0].tolist() == [13, 12, 11]
+    assert seq.category_ids[0].tolist() == [8, 7, 6]
+    assert seq.actions[0].tolist() == ["click", "cart", "buy"]
+    assert (np.diff(seq.ts[0]) < 0).all()
+
+
+def test_feast_default_sqlite_store_has_the_stale_overwrite_trap(
+    tmp_path: Path, time0: datetime, one_us: timedelta
+) -> None:
+    """Why MoonSqliteOnlineStore exists: Feast's own SQLite store lets an older write win."""
+    from moon_rec.featurestore.layout import FeatureDataPaths
+    from moon_rec.featurestore.online import OnlineFeatureClient
+    from moon_rec.featurestore.push import push_item_embeddings
+    from moon_rec.featurestore.store import PROFILE_DIR, open_store
+
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(
+        (PROFILE_DIR / "embedded.yaml")
+        .read_text()
+        .replace("type: moon_rec.featurestore.online_stores.MoonSqliteOnlineStore", "type: sqlite")
+    )
+    mfs = open_store(plain, tmp_path / "state", FeatureDataPaths.from_dir(tmp_path / "data"))
+    push_item_embeddings(mfs, embedding_table([1], time0 + one_us, "v2"))
+    push_item_embeddings(mfs, embedding_table([1], time0, "v1"))
+    assert OnlineFeatureClient(mfs).item_embeddings([1], dim=32).model_versions == ["v1"]
+    mfs.teardown()
+
+
+@pytest.mark.services
+def test_redis_script_respects_rows_written_by_feasts_own_store(
+    tmp_path: Path, time0: datetime, one_us: timedelta
+) -> None:
+    """Our Redis writes compare against Timestamps that Feast's RedisOnlineStore stored."""
+    import uuid
+
+    from moon_rec.featurestore.layout import FeatureDataPaths
+    from moon_rec.featurestore.online import OnlineFeatureClient
+    from moon_rec.featurestore.push import push_item_embeddings
+    from moon_rec.featurestore.store import PROFILE_DIR, open_store
+
+    project = f"t_{uuid.uuid4().hex[:12]}"
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(
+        (PROFILE_DIR / "production.yaml")
+        .read_text()
+        .replace("type: moon_rec.featurestore.online_stores.MoonRedisOnlineStore", "type: redis")
+    )
+    paths = FeatureDataPaths.from_dir(tmp_path / "data")
+    feast_own = open_store(plain, tmp_path / "a", paths, project=project)
+    push_item_embeddings(feast_own, embedding_table([1, 2], time0 + one_us, "v2"))
+    ours = open_store("production", tmp_path / "b", paths, project=project)
+    push_item_embeddings(ours, embedding_table([1], time0, "v1"))  # older: skipped
+    push_item_embeddings(ours, embedding_table([2], time0 + 2 * one_us, "v3"))  # newer: written
+    got = OnlineFeatureClient(ours).item_embeddings([1, 2], dim=32)
+    assert got.model_versions == ["v2", "v3"]
+    ours.teardown()

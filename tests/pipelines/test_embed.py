@@ -1,0 +1,232 @@
+"""The batch embed job: format, rejects, incremental runs, kill-and-resume, sharding."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pipeline_data import T0, StandInEncoder, make_catalog
+
+import pipelines.embed as embed
+from pipelines.embed import EmbedJobConfig, embedding_schema, run_embed_job
+
+CFG = EmbedJobConfig(batch_size=4, part_rows=8, progress=False, event_ts=T0)
+
+
+def _read(out: Path) -> pa.Table:
+    parts = sorted(out.glob("part-*.parquet"))
+    return pa.concat_tables([pq.read_table(p) for p in parts])
+
+
+def _assert_same_output(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in a.glob("part-*.parquet"))
+    assert names == sorted(p.name for p in b.glob("part-*.parquet"))
+    for n in names:
+        assert pq.read_table(a / n).equals(pq.read_table(b / n)), n
+    assert pq.read_table(a / "rejects.parquet").equals(pq.read_table(b / "rejects.parquet"))
+    ma, mb = (json.loads((x / "manifest.json").read_text()) for x in (a, b))
+    assert ma == mb
+
+
+def test_output_format_rejects_and_matryoshka(catalog: Path, tmp_path: Path) -> None:
+    out = tmp_path / "emb"
+    m = run_embed_job(catalog, None, out, CFG, encoder=StandInEncoder())
+    items = pq.read_table(catalog / "items.parquet")
+    t = _read(out)
+    assert t.schema.equals(embedding_schema((32, 64, 128, 256)))
+    good = [i for i in items.column("item_id").to_pylist() if i not in (7, 8)]
+    assert t.column("item_id").to_pylist() == good  # catalog order, each item once
+    assert m["n_items"] == 30 and m["n_rejects"] == 2 and len(m["parts"]) == 4
+    assert set(t.column("model_version").to_pylist()) == {"stub-v1"}
+    assert set(t.column("event_timestamp").to_pylist()) == {T0}
+    full = np.array(t.column("emb_256").to_pylist(), dtype=np.float32)
+    for d in (32, 64, 128, 256):
+        v = np.array(t.column(f"emb_{d}").to_pylist(), dtype=np.float32)
+        np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+        want = full[:, :d] / np.linalg.norm(full[:, :d], axis=1, keepdims=True)
+        np.testing.assert_allclose(v, want, atol=1e-5)
+    rej = pq.read_table(out / "rejects.parquet").to_pylist()
+    assert [(r["item_id"], r["row"]) for r in rej] == [(7, 30), (8, 31)]
+    assert rej[0]["reason"] == "empty title" and "undecodable image" in rej[1]["reason"]
+    assert json.loads((out / "manifest.json").read_text())["model_version"] == "stub-v1"
+    assert not (out / ".work").exists()
+
+
+def test_kill_and_resume_equals_uninterrupted(catalog: Path, tmp_path: Path) -> None:
+    ref = tmp_path / "ref"
+    run_embed_job(catalog, None, ref, CFG, encoder=StandInEncoder())
+    out = tmp_path / "out"
+    for k in (1, 2):  # killed after one chunk, then after another one
+        cfg = EmbedJobConfig(batch_size=4, part_rows=8, progress=False, event_ts=T0, max_chunks=1)
+        if k == 2:  # a later start time must not leak in: the plan recorded its time
+            cfg = EmbedJobConfig(
+                batch_size=4,
+                part_rows=8,
+                progress=False,
+                event_ts=T0 + timedelta(days=1),
+                max_chunks=1,
+            )
+        r = run_embed_job(catalog, None, out, cfg, encoder=StandInEncoder())
+        assert r.get("interrupted")
+    enc = StandInEncoder()
+    m = run_embed_job(
+        catalog, None, out, EmbedJobConfig(batch_size=4, part_rows=8, progress=False), encoder=enc
+    )
+    assert m["n_items"] == 30
+    assert enc.items == 14  # only the two remaining chunks (16 rows, 2 bad) were embedded
+    _assert_same_output(ref, out)
+
+
+def test_resume_after_kill_during_swap(
+    catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = tmp_path / "ref"
+    run_embed_job(catalog, None, ref, CFG, encoder=StandInEncoder())
+    out = tmp_path / "out"
+    real_replace = embed.os.replace
+    calls = {"n": 0}
+
+    def dying_replace(src: Any, dst: Any) -> None:
+        if (
+            str(dst).startswith(str(out))
+            and Path(dst).parent == out
+            and Path(dst).name.startswith("part-00001")
+        ):
+            calls["n"] += 1
+            raise KeyboardInterrupt("killed mid-swap")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(embed.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed_job(catalog, None, out, CFG, encoder=StandInEncoder())
+    monkeypatch.setattr(embed.os, "replace", real_replace)
+    assert calls["n"] == 1 and not (out / "manifest.json").exists()
+    enc = StandInEncoder()
+    run_embed_job(catalog, None, out, CFG, encoder=enc)
+    assert enc.calls == 0  # nothing re-embedded: the finished snapshot was swapped in
+    _assert_same_output(ref, out)
+
+
+def test_incremental_skips_unchanged_items(catalog: Path, tmp_path: Path) -> None:
+    out = tmp_path / "emb"
+    run_embed_job(catalog, None, out, CFG, encoder=StandInEncoder())
+    before = {r["item_id"]: r for r in _read(out).to_pylist()}
+    # change one title, add one item, keep the rest
+    items = pq.read_table(catalog / "items.parquet")
+    titles = items.column("title").to_pylist()
+    changed = items.column("item_id")[0].as_py()
+    titles[0] = "a new title"
+    items = items.set_column(items.schema.get_field_index("title"), "title", pa.array(titles))
+    extra = make_catalog(tmp_path / "x", n=1, bad=False, seed=5).set_column(
+        0, "item_id", pa.array([999], pa.int64())
+    )
+    pq.write_table(pa.concat_tables([items, extra]), catalog / "items.parquet")
+    later = T0 + timedelta(days=1)
+    enc = StandInEncoder()
+    m = run_embed_job(
+        catalog,
+        None,
+        out,
+        EmbedJobConfig(batch_size=4, part_rows=8, progress=False, event_ts=later),
+        encoder=enc,
+    )
+    after = {r["item_id"]: r for r in _read(out).to_pylist()}
+    # the two bad rows are retried (and rejected again) with the two changed items
+    assert m["n_embedded"] == 2 and m["n_items"] == 31 and m["n_rejects"] == 2
+    assert after[changed]["event_timestamp"] == later and after[999]["event_timestamp"] == later
+    assert after[changed]["emb_32"] != before[changed]["emb_32"]
+    for i, r in before.items():
+        if i != changed:
+            assert after[i] == r  # untouched, old event time kept
+    # a new model version re-embeds everything
+    m = run_embed_job(catalog, None, out, CFG, encoder=StandInEncoder("stub-v2"))
+    assert m["n_embedded"] == 31 and set(_read(out).column("model_version").to_pylist()) == {
+        "stub-v2"
+    }
+
+
+def test_sharded_ranks_merge_deterministically(
+    catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = tmp_path / "ref"
+    run_embed_job(catalog, None, ref, CFG, encoder=StandInEncoder())
+    out = tmp_path / "sharded"
+    monkeypatch.setattr(embed, "_barrier", lambda world: None)
+    for rank in (1, 0):  # rank 1 finishes first; rank 0 assembles
+        monkeypatch.setattr(embed, "_dist", lambda rank=rank: (rank, 2))
+        r = run_embed_job(catalog, None, out, CFG, encoder=StandInEncoder())
+        if rank == 1:
+            assert r == {"rank": 1, "chunks": 2}
+    _assert_same_output(ref, out)
+
+
+def _tiny_checkpoint(world: Path, out: Path) -> Path:
+    from moon_rec.encoders import EncoderConfig, MoonTokenizer, build_encoder
+
+    titles = pq.read_table(world / "items.parquet", columns=["title"]).column(0).to_pylist()
+    cfg = EncoderConfig(hidden_size=32, num_heads=2, vision_layers=1, text_layers=1)
+    return build_encoder(cfg, MoonTokenizer.train(titles, vocab_size=300)).save_pretrained(out)
+
+
+@pytest.mark.slow
+def test_tiny_world_real_encoder_kill_resume_and_torchrun(tiny_world: Path, tmp_path: Path) -> None:
+    """The job on the tiny world with a real MoonEncoder checkpoint: killed and resumed
+    equals uninterrupted, and two torchrun ranks give the same parts."""
+    import os
+    import subprocess
+    import sys
+
+    ckpt = _tiny_checkpoint(tiny_world, tmp_path / "ckpt")
+    cfg = EmbedJobConfig(batch_size=32, part_rows=128, progress=False, event_ts=T0)
+    ref = tmp_path / "ref"
+    m = run_embed_job(tiny_world, ckpt, ref, cfg)
+    n_items = pq.read_table(tiny_world / "items.parquet", columns=["item_id"]).num_rows
+    assert m["n_items"] + m["n_rejects"] == n_items and m["n_rejects"] == 0
+    out = tmp_path / "resumed"
+    killed = EmbedJobConfig(batch_size=32, part_rows=128, progress=False, event_ts=T0, max_chunks=1)
+    assert run_embed_job(tiny_world, ckpt, out, killed).get("interrupted")
+    run_embed_job(tiny_world, ckpt, out, cfg)
+    _assert_same_output(ref, out)
+    # incremental: nothing changed, nothing embedded
+    assert run_embed_job(tiny_world, ckpt, out, cfg)["n_embedded"] == 0
+    _assert_same_output(ref, out)
+    sharded = tmp_path / "sharded"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29571",
+            "-m",
+            "pipelines.embed",
+            "--world",
+            str(tiny_world),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(sharded),
+            "--batch-size",
+            "32",
+            "--part-rows",
+            "128",
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in sorted(p.name for p in ref.glob("part-*.parquet")):
+        a, b = pq.read_table(ref / name), pq.read_table(sharded / name)
+        assert a.drop_columns(["event_timestamp"]).equals(b.drop_columns(["event_timestamp"]))

@@ -1,0 +1,202 @@
+"""Behaviour modules, the content lookup and id remapping on hand-made inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moon_rec.ranking.config import BehaviourConfig, OverArchConfig
+from moon_rec.ranking.modules import (
+    BehaviourInputs,
+    CubeModule,
+    DinModule,
+    MoonContentArch,
+    OverArch,
+    SimModule,
+    masked_softmax,
+    remap_ids,
+)
+
+E, C = 6, 4
+
+
+def _inputs(lengths: list[int], length: int = 5, seed: int = 0) -> BehaviourInputs:
+    g = torch.Generator().manual_seed(seed)
+    b = len(lengths)
+    mask = torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]
+    content = torch.nn.functional.normalize(torch.randn(b, length, C, generator=g), dim=-1)
+    return BehaviourInputs(
+        target_id=torch.randn(b, E, generator=g),
+        behaviour_id=torch.randn(b, length, E, generator=g),
+        mask=mask,
+        target_content=torch.nn.functional.normalize(torch.randn(b, C, generator=g), dim=-1),
+        behaviour_content=content,
+        content_mask=mask.clone(),
+        query_content=torch.nn.functional.normalize(torch.randn(b, C, generator=g), dim=-1),
+        query_mask=torch.ones(b, dtype=torch.bool),
+    )
+
+
+def _modules() -> list[torch.nn.Module]:
+    torch.manual_seed(0)
+    return [
+        DinModule(E, BehaviourConfig(module="din", attention_hidden=[8])),
+        CubeModule(E, C, BehaviourConfig(module="cube", attention_hidden=[8])),
+        SimModule(E, C, BehaviourConfig(module="sim", attention_hidden=[8], top_k=3)),
+    ]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_output_shape_matches_output_dim(index: int) -> None:
+    module = _modules()[index]
+    out = module(_inputs([5, 2, 0]))
+    assert out.shape == (3, module.output_dim)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_padding_is_never_read(index: int) -> None:
+    module = _modules()[index]
+    inputs = _inputs([3, 1, 0])
+    ref = module(inputs)
+    pad = ~inputs.mask
+    noisy = BehaviourInputs(
+        target_id=inputs.target_id,
+        behaviour_id=inputs.behaviour_id.masked_fill(pad[..., None], 1e3),
+        mask=inputs.mask,
+        target_content=inputs.target_content,
+        behaviour_content=inputs.behaviour_content.masked_fill(pad[..., None], -7.0),
+        content_mask=inputs.content_mask,
+        query_content=inputs.query_content,
+        query_mask=inputs.query_mask,
+    )
+    torch.testing.assert_close(module(noisy), ref)
+
+
+def test_empty_sequence_pools_to_zero() -> None:
+    din = _modules()[0]
+    out = din(_inputs([0, 0]))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_factored_attention_equals_din_first_layer() -> None:
+    """W [t, h, t - h, t * h] == (W_t + W_d) t + (W_h - W_d) h + W_p (t * h)."""
+    from moon_rec.ranking.modules import TargetAttention
+
+    torch.manual_seed(0)
+    att = TargetAttention(E, [])
+    w = torch.randn(1, 4 * E)
+    with torch.no_grad():
+        wt, wh, wd, wp = w.split(E, dim=1)
+        att.target_proj.weight.copy_(wt + wd)
+        att.target_proj.bias.zero_()
+        att.key_proj.weight.copy_(wh - wd)
+        att.product_proj.weight.copy_(wp)
+    inputs = _inputs([5, 3])
+    t = inputs.target_id.unsqueeze(1).expand_as(inputs.behaviour_id)
+    h = inputs.behaviour_id
+    scores = (torch.cat([t, h, t - h, t * h], dim=-1) @ w.T).squeeze(-1)
+    _, weights = att(inputs.target_id, h, inputs.mask)
+    torch.testing.assert_close(weights, masked_softmax(scores, inputs.mask))
+
+
+def test_masked_softmax_zero_rows_and_sums() -> None:
+    scores = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    w = masked_softmax(scores, mask)
+    assert torch.allclose(w[0].sum(), torch.tensor(1.0))
+    assert w[0, 2] == 0
+    assert torch.equal(w[1], torch.zeros(3))
+
+
+def test_cube_similarities_match_hand_computation() -> None:
+    cube = CubeModule(
+        2, 2, BehaviourConfig(module="cube", attention_hidden=[4], similarity_scale=1.0)
+    )
+    inputs = BehaviourInputs(
+        target_id=torch.zeros(1, 2),
+        behaviour_id=torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]]),
+        mask=torch.tensor([[True, True, False]]),
+        target_content=torch.tensor([[1.0, 0.0]]),
+        behaviour_content=torch.tensor([[[0.6, 0.8], [0.0, 1.0], [1.0, 0.0]]]),
+        content_mask=torch.tensor([[True, True, True]]),
+        query_content=torch.tensor([[3.0, 4.0]]),  # not normalised: cosine = 0.6
+        query_mask=torch.tensor([True]),
+    )
+    s_b, valid, s_q = cube.similarities(inputs)
+    torch.testing.assert_close(s_b, torch.tensor([[0.6, 0.0, 0.0]]))
+    assert valid.tolist() == [[True, True, False]]
+    torch.testing.assert_close(s_q, torch.tensor([0.6]))
+    out = cube(inputs)
+    # softmax(1 * [0.6, 0.0]) over the two real behaviours
+    w0 = torch.exp(torch.tensor(0.6)) / (torch.exp(torch.tensor(0.6)) + 1.0)
+    w = torch.stack([w0, 1 - w0])
+    fusion = w[0] * torch.tensor([1.0, 0.0]) + w[1] * torch.tensor([0.0, 1.0])
+    content = w[0] * torch.tensor([0.6, 0.8]) + w[1] * torch.tensor([0.0, 1.0])
+    torch.testing.assert_close(out[0, 2:4], fusion)
+    torch.testing.assert_close(out[0, 4:6], content)
+    sims = torch.tensor([0.6, 0.6, 0.3, float(w[0] * 0.6)])
+    torch.testing.assert_close(out[0, 6:], sims)
+
+
+def test_cube_ignores_missing_query_and_content() -> None:
+    cube = _modules()[1]
+    inputs = _inputs([4])
+    inputs.query_mask = torch.tensor([False])
+    inputs.content_mask = torch.tensor([[True, False, False, False, False]])
+    s_b, valid, s_q = cube.similarities(inputs)
+    assert s_q.item() == 0.0
+    assert valid.tolist() == [[True, False, False, False, False]]
+    assert (s_b[0, 1:] == 0).all()
+
+
+def test_sim_keeps_top_k_by_content_similarity() -> None:
+    sim = SimModule(E, C, BehaviourConfig(module="sim", top_k=2, attention_hidden=[4]))
+    inputs = _inputs([4], length=6)
+    s_b, _, _ = sim.cube.similarities(inputs)
+    kept = sim.search(inputs)
+    expected = s_b[0, :4].topk(2).values
+    got, _, _ = sim.cube.similarities(kept)
+    torch.testing.assert_close(got[0].sort(descending=True).values, expected)
+    assert kept.mask.all()
+
+
+def test_sim_never_prefers_padding() -> None:
+    sim = SimModule(E, C, BehaviourConfig(module="sim", top_k=4, attention_hidden=[4]))
+    kept = sim.search(_inputs([2], length=6))
+    assert kept.mask.sum().item() == 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    ids=st.lists(st.integers(min_value=-(2**40), max_value=2**40), min_size=1, max_size=20),
+    rows=st.integers(min_value=2, max_value=1000),
+    policy=st.sampled_from(["oov", "hash"]),
+)
+def test_remap_ids_stays_in_table(ids: list[int], rows: int, policy: str) -> None:
+    t = torch.tensor(ids)
+    out = remap_ids(t, torch.full_like(t, rows), policy)
+    assert ((out >= 0) & (out < rows)).all()
+    inside = (t >= 0) & (t < rows - 1)
+    if policy == "oov":
+        assert torch.equal(out[inside], t[inside])
+        assert (out[~inside] == rows - 1).all()
+
+
+def test_content_lookup_unknown_ids_are_zero() -> None:
+    arch = MoonContentArch(torch.tensor([3, 7, 9]), torch.eye(3))
+    vec, found = arch(torch.tensor([[9, 5, -1, 3]]))
+    assert found.tolist() == [[True, False, False, True]]
+    torch.testing.assert_close(vec[0, 0], torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.equal(vec[0, 1], torch.zeros(3))
+    assert torch.equal(vec[0, 2], torch.zeros(3))
+
+
+@pytest.mark.parametrize("cross", [(0, 0), (2, 0), (2, 3)])
+def test_over_arch_shapes(cross: tuple[int, int]) -> None:
+    over = OverArch(
+        10, OverArchConfig(layer_sizes=[8], cross_layers=cross[0], cross_low_rank=cross[1])
+    )
+    assert over(torch.rand(4, 10)).shape == (4,)

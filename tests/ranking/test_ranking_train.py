@@ -1,0 +1,162 @@
+"""Training, resume, evaluation and the CLI on the synthetic data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from moon_rec.cli import main
+from moon_rec.data.errors import DataError
+from moon_rec.metrics.ranking import logloss
+from moon_rec.ranking.config import load_ranker_config
+from moon_rec.ranking.data import load_training_set
+from moon_rec.ranking.evaluate import evaluate_ranker
+from moon_rec.ranking.synthetic import SyntheticPaths
+from moon_rec.ranking.train import CHECKPOINT, WEIGHTS, train_ranker
+
+EVAL_KEYS = {
+    "auc",
+    "gauc",
+    "logloss",
+    "oracle_auc",
+    "auc_cold",
+    "auc_warm",
+    "auc_look_driven",
+    "auc_other",
+    "model_version",
+    "n_test",
+}
+
+
+@pytest.fixture(scope="module")
+def cube_model(
+    ranker_data: SyntheticPaths, configs_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("cube")
+    cfg = load_ranker_config(configs_file, "cube_moon_tiny")
+    train_ranker(
+        ranker_data.training_set, cfg, out, embeddings=ranker_data.embeddings, progress=False
+    )
+    return out
+
+
+def test_training_beats_constant_predictor(cube_model: Path, ranker_data: SyntheticPaths) -> None:
+    report = evaluate_ranker(cube_model, world=ranker_data.world)
+    assert set(report) >= EVAL_KEYS
+    data = load_training_set(ranker_data.training_set, 20, 256)
+    train_ctr = data.clicked[~data.is_test].mean()
+    test_labels = data.clicked[data.is_test]
+    constant = logloss(test_labels, np.full(len(test_labels), train_ctr))
+    assert report["auc"] > 0.56
+    assert report["logloss"] < constant
+    assert report["oracle_auc"] > report["auc"]
+    assert report["model_version"] == ranker_data.model_version
+    assert report["n_test"] == int(data.is_test.sum())
+
+
+def test_resume_continues_to_the_same_weights(
+    ranker_data: SyntheticPaths, configs_file: Path, tmp_path: Path
+) -> None:
+    cfg = load_ranker_config(configs_file, "din_ids_tiny")
+    cfg = replace(cfg, train=replace(cfg.train, epochs=2, checkpoint_every=5))
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train_ranker(ranker_data.training_set, cfg, whole, progress=False)
+    first = train_ranker(ranker_data.training_set, cfg, parts, progress=False, max_steps=37)
+    assert first["steps"] == 37 and not first["done"]
+    assert (parts / CHECKPOINT).is_file() and not (parts / WEIGHTS).exists()
+    second = train_ranker(ranker_data.training_set, cfg, parts, progress=False)
+    assert second["done"]
+    a = torch.load(whole / WEIGHTS, weights_only=True)
+    b = torch.load(parts / WEIGHTS, weights_only=True)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_resume_refuses_another_config(
+    ranker_data: SyntheticPaths, configs_file: Path, tmp_path: Path
+) -> None:
+    cfg = load_ranker_config(configs_file, "din_ids_tiny")
+    train_ranker(ranker_data.training_set, cfg, tmp_path, progress=False, max_steps=2)
+    other = replace(cfg, embedding_dim=8)
+    with pytest.raises(ValueError, match="another config"):
+        train_ranker(ranker_data.training_set, other, tmp_path, progress=False)
+
+
+def test_cli_train_and_eval_json(
+    ranker_data: SyntheticPaths,
+    configs_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "m"
+    status = main(
+        [
+            "ranker",
+            "train",
+            "--training-set",
+            str(ranker_data.training_set),
+            "--config",
+            str(configs_file),
+            "--experiment",
+            "din_ids_tiny",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    capsys.readouterr()
+    assert (
+        main(["ranker", "eval", "--model", str(out), "--json", "--world", str(ranker_data.world)])
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) >= EVAL_KEYS
+    assert report["model_version"] is None  # trained without embeddings: ids only
+
+
+def test_cli_bad_input_is_an_error_not_a_traceback(
+    ranker_data: SyntheticPaths,
+    configs_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = main(
+        [
+            "ranker",
+            "train",
+            "--training-set",
+            str(ranker_data.training_set),
+            "--config",
+            str(configs_file),
+            "--experiment",
+            "cube_moon_tiny",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert status == 2
+    assert "needs --embeddings" in capsys.readouterr().err
+    assert main(["ranker", "eval", "--model", str(tmp_path / "nothing"), "--json"]) == 2
+
+
+def test_eval_rejects_other_encoder_version(
+    cube_model: Path, ranker_data: SyntheticPaths, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name in ("items", "queries"):
+        t = pq.read_table(ranker_data.embeddings / f"{name}.parquet")
+        t = t.set_column(
+            t.column_names.index("model_version"), "model_version", pa.array(["v2"] * t.num_rows)
+        )
+        pq.write_table(t, tmp_path / f"{name}.parquet")
+    with pytest.raises(DataError, match="model_version"):
+        evaluate_ranker(cube_model, embeddings=tmp_path)

@@ -1,0 +1,78 @@
+"""Negative samplers: queue contents, same-category hard negatives, no positive among its
+own negatives, all-gather without a process group."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from moon_rec.training.negatives import (
+    CategoryHardNegatives,
+    TemporalNegativeQueue,
+    gather_with_local_grad,
+    same_product_mask,
+)
+
+
+def test_queue_is_fifo_with_ids() -> None:
+    q = TemporalNegativeQueue(dim=2, size=4)
+    assert len(q) == 0 and q.embeddings().shape == (0, 2)
+    e = torch.arange(12, dtype=torch.float32).reshape(6, 2)
+    q.push(e[:2], torch.tensor([1, 2]), torch.tensor([10, 20]))
+    assert q.item_ids().tolist() == [1, 2]
+    q.push(e[2:5], torch.tensor([3, 4, 5]), torch.tensor([30, 40, 50]))
+    assert len(q) == 4
+    assert q.item_ids().tolist() == [2, 3, 4, 5]  # oldest (1) overwritten
+    assert q.spu_ids().tolist() == [20, 30, 40, 50]
+    assert torch.equal(q.embeddings(), e[1:5])
+    state = q.state_dict()
+    again = TemporalNegativeQueue(dim=2, size=4)
+    again.load_state_dict(state)
+    assert torch.equal(again.embeddings(), q.embeddings())
+    q.push(e[:6], torch.arange(6), torch.arange(6))  # more than capacity: keeps the last 4
+    assert q.item_ids().tolist() == [2, 3, 4, 5] and torch.equal(q.embeddings(), e[2:6])
+
+
+def test_queue_is_detached_and_disabled_at_zero() -> None:
+    q = TemporalNegativeQueue(dim=2, size=2)
+    x = torch.ones(1, 2, requires_grad=True)
+    q.push(x * 2, torch.tensor([1]), torch.tensor([1]))
+    assert not q.embeddings().requires_grad
+    off = TemporalNegativeQueue(dim=2, size=0)
+    off.push(x, torch.tensor([1]), torch.tensor([1]))
+    assert len(off) == 0
+
+
+def test_hard_negatives_come_from_the_category_never_the_spu() -> None:
+    items = np.arange(100, 120)
+    cats = np.repeat([1, 2, 3, 4], 5)
+    spus = items // 2  # pairs of variants
+    s = CategoryHardNegatives(items, cats, spus)
+    rng = np.random.default_rng(0)
+    pos = items[::3]
+    neg = s.sample(pos, k=3, rng=rng)
+    assert neg.shape == (len(pos), 3)
+    cat_of = dict(zip(items, cats, strict=True))
+    spu_of = dict(zip(items, spus, strict=True))
+    for p, row in zip(pos, neg, strict=True):
+        for n in row[row >= 0]:
+            assert cat_of[n] == cat_of[p]
+            assert n != p and spu_of[n] != spu_of[p]
+    # a category with fewer candidates than k: padded with -1
+    few = s.sample(np.array([100]), k=10, rng=rng)
+    assert (few[0] >= 0).sum() == 3 and (few[0][3:] == -1).all()
+
+
+def test_same_product_mask() -> None:
+    pos_ids, pos_spu = torch.tensor([1, 2]), torch.tensor([7, 8])
+    cand_ids, cand_spu = torch.tensor([1, 2, 3, 1]), torch.tensor([7, 8, 7, 7])
+    m = same_product_mask(pos_ids, pos_spu, cand_ids, cand_spu)
+    assert m.tolist() == [[True, False, True, True], [False, True, False, False]]
+    m = same_product_mask(pos_ids, pos_spu, cand_ids, cand_spu, merge_spu=False)
+    assert m.tolist() == [[True, False, False, True], [False, True, False, False]]
+
+
+def test_gather_without_process_group_is_identity() -> None:
+    x = torch.randn(3, 4, requires_grad=True)
+    y = gather_with_local_grad(x)
+    assert y is x
