@@ -2,10 +2,7 @@
 behaviour modules, trained with DistributedModelParallel (see ``model.py``, ``modules.py``,
 ``train.py``, ``evaluate.py``; CLI ``moon ranker``)."""
 
-# Lazy exports (PEP 562): `moon --help` must not pay for torch/faiss/torchrec imports.
-
-import importlib
-from typing import Any
+from moon_rec._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "RankerConfig": "moon_rec.ranking.config",
@@ -22,8 +19,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,10 +1,7 @@
 """Retrieval: exact faiss search and the encoder's intermediate metrics (image-search
 recall per Matryoshka dim, text-query recall, category probe)."""
 
-# Lazy exports (PEP 562): `moon --help` must not pay for torch/faiss/torchrec imports.
-
-import importlib
-from typing import Any
+from moon_rec._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "ExactIndex": "moon_rec.retrieval.index",
@@ -17,8 +14,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

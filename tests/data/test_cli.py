@@ -56,3 +56,14 @@ def test_console_script_reports_bad_input_without_traceback(tmp_path: Path) -> N
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "world directory not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_building_the_cli_does_not_import_the_heavy_stack() -> None:
+    """`moon --help` stays instant: subcommand modules import torch/faiss/feast lazily."""
+    code = (
+        "import sys; from moon_rec.cli import build_parser; build_parser();"
+        "heavy = [m for m in ('torch', 'faiss', 'torchrec', 'feast', 'transformers') if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == ""
