@@ -100,9 +100,7 @@ def check_schema(schema: pa.Schema, spec: TableSpec, file: str) -> None:
 
 
 def _first_true(mask: pa.ChunkedArray | pa.Array) -> int | None:
-    arr = mask.to_numpy(zero_copy_only=False) if hasattr(mask, "to_numpy") else np.asarray(mask)
-    arr = np.asarray(arr, dtype=bool)
-    idx = np.flatnonzero(arr)
+    idx = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
     return int(idx[0]) if idx.size else None
 
 
@@ -229,11 +227,12 @@ def _locate(files: list[Path], row: int) -> tuple[Path, int]:
     return files[-1], row
 
 
-def _read_ids(root: Path, table: str, column: str) -> np.ndarray:
+def _read_ids(root: Path, table: str, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values, is_null) of one int64 column over all parts; nulls read as 0."""
     parts = [pq.read_table(p, columns=[column]).column(column) for p in table_files(root, table)]
-    if not parts:
-        return np.empty(0, np.int64)
-    return np.concatenate([p.to_numpy(zero_copy_only=False) for p in parts])
+    column_ = pa.chunked_array([c for p in parts for c in p.chunks], pa.int64())
+    is_null = np.asarray(pc.is_null(column_).to_numpy(zero_copy_only=False), dtype=bool)
+    return column_.fill_null(0).to_numpy(), is_null
 
 
 def check_references(root: str | Path, report: WorldReport) -> None:
@@ -246,18 +245,9 @@ def check_references(root: str | Path, report: WorldReport) -> None:
             t_table, t_col = target.split(".")
             if t_table not in report.tables:
                 continue
-            known = _read_ids(root, t_table, t_col)
-            values = _read_ids(root, name, column)
-            missing = ~np.isin(values, known)
-            if spec.column(column).nullable:
-                col_arrays = [
-                    pq.read_table(p, columns=[column]).column(column)
-                    for p in table_files(root, name)
-                ]
-                isnull = np.concatenate(
-                    [pc.is_null(a).to_numpy(zero_copy_only=False) for a in col_arrays]
-                )
-                missing &= ~isnull
+            known, _ = _read_ids(root, t_table, t_col)
+            values, is_null = _read_ids(root, name, column)
+            missing = ~np.isin(values, known) & ~is_null  # nulls only where the contract allows
             idx = np.flatnonzero(missing)
             if idx.size:
                 path, local = _locate(report.tables[name].files, int(idx[0]))
