@@ -19,6 +19,8 @@ COMMAND_MODULES: list[str] = [
     "moon_rec.training.cli",
     "moon_rec.retrieval.cli",
     "moon_rec.featurestore.cli",
+    "moon_rec.studies.cli",
+    "serving.cli",
 ]
 
 

@@ -22,12 +22,17 @@ swapped in (also resumable). A killed run, run again, gives the same output as a
 uninterrupted one, event timestamps included (the plan records its time).
 Sharded: under ``torchrun`` rank r embeds chunks j with j % world_size == r; rank 0
 assembles the snapshot in catalog order, so the result does not depend on the sharding.
+Fast: images are decoded without extra copies and converted to one tensor per chunk, the
+encoder runs on batches under ``inference_mode`` and, by default, bf16 autocast where the
+hardware has native bf16 (``--precision``; vectors within cosine 0.9999 of fp32).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -83,6 +88,12 @@ class EmbedJobConfig:
         event_ts: the event time stamped on new rows (default: when the plan is made).
         max_chunks: stop after embedding this many chunks (tests simulate a kill with it).
         device: run the encoder there (e.g. ``cuda``); default: where it was loaded.
+        precision: ``fp32``; ``bf16`` (matmuls in bfloat16 under autocast, ~1.7x faster
+            on CPUs with native bf16; product vectors stay within cosine 0.9999 of fp32:
+            min 0.99994 over 512 items with each trained checkpoint we have); ``auto``
+            (default): bf16 where the device computes it natively (CUDA, or a CPU with
+            AVX512-BF16/AMX), else fp32. The resolved precision is part of the resumable
+            plan and of the manifest.
     """
 
     batch_size: int = 64
@@ -91,6 +102,27 @@ class EmbedJobConfig:
     event_ts: datetime | None = None
     max_chunks: int | None = None
     device: str | None = None
+    precision: str = "auto"
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``fp32`` or ``bf16``: what ``auto`` means on ``device`` (see ``EmbedJobConfig``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if dev.type == "cpu":
+        native = torch.backends.mkldnn.is_available() and bool(
+            torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+        return "bf16" if native else "fp32"
+    return "fp32"
 
 
 def embedding_schema(dims: tuple[int, ...]) -> pa.Schema:
@@ -160,6 +192,24 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     )
 
 
+def _decode_rgb(data: bytes | None, *, where: str) -> np.ndarray:
+    """``decode_image`` with less per-image work: the format is known to be PNG or JPEG and
+    an RGB image is not copied by a no-op ``convert``. Undecodable bytes go through
+    ``decode_image`` itself, so rejects carry its message."""
+    from PIL import Image
+
+    if data:
+        try:
+            with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as im:
+                im.load()
+                if im.mode == "RGB":
+                    return np.array(im, dtype=np.uint8)
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except Exception:
+            pass
+    return decode_image(data or b"", where=where)
+
+
 def _image_size(encoder: Any) -> int:
     size = getattr(encoder, "image_size", None)
     if size is None:
@@ -167,25 +217,82 @@ def _image_size(encoder: Any) -> int:
     return int(size)
 
 
+class _LongestPadding:
+    """A tokenizer proxy that cuts the all-padding columns off the right of a batch.
+
+    ``MoonTokenizer`` pads every text to ``max_text_len`` (32) tokens; catalog titles have
+    ~10, so a third of the encoder's work went into padding. Padding is masked out of
+    attention and pooling, so the real tokens' outputs are the same (to float rounding,
+    ~1e-7; tests compare the job with ``encode_product``)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, texts: Any, max_len: int, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+        ids, mask = self._tokenizer(texts, max_len, **kwargs)
+        if mask.numel():
+            keep = int(mask.sum(1).max())
+            ids, mask = ids[:, :keep].contiguous(), mask[:, :keep].contiguous()
+        return ids, mask
+
+
+@contextlib.contextmanager
+def _longest_padding(encoder: Any) -> Iterator[None]:
+    """Batches padded to their longest text while the job runs (the job owns its encoder)."""
+    tok = getattr(encoder, "tokenizer", None)
+    if tok is None or not callable(tok) or isinstance(tok, _LongestPadding):
+        yield
+        return
+    encoder.tokenizer = _LongestPadding(tok)
+    try:
+        yield
+    finally:
+        encoder.tokenizer = tok
+
+
 def embed_rows(
     encoder: ProductEncoder,
     titles: list[str],
     images: list[np.ndarray],
     batch_size: int,
+    precision: str = "fp32",
 ) -> dict[int, np.ndarray]:
-    """Product embeddings [N, d] per Matryoshka size d (each prefix renormalised)."""
+    """Product embeddings [N, d] per Matryoshka size d (each prefix renormalised).
+
+    Args:
+        images: (S, S, 3) uint8 arrays at the encoder's image size.
+        precision: ``fp32`` or ``bf16`` (autocast; outputs are float32 either way).
+    """
     from moon_rec.encoders.base import images_to_tensor, matryoshka
 
     size = _image_size(encoder)
-    outs: dict[int, list[np.ndarray]] = {d: [] for d in encoder.dims}
-    with torch.inference_mode():
-        for s in range(0, len(titles), batch_size):
-            x = encoder.encode_product(
-                titles[s : s + batch_size], images_to_tensor(images[s : s + batch_size], size)
-            ).float()
-            for d in encoder.dims:
-                outs[d].append(matryoshka(x, d).cpu().numpy().astype(np.float32))
-    return {d: np.concatenate(v) if v else np.zeros((0, d), np.float32) for d, v in outs.items()}
+    dims = tuple(encoder.dims)
+    n = len(titles)
+    out = {d: np.empty((n, d), np.float32) for d in dims}
+    if n == 0:
+        return out
+    if all(a.shape == (size, size, 3) for a in images):
+        # one vectorised conversion, the same values as images_to_tensor's
+        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().float()
+        pixels /= 255.0
+    else:
+        pixels = images_to_tensor(images, size)  # raises, naming the row
+    device = getattr(encoder, "device", torch.device("cpu"))
+    dev_type = torch.device(device).type
+    with (
+        torch.inference_mode(),
+        torch.autocast(dev_type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+        _longest_padding(encoder),
+    ):
+        for s in range(0, n, batch_size):
+            x = encoder.encode_product(titles[s : s + batch_size], pixels[s : s + batch_size])
+            x = x.float()
+            for d in dims:
+                out[d][s : s + x.shape[0]] = matryoshka(x, d).cpu().numpy()
+    return out
 
 
 def _list_column(m: np.ndarray) -> pa.Array:
@@ -232,6 +339,7 @@ def _make_plan(
     model_version: str,
     cfg: EmbedJobConfig,
     dims: tuple[int, ...],
+    precision: str = "fp32",
 ) -> _Plan:
     index = _load_index(out)
     todo = np.array(
@@ -243,7 +351,9 @@ def _make_plan(
         dtype=np.int64,
     )
     key = hashlib.sha256()
-    key.update(json.dumps([model_version, list(dims), cfg.part_rows, cfg.batch_size]).encode())
+    key.update(
+        json.dumps([model_version, list(dims), cfg.part_rows, cfg.batch_size, precision]).encode()
+    )
     key.update(todo.tobytes())
     key.update("".join(h for i, h in zip(ids.tolist(), hashes, strict=True)).encode())
     plan_id = key.hexdigest()[:16]
@@ -261,6 +371,7 @@ def _make_plan(
                     "event_ts": event_ts.isoformat(),
                     "model_version": model_version,
                     "n_todo": len(todo),
+                    "precision": precision,
                 }
             ),
         )
@@ -289,16 +400,23 @@ def _iter_chunk_inputs(world: str | Path, plan: _Plan, wanted: set[int]) -> Iter
         bids = b.column("item_id").to_pylist()
         pick = [k for k, i in enumerate(bids) if i in chunk_of]
         if pick:
-            bt = b.column("title")
-            bi = b.column("image")
+            if len(pick) > b.num_rows // 4:  # one conversion per column, not per value
+                bt: Any = b.column("title").to_pylist()
+                bi: Any = b.column("image").to_pylist()
+            else:
+                bt = [None] * b.num_rows
+                bi = [None] * b.num_rows
+                for k in pick:
+                    bt[k] = b.column("title")[k].as_py()
+                    bi[k] = b.column("image")[k].as_py()
             for k in pick:
                 j = chunk_of[bids[k]]
                 if open_ is None or open_.index != j:
                     open_ = _ChunkInput(j, [], [], [], [])
                 open_.item_ids.append(bids[k])
                 open_.rows.append(row + k)
-                open_.titles.append(bt[k].as_py())
-                open_.images.append(bi[k].as_py())
+                open_.titles.append(bt[k])
+                open_.images.append(bi[k])
                 if len(open_.item_ids) == len(plan.chunks[j]):
                     yield open_
                     open_ = None
@@ -308,7 +426,11 @@ def _iter_chunk_inputs(world: str | Path, plan: _Plan, wanted: set[int]) -> Iter
 
 
 def _embed_chunk(
-    chunk: _ChunkInput, encoder: ProductEncoder, cfg: EmbedJobConfig, event_ts: datetime
+    chunk: _ChunkInput,
+    encoder: ProductEncoder,
+    cfg: EmbedJobConfig,
+    event_ts: datetime,
+    precision: str = "fp32",
 ) -> tuple[pa.Table, pa.Table]:
     """Embed one chunk; returns (embedding rows, rejects with reasons)."""
     titles: list[str] = []
@@ -323,14 +445,14 @@ def _embed_chunk(
             rejects.append((item, row, "empty title"))
             continue
         try:
-            img = _resize(decode_image(data or b"", where=f"items row {row}"), size)
+            img = _resize(_decode_rgb(data, where=f"items row {row}"), size)
         except DataError as exc:  # memory addresses out, so reruns give identical files
             rejects.append((item, row, re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))))
             continue
         ok_ids.append(item)
         titles.append(str(title))
         images.append(img)
-    vecs = embed_rows(encoder, titles, images, cfg.batch_size)
+    vecs = embed_rows(encoder, titles, images, cfg.batch_size, precision)
     dims = tuple(encoder.dims)
     table = pa.table(
         {
@@ -544,7 +666,8 @@ def run_embed_job(
     ids, hashes = content_hashes(world)
     if len(set(ids.tolist())) != len(ids):
         raise DataError("duplicate item_id in the catalog", file="items", column="item_id")
-    plan = _make_plan(out, ids, hashes, model_version, cfg, dims)
+    precision = resolve_precision(cfg.precision, getattr(encoder, "device", "cpu"))
+    plan = _make_plan(out, ids, hashes, model_version, cfg, dims, precision)
     mine = [j for j in range(len(plan.chunks)) if j % world_size == rank]
     todo_here = sum(len(plan.chunks[j]) for j in mine)
     t0 = time.perf_counter()
@@ -565,7 +688,7 @@ def run_embed_job(
         for chunk in _iter_chunk_inputs(world, plan, pending):
             if cfg.max_chunks is not None and embedded >= cfg.max_chunks:
                 return {"interrupted": True, "chunks_done": embedded, "plan": plan.plan_id}
-            table, rej = _embed_chunk(chunk, encoder, cfg, plan.event_ts)
+            table, rej = _embed_chunk(chunk, encoder, cfg, plan.event_ts, precision)
             j = chunk.index
             _write_parquet(rej, plan.dir / f"chunk-{j:05d}.rejects.parquet")
             # written last: its presence marks the chunk done
@@ -580,6 +703,7 @@ def run_embed_job(
     manifest["n_embedded"] = n_new
     manifest["n_reused"] = manifest["n_items"] - n_new
     manifest["plan"] = plan.plan_id
+    manifest["precision"] = precision
     manifest["seconds"] = round(time.perf_counter() - t0, 3)
     manifest["items_per_s"] = (
         round(len(plan.todo_ids) / manifest["seconds"], 1) if manifest["seconds"] else None
@@ -596,8 +720,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--part-rows", type=int, default=4096)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
     a = p.parse_args(argv)
-    cfg = EmbedJobConfig(batch_size=a.batch_size, part_rows=a.part_rows, progress=not a.no_progress)
+    cfg = EmbedJobConfig(
+        batch_size=a.batch_size,
+        part_rows=a.part_rows,
+        progress=not a.no_progress,
+        precision=a.precision,
+    )
     summary = run_embed_job(a.world, a.checkpoint, a.out, cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "parts"}, indent=2, default=str))
     if torch.distributed.is_initialized():

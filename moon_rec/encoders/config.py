@@ -35,7 +35,13 @@ class EncoderConfig(BaseModel):
             generalised better to user photos in our runs) or SigLIP's attention-pooling
             ``head``.
         fusion: how a product (title + image) becomes one vector in the dual tower:
-            ``mlp`` (residual MLP over both normalised tower outputs) or ``mean``.
+            ``mlp`` (residual MLP over both normalised tower outputs), ``mean``, or
+            ``image`` (the image vector plus a residual MLP over both: an image query, which
+            has no text, then sits next to its product; the best for image search).
+        conv_stem: dual tower only: channels of a small convolutional stem (two 3x3
+            stride-2 convolutions) in front of the ViT, which then patchifies the stem's
+            feature map (``patch_size`` stays in input pixels, a multiple of 4); 0: the
+            plain linear patch embedding.
         spatial_merge_size: mllm only, 2x2 patches merge into one decoder token.
         seed: initialisation seed.
     """
@@ -55,7 +61,8 @@ class EncoderConfig(BaseModel):
     max_text_len: int = 32
     vocab_size: int = 2000
     vision_pool: Literal["mean", "head"] = "mean"
-    fusion: Literal["mlp", "mean"] = "mlp"
+    fusion: Literal["mlp", "mean", "image"] = "mlp"
+    conv_stem: int = 0
     spatial_merge_size: int = 2
     seed: int = 0
 
@@ -76,6 +83,11 @@ class EncoderConfig(BaseModel):
             )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} not divisible by {self.num_heads}")
+        if self.conv_stem:
+            if self.backbone != "dual_tower":
+                raise ValueError("conv_stem is a dual_tower option")
+            if self.patch_size % 4:
+                raise ValueError(f"conv_stem needs patch_size a multiple of 4, got {self.patch_size}")
         if self.backbone == "mllm":
             grid = self.image_size // self.patch_size
             if grid % self.spatial_merge_size:

@@ -11,8 +11,11 @@ moon embed --world W --checkpoint C --out E        # batch embedding job
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN
 
@@ -70,14 +73,22 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_materialize(args: argparse.Namespace) -> int:
+    mfs = _open(args)
+    # Feast prints its progress on stdout; keep stdout the JSON report (pipe it to jq).
+    with contextlib.redirect_stdout(sys.stderr):
+        reports = _materialize_all(mfs, args)
+    print(json.dumps(reports, indent=2))
+    return 0
+
+
+def _materialize_all(mfs, args: argparse.Namespace) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     from moon_rec.featurestore.layout import (
         ITEM_ATTRIBUTES_VIEW,
         USER_BEHAVIOUR_VIEW,
     )
     from moon_rec.featurestore.materialize import materialize_embeddings, materialize_views
 
-    mfs = _open(args)
-    reports = []
+    reports: list[dict[str, Any]] = []
     if not args.skip_embeddings:
         reports.append(materialize_embeddings(mfs, batch_rows=args.batch_rows).as_dict())
     if not args.embeddings_only:
@@ -85,8 +96,7 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
             mfs, [ITEM_ATTRIBUTES_VIEW, USER_BEHAVIOUR_VIEW], batch_rows=args.batch_rows
         ):
             reports.append(r.as_dict())
-    print(json.dumps(reports, indent=2))
-    return 0
+    return reports
 
 
 def _cmd_training_set(args: argparse.Namespace) -> int:
@@ -107,6 +117,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         part_rows=args.part_rows,
         progress=not args.no_progress,
         device=args.device,
+        precision=args.precision,
     )
     summary = run_embed_job(args.world, args.checkpoint, args.out, cfg)
     print(json.dumps(summary, indent=2))
@@ -159,5 +170,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--part-rows", type=int, default=4096, help="items per parquet part")
     p.add_argument("--device", default=None, help="torch device for the encoder (e.g. cuda)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="bf16 autocast where native (auto, default), or force fp32 / bf16",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_embed)

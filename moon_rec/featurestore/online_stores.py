@@ -6,8 +6,10 @@ keeps Feast's table layout and read path and changes only the write: a row is re
 only when the incoming event timestamp is strictly later (microsecond precision, kept in
 an extra ``event_ts_us`` column because Feast stores whole seconds). That is the rule of
 Feast's Redis store, which skips a write whose timestamp is not later than the stored one,
-so both profiles behave the same. Every write path goes through ``online_write_batch``:
-``materialize``, ``push``, ``write_to_online_store`` and our chunked writer.
+so both profiles behave the same. Every write path goes through ``online_write_batch``
+(``materialize``, ``push``, ``write_to_online_store``) or, for our chunked writer, through
+``write_encoded``: the same rows already serialised (``EncodedRows``), written with the
+same bytes and the same rule but without a protobuf object per value.
 
 Select it in ``feature_store.yaml`` with::
 
@@ -22,12 +24,16 @@ race between concurrent writers).
 
 from __future__ import annotations
 
+import itertools
+import operator
 import sqlite3
 import struct
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import numpy as np
 from feast import Entity
 from feast.feature_view import FeatureView
 from feast.infra.key_encoding_utils import serialize_entity_key
@@ -60,12 +66,105 @@ _LIST_KINDS = frozenset(
 WriteRow = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
 
 
+@dataclass
+class EncodedRows:
+    """Rows of one feature view already in Feast's wire format: the bulk write path.
+
+    ``online_write_batch`` takes one ``EntityKeyProto`` and a dict of ``ValueProto`` per
+    entity, and every store serialises them again (a 1M x 480-float load spends most of
+    its time building and serialising protobuf messages). A bulk writer that has the
+    serialised values at hand (``materialize_embeddings`` assembles them with numpy) hands
+    them over as they are; the stores below write exactly the bytes ``online_write_batch``
+    would (tests compare both paths and read back through Feast).
+
+    Attributes:
+        join_key: the entity's single int64 join key (e.g. ``item_id``).
+        ids: int64 [N] entity ids.
+        values: feature name -> N serialised ``ValueProto`` messages.
+        event_us: int64 [N] event times, microseconds since the epoch (UTC).
+        texts: feature name -> N ``value_text`` strings (Feast's SQL stores keep scalar
+            features as text too); list-valued features are absent.
+        created: the created timestamp of every row (None: not recorded).
+    """
+
+    join_key: str
+    ids: np.ndarray
+    values: dict[str, Sequence[bytes]]
+    event_us: np.ndarray
+    texts: dict[str, Sequence[str | None]] = field(default_factory=dict)
+    created: datetime | None = None
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def write_rows(self) -> list[WriteRow]:
+        """The same rows as ``online_write_batch`` input (for any other store)."""
+        parse = ValueProto.FromString
+        names = list(self.values)
+        cols = [[parse(v) for v in self.values[n]] for n in names]
+        stamps: dict[int, datetime] = {}
+        rows: list[WriteRow] = []
+        for i, (item, us) in enumerate(zip(self.ids.tolist(), self.event_us.tolist(), strict=True)):
+            ts = stamps.get(us)
+            if ts is None:
+                ts = stamps[us] = from_epoch_micros(us)
+            key = EntityKeyProto(
+                join_keys=[self.join_key], entity_values=[ValueProto(int64_val=item)]
+            )
+            rows.append(
+                (key, {n: c[i] for n, c in zip(names, cols, strict=True)}, ts, self.created)
+            )
+        return rows
+
+
+def serialized_int64_keys(join_key: str, ids: np.ndarray, version: int) -> list[bytes]:
+    """``serialize_entity_key`` of N single-int64-key entities, assembled with numpy.
+
+    The fixed prefix (key name, type tags, lengths) is taken from Feast's own function and
+    checked against it with a second probe, so a future change of the format fails loudly
+    instead of writing keys that Feast cannot find.
+    """
+
+    def feast_key(v: int) -> bytes:
+        return serialize_entity_key(
+            EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(int64_val=v)]),
+            entity_key_serialization_version=version,
+        )
+
+    probe = 0x0102030405060708
+    want = feast_key(probe)
+    prefix = want[:-8]
+    if prefix + struct.pack("<q", probe) != want or feast_key(-1) != prefix + b"\xff" * 8:
+        raise RuntimeError(f"unexpected Feast entity key layout (version {version})")
+    n = int(ids.shape[0])
+    width = len(prefix) + 8
+    buf = np.empty((n, width), dtype=np.uint8)
+    buf[:, : len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
+    buf[:, len(prefix) :] = np.ascontiguousarray(ids, dtype="<i8").view(np.uint8).reshape(n, 8)
+    raw = buf.tobytes()
+    return [raw[i : i + width] for i in range(0, n * width, width)]
+
+
+def _memcmp_order(ids: np.ndarray) -> np.ndarray | None:
+    """The stable order that sorts N little-endian int64 keys bytewise (SQLite's BLOB
+    order), or None when they already are in it."""
+    k = np.ascontiguousarray(ids, dtype="<i8").view("<u8").byteswap()
+    if k.size < 2 or bool(np.all(k[1:] >= k[:-1])):
+        return None
+    return np.argsort(k, kind="stable")
+
+
 def epoch_micros(ts: datetime) -> int:
     """Microseconds since the epoch of ``ts`` (naive means UTC, as in Feast)."""
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
     delta = ts - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_epoch_micros(us: int) -> datetime:
+    """The UTC datetime ``us`` microseconds after the epoch (inverse of ``epoch_micros``)."""
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def _feast_seconds(ts: datetime | None) -> int | None:
@@ -170,6 +269,19 @@ class MoonSqliteOnlineStore(SqliteOnlineStore):
             conn.execute(f"DROP INDEX IF EXISTS {_quote_id(name + '_ek')}")
         conn.commit()
 
+    @staticmethod
+    def _upsert_sql(table_name: str) -> str:
+        """One statement: insert, or replace only when the incoming row is strictly newer."""
+        q = _quote_id(table_name)
+        return (
+            f"INSERT INTO {q} (entity_key, feature_name, value, value_text, event_ts, "
+            f"created_ts, {_TS_US}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
+            "value_text = excluded.value_text, event_ts = excluded.event_ts, "
+            f"created_ts = excluded.created_ts, {_TS_US} = excluded.{_TS_US} "
+            f"WHERE excluded.{_TS_US} > COALESCE({q}.{_TS_US}, {q}.event_ts * 1000000)"
+        )
+
     def online_write_batch(
         self,
         config: RepoConfig,
@@ -193,15 +305,7 @@ class MoonSqliteOnlineStore(SqliteOnlineStore):
             config.project, table, config.registry.enable_online_feature_view_versioning
         )
         self._ensure_ts_column(conn, table_name)
-        q = _quote_id(table_name)
-        sql = (
-            f"INSERT INTO {q} (entity_key, feature_name, value, value_text, event_ts, "
-            f"created_ts, {_TS_US}) VALUES (?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
-            "value_text = excluded.value_text, event_ts = excluded.event_ts, "
-            f"created_ts = excluded.created_ts, {_TS_US} = excluded.{_TS_US} "
-            f"WHERE excluded.{_TS_US} > COALESCE({q}.{_TS_US}, {q}.event_ts * 1000000)"
-        )
+        sql = self._upsert_sql(table_name)
         serialize = _key_serializer(config.entity_key_serialization_version)
         seconds_of: dict[datetime | None, int | None] = {None: None}
         kinds: dict[str, str] = {}
@@ -233,6 +337,67 @@ class MoonSqliteOnlineStore(SqliteOnlineStore):
             conn.executemany(sql, rows)
         if progress:
             progress(len(data))
+
+    def write_encoded(self, config: RepoConfig, table: FeatureView, batch: EncodedRows) -> None:
+        """``online_write_batch`` for rows already serialised (same bytes, same rule).
+
+        The rows reach ``executemany`` through C-level iterators (no Python work per row),
+        in key order so that a fresh table is appended to, in one transaction.
+        """
+        if config.online_store.vector_enabled:
+            raise ValueError(
+                "online_store.vector_enabled is not supported by MoonSqliteOnlineStore"
+            )
+        n = len(batch)
+        if n == 0:
+            return
+        conn = self._get_conn(config)
+        table_name = _table_id(
+            config.project, table, config.registry.enable_online_feature_view_versioning
+        )
+        self._ensure_ts_column(conn, table_name)
+        sql = self._upsert_sql(table_name)
+        keys = serialized_int64_keys(
+            batch.join_key, batch.ids, config.entity_key_serialization_version
+        )
+        us = np.asarray(batch.event_us, dtype=np.int64)
+        # the seconds exactly as online_write_batch stores them, once per distinct time
+        distinct, inverse = np.unique(us, return_inverse=True)
+        secs = np.array(
+            [_feast_seconds(from_epoch_micros(int(u))) for u in distinct.tolist()], dtype=np.int64
+        )[inverse.reshape(-1)]
+        order = _memcmp_order(batch.ids)
+
+        pick = operator.itemgetter(*order.tolist()) if order is not None and n > 1 else None
+
+        def col(seq: Sequence[Any]) -> Sequence[Any]:
+            return seq if pick is None else pick(seq)  # C-level gather
+
+        created = _feast_seconds(batch.created)
+        keys_o = col(keys)
+        secs_o = col(secs.tolist())
+        us_o = col(us.tolist())
+        per_feature: list[Iterator[tuple[Any, ...]]] = []
+        for name, vals in batch.values.items():
+            if len(vals) != n:
+                raise ValueError(f"feature {name}: {len(vals)} values for {n} entities")
+            texts = batch.texts.get(name)
+            per_feature.append(
+                zip(
+                    keys_o,
+                    itertools.repeat(name),
+                    col(vals),
+                    col(texts) if texts is not None else itertools.repeat(None),
+                    secs_o,
+                    itertools.repeat(created),
+                    us_o,
+                    strict=False,
+                )
+            )
+        # entity-major, features in the given order (as online_write_batch writes them)
+        rows = itertools.chain.from_iterable(zip(*per_feature, strict=False))
+        with conn:
+            conn.executemany(sql, rows)
 
 
 # -- Redis ------------------------------------------------------------------------------
@@ -357,3 +522,119 @@ class MoonRedisOnlineStore(RedisOnlineStore):
             pipe.execute()
         if progress:
             progress(len(data))
+
+    def write_encoded(self, config: RepoConfig, table: FeatureView, batch: EncodedRows) -> None:
+        """``online_write_batch`` for rows already serialised (same keys, bytes and rule).
+
+        The script calls are assembled as Redis protocol bytes with numpy (the values of a
+        field have one width, so a batch is a matrix) and streamed on one connection; the
+        server runs the newest-wins script while the next batch is prepared.
+        """
+        cfg = config.online_store
+        if cfg.redis_type != RedisType.redis or cfg.skip_dedup:
+            super().online_write_batch(config, table, batch.write_rows(), None)
+            return
+        n = len(batch)
+        if n == 0:
+            return
+        client = self._get_client(cfg)
+        sha = client.script_load(_REDIS_NEWEST_WINS)  # idempotent: survives a server restart
+        self._script_sha = sha
+        fv_name = _versioned_fv_name(table, config)
+        project = config.project.encode("utf-8")
+        raw_keys = [
+            k + project
+            for k in serialized_int64_keys(
+                batch.join_key, batch.ids, config.entity_key_serialization_version
+            )
+        ]
+        keys = _bulk_matrix(raw_keys, len(raw_keys[0]))
+        del raw_keys
+        # per entity: sec, nanos, Timestamp bytes (shared per distinct time), n, field/value
+        stamps: dict[int, bytes] = {}
+        for u in np.unique(batch.event_us).tolist():
+            sec, micros = divmod(int(u), 1_000_000)
+            stamp = Timestamp(seconds=sec, nanos=micros * 1000).SerializeToString()
+            stamps[u] = b"".join(
+                _bulk(x) for x in (str(sec).encode(), str(micros * 1000).encode(), stamp)
+            ) + _bulk(str(len(batch.values)).encode())
+        body = _entity_blocks(
+            [_bulk(_mmh3(f"{fv_name}:{name}")) for name in batch.values],
+            list(batch.values.values()),
+            n,
+        )
+        head = _bulk(f"_ts:{fv_name}".encode()) + _bulk(str(int(cfg.key_ttl_seconds or 0)).encode())
+        us = batch.event_us.tolist()
+        step = max(1, int(getattr(cfg, "script_batch", 500)))
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        try:
+            calls = 0
+            for s in range(0, n, step):
+                e = min(n, s + step)
+                m = e - s
+                parts = [
+                    f"*{3 + m + 2 + 4 * m + 2 * len(batch.values) * m}\r\n".encode(),
+                    b"$7\r\nEVALSHA\r\n",
+                    _bulk(sha.encode() if isinstance(sha, str) else sha),
+                    _bulk(str(m).encode()),
+                    keys[s:e].tobytes(),
+                    head,
+                ]
+                for i in range(s, e):
+                    parts.append(stamps[us[i]])
+                    parts.append(body[i])
+                conn.send_packed_command(parts)
+                calls += 1
+            for _ in range(calls):
+                conn.read_response()
+        except BaseException:
+            conn.disconnect()  # replies may be left unread
+            raise
+        finally:
+            pool.release(conn)
+
+
+def _bulk(b: bytes) -> bytes:
+    """One Redis protocol bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def _same_length(values: Sequence[bytes]) -> int | None:
+    """The common length of ``values``, or None when they differ."""
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    if lengths.size and bool(np.all(lengths == lengths[0])):
+        return int(lengths[0])
+    return None
+
+
+def _bulk_matrix(values: Sequence[bytes], length: int) -> np.ndarray:
+    """N byte strings of one ``length`` as a uint8 matrix [N, W] of protocol bulk strings."""
+    n = len(values)
+    mat = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(n, length)
+    header = np.frombuffer(b"$%d\r\n" % length, dtype=np.uint8)
+    out = np.empty((n, header.size + length + 2), dtype=np.uint8)
+    out[:, : header.size] = header
+    out[:, header.size : header.size + length] = mat
+    out[:, header.size + length :] = np.frombuffer(b"\r\n", dtype=np.uint8)
+    return out
+
+
+def _entity_blocks(fields: list[bytes], columns: list[Sequence[bytes]], n: int) -> Sequence[bytes]:
+    """Per entity, the protocol bytes of its (field, value) pairs: ``fields`` are bulk
+    strings already, ``columns`` the N values of each field. Built as one matrix when every
+    field's values have one length (vectors, a shared version), else per entity."""
+    lengths = [_same_length(c) for c in columns]
+    if all(length is not None for length in lengths):
+        pieces: list[np.ndarray] = []
+        for f, col, length in zip(fields, columns, lengths, strict=True):
+            pieces.append(np.broadcast_to(np.frombuffer(f, dtype=np.uint8), (n, len(f))))
+            pieces.append(_bulk_matrix(col, int(length)))  # type: ignore[arg-type]
+        mat = np.concatenate(pieces, axis=1)
+        width = mat.shape[1]
+        raw = mat.tobytes()
+        return [raw[i : i + width] for i in range(0, n * width, width)]
+    return [
+        b"".join(f + _bulk(col[i]) for f, col in zip(fields, columns, strict=True))
+        for i in range(n)
+    ]

@@ -53,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="experiment ids; the first is the baseline",
     )
     cmp.add_argument("--seed", type=int)
+    cmp.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep finished models in OUT/<id> trained with the same config, training set "
+        "and embedding version (e.g. the ID-only baseline across encoder versions)",
+    )
     cmp.add_argument("--out", required=True)
     cmp.add_argument("--json", action="store_true", help="print JSON instead of the table")
     cmp.set_defaults(func=_compare)
@@ -124,6 +130,7 @@ def _compare(args: argparse.Namespace) -> int:
         world=args.world,
         query_embeddings=args.query_embeddings,
         seed=args.seed,
+        reuse=args.reuse,
     )
     print(json.dumps(result, sort_keys=True) if args.json else format_table(result))
     return 0

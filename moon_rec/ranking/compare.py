@@ -1,10 +1,16 @@
 """``moon ranker compare``: the ID-only DIN baseline against MOON rankers, same split and
 seed, with the gap closed = (AUC - AUC_ids) / (AUC_oracle - AUC_ids) overall, on cold
-items and on look-driven categories."""
+items, on look-driven and on other categories, and each model's training time.
+
+With ``reuse``, an experiment whose model directory already holds a finished model trained
+with the same config, training set and (for ``ids+moon``) embedding version is evaluated,
+not retrained (the ID-only baseline does not depend on the embeddings, so comparing
+several encoder versions trains it once)."""
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,12 +34,17 @@ def compare_rankers(
     query_embeddings: str | Path | None = None,
     seed: int | None = None,
     progress: bool = True,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate each experiment (the first is the baseline) into ``out/<id>``.
 
+    Args:
+        reuse: keep a finished model in ``out/<id>`` made from the same config, training
+            set and embedding version instead of retraining it.
+
     Returns:
-        {"rows": {id: eval report + gap_closed*}, "baseline": id}; also written to
-        ``out/compare.json``.
+        {"rows": {id: eval report + gap_closed* + train_seconds}, "baseline": id}; also
+        written to ``out/compare.json``.
     """
     out = Path(out)
     reports: dict[str, dict[str, Any]] = {}
@@ -42,29 +53,56 @@ def compare_rankers(
         if seed is not None:
             config = replace(config, train=replace(config.train, seed=seed))
         model_dir = out / name
-        train_ranker(
-            training_set,
-            config,
-            model_dir,
-            embeddings=embeddings,
-            query_embeddings=query_embeddings,
-            resume=False,
-            progress=progress,
-        )
+        meta = _reusable(model_dir, config, training_set, embeddings) if reuse else None
+        if meta is None:
+            t0 = time.perf_counter()
+            meta = train_ranker(
+                training_set,
+                config,
+                model_dir,
+                embeddings=embeddings,
+                query_embeddings=query_embeddings,
+                resume=False,
+                progress=progress,
+            )
+            meta["train_seconds"] = round(time.perf_counter() - t0, 1)
+            (model_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         reports[name] = evaluate_ranker(model_dir, world=world)
+        reports[name]["train_seconds"] = meta.get("train_seconds")
+        reports[name]["reused"] = meta.get("reused", False)
     base = reports[experiments[0]]
     for rep in reports.values():
-        rep["gap_closed"] = gap_closed(rep["auc"], base["auc"], base["oracle_auc"])
-        rep["gap_closed_cold"] = gap_closed(
-            rep["auc_cold"], base["auc_cold"], base["oracle_auc_cold"]
-        )
-        rep["gap_closed_look_driven"] = gap_closed(
-            rep["auc_look_driven"], base["auc_look_driven"], base["oracle_auc_look_driven"]
-        )
+        for key in ("", "_cold", "_look_driven", "_other"):
+            rep[f"gap_closed{key}"] = gap_closed(
+                rep[f"auc{key}"], base[f"auc{key}"], base.get(f"oracle_auc{key}")
+            )
     result = {"baseline": experiments[0], "rows": reports}
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def _reusable(
+    model_dir: Path, config: Any, training_set: str | Path, embeddings: str | Path
+) -> dict[str, Any] | None:
+    """The meta of a finished model in ``model_dir`` that training ``config`` now would
+    reproduce (same config, training set and, for ``ids+moon``, embedding version)."""
+    from moon_rec.ranking.data import load_moon_embeddings
+
+    path = model_dir / "meta.json"
+    if not (path.is_file() and (model_dir / "model.pt").is_file()):
+        return None
+    meta: dict[str, Any] = json.loads(path.read_text())
+    if not meta.get("done") or meta.get("config") != config.to_dict():
+        return None
+    if meta.get("training_set") != str(Path(training_set).resolve()):
+        return None
+    if config.uses_moon:
+        version = load_moon_embeddings(embeddings, config.moon_dim).model_version
+        if meta.get("model_version") != version:
+            return None
+    meta["reused"] = True
+    return meta
 
 
 def _fmt(x: Any, pct: bool = False) -> str:
@@ -75,7 +113,10 @@ def _fmt(x: Any, pct: bool = False) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of a compare result."""
-    head = ["model", "AUC", "GAUC", "AUC cold", "AUC look", "gap", "gap cold", "gap look"]
+    head = [
+        "model", "AUC", "GAUC", "AUC cold", "AUC look", "AUC other", "gap", "gap cold",
+        "gap look", "gap other", "train s",
+    ]
     lines = [head]
     for name, r in result["rows"].items():
         lines.append(
@@ -85,9 +126,12 @@ def format_table(result: dict[str, Any]) -> str:
                 _fmt(r["gauc"]),
                 _fmt(r["auc_cold"]),
                 _fmt(r["auc_look_driven"]),
+                _fmt(r.get("auc_other")),
                 _fmt(r["gap_closed"], True),
                 _fmt(r["gap_closed_cold"], True),
                 _fmt(r["gap_closed_look_driven"], True),
+                _fmt(r.get("gap_closed_other"), True),
+                "-" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}",
             ]
         )
     base = result["rows"][result["baseline"]]
@@ -98,9 +142,12 @@ def format_table(result: dict[str, Any]) -> str:
             "-",
             _fmt(base["oracle_auc_cold"]),
             _fmt(base["oracle_auc_look_driven"]),
+            _fmt(base.get("oracle_auc_other")),
             "100%",
             "100%",
             "100%",
+            "100%",
+            "-",
         ]
     )
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]

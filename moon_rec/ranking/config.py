@@ -47,12 +47,15 @@ class BehaviourConfig:
         top_k: behaviours kept by ``sim``'s search step.
         similarity_scale: initial inverse temperature of the softmax over content
             similarities s_b that weights the fusion and content interests (learned).
+        user_content: cube/sim also pool a gated, shrunk content profile of the user and
+            its match with the target (see :class:`moon_rec.ranking.modules.CubeModule`).
     """
 
     module: BehaviourKind = "din"
     attention_hidden: list[int] = field(default_factory=lambda: [64, 32])
     top_k: int = 16
     similarity_scale: float = 5.0
+    user_content: bool = True
 
 
 @dataclass

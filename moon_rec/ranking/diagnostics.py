@@ -8,6 +8,14 @@ content vectors that carry the style perfectly: a ceiling for a real MOON encode
 signal. For investigation only; ``oracle_`` columns are never production features.
 
     python -m moon_rec.ranking.diagnostics WORLD OUT [--noise 0.05]
+
+:func:`oracle_decomposition` splits the oracle click logit of a synthetic world's test
+impressions into its terms (module docstring of :mod:`moon_rec.data.world`) and reports the
+AUC of "reachable" oracles: the oracle with the terms that no ranker can see from its
+features (user/item ids, category, brand, position, query text, behaviours, content
+vectors) replaced by what those features do tell.
+
+    python -m moon_rec.ranking.diagnostics WORLD --decompose
 """
 
 from __future__ import annotations
@@ -15,9 +23,11 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 
 from moon_rec.data.io import read_table
@@ -51,12 +61,243 @@ def write_oracle_style_embeddings(
     return out / "items.parquet"
 
 
+def _world_state(world: str | Path) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """Rebuild the generator's in-memory universe, catalog and population of ``world``
+    (deterministic in its config and seed)."""
+    from moon_rec.data.io import read_world_meta
+    from moon_rec.data.world import (
+        WorldConfig,
+        build_catalog,
+        build_population,
+        build_universe,
+    )
+
+    meta = read_world_meta(world)
+    cfg = WorldConfig(**meta["config"])
+    u = build_universe(cfg)
+    cat = build_catalog(u)
+    pop = build_population(u, cat)
+    return cfg, u, cat, pop, meta
+
+
+def oracle_terms(world: str | Path) -> dict[str, np.ndarray]:
+    """Every term of the oracle click logit, per impression of ``world`` (all rows).
+
+    Returns arrays [N]: ``logit`` (from ``oracle_p_click``), ``user_bias``, ``style``,
+    ``brand``, ``price``, ``category``, ``quality``, ``position``, ``query_text_match``
+    (colour / brand words of the text query), ``query_image_match`` (the image query's
+    target item, its SPU or neither: the residual on image-query rows), plus ``test``,
+    ``cold``, ``look``, ``image_request`` (bool), ``clicked``, ``user_row``, ``item_row``,
+    ``t_frac`` and the constant ``bias`` (a float in a 0-d array).
+    """
+    import pyarrow.compute as pc
+
+    from moon_rec.data.world import COLORS, COLOR_SYNONYMS, EPOCH, taste_at
+
+    cfg, u, cat, pop, meta = _world_state(world)
+    cols = ["user_id", "ts", "query_text", "item_id", "position", "clicked", "oracle_p_click",
+            "oracle_logit_style"]
+    imp = read_table(world, "impressions", columns=cols, validate=False)
+    uu = imp.column("user_id").to_numpy() - 1
+    items = imp.column("item_id").to_numpy() - 1
+    pos = imp.column("position").to_numpy().astype(np.float64)
+    ts = pc.cast(imp.column("ts"), pa.int64()).to_numpy()
+    start = int(EPOCH.timestamp() * 1e6)
+    span = int(cfg.end.timestamp() * 1e6) - start
+    train_end = int(cfg.train_end.timestamp() * 1e6)
+    t_frac = (ts - start) / span
+    p = imp.column("oracle_p_click").to_numpy().astype(np.float64)
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    logit = np.log(p) - np.log1p(-p)
+    c_items = cat.category[items]
+    look = u.look[c_items]
+    w_brand = np.where(look, cfg.w_brand_look, cfg.w_brand_other)
+    w_price = np.where(look, cfg.w_price_look, cfg.w_price_other)
+    style = imp.column("oracle_logit_style").to_numpy().astype(np.float64)
+    brand = w_brand * (pop.brand_pref[uu] * u.brand_vec[cat.brand[items]]).sum(1)
+    price = -w_price * np.abs(cat.price_tier[items] - pop.price_pref[uu])
+    category = cfg.w_cat * np.log(pop.cat_pref[uu, c_items] * len(u.leaves))
+    quality = cfg.w_quality * cat.quality[items]
+    position = -cfg.position_decay * pos * (1.0 + 0.5 * np.log1p(pos))
+    user_bias = pop.bias[uu]
+    known = cfg.bias + user_bias + style + brand + price + category + quality + position
+    residual = logit - known
+    texts = imp.column("query_text").to_pylist()
+    image_request = np.array([t == "" for t in texts])
+    # the text query's colour / brand words, as the generator wrote them
+    color_word = {COLOR_SYNONYMS[name][0]: k for k, (name, *_rest) in enumerate(COLORS)}
+    brand_word = {name.lower(): k for k, name in enumerate(u.brand_names)}
+    q_color = np.full(len(texts), -1)
+    q_brand = np.full(len(texts), -1)
+    for r, t in enumerate(texts):
+        if not t:
+            continue
+        for w, k in color_word.items():
+            if t.startswith(w + " ") or (" " + w + " ") in t:
+                q_color[r] = k
+        first = t.split(" ", 1)[0]
+        if first in brand_word:
+            q_brand[r] = brand_word[first]
+    text_match = np.where(q_color >= 0, np.where(cat.color[items] == q_color, 1.2, -0.4), 0.0)
+    text_match += np.where(q_brand >= 0, np.where(cat.brand[items] == q_brand, 1.2, -0.4), 0.0)
+    image_match = np.where(image_request, residual, 0.0)
+    other = np.where(image_request, 0.0, residual - text_match)
+    return {
+        "logit": logit, "bias": np.asarray(cfg.bias), "user_bias": user_bias, "style": style,
+        "brand": brand, "price": price, "category": category, "quality": quality,
+        "position": position, "query_text_match": text_match,
+        "query_image_match": image_match, "unexplained": other,
+        "test": ts >= train_end, "cold": cat.launch_us[items] >= train_end, "look": look,
+        "image_request": image_request, "clicked": imp.column("clicked").to_numpy(),
+        "user_row": uu, "item_row": items, "t_frac": t_frac,
+    }
+
+
+def oracle_decomposition(world: str | Path) -> dict[str, Any]:
+    """Which parts of the oracle logit a ranker can see, as test AUCs of oracles with
+    terms removed or replaced by what the ranker's features tell.
+
+    Variants (each over all test rows / cold / warm / look-driven / other):
+
+    - ``oracle``: the true click probability (``oracle_p_click``).
+    - ``no_image_target``: the image query's target-item term replaced by its mean over
+      image-query rows (impressions carry no image-query id: no ranker can see it).
+    - ``reachable``: also, for cold items (no ID row, no history), quality replaced by its
+      mean at the impression's position (the logged ranker sorts by quality + noise, so
+      position tells some of it) and the price term by its expectation over price tiers
+      (price is not a ranker feature). Everything else is a function of the features
+      with infinite data.
+    - ``drop_<term>``: the oracle without one term (its mean instead): how much each
+      term carries.
+    """
+    from moon_rec.metrics.ranking import auc
+
+    cfg, u, cat, pop, _ = _world_state(world)
+    t = oracle_terms(world)
+    test, y = t["test"], t["clicked"]
+    segments = {
+        "all": np.ones_like(test), "cold": t["cold"], "warm": ~t["cold"], "look": t["look"],
+        "other": ~t["look"],
+    }
+
+    def aucs(score: np.ndarray) -> dict[str, float | None]:
+        out = {}
+        for name, mask in segments.items():
+            m = test & mask
+            a = auc(y[m], score[m])
+            out[name] = None if a is None else round(a, 4)
+        return out
+
+    logit = t["logit"]
+    report: dict[str, Any] = {"oracle": aucs(logit)}
+    img = t["image_request"]
+    no_img = logit - t["query_image_match"] + np.where(
+        img, t["query_image_match"][img].mean() if img.any() else 0.0, 0.0
+    )
+    report["no_image_target"] = aucs(no_img)
+    cold = t["cold"]
+    pos = np.round(
+        -t["position"] / max(cfg.position_decay, 1e-9), 6
+    )  # a monotone key of the position
+    q_by_pos = {}
+    for key in np.unique(pos):
+        m = (pos == key) & ~test
+        q_by_pos[key] = float(t["quality"][m].mean()) if m.any() else 0.0
+    q_hat = np.array([q_by_pos[k] for k in pos])
+    tier_p = np.array([0.2, 0.3, 0.3, 0.15, 0.05])
+    w_price = np.where(t["look"], cfg.w_price_look, cfg.w_price_other)
+    pref = pop.price_pref[t["user_row"]]
+    exp_price = -w_price * (tier_p[None, :] * np.abs(np.arange(5)[None, :] - pref[:, None])).sum(1)
+    reach = no_img + np.where(cold, q_hat - t["quality"] + exp_price - t["price"], 0.0)
+    report["reachable"] = aucs(reach)
+    for term in ("style", "brand", "price", "category", "quality", "position", "user_bias",
+                 "query_text_match", "query_image_match"):
+        v = t[term]
+        report[f"drop_{term}"] = aucs(logit - v + v[test].mean())
+    share = {}
+    for term in ("style", "brand", "price", "category", "quality", "position", "user_bias",
+                 "query_text_match", "query_image_match", "unexplained"):
+        share[term] = round(float(t[term][test].std()), 3)
+    report["term_std_test"] = share
+    report["image_request_share_test"] = round(float(img[test].mean()), 4)
+    return report
+
+
+def history_taste_ceiling(
+    world: str | Path, training_set: str | Path, shrink: float = 3.0
+) -> dict[str, Any]:
+    """How much of the style term a ranker can recover from behaviour sequences.
+
+    The oracle logit without the image-target term, with the user's true taste replaced by
+    an estimate from the impression's behaviour sequence (as of the impression, as the
+    training set holds it): the shrunk mean of the *true* styles of the look-driven
+    behaviour items, sum / (n + ``shrink``), with the best of a few scales. Every other
+    term stays exact (quality and price of cold items too), so this is an upper bound
+    for any ranker that reads taste from behaviours, even with perfect content vectors.
+    Rows: ``true_taste`` (the drifting taste itself), ``history`` (look-driven
+    behaviours), ``history_all`` (every behaviour), ``no_style``.
+    """
+    import pyarrow.parquet as pq
+
+    from moon_rec.metrics.ranking import auc
+
+    cfg, u, cat, _pop, _ = _world_state(world)
+    t = oracle_terms(world)
+    table = pq.read_table(training_set, columns=["item_id", "hist_item_ids"])
+    if not np.array_equal(table.column("item_id").to_numpy() - 1, t["item_row"]):
+        raise ValueError("the training set's rows are not the world's impressions in order")
+    hist = table.column("hist_item_ids").combine_chunks()
+    lengths = pa.compute.list_value_length(hist).fill_null(0).to_numpy()
+    flat = pa.compute.list_flatten(hist).to_numpy() - 1
+    row_of = np.repeat(np.arange(len(lengths)), lengths)
+    look_item = u.look[cat.category]
+    test, y, look, cold = t["test"], t["clicked"], t["look"], t["cold"]
+    w = np.where(look, cfg.w_style_look, cfg.w_style_other) * 2.0
+    target = cat.style[t["item_row"]]
+    base = t["logit"] - t["query_image_match"] - t["style"]
+
+    def aucs(score: np.ndarray) -> dict[str, float | None]:
+        out = {}
+        for name, m in (("all", test), ("cold", test & cold), ("look", test & look),
+                        ("other", test & ~look)):
+            a = auc(y[m], score[m])
+            out[name] = None if a is None else round(a, 4)
+        return out
+
+    report: dict[str, Any] = {"true_taste": aucs(base + t["style"]), "no_style": aucs(base)}
+    for name, keep in (("history", look_item[flat]), ("history_all", np.ones(flat.size, bool))):
+        sums = np.zeros((len(lengths), target.shape[1]))
+        np.add.at(sums, row_of[keep], cat.style[flat[keep]])
+        counts = np.bincount(row_of[keep], minlength=len(lengths))
+        match = (sums / (counts[:, None] + shrink) * target).sum(1)
+        best = max(((aucs(base + k * w * match), k) for k in (1.0, 1.5, 2.0, 2.5)),
+                   key=lambda r: r[0]["all"] or 0.0)
+        report[name] = {**best[0], "scale": best[1]}
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="oracle-style embeddings (a content ceiling)")
     parser.add_argument("world")
-    parser.add_argument("out")
+    parser.add_argument("out", nargs="?")
     parser.add_argument("--noise", type=float, default=0.05)
+    parser.add_argument(
+        "--decompose", action="store_true", help="print the oracle logit decomposition (JSON)"
+    )
+    parser.add_argument(
+        "--training-set", help="with --decompose: also the behaviour-taste ceiling"
+    )
     args = parser.parse_args(argv)
+    if args.decompose:
+        import json
+
+        report = oracle_decomposition(args.world)
+        if args.training_set:
+            report["history_taste_ceiling"] = history_taste_ceiling(args.world, args.training_set)
+        print(json.dumps(report, indent=2))
+        return 0
+    if args.out is None:
+        parser.error("OUT is required (or --decompose)")
     print(write_oracle_style_embeddings(args.world, args.out, args.noise))
     return 0
 

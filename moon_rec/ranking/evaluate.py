@@ -2,8 +2,9 @@
 
 ``evaluate_ranker`` returns (and ``moon ranker eval --json`` prints) the keys ``auc``,
 ``gauc``, ``logloss``, ``oracle_auc``, ``auc_cold``, ``auc_warm``, ``auc_look_driven``,
-``auc_other``, ``model_version``, ``n_test`` (plus ``oracle_auc_cold`` and
-``oracle_auc_look_driven`` for gap-closed tables). A metric that is undefined on the data
+``auc_other``, ``model_version``, ``n_test`` (plus ``oracle_auc_cold``,
+``oracle_auc_warm``, ``oracle_auc_look_driven`` and ``oracle_auc_other`` for gap-closed
+tables). A metric that is undefined on the data
 (one class only, no oracle) is ``null``.
 """
 
@@ -131,8 +132,11 @@ def ranking_report(
         report["oracle_auc"] = auc(labels, oracle)
         report["oracle_auc_cold"] = auc(labels[is_cold], oracle[is_cold])
         report["oracle_auc_look_driven"] = auc(labels[look_driven], oracle[look_driven])
+        report["oracle_auc_other"] = auc(labels[~look_driven], oracle[~look_driven])
+        report["oracle_auc_warm"] = auc(labels[~is_cold], oracle[~is_cold])
     else:
-        report["oracle_auc"] = report["oracle_auc_cold"] = report["oracle_auc_look_driven"] = None
+        for key in ("", "_cold", "_look_driven", "_other", "_warm"):
+            report[f"oracle_auc{key}"] = None
     return report
 
 

@@ -143,3 +143,65 @@ def make_batch(
             np.zeros(b, np.float32) if labels is None else np.asarray(labels, np.float32)
         ),
     )
+
+
+def request_batch(
+    *,
+    user_id: int,
+    item_ids: np.ndarray,
+    category_ids: np.ndarray,
+    brand_ids: np.ndarray,
+    hist_item_ids: np.ndarray,
+    hist_category_ids: np.ndarray,
+    query_text: str | None,
+    query_embedding: np.ndarray | None,
+    query_token_buckets: int,
+    max_seq_len: int,
+    content_dim: int,
+    position: int = 0,
+    max_query_tokens: int = 8,
+) -> RankerBatch:
+    """The RankerBatch of one ranking request: B candidates of one user and query.
+
+    The serving side of :func:`make_batch` (training builds its batches through
+    ``TrainingSet.batch``, which calls the same function with the same query hashing).
+
+    Args:
+        user_id: the user (raw id).
+        item_ids, category_ids, brand_ids: [B] the candidates and their attributes.
+        hist_item_ids, hist_category_ids: [H] the user's behaviours, most recent first
+            (the first ``max_seq_len`` are used).
+        query_text: the text query (None or "": no tokens).
+        query_embedding: [C] the query's MOON embedding (None: none, ``has_query`` False).
+        content_dim: C (0 for the ``ids`` feature set).
+        position: the display position every candidate is scored at.
+    """
+    b = len(item_ids)
+    toks = query_tokens(query_text, query_token_buckets, max_query_tokens)
+    q_tok = np.full((b, max(1, len(toks))), -1, np.int64)
+    q_tok[:, : len(toks)] = toks
+    hist = np.asarray(hist_item_ids, np.int64)[:max_seq_len]
+    hist_cat = np.asarray(hist_category_ids, np.int64)[:max_seq_len]
+    h = len(hist)
+    has_q = query_embedding is not None and content_dim > 0
+    q = (
+        np.broadcast_to(np.asarray(query_embedding, np.float32)[:content_dim], (b, content_dim))
+        if has_q
+        else np.zeros((b, content_dim), np.float32)
+    )
+    return make_batch(
+        user_id=np.full(b, user_id, np.int64),
+        item_id=np.asarray(item_ids, np.int64),
+        category_id=np.asarray(category_ids, np.int64),
+        brand_id=np.asarray(brand_ids, np.int64),
+        position=np.full(b, position, np.int64),
+        query_tokens_padded=q_tok,
+        query_token_lengths=np.full(b, len(toks), np.int64),
+        hist_item_ids=np.broadcast_to(hist.reshape(1, -1), (b, h)) if h else np.full((b, 1), -1),
+        hist_category_ids=(
+            np.broadcast_to(hist_cat.reshape(1, -1), (b, h)) if h else np.full((b, 1), -1)
+        ),
+        hist_lengths=np.full(b, h, np.int64),
+        query_embedding=q,
+        has_query=np.full(b, has_q, bool),
+    )

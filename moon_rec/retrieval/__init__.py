@@ -1,9 +1,11 @@
-"""Retrieval: exact faiss search and the encoder's intermediate metrics (image-search
+"""Retrieval: exact and ANN faiss search and the encoder's intermediate metrics (image-search
 recall per Matryoshka dim, text-query recall, category probe)."""
 
 from moon_rec._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
+    "AnnConfig": "moon_rec.retrieval.ann",
+    "AnnIndex": "moon_rec.retrieval.ann",
     "ExactIndex": "moon_rec.retrieval.index",
     "ImageSearchRecall": "moon_rec.retrieval.recall",
     "color_histogram": "moon_rec.retrieval.recall",

@@ -9,6 +9,8 @@
   item clicked / carted / bought as the truth, the same product index.
 - Category linear probe: logistic regression from product embeddings to category, on a
   seeded 80/20 split of the catalog; test accuracy.
+- Image-title alignment: mean cosine of a catalog photo with its own title minus that with
+  another item's title (``image_title_alignment``).
 Baselines in the same run: an untrained encoder of the same architecture, and a colour
 histogram of the image (query photo vs catalog photo).
 """
@@ -138,6 +140,28 @@ def category_probe(emb: np.ndarray, category: np.ndarray, seed: int = 0,
         return float((clf.predict(x[test]) == category[test]).mean())
 
 
+def image_title_alignment(encoder: MoonEncoder, data: WorldData, *, max_items: int = 4000,
+                          seed: int = 0, batch_size: int = 256) -> float:
+    """Image-title alignment: mean cosine of each catalog photo with its own title minus the
+    mean cosine with another item's title (a seeded derangement), over up to ``max_items``
+    seeded catalog items. 0 for an encoder whose image and text towers do not agree, up to
+    2 for perfectly aligned towers. Image and title are encoded separately
+    (``encode_image`` / ``encode_text``), full dimension."""
+    rng = np.random.default_rng([seed, 7])
+    n = int(data.n_items)
+    rows = np.sort(rng.permutation(n)[:max_items]) if n > max_items else np.arange(n)
+    if len(rows) < 2:
+        return float("nan")
+    img = embed_images(encoder, data.images[torch.from_numpy(rows)], batch_size)
+    txt = embed_texts(encoder, [data.title[i] for i in rows.tolist()], batch_size)
+    img /= np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
+    txt /= np.maximum(np.linalg.norm(txt, axis=1, keepdims=True), 1e-12)
+    shift = np.roll(np.arange(len(rows)), int(rng.integers(1, len(rows))))
+    matched = float((img * txt).sum(1).mean())
+    other = float((img * txt[shift]).sum(1).mean())
+    return matched - other
+
+
 def heldout_text_pairs(data: WorldData) -> tuple[list[str], np.ndarray]:
     """(query texts, item ids) of behaviours after train_end_ts with a query text, unique."""
     seen: set[tuple[str, int]] = set()
@@ -156,11 +180,14 @@ def heldout_text_pairs(data: WorldData) -> tuple[list[str], np.ndarray]:
 
 
 def evaluate_encoder(encoder: MoonEncoder, data: WorldData, *, batch_size: int = 256,
-                     seed: int = 0) -> dict[str, Any]:
-    """All intermediate metrics of one encoder on one world (see module docstring)."""
+                     seed: int = 0, item_emb: np.ndarray | None = None) -> dict[str, Any]:
+    """All intermediate metrics of one encoder on one world (see module docstring), plus
+    ``image_title_align`` (see ``image_title_alignment``). ``item_emb``: the catalog's
+    product embeddings when the caller already has them (row-aligned with ``data``)."""
     t0 = time.time()
     q = data.eval_query_mask
-    item_emb = embed_products(encoder, data.title, data.images, batch_size)
+    if item_emb is None:
+        item_emb = embed_products(encoder, data.title, data.images, batch_size)
     query_emb = embed_images(encoder, data.query_images[torch.from_numpy(q)], batch_size)
     result: dict[str, Any] = {"model_version": encoder.model_version}
     result.update(ImageSearchRecall(data.item_id, item_emb, encoder.dims)(
@@ -173,6 +200,8 @@ def evaluate_encoder(encoder: MoonEncoder, data: WorldData, *, batch_size: int =
         result["text_recall@10"] = None
     result["probe_acc"] = category_probe(
         np.asarray(matryoshka(torch.from_numpy(item_emb), encoder.dims[-1])), data.category_id, seed)
+    result["image_title_align"] = image_title_alignment(encoder, data, seed=seed,
+                                                        batch_size=batch_size)
     result["seconds"] = round(time.time() - t0, 2)
     return result
 

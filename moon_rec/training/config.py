@@ -33,7 +33,8 @@ class StageConfig(BaseModel):
         batch_size: pairs per step per rank.
         lr / weight_decay / warmup_steps / grad_clip: AdamW with linear warm-up and cosine
             decay.
-        temperature: InfoNCE tau.
+        temperature: InfoNCE tau (the initial tau under ``learn_temperature``).
+        learn_temperature: learn tau as a logit scale (CLIP), clamped to [0.01, 1].
         loss: ``infonce`` or ``circle`` (circle_margin, circle_gamma).
         symmetric: also contrast targets against queries (in-batch).
         matryoshka_weights: one weight per Matryoshka dim (default 1 each).
@@ -46,6 +47,8 @@ class StageConfig(BaseModel):
         resample_categories: draw this many pairs matching the online category exposure
             (0: off).
         hard_negatives: same-category negatives per positive (encoded with gradient).
+        batch_categories: draw each batch from this many target categories only, so the
+            in-batch negatives are look-alikes (0: the whole catalog).
         queue_size: temporal negatives, a FIFO of past target embeddings (0: off).
         all_gather: spatial negatives, the other ranks' targets (under torchrun).
         merge_spu: which queries treat variants of the positive's SPU as non-negatives:
@@ -63,6 +66,7 @@ class StageConfig(BaseModel):
     warmup_steps: int = 10
     grad_clip: float = 1.0
     temperature: float = 0.05
+    learn_temperature: bool = False
     loss: Literal["infonce", "circle"] = "infonce"
     circle_margin: float = 0.25
     circle_gamma: float = 32.0
@@ -75,6 +79,7 @@ class StageConfig(BaseModel):
     dedup_hardest: int = 0
     resample_categories: int = 0
     hard_negatives: int = 0
+    batch_categories: int = 0
     queue_size: int = 0
     all_gather: bool = True
     merge_spu: Literal["text", "all", "none"] = "text"

@@ -37,7 +37,7 @@ def info_nce(
     query: torch.Tensor,
     keys: torch.Tensor,
     *,
-    temperature: float = 0.05,
+    temperature: float | torch.Tensor = 0.05,
     extra: torch.Tensor | None = None,
     same: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -45,7 +45,7 @@ def info_nce(
 
     Args:
         query: [B, d]; keys: [B, d] (row i is query i's positive).
-        temperature: tau of exp(cos / tau).
+        temperature: tau of exp(cos / tau) (a float, or a 0-dim tensor when learned).
         extra: [M, d] extra negatives shared by every query.
         same: [B, B + M] bool, True for candidates that are the same product as the
             positive (excluded from the negatives; the diagonal is handled already).
@@ -106,7 +106,7 @@ def matryoshka_loss(
     weights: Sequence[float] | None = None,
     extra: torch.Tensor | None = None,
     same: torch.Tensor | None = None,
-    **kwargs: float,
+    **kwargs: float | torch.Tensor,
 ) -> torch.Tensor:
     """Sum over Matryoshka prefixes of ``loss`` on the renormalised prefixes.
 

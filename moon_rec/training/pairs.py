@@ -217,20 +217,36 @@ def resample_categories(
 
 
 def sample_batch(
-    pairs: PairSet, ratios: Mapping[str, float], batch_size: int, rng: np.random.Generator
+    pairs: PairSet, ratios: Mapping[str, float], batch_size: int, rng: np.random.Generator,
+    *, groups: np.ndarray | None = None, n_groups: int = 0,
 ) -> np.ndarray:
     """Indices of one batch: kinds drawn by the mixing ratios (renormalised over the kinds
-    present), pairs uniformly within a kind, no repeated pair in a batch when avoidable."""
+    present), pairs uniformly within a kind, no repeated pair in a batch when avoidable.
+
+    Args:
+        groups / n_groups: with ``groups`` [P] (e.g. the target's category) and
+            ``n_groups`` > 0, the batch is drawn from ``n_groups`` groups only (picked in
+            proportion to their pairs), so that the in-batch negatives are hard (look-alike
+            items of the same category) at no extra encoding cost.
+    """
     present = {KIND_NAMES[k] for k in np.unique(pairs.kind).tolist()}
     names = [k for k, r in ratios.items() if r > 0 and k in present]
     if not names:
         raise ValueError("no training pairs for the configured kinds")
     p = np.array([ratios[k] for k in names], np.float64)
     counts = rng.multinomial(batch_size, p / p.sum())
+    chosen: np.ndarray | None = None
+    if groups is not None and n_groups > 0:
+        uniq, gc = np.unique(groups, return_counts=True)
+        if len(uniq) > n_groups:
+            chosen = rng.choice(uniq, size=n_groups, replace=False, p=gc / gc.sum())
     out = []
     for name, c in zip(names, counts, strict=True):
         if c == 0:
             continue
         pool = np.flatnonzero(pairs.kind == KIND_NAMES.index(name))
+        if chosen is not None and groups is not None:
+            sub = pool[np.isin(groups[pool], chosen)]
+            pool = sub if len(sub) else pool
         out.append(rng.choice(pool, size=c, replace=c > len(pool)))
     return np.concatenate(out)

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,9 +294,11 @@ def stage_pairs(data: WorldData, sc: StageConfig, encoder: MoonEncoder, seed: in
     return pairs
 
 
-def _loss_kwargs(sc: StageConfig) -> dict[str, Any]:
+def _loss_kwargs(sc: StageConfig, log_scale: torch.Tensor | None = None) -> dict[str, Any]:
     if sc.loss == "circle":
         return {"margin": sc.circle_margin, "gamma": sc.circle_gamma}
+    if log_scale is not None:  # learned tau = exp(-log_scale), kept in [0.01, 1]
+        return {"temperature": torch.exp(-log_scale.clamp(0.0, math.log(100.0)))}
     return {"temperature": sc.temperature}
 
 
@@ -308,6 +311,7 @@ def train_stage(
     init: str | Path | None = None,
     resume: bool = True,
     progress: bool = True,
+    on_step: Callable[[int, MoonEncoder], None] | None = None,
 ) -> dict[str, Any]:
     """Train one stage and write the run directory ``out`` (see module docstring).
 
@@ -319,6 +323,8 @@ def train_stage(
         init: the previous stage's checkpoint (run dir or encoder dir); None builds a
             fresh encoder and trains its tokenizer on the catalog.
         resume: continue from ``out/state`` when it exists.
+        on_step: called on rank 0 after every optimiser step with (steps done, encoder),
+            e.g. to keep snapshots along training (the studies do).
 
     Returns:
         the summary (also written to out/summary.json by rank 0).
@@ -357,7 +363,12 @@ def train_stage(
         raise ValueError(f"matryoshka_weights has {len(weights)} entries for dims {dims}")
 
     params = [p for p in encoder.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=sc.lr, weight_decay=sc.weight_decay)
+    log_scale: torch.nn.Parameter | None = None
+    param_groups: list[dict[str, Any]] = [{"params": params}]
+    if sc.learn_temperature and sc.loss == "infonce":
+        log_scale = torch.nn.Parameter(torch.tensor(math.log(1.0 / sc.temperature)))
+        param_groups.append({"params": [log_scale], "weight_decay": 0.0})
+    opt = torch.optim.AdamW(param_groups, lr=sc.lr, weight_decay=sc.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, min(sc.warmup_steps, sc.steps), max(sc.steps, 1))
     queue = TemporalNegativeQueue(encoder.embed_dim, sc.queue_size)
     start = 0
@@ -365,17 +376,20 @@ def train_stage(
         opt.load_state_dict(trainer_state["optimizer"])
         sched.load_state_dict(trainer_state["scheduler"])
         queue.load_state_dict(trainer_state["queue"])
+        if log_scale is not None and trainer_state.get("log_scale") is not None:
+            with torch.no_grad():
+                log_scale.copy_(torch.as_tensor(trainer_state["log_scale"]))
         start = int(trainer_state["step"])
         init_version = trainer_state.get("init_version", init_version)
     model: torch.nn.Module = encoder
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(encoder, find_unused_parameters=True)
+    pair_groups = data.category_id[pairs.target_row] if sc.batch_categories > 0 else None
     hard = None
     if sc.hard_negatives > 0:
         warm = np.flatnonzero(data.warm_item_mask)
         hard = CategoryHardNegatives(data.item_id[warm], data.category_id[warm], data.spu_id[warm])
     loss_fn = LOSSES[sc.loss]
-    kw = _loss_kwargs(sc)
     caption = sc.caption_weight > 0 and config.encoder.backbone == "mllm"
     kill_at = int(os.environ.get(KILL_ENV, "-1"))
     stage_idx = STAGES.index(stage)
@@ -388,7 +402,8 @@ def train_stage(
         t_step = time.time()
         rng = np.random.default_rng([config.seed, stage_idx, step, rank])
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        idx = sample_batch(pairs, sc.mix, sc.batch_size, rng)
+        idx = sample_batch(pairs, sc.mix, sc.batch_size, rng, groups=pair_groups,
+                           n_groups=sc.batch_categories)
         hard_rows = None
         if hard is not None:
             hard_ids = hard.sample(data.item_id[pairs.target_row[idx]], sc.hard_negatives, rng)
@@ -425,6 +440,7 @@ def train_stage(
         same |= (batch.target_spu[:, None] == all_spu[None, :]) & (
             batch.merge_rows[:, None] if sc.merge_spu == "text"
             else torch.full((b, 1), sc.merge_spu == "all"))
+        kw = _loss_kwargs(sc, log_scale)
         loss = matryoshka_loss(q, t, dims, loss_fn, weights=weights, extra=extra, same=same, **kw)
         if sc.symmetric:
             loss = loss + matryoshka_loss(t, q, dims, loss_fn, weights=weights,
@@ -433,6 +449,9 @@ def train_stage(
             loss = loss + sc.caption_weight * outs["aux_loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if log_scale is not None and world_size > 1 and log_scale.grad is not None:
+            dist.all_reduce(log_scale.grad)  # outside DDP's module: average by hand
+            log_scale.grad /= world_size
         if sc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
         opt.step()
@@ -455,11 +474,15 @@ def train_stage(
             "spatial_negatives": int(n_spatial), "hard_negatives": int(h.shape[0]),
             "queue_negatives": n_queue, "world_size": world_size,
         }
+        if log_scale is not None:
+            last["temperature"] = round(float(kw["temperature"].detach()), 5)
         bar.update(1)
         bar.set_postfix(loss=f"{ema_loss:.3f}", pairs_s=f"{last['pairs_per_s']:.0f}")
         if rank == 0 and ((step + 1) % sc.log_every == 0 or step + 1 == sc.steps or step == start):
             with log_path.open("a") as f:
                 f.write(json.dumps({"stage": stage, **last}) + "\n")
+        if on_step is not None and rank == 0:
+            on_step(step + 1, encoder)
         if (step + 1) % sc.checkpoint_every == 0 and step + 1 < sc.steps:
             if rank == 0:
                 _save_state(out, encoder, {
@@ -469,6 +492,7 @@ def train_stage(
                               "target_row": pairs.target_row},
                     "stage": stage, "config": config.model_dump(mode="json"),
                     "init_version": init_version,
+                    "log_scale": None if log_scale is None else float(log_scale.detach()),
                 })
             _barrier()
             if step + 1 == kill_at:

@@ -153,3 +153,30 @@ def test_encode_keeps_autograd(encoder: MoonEncoder) -> None:
     grads = [p.grad for p in encoder.parameters() if p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)
     encoder.zero_grad()
+
+
+def test_conv_stem_and_image_fusion_roundtrip(tokenizer: MoonTokenizer, tmp_path) -> None:
+    """The conv stem (a head module) and the image-anchored fusion save, load and version."""
+    cfg = tiny_config("dual_tower").model_copy(update={"conv_stem": 16, "fusion": "image"})
+    enc = build_encoder(cfg, tokenizer).eval()
+    assert enc.backbone.vision_model.embeddings.patch_embedding.in_channels == 16
+    imgs = _images(2)
+    with torch.no_grad():
+        p = enc.encode_product(["red dress", "blue boots"], imgs)
+        i = enc.encode_image(imgs)
+        p2 = enc.encode_product(["blue boots", "red dress"], imgs)
+    # the untrained product sits next to its image (an image query has no text) ...
+    assert float((p * i).sum(1).min()) > 0.95
+    # ... and still depends on the title
+    assert not torch.allclose(p, p2, atol=1e-6)
+    loaded = MoonEncoder.from_pretrained(enc.save_pretrained(tmp_path / "ckpt"))
+    assert loaded.model_version == enc.model_version
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_product(["red dress", "blue boots"], imgs), p, atol=1e-5)
+
+
+def test_conv_stem_needs_patch_multiple_of_4() -> None:
+    with pytest.raises(ValueError, match="multiple of 4"):
+        EncoderConfig(conv_stem=16, patch_size=2)
+    with pytest.raises(ValueError, match="dual_tower option"):
+        EncoderConfig(backbone="mllm", conv_stem=16)

@@ -255,3 +255,61 @@ def test_redis_script_respects_rows_written_by_feasts_own_store(
     got = OnlineFeatureClient(ours).item_embeddings([1, 2], dim=32)
     assert got.model_versions == ["v2", "v3"]
     ours.teardown()
+
+
+def _stored_rows(mfs: Any) -> list[Any]:
+    """Every stored row of the embedding view, the project name cut out of Redis keys."""
+    from feast.infra.online_stores.sqlite import _table_id
+
+    cfg = mfs.store.config
+    online = mfs.store._get_provider().online_store
+    fv = mfs.store.get_feature_view(ITEM_EMBEDDING_VIEW)
+    if cfg.online_store.type.endswith("MoonSqliteOnlineStore"):
+        conn = online._get_conn(cfg)
+        name = _table_id(cfg.project, fv, False)
+        return list(conn.execute(f'SELECT * FROM "{name}" ORDER BY entity_key, feature_name'))
+    client = online._get_client(cfg.online_store)
+    project = cfg.project.encode()
+    return sorted(
+        (k[: -len(project)], sorted(client.hgetall(k).items()))
+        for k in client.scan_iter(match=b"*" + project)
+    )
+
+
+def test_bulk_path_writes_what_feasts_write_path_writes(
+    make_store: Any, tmp_path: Path, time0: datetime, one_us: timedelta
+) -> None:
+    """``write_encoded`` (numpy-assembled wire bytes) == ``online_write_batch`` (protobuf
+    objects): same stored bytes, same reads through Feast; ids out of key order, repeated
+    ids, versions of different lengths (the per-entity path of the Redis writer)."""
+    from moon_rec.featurestore.materialize import embedding_encoded
+
+    first = pa.concat_tables(
+        [
+            embedding_table([300, 2, 70000, -5, 2], time0, "v1", seed=1),
+            embedding_table([9], time0 + one_us, "version-22", seed=2),
+            embedding_table([300], time0 + 2 * one_us, "v3", seed=3),  # newer, later in batch
+            embedding_table([70000], time0 - one_us, "v0", seed=4),  # older, must not win
+        ]
+    )
+    later = embedding_table([2, 9, 11], time0 + one_us, "v1", seed=5)
+    stores = []
+    for bulk in (True, False):
+        mfs = make_store(data_dir=tmp_path / f"d{bulk}")
+        online = mfs.store._get_provider().online_store
+        fv = mfs.store.get_feature_view(ITEM_EMBEDDING_VIEW)
+        for t in (first, later):
+            enc = embedding_encoded(t.combine_chunks().to_batches()[0])
+            if bulk:
+                online.write_encoded(mfs.store.config, fv, enc)
+            else:
+                online.online_write_batch(mfs.store.config, fv, enc.write_rows(), None)
+        stores.append(mfs)
+    assert _stored_rows(stores[0]) == _stored_rows(stores[1])
+    feats = [f"{ITEM_EMBEDDING_VIEW}:emb_256", f"{ITEM_EMBEDDING_VIEW}:model_version"]
+    rows = [{"item_id": i} for i in (300, 2, 70000, -5, 9, 11, 12345)]
+    got = [m.store.get_online_features(features=feats, entity_rows=rows).to_dict() for m in stores]
+    assert got[0] == got[1]
+    assert got[0]["model_version"] == ["v3", "v1", "v1", "v1", "version-22", "v1", None]
+    want = _vectors(first, 256)[6]  # item 300's newest row
+    np.testing.assert_array_equal(np.array(got[0]["emb_256"][0], dtype=np.float32), want)

@@ -230,3 +230,71 @@ def test_tiny_world_real_encoder_kill_resume_and_torchrun(tiny_world: Path, tmp_
     for name in sorted(p.name for p in ref.glob("part-*.parquet")):
         a, b = pq.read_table(ref / name), pq.read_table(sharded / name)
         assert a.drop_columns(["event_timestamp"]).equals(b.drop_columns(["event_timestamp"]))
+
+
+def test_precision_bf16_within_tolerance_of_fp32_and_the_public_api(
+    tiny_world: Path, tmp_path: Path
+) -> None:
+    """bf16 autocast (what ``auto`` picks on a CPU with native bf16) stays within cosine
+    0.999 of the encoder's own fp32 ``encode_product``; fp32 matches it exactly; the
+    resolved precision is in the manifest and separates resumable plans."""
+    import torch
+
+    from moon_rec.data.images import decode_image
+    from moon_rec.encoders import MoonEncoder
+    from moon_rec.encoders.base import images_to_tensor, matryoshka
+
+    ckpt = _tiny_checkpoint(tiny_world, tmp_path / "ckpt")
+    items = pq.read_table(tiny_world / "items.parquet").slice(0, 40)
+    enc = MoonEncoder.from_pretrained(ckpt).eval()
+    with torch.inference_mode():
+        imgs = images_to_tensor(
+            [decode_image(b) for b in items.column("image").to_pylist()], enc.config.image_size
+        )
+        ref = enc.encode_product(items.column("title").to_pylist(), imgs)
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        cfg = EmbedJobConfig(
+            batch_size=16, part_rows=64, progress=False, event_ts=T0, precision=precision
+        )
+        m = run_embed_job(tiny_world, ckpt, out, cfg)
+        assert m["precision"] == precision
+        outs[precision] = _read(out).slice(0, 40)
+    for d in (32, 256):
+        want = matryoshka(ref, d).numpy()
+        fp32 = np.array(outs["fp32"].column(f"emb_{d}").to_pylist(), dtype=np.float32)
+        np.testing.assert_allclose(fp32, want, atol=1e-5)
+        bf16 = np.array(outs["bf16"].column(f"emb_{d}").to_pylist(), dtype=np.float32)
+        assert (bf16 * want).sum(1).min() > 0.999
+    assert embed.resolve_precision("fp32", "cpu") == "fp32"
+    assert embed.resolve_precision("auto", "cpu") in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="precision"):
+        embed.resolve_precision("fp16", "cpu")
+
+
+@pytest.mark.parametrize("backbone", ["dual_tower", "mllm"])
+def test_embed_rows_equals_the_public_encode_product(tiny_world: Path, backbone: str) -> None:
+    """The job's fast path (one pixel tensor per chunk, batches padded to their longest
+    title instead of max_text_len) gives the vectors of ``encode_product`` in fp32."""
+    import torch
+
+    from moon_rec.data.images import decode_image
+    from moon_rec.encoders import EncoderConfig, MoonTokenizer, build_encoder
+    from moon_rec.encoders.base import images_to_tensor, matryoshka
+
+    items = pq.read_table(tiny_world / "items.parquet").slice(0, 24)
+    titles = items.column("title").to_pylist()
+    titles = [t + " and more words" * (i % 3) for i, t in enumerate(titles)]  # lengths vary
+    images = [decode_image(b) for b in items.column("image").to_pylist()]
+    cfg = EncoderConfig(
+        backbone=backbone, hidden_size=32, num_heads=2, vision_layers=1, text_layers=1
+    )
+    enc = build_encoder(cfg, MoonTokenizer.train(titles, vocab_size=300)).eval()
+    tok = enc.tokenizer
+    with torch.inference_mode():
+        ref = enc.encode_product(titles, images_to_tensor(images, cfg.image_size))
+    got = embed.embed_rows(enc, titles, images, batch_size=8, precision="fp32")
+    assert enc.tokenizer is tok  # the job's padding proxy is gone afterwards
+    for d in cfg.dims:
+        np.testing.assert_allclose(got[d], matryoshka(ref, d).numpy(), atol=1e-5)

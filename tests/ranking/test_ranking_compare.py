@@ -63,3 +63,21 @@ def test_compare_cli(
         == 1
     )
     assert format_table(result).count("\n") == 3
+    assert cube["gap_closed_other"] == pytest.approx(
+        (cube["auc_other"] - base["auc_other"]) / (base["oracle_auc_other"] - base["auc_other"])
+    )
+    assert base["train_seconds"] > 0 and not base["reused"]
+    # --reuse keeps finished models with the same config / training set / embeddings
+    stamp = (tmp_path / "din_ids_tiny" / "model.pt").stat().st_mtime_ns
+    args = [
+        "ranker", "compare", "--training-set", str(ranker_data.training_set),
+        "--embeddings", str(ranker_data.embeddings), "--world", str(ranker_data.world),
+        "--config", str(configs_file), "--experiments", "din_ids_tiny", "--out",
+        str(tmp_path), "--seed", "1", "--reuse", "--json",
+    ]
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)["rows"]["din_ids_tiny"]
+    assert again["reused"] and again["auc"] == pytest.approx(base["auc"])
+    assert (tmp_path / "din_ids_tiny" / "model.pt").stat().st_mtime_ns == stamp
+    assert main([*args[:-3], "2", "--reuse", "--json"]) == 0  # another seed: retrained
+    assert not json.loads(capsys.readouterr().out)["rows"]["din_ids_tiny"]["reused"]

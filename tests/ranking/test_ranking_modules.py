@@ -138,7 +138,36 @@ def test_cube_similarities_match_hand_computation() -> None:
     torch.testing.assert_close(out[0, 2:4], fusion)
     torch.testing.assert_close(out[0, 4:6], content)
     sims = torch.tensor([0.6, 0.6, 0.3, float(w[0] * 0.6)])
-    torch.testing.assert_close(out[0, 6:], sims)
+    torch.testing.assert_close(out[0, 6:10], sims)
+    assert out.shape == (1, cube.output_dim) == (1, 2 * 2 + 2 + 4 + 2 + 2)
+
+
+def test_cube_user_content_profile_matches_hand_computation() -> None:
+    cube = CubeModule(2, 2, BehaviourConfig(module="cube", attention_hidden=[4]))
+    with torch.no_grad():
+        cube.gate.weight.zero_()
+        cube.gate.bias.zero_()  # g_b = 0.5 at every real behaviour
+        cube.raw_shrink.fill_(0.0)  # k = softplus(0) = log 2
+        cube.taste_weight.weight.zero_()
+        cube.taste_weight.bias.fill_(2.0)  # a(t) = 2
+    inputs = BehaviourInputs(
+        target_id=torch.zeros(1, 2),
+        behaviour_id=torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]]),
+        mask=torch.tensor([[True, True, False]]),
+        target_content=torch.tensor([[1.0, 0.0]]),
+        behaviour_content=torch.tensor([[[0.6, 0.8], [0.0, 1.0], [1.0, 0.0]]]),
+        content_mask=torch.tensor([[True, False, True]]),  # the second has no content
+    )
+    out = cube(inputs)
+    k = torch.log(torch.tensor(2.0))
+    profile = 0.5 * torch.tensor([0.6, 0.8]) / (0.5 + k)
+    torch.testing.assert_close(out[0, 10:12], profile)
+    s_u = profile[0]
+    torch.testing.assert_close(out[0, 12:], torch.stack([s_u, 2 * s_u]))
+    plain = CubeModule(
+        2, 2, BehaviourConfig(module="cube", attention_hidden=[4], user_content=False)
+    )
+    assert plain(inputs).shape == (1, 2 * 2 + 2 + 4)
 
 
 def test_cube_ignores_missing_query_and_content() -> None:

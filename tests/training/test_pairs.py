@@ -121,3 +121,15 @@ def test_sample_batch_follows_the_mix(world: WorldData) -> None:
     assert 0.68 < frac < 0.82
     with pytest.raises(ValueError, match="no training pairs"):
         sample_batch(pairs, {"photo_click": 1.0}, 8, rng)
+
+
+def test_sample_batch_from_few_categories(world: WorldData) -> None:
+    pairs = build_pairs(world, {"aug_product": 1.0, "photo_product": 1.0})
+    groups = world.category_id[pairs.target_row]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        idx = sample_batch(pairs, {"aug_product": 1.0, "photo_product": 1.0}, 32, rng,
+                           groups=groups, n_groups=2)
+        assert len(idx) == 32 and len(np.unique(groups[idx])) <= 2
+    idx = sample_batch(pairs, {"aug_product": 1.0}, 32, rng)  # off by default
+    assert len(np.unique(groups[idx])) > 2

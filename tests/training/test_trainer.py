@@ -125,6 +125,18 @@ def test_mllm_pretrain_with_title_generation(world: WorldData, tmp_path: Path) -
     assert len(_log(tmp_path / "mllm")) == 2
 
 
+def test_learned_temperature_and_category_batches(world: WorldData, config: TrainConfig,
+                                                  tmp_path: Path) -> None:
+    cfg = config.model_copy(deep=True)
+    cfg.pretrain = cfg.pretrain.model_copy(update={"learn_temperature": True,
+                                                   "batch_categories": 2, "lr": 0.05})
+    train_stage(world, "pretrain", cfg, tmp_path / "lt", progress=False)
+    temps = [r["temperature"] for r in _log(tmp_path / "lt")]
+    assert len(temps) == 4 and temps[0] != temps[-1] and all(0.01 <= t <= 1 for t in temps)
+    state = torch.load(tmp_path / "lt" / "state" / "trainer.pt", weights_only=False)
+    assert isinstance(state["log_scale"], float)
+
+
 def test_finished_stage_is_not_retrained(world: WorldData, config: TrainConfig,
                                          pretrained: Path) -> None:
     before = (pretrained / "summary.json").read_text()

@@ -1,0 +1,231 @@
+"""The demo's report: ``ARTIFACTS/report.md`` with its plots under ``ARTIFACTS/report/``.
+
+Every number in it is read from the JSON the steps wrote (``recall_stages/*.json``,
+``rankers/compare.json``, ``serving.json``, ``demo_state.json``, ...), so the report and the
+outputs cannot disagree. Rebuild it alone with
+
+    python -m pipelines.demo_report --artifacts artifacts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+STAGES = ("pretrain", "stage1", "stage2")
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _f(x: Any, nd: int = 4) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _dims(rec: dict[str, Any]) -> list[str]:
+    return sorted(rec.get("by_dim", {}), key=int)
+
+
+def _plot_recall(stages: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    final = stages["stage2"]
+    dims = _dims(final)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+    series = [(s, stages[s]) for s in STAGES if stages.get(s)]
+    series += [(f"baseline: {k}", v) for k, v in final.get("baselines", {}).items()
+               if k != "color_histogram"]
+    for name, rec in series:
+        ys = [rec["by_dim"][d]["recall@10"] for d in dims if d in rec.get("by_dim", {})]
+        ax.plot([int(d) for d in dims][: len(ys)], ys, marker="o", label=name)
+    hist = final.get("baselines", {}).get("color_histogram")
+    if hist:
+        ax.axhline(hist["recall@10"], color="grey", ls="--", label="baseline: colour histogram")
+    ax.axhline(0.90, color="red", ls=":", lw=1, label="target 0.90")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([int(d) for d in dims], [str(d) for d in dims])
+    ax.set_xlabel("Matryoshka embedding dimension")
+    ax.set_ylabel("image-search recall@10")
+    ax.set_ylim(0, 1)
+    ax.set_title("Image-based search recall@10 per dimension and training stage")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def _plot_rankers(compare: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = compare["rows"]
+    names = [n for n in rows if n != compare["baseline"]]  # the baseline closes 0% by definition
+    groups = [("overall", "gap_closed"), ("cold items", "gap_closed_cold"),
+              ("look-driven", "gap_closed_look_driven")]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    x = np.arange(len(groups))
+    w = 0.8 / max(1, len(names))
+    for i, n in enumerate(names):
+        ys = [100 * (rows[n].get(k) or 0.0) for _, k in groups]
+        ax.bar(x + i * w - 0.4 + w / 2, ys, w, label=n)
+    ax.axhline(50, color="red", ls=":", lw=1, label="target overall 50%")
+    ax.axhline(65, color="darkred", ls="--", lw=1, label="target cold 65%")
+    ax.set_xticks(x, [g for g, _ in groups])
+    ax.set_ylabel("AUC gap closed vs ID-only DIN (%)")
+    ax.set_title("How much of the ID-only -> oracle AUC gap each ranker closes")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def write_report(art: Path, *, preset: str, seed: int, experiments: list[str]) -> Path:
+    """Write ``art/report.md`` (and its PNGs); returns its path."""
+    art = Path(art)
+    figs = art / "report"
+    figs.mkdir(parents=True, exist_ok=True)
+    world = _load(art / "world" / "world.json") or {}
+    stages = {s: _load(art / "recall_stages" / f"{s}.json") for s in STAGES}
+    compare = _load(art / "rankers" / "compare.json")
+    serving = _load(art / "serving.json")
+    state = _load(art / "demo_state.json") or {}
+    embed = _load(art / "embed.json")
+    materialized = _load(art / "feature_repo" / "materialized.json")
+
+    md: list[str] = [f"# MOON demo report (world preset `{preset}`, seed {seed})", ""]
+    stats = world.get("summary", world)
+    md += ["## The world", "",
+           f"{stats.get('n_items', '?')} items, {stats.get('n_users', '?')} users, "
+           f"{stats.get('n_impressions', '?')} impressions (CTR {_f(stats.get('ctr'), 3)}), "
+           f"{stats.get('n_image_queries', '?')} image queries. Oracle AUC on the test period: "
+           f"{_f(stats.get('oracle_auc_test'))}. Catalog photos beside user photos: "
+           "[contact_sheet.png](contact_sheet.png).", ""]
+
+    final = stages.get("stage2")
+    if final:
+        _plot_recall(stages, figs / "recall.png")
+        dims = _dims(final)
+        rows = []
+        for name, rec in [*[(s, stages[s]) for s in STAGES if stages.get(s)],
+                          *final.get("baselines", {}).items()]:
+            by = rec.get("by_dim", {})
+            rows.append([name, _f(rec.get("recall@1"), 3), _f(rec.get("recall@10"), 3),
+                         _f(rec.get("recall@100"), 3),
+                         *[_f(by.get(d, {}).get("recall@10"), 3) for d in dims],
+                         _f(rec.get("text_recall@10"), 3), _f(rec.get("probe_acc"), 3)])
+        md += ["## Image-based search recall (DESIGN §6)", "",
+               f"{final.get('n_image_queries')} user photos searched against "
+               f"{final.get('n_items')} catalog items (exact faiss search). Encoder "
+               f"`{final.get('model_version')}`. R@K at the full dimension (the colour "
+               "histogram has its own), then recall@10 of each Matryoshka prefix.", "",
+               _table(["encoder", "R@1", "R@10", "R@100", *[f"R@10 @{d}d" for d in dims],
+                       "text R@10", "category probe"], rows), "",
+               "![recall per dim](report/recall.png)", ""]
+
+    if compare:
+        _plot_rankers(compare, figs / "rankers.png")
+        base = compare["rows"][compare["baseline"]]
+        rows = [[n, _f(r.get("auc")), _f(r.get("gauc")), _f(r.get("auc_cold")),
+                 _f(r.get("auc_look_driven")), _f(r.get("auc_other")), _pct(r.get("gap_closed")),
+                 _pct(r.get("gap_closed_cold")), _pct(r.get("gap_closed_look_driven"))]
+                for n, r in compare["rows"].items()]
+        rows.append(["oracle", _f(base.get("oracle_auc")), "-", _f(base.get("oracle_auc_cold")),
+                     _f(base.get("oracle_auc_look_driven")), "-", "100%", "100%", "100%"])
+        md += ["## CTR rankers (TorchRec, DESIGN §8)", "",
+               f"Trained on the point-in-time training set, evaluated on {base.get('n_test')} "
+               f"test impressions; gap closed = (AUC - AUC_ids) / (AUC_oracle - AUC_ids) "
+               f"against `{compare['baseline']}`.", "",
+               _table(["model", "AUC", "GAUC", "AUC cold", "AUC look-driven", "AUC other",
+                       "gap closed", "gap cold", "gap look-driven"], rows), "",
+               "![gap closed](report/rankers.png)", ""]
+
+    if serving:
+        lat = serving.get("latency_ms", {})
+        md += ["## Serving", "",
+               f"`moon serve` on loopback with model `{serving.get('model_version')}` and "
+               f"embeddings `{serving.get('embedding_version')}`: {serving.get('n_requests')} "
+               f"/rank requests of {serving.get('n_candidates')} candidates, p50 "
+               f"{_f(lat.get('p50'), 2)} ms, p99 {_f(lat.get('p99'), 2)} ms over HTTP.", ""]
+        if serving.get("new_item"):
+            ni = serving["new_item"]
+            md += [f"New item {ni.get('item_id')} added through `POST /items` and ranked "
+                   f"{ni.get('rank')} of {ni.get('n_candidates')} for user {ni.get('user_id')} "
+                   f"right after (score {_f(ni.get('score'))}).", ""]
+
+    rows = [[name, _f(rec.get("seconds"), 1), "reused (up to date)" if rec.get("skipped") else "ran"]
+            for name, rec in state.items() if rec.get("seconds") is not None]
+    if rows:
+        total = sum(float(r[1]) for r in rows)
+        slowest = max(rows, key=lambda r: float(r[1]))
+        md += ["## Where the time went", "",
+               f"{total / 60:.1f} minutes of step time; the longest step is *{slowest[0]}*. "
+               "Durations are from each step's last real run.", "",
+               _table(["step", "seconds", "this run"], rows), ""]
+    if embed or materialized:
+        md += ["## Feature store", ""]
+        if embed:
+            md += [f"Embedding job: {embed.get('n_items')} items at "
+                   f"{embed.get('items_per_s')} items/s, model_version "
+                   f"`{embed.get('model_version')}`.", ""]
+        if materialized:
+            md += ["Materialized into the SQLite online store: " + ", ".join(
+                f"{m.get('view', '?')} in {m.get('seconds', '?')} s"
+                + (f" ({m['rows']} rows)" if m.get("rows") else "")
+                for m in materialized) + ".", ""]
+
+    md += ["## Where everything lives", "", _table(["artefact", "path"], [
+        [a, f"`{p}`"] for a, p in [
+            ("world (parquet + world.json)", art / "world"),
+            ("encoder checkpoints per stage", art / "encoder"),
+            ("recall JSON per stage", art / "recall_stages"),
+            ("item embeddings (parquet parts + manifest)", art / "embeddings"),
+            ("feature tables", art / "feature_data"),
+            ("Feast registry + SQLite online store", art / "feature_repo"),
+            ("point-in-time training set", art / "training_set.parquet"),
+            ("rankers + compare.json", art / "rankers"),
+            ("serving figures", art / "serving.json"),
+            ("step state (keys, durations)", art / "demo_state.json"),
+        ]]), ""]
+    out = art / "report.md"
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(md))
+    tmp.replace(out)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    p.add_argument("--preset", default="small")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    from pipelines.demo import ranker_experiments
+
+    print(write_report(args.artifacts, preset=args.preset, seed=args.seed,
+                       experiments=ranker_experiments(args.preset)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Batch job: the exchange-rate and scaling-law studies, then their report.
+
+    moon study exchange-rate --world W --out S [--preset small]
+    moon study scaling --world W --out S --axis tokens|negatives|seq_len
+    moon report --study S
+
+Composes library calls: the ranker training set (pipelines.training_set, built once per
+study directory into ``S/shared/training_set.parquet``, or given with ``--training-set``),
+the study sweeps (moon_rec.studies) and the report (moon_rec.studies.report).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from moon_rec.studies.config import PRESET_DIR, StudyConfig, load_study_config
+
+
+def default_preset(world: str | Path) -> str:
+    """The study preset named like the world's preset when one exists, else ``tiny``."""
+    meta = Path(world) / "world.json"
+    preset = json.loads(meta.read_text()).get("preset") if meta.is_file() else None
+    return str(preset) if preset and (PRESET_DIR / f"{preset}.yaml").is_file() else "tiny"
+
+
+def study_config(world: str | Path, preset: str | None = None, path: str | Path | None = None,
+                 overrides: list[str] | None = None) -> StudyConfig:
+    if path is None and preset is None:
+        preset = default_preset(world)
+    return load_study_config(preset, path, overrides)
+
+
+def ensure_training_set(world: str | Path, out: str | Path,
+                        training_set: str | Path | None = None) -> Path:
+    """The full ranker training set: ``training_set`` when given, else
+    ``out/shared/training_set.parquet`` (built once with Feast point-in-time joins)."""
+    if training_set is not None:
+        return Path(training_set)
+    path = Path(out) / "shared" / "training_set.parquet"
+    if not path.is_file():
+        from pipelines.training_set import build_training_set
+
+        build_training_set(world, path)
+    return path
+
+
+def _study(world: str | Path, out: str | Path, config: StudyConfig,
+           training_set: str | Path | None, progress: bool) -> Any:
+    from moon_rec.studies.runs import Study
+
+    ts = ensure_training_set(world, out, training_set)
+    return Study(world, out, config, training_set=ts, progress=progress)
+
+
+def run_exchange_rate(world: str | Path, out: str | Path, config: StudyConfig, *,
+                      training_set: str | Path | None = None, progress: bool = True,
+                      report: bool = True) -> dict[str, Any]:
+    """The exchange-rate study into ``out`` (resumable), then the report."""
+    from moon_rec.studies.exchange import run_exchange_study
+
+    t0 = time.time()
+    result = run_exchange_study(_study(world, out, config, training_set, progress))
+    summary = {"best": result.get("best"), "baseline": result.get("baseline"),
+               "ranking": result.get("ranking"), "seconds": round(time.time() - t0, 1),
+               "metrics": {m: {k: s.get(k) for k in ("rate_median", "rate_rel_spread", "slope",
+                                                     "spearman", "kendall")}
+                           for m, s in (result.get("metrics") or {}).items()}}
+    if report:
+        summary["report"] = build(out)
+    return summary
+
+
+def run_scaling(world: str | Path, out: str | Path, config: StudyConfig, axis: str, *,
+                training_set: str | Path | None = None, progress: bool = True,
+                with_auc: bool = False, report: bool = True) -> dict[str, Any]:
+    """One scaling axis into ``out`` (resumable), then the report."""
+    from moon_rec.studies.scaling import run_scaling_study
+
+    t0 = time.time()
+    result = run_scaling_study(_study(world, out, config, training_set, progress), axis,
+                               with_auc=with_auc)
+    summary: dict[str, Any] = {"axis": axis, "seconds": round(time.time() - t0, 1),
+                               "rows": result["rows"],
+                               "fits": {k: {p: f.get(p) for p in ("ok", "a", "b", "c", "ci",
+                                                                  "x_flat", "gain_next_doubling",
+                                                                  "error")}
+                                        for k, f in result["fits"].items()}}
+    if report:
+        summary["report"] = build(out)
+    return summary
+
+
+def build(study_dir: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    """``moon report``: plots + report.md + report.html from the study's points."""
+    from moon_rec.studies.report import build_report
+
+    return build_report(study_dir, out)

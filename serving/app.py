@@ -1,0 +1,228 @@
+"""The HTTP API of the ranking service (FastAPI; OpenAPI schema at ``/openapi.json``).
+
+    POST /rank       {user_id, query_text, query_image?, item_ids?, top_k} -> scores
+    POST /items      {item_id, title, image, category_id?, brand_id?, ...} -> embedded + pushed
+    POST /search     {query_text | query_image, k} -> nearest catalog items (ANN)
+    POST /behaviors  {user_id, item_id, action, ts?} -> pushed; the next /rank sees it
+    GET  /healthz    200 when the store answers, 503 otherwise
+    GET  /metrics    Prometheus text: request counts and latency histograms
+
+Images travel as base64 PNG/JPEG strings. Errors are JSON ``{"error", "field"}``: 422 for
+bad input (also malformed JSON and wrong types, FastAPI's validation, reshaped to name the
+field), 404 for unknown users / items, 503 while the online store is down. Endpoints are
+``async`` and run on the event loop thread: one request at a time per process, no thread
+hand-off on the hot path (scale out with processes).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field
+
+from moon_rec.data.errors import DataError
+from serving.service import MAX_ID, RankingService, ServiceError
+
+Id = Annotated[int, Field(ge=0, le=MAX_ID)]
+LAT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RankRequest(_Strict):
+    user_id: Id = Field(description="the user (raw id)")
+    query_text: str | None = Field(None, max_length=1000, description="the text query")
+    query_image: str | None = Field(
+        None, max_length=10_000_000, description="base64 PNG/JPEG image query"
+    )
+    item_ids: list[Id] | None = Field(
+        None, description="candidates to score; omit to retrieve them by the query (ANN)"
+    )
+    top_k: int = Field(10, ge=1, le=1000)
+
+
+class ScoredItem(BaseModel):
+    item_id: int
+    score: float
+
+
+class RankResponse(BaseModel):
+    item_ids: list[int] = Field(description="the candidates, in request order")
+    scores: list[float] = Field(description="click probabilities, in candidate order")
+    top_k: list[ScoredItem]
+    retrieved: bool = Field(description="candidates came from ANN retrieval")
+    model_version: str
+    embedding_version: str
+    history_length: int
+    latency_ms: float
+
+
+class ItemRequest(_Strict):
+    item_id: Id
+    title: str = Field(min_length=1, max_length=1000)
+    image: str = Field(min_length=1, max_length=10_000_000, description="base64 PNG/JPEG")
+    category_id: int = Field(-1, ge=-1, le=MAX_ID)
+    brand_id: int = Field(-1, ge=-1, le=MAX_ID)
+    spu_id: int | None = Field(None, ge=0, le=MAX_ID)
+    price: float | None = Field(None, ge=0, le=1e12, allow_inf_nan=False)
+
+
+class ItemResponse(BaseModel):
+    item_id: int
+    embedding_version: str
+    event_timestamp: str
+
+
+class SearchRequest(_Strict):
+    query_text: str | None = Field(None, max_length=1000)
+    query_image: str | None = Field(None, max_length=10_000_000)
+    k: int = Field(10, ge=1, le=1000)
+
+
+class SearchResponse(BaseModel):
+    items: list[ScoredItem]
+    embedding_version: str
+
+
+class BehaviourRequest(_Strict):
+    user_id: Id
+    item_id: Id
+    action: Literal["click", "cart", "buy"] = "click"
+    ts: datetime | None = Field(None, description="event time (default: now)")
+
+
+class BehaviourResponse(BaseModel):
+    user_id: int
+    item_id: int
+    action: str
+    ts: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    field: str | None = None
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorResponse} for s in (404, 422, 503)
+}
+
+
+def _field(loc: Any) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+def create_app(service: RankingService) -> FastAPI:
+    """The FastAPI app over ``service``."""
+    app = FastAPI(
+        title="moon_rec ranking service",
+        version="1",
+        description=__doc__,
+    )
+    registry = CollectorRegistry()
+    requests = Counter(
+        "moon_requests", "requests by endpoint and status", ["endpoint", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "moon_request_latency_seconds", "request latency by endpoint", ["endpoint"],
+        buckets=LAT_BUCKETS, registry=registry,
+    )
+    app.state.service = service
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Any) -> Response:
+        t0 = time.perf_counter()
+        response: Response = await call_next(request)
+        path = request.url.path
+        endpoint = path if path in {"/rank", "/items", "/search", "/behaviors", "/healthz",
+                                    "/metrics"} else "other"
+        requests.labels(endpoint, str(response.status_code)).inc()
+        latency.labels(endpoint).observe(time.perf_counter() - t0)
+        return response
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"error": exc.message, "field": exc.field}, status_code=exc.status)
+
+    @app.exception_handler(DataError)
+    async def _data_error(request: Request, exc: DataError) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "field": exc.column}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+        field = _field(first.get("loc", ()))
+        return JSONResponse(
+            {"error": f"{field}: {first.get('msg')}", "field": field,
+             "details": [{"field": _field(e.get("loc", ())), "error": e.get("msg")}
+                         for e in errs[:10]]},
+            status_code=422,
+        )
+
+    @app.post("/rank", response_model=RankResponse, responses=ERRORS)
+    async def rank(req: RankRequest) -> RankResponse:
+        """Score candidates (or ANN-retrieved items) for a user and query."""
+        t0 = time.perf_counter()
+        r = service.rank(req.user_id, req.item_ids, query_text=req.query_text,
+                         query_image=req.query_image, top_k=req.top_k)
+        return RankResponse(
+            item_ids=r.item_ids, scores=r.scores,
+            top_k=[ScoredItem(**t) for t in r.top_k], retrieved=r.retrieved,
+            model_version=r.model_version, embedding_version=r.embedding_version,
+            history_length=r.history_length,
+            latency_ms=round((time.perf_counter() - t0) * 1000, 3),
+        )
+
+    @app.post("/items", response_model=ItemResponse, responses=ERRORS)
+    async def add_item(req: ItemRequest) -> ItemResponse:
+        """Embed a new item (title + image), push it online and into the center."""
+        out = service.add_item(req.item_id, req.title, req.image, category_id=req.category_id,
+                               brand_id=req.brand_id, spu_id=req.spu_id, price=req.price)
+        return ItemResponse(**out)
+
+    @app.post("/search", response_model=SearchResponse, responses=ERRORS)
+    async def search(req: SearchRequest) -> SearchResponse:
+        """The k nearest catalog items to a text or image query (MOON embeddings, ANN)."""
+        ids, scores = service.search(req.query_text, req.query_image, req.k)
+        return SearchResponse(
+            items=[ScoredItem(item_id=int(i), score=float(s)) for i, s in zip(ids, scores,
+                                                                              strict=True)],
+            embedding_version=service.embedding_version,
+        )
+
+    @app.post("/behaviors", response_model=BehaviourResponse, responses=ERRORS)
+    async def behaviors(req: BehaviourRequest) -> BehaviourResponse:
+        """Append a behaviour event to the user's online sequence (push source)."""
+        return BehaviourResponse(**service.add_behaviour(req.user_id, req.item_id, req.action,
+                                                         req.ts))
+
+    @app.get("/healthz", responses={503: {"model": ErrorResponse}})
+    async def healthz() -> JSONResponse:
+        """Liveness + the store: 200 when the online store answers, else 503."""
+        ok = service.check_store()
+        body = {"status": "ok" if ok else "store unavailable", "store": ok, **service.info()}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics: request counts and latency histograms per endpoint."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,246 @@
+"""The in-memory embedding center: every item's MOON embedding (one Matryoshka size) and
+the item attributes the ranker reads (category_id, brand_id), in process memory.
+
+MOON's infrastructure splits memory (a lookup service holding representations) from
+computation (the ranking model); here both live in the ranking process, and a request
+reads item vectors from arrays instead of the online store. The online store stays the
+source of truth: the center is loaded from the embedding parquet of the store's offline
+source (the embed job's snapshot, the same rows ``materialize`` wrote online) and item
+features, misses are looked up online (items pushed by another process), and new items
+are written to both.
+
+Layout: a sorted base (ids, vectors, categories, brands) plus a small sorted delta of
+items added since; the delta is merged into the base when it grows past ``merge_at``.
+Readers take one immutable ``_Snapshot``; writers build a new one and swap the reference,
+so lookups never lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from moon_rec.data.errors import DataError
+
+
+@dataclass(frozen=True)
+class _Part:
+    ids: np.ndarray  # [N] int64 sorted unique
+    vectors: np.ndarray  # [N + 1, C] float32, last row zeros (not found)
+    category: np.ndarray  # [N] int64 (-1 unknown)
+    brand: np.ndarray  # [N] int64
+
+    @classmethod
+    def empty(cls, dim: int) -> _Part:
+        z = np.zeros(0, np.int64)
+        return cls(z, np.zeros((1, dim), np.float32), z, z)
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row [...] (N where absent), found [...] bool)."""
+        n = len(self)
+        if n == 0:
+            return np.zeros(ids.shape, np.int64), np.zeros(ids.shape, bool)
+        pos = np.searchsorted(self.ids, ids).clip(max=n - 1)
+        found = self.ids[pos] == ids
+        return np.where(found, pos, n), found
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    base: _Part
+    delta: _Part
+    base_t: tuple[torch.Tensor, torch.Tensor]  # ids, vectors as tensors (zero-copy)
+    delta_t: tuple[torch.Tensor, torch.Tensor]
+
+
+def _part(ids: np.ndarray, vecs: np.ndarray, cat: np.ndarray, brand: np.ndarray) -> _Part:
+    order = np.argsort(ids, kind="stable")
+    dim = vecs.shape[1]
+    padded = np.concatenate([vecs[order], np.zeros((1, dim), np.float32)]).astype(np.float32)
+    return _Part(ids[order].astype(np.int64), padded, cat[order].astype(np.int64),
+                 brand[order].astype(np.int64))
+
+
+def _tensors(p: _Part) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(p.ids), torch.from_numpy(p.vectors)
+
+
+class EmbeddingCenter:
+    """Item embeddings and attributes in memory (see the module docstring).
+
+    Args:
+        dim: the Matryoshka size held (the ranker's ``moon_dim``).
+        model_version: the encoder version of every vector held.
+        merge_at: delta size that triggers a merge into the base.
+    """
+
+    def __init__(self, dim: int, model_version: str, merge_at: int = 4096) -> None:
+        self.dim = int(dim)
+        self.model_version = model_version
+        self.merge_at = merge_at
+        self._write = threading.Lock()
+        self._snap = self._make(_Part.empty(dim), _Part.empty(dim))
+
+    @staticmethod
+    def _make(base: _Part, delta: _Part) -> _Snapshot:
+        return _Snapshot(base, delta, _tensors(base), _tensors(delta))
+
+    def __len__(self) -> int:
+        s = self._snap
+        return len(s.base) + len(s.delta)
+
+    # -- loading -----------------------------------------------------------------------
+    @classmethod
+    def from_parquet(
+        cls, embeddings: str | Path, item_features: str | Path | None, dim: int
+    ) -> EmbeddingCenter:
+        """Load the embed job's snapshot (``emb_{dim}``) and the latest category / brand
+        of each item from the item-features parquet (-1 where absent)."""
+        from moon_rec.ranking.data import load_moon_embeddings
+
+        emb = load_moon_embeddings(embeddings, dim)
+        center = cls(dim, emb.model_version)
+        cat = np.full(len(emb.item_ids), -1, np.int64)
+        brand = np.full(len(emb.item_ids), -1, np.int64)
+        if item_features is not None and Path(item_features).is_file():
+            f_ids, f_cat, f_brand = latest_item_attributes(item_features)
+            pos = np.searchsorted(f_ids, emb.item_ids).clip(max=max(len(f_ids) - 1, 0))
+            hit = (f_ids[pos] == emb.item_ids) if len(f_ids) else np.zeros(len(cat), bool)
+            cat[hit], brand[hit] = f_cat[pos[hit]], f_brand[pos[hit]]
+        center._snap = cls._make(
+            _part(emb.item_ids, emb.item_vectors, cat, brand), _Part.empty(dim)
+        )
+        return center
+
+    # -- reads -------------------------------------------------------------------------
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(vectors [N, C], category [N], brand [N], found [N]) of item ``ids`` [N]."""
+        s = self._snap
+        ids = np.asarray(ids, dtype=np.int64)
+        rb, fb = s.base.rows(ids)
+        rd, fd = s.delta.rows(ids)
+        use_d = fd  # the delta is newer than the base
+        vecs = np.where(use_d[:, None], s.delta.vectors[rd], s.base.vectors[rb])
+        cat = np.full(len(ids), -1, np.int64)
+        brand = np.full(len(ids), -1, np.int64)
+        okb = fb & ~use_d
+        cat[okb], brand[okb] = s.base.category[rb[okb]], s.base.brand[rb[okb]]
+        cat[use_d], brand[use_d] = s.delta.category[rd[use_d]], s.delta.brand[rd[use_d]]
+        return vecs, cat, brand, fb | fd
+
+    def all_items(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [N], vectors [N, C]) of every item (delta rows replace base rows)."""
+        s = self._snap
+        keep = ~np.isin(s.base.ids, s.delta.ids)
+        ids = np.concatenate([s.base.ids[keep], s.delta.ids])
+        vecs = np.concatenate([s.base.vectors[:-1][keep], s.delta.vectors[:-1]])
+        return ids, vecs
+
+    def torch_lookup(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MoonContentArch contract: (vectors [..., C], found [...])."""
+        s = self._snap
+        out = None
+        found = torch.zeros(ids.shape, dtype=torch.bool)
+        for t_ids, t_vecs in (s.base_t, s.delta_t):  # delta last: it wins
+            n = int(t_ids.shape[0])
+            if n == 0:
+                continue
+            pos = torch.searchsorted(t_ids, ids.contiguous()).clamp(max=n - 1)
+            hit = t_ids[pos] == ids
+            rows = torch.where(hit, pos, torch.full_like(pos, n))
+            v = t_vecs[rows]
+            out = v if out is None else torch.where(hit.unsqueeze(-1), v, out)
+            found |= hit
+        if out is None:
+            out = torch.zeros((*ids.shape, self.dim), dtype=torch.float32)
+        return out, found
+
+    # -- writes ------------------------------------------------------------------------
+    def upsert(
+        self, ids: np.ndarray, vectors: np.ndarray, category: np.ndarray, brand: np.ndarray
+    ) -> None:
+        """Add or replace items (their vectors must be of this center's model_version)."""
+        ids = np.asarray(ids, np.int64)
+        vectors = np.asarray(vectors, np.float32).reshape(len(ids), self.dim)
+        if not np.isfinite(vectors).all():
+            raise DataError("embedding with NaN/inf", column="embedding")
+        with self._write:
+            s = self._snap
+            old = s.delta
+            keep = ~np.isin(old.ids, ids)
+            # last occurrence of a repeated id wins
+            _, last = np.unique(ids[::-1], return_index=True)
+            sel = len(ids) - 1 - last
+            delta = _part(
+                np.concatenate([old.ids[keep], ids[sel]]),
+                np.concatenate([old.vectors[:-1][keep], vectors[sel]]),
+                np.concatenate([old.category[keep], np.asarray(category, np.int64)[sel]]),
+                np.concatenate([old.brand[keep], np.asarray(brand, np.int64)[sel]]),
+            )
+            base = s.base
+            if len(delta) >= self.merge_at:
+                bk = ~np.isin(base.ids, delta.ids)
+                base = _part(
+                    np.concatenate([base.ids[bk], delta.ids]),
+                    np.concatenate([base.vectors[:-1][bk], delta.vectors[:-1]]),
+                    np.concatenate([base.category[bk], delta.category]),
+                    np.concatenate([base.brand[bk], delta.brand]),
+                )
+                delta = _Part.empty(self.dim)
+            self._snap = self._make(base, delta)
+
+    def replace_base(self, other: EmbeddingCenter) -> None:
+        """Take ``other``'s items as the new base, keeping this center's delta items that
+        ``other`` lacks (a refreshed snapshot of the same model_version)."""
+        if other.model_version != self.model_version or other.dim != self.dim:
+            raise ValueError(
+                f"cannot refresh a center of {self.model_version} with {other.model_version}"
+            )
+        with self._write:
+            s = self._snap
+            d = s.delta
+            keep = ~np.isin(d.ids, other._snap.base.ids)
+            delta = _Part(d.ids[keep], np.concatenate([d.vectors[:-1][keep], d.vectors[-1:]]),
+                          d.category[keep], d.brand[keep])
+            self._snap = self._make(other._snap.base, delta)
+
+
+class CenterContentArch(nn.Module):
+    """The ranker's content lookup (``MoonContentArch``'s interface) served from an
+    ``EmbeddingCenter``: new items are visible to the model at once."""
+
+    def __init__(self, center: EmbeddingCenter) -> None:
+        super().__init__()
+        self.center = center
+        self.dim = center.dim
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.center.torch_lookup(ids)
+
+
+def latest_item_attributes(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(item_id sorted, category_id, brand_id) of the newest row per item of an
+    item-features parquet (``moon features build``'s ``item_features.parquet``)."""
+    t = pq.read_table(path, columns=["item_id", "event_timestamp", "category_id", "brand_id"])
+    ids = t.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    ts = pc.cast(t.column("event_timestamp"), pa.int64()).to_numpy(zero_copy_only=False)
+    order = np.lexsort((ts, ids))
+    last = np.ones(len(order), bool)
+    last[:-1] = ids[order][1:] != ids[order][:-1]
+    keep = order[last]
+
+    def col(name: str) -> np.ndarray:
+        return t.column(name).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)[keep]
+
+    return ids[keep], col("category_id"), col("brand_id")

@@ -1,0 +1,171 @@
+"""Fixtures of the serving tests: the whole loop on the tiny world, built once per session
+(untrained tiny encoder -> embed job -> feature tables -> Feast -> training set -> CUBE
+ranker, one short epoch), and the real service on free loopback ports over the embedded
+store (SQLite) and the production store (Redis on a private port + PostgreSQL registry)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from serving.loop import ServingLoop
+
+TRAIN = {"train": {"epochs": 1, "batch_size": 512}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def serving_loop(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> ServingLoop:
+    from serving.loop import prepare_serving_loop
+
+    return prepare_serving_loop(
+        tiny_world, tmp_path_factory.mktemp("serving") / "loop", train_overrides=TRAIN
+    )
+
+
+@pytest.fixture(scope="session")
+def world_ids(tiny_world: Path) -> dict[str, Any]:
+    """Catalog item ids, a user with a short history and one with a long one."""
+    items = pq.read_table(tiny_world / "items.parquet", columns=["item_id", "image"])
+    beh = pq.read_table(tiny_world / "behaviors.parquet", columns=["user_id"]).column(0)
+    users, counts = np.unique(beh.to_numpy(), return_counts=True)
+    return {
+        "items": items.column("item_id").to_pylist(),
+        "image": items.column("image")[0].as_py(),
+        "short_user": int(users[np.argmin(counts)]),
+        "user": int(users[np.argmax(counts)]),
+    }
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def make_service(loop: ServingLoop, repo: Path | None = None, **config: Any) -> Any:
+    from serving.service import RankingService, ServiceConfig
+
+    return RankingService(
+        loop.ranker, repo or loop.repo, encoder=loop.encoder,
+        config=ServiceConfig(refresh_s=0, **config),
+    )
+
+
+def copy_store(
+    loop: ServingLoop, dest: Path, model_version: str | None = None, embeddings: bool = False
+) -> Path:
+    """An isolated copy of the embedded store (SQLite + registry) with its own repo folder;
+    ``model_version`` re-applies the definitions with another embedding tag; ``embeddings``
+    copies the embedding snapshot too (the copy's repo reads it)."""
+    from dataclasses import replace
+
+    from moon_rec.featurestore.layout import FeatureDataPaths
+    from moon_rec.featurestore.store import open_store
+    from serving.loop import write_feast_repo
+
+    state = dest / "state"
+    shutil.copytree(loop.state, state)
+    paths = FeatureDataPaths.from_json((loop.repo / "paths.json").read_text())
+    if embeddings:
+        shutil.copytree(loop.embeddings, dest / "embeddings")
+        paths = replace(paths, item_embeddings=str(dest / "embeddings" / "part-*.parquet"))
+    if model_version is not None:
+        open_store("embedded", state, paths, project=loop.project, model_version=model_version,
+                   seq_len=20)
+    return write_feast_repo(dest / "repo", "embedded", state, loop.project, paths)
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port, persisting to ``dir`` on SAVE."""
+
+    def __init__(self, directory: Path) -> None:
+        from serving.server import free_port
+
+        self.dir, self.port = directory, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+             str(self.dir), "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for _ in range(200):
+            if self.cli("ping") == "PONG":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def cli(self, *args: str) -> str:
+        r = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
+                           text=True, check=False)
+        return r.stdout.strip()
+
+    def crash(self) -> None:
+        """Snapshot to disk, then kill -9 (the data comes back on start)."""
+        self.cli("save")
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def production_repo(
+    serving_loop: ServingLoop, redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Path]:
+    """The loop's data published to the production profile (private Redis, SQL registry
+    on the loopback PostgreSQL) under a fresh project."""
+    import os
+
+    from moon_rec.featurestore.layout import FeatureDataPaths
+    from serving.loop import publish_store
+
+    old = os.environ.get("MOON_REDIS")
+    os.environ["MOON_REDIS"] = f"127.0.0.1:{redis_server.port}"
+    root = tmp_path_factory.mktemp("prod")
+    paths = FeatureDataPaths.from_json((serving_loop.repo / "paths.json").read_text())
+    project = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        repo = publish_store(paths, root / "state", root / "repo", profile="production",
+                             project=project, seq_len=20)
+    finally:
+        if old is None:
+            os.environ.pop("MOON_REDIS", None)
+        else:
+            os.environ["MOON_REDIS"] = old
+    yield repo
+    from feast import FeatureStore
+
+    with contextlib.suppress(Exception):  # drop the project's rows in the shared services
+        FeatureStore(repo_path=str(repo)).teardown()
