@@ -23,6 +23,7 @@ import json
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="re-run this step (by name) even if up to date")
     parser.add_argument("--dry-run", action="store_true", help="print the steps' commands")
     args = parser.parse_args(argv)
+    # torchrec / fbgemm deprecation chatter would bury the step lines
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     art: Path = args.artifacts
     steps = build_steps(args.preset, args.seed, art)
     if args.dry_run:

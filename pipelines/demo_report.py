@@ -171,7 +171,9 @@ def write_report(art: Path, *, preset: str, seed: int, experiments: list[str]) -
             ni = serving["new_item"]
             md += [f"New item {ni.get('item_id')} added through `POST /items` and ranked "
                    f"{ni.get('rank')} of {ni.get('n_candidates')} for user {ni.get('user_id')} "
-                   f"right after (score {_f(ni.get('score'))}).", ""]
+                   f"right after (score {_f(ni.get('score'))}); `POST /search` with its title "
+                   f"{'finds' if ni.get('found_by_text_search') else 'does not find'} it in the "
+                   "top 10.", ""]
 
     rows = [[name, _f(rec.get("seconds"), 1), "reused (up to date)" if rec.get("skipped") else "ran"]
             for name, rec in state.items() if rec.get("seconds") is not None]
