@@ -166,13 +166,18 @@ def create_app(service: RankingService) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = exc.errors()
-        first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
-        field = _field(first.get("loc", ()))
+        errs = list(exc.errors())
+        details = []
+        for e in errs[:10]:
+            loc, msg = e.get("loc", ()), str(e.get("msg"))
+            if e.get("type") == "json_invalid":  # loc is (body, character offset)
+                pos = [p for p in loc if isinstance(p, int)]
+                loc, msg = ("body",), f"malformed JSON{f' at character {pos[0]}' if pos else ''}"
+            details.append({"field": _field(loc), "error": msg})
+        first = details[0] if details else {"field": "body", "error": "invalid request"}
         return JSONResponse(
-            {"error": f"{field}: {first.get('msg')}", "field": field,
-             "details": [{"field": _field(e.get("loc", ())), "error": e.get("msg")}
-                         for e in errs[:10]]},
+            {"error": f"{first['field']}: {first['error']}", "field": first["field"],
+             "details": details},
             status_code=422,
         )
 

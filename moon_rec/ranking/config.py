@@ -69,12 +69,16 @@ class OverArchConfig:
         interaction: ``dot`` adds DLRM's pairwise dot products of the ID-space vectors
             (user, brand, position, query, target item and category, behaviour interests);
             ``none`` feeds the concatenation only.
+        dot_to_logit: also add a learned linear function of the pairwise dots straight
+            to the logit (FM-style wide path), so that user x brand / category / item
+            affinities get a direct gradient instead of only through the MLP.
     """
 
     layer_sizes: list[int] = field(default_factory=lambda: [128, 64])
     cross_layers: int = 0
     cross_low_rank: int = 0
     interaction: Literal["dot", "none"] = "dot"
+    dot_to_logit: bool = False
 
 
 @dataclass
@@ -117,6 +121,10 @@ class RankerConfig:
             the table), negatives to the OOV row.
         id_table_rows: rows of the user / item / category / brand tables (0: sized from
             the train split, max id + 2 so the OOV row is never a real id).
+        embedding_init_scale: > 0: ID tables start uniform in [-scale, scale] (0:
+            TorchRec's default, +-sqrt(1 / rows), tiny for big tables, where dot-product
+            interactions barely move off zero in one epoch). Training zeroes the rows of
+            ids that never occur in the train split either way.
         behaviour, over_arch, train: see their classes.
     """
 
@@ -128,6 +136,7 @@ class RankerConfig:
     max_position: int = 32
     id_policy: IdPolicy = "oov"
     id_table_rows: int = 0
+    embedding_init_scale: float = 0.0
     behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
     over_arch: OverArchConfig = field(default_factory=OverArchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -170,6 +179,10 @@ class RankerConfig:
         if self.over_arch.interaction not in ("dot", "none"):
             raise ConfigError(
                 f"over_arch.interaction: {self.over_arch.interaction!r} not in ('dot', 'none')"
+            )
+        if self.embedding_init_scale < 0:
+            raise ConfigError(
+                f"embedding_init_scale: must be >= 0, got {self.embedding_init_scale}"
             )
         if self.id_table_rows < 0:
             raise ConfigError(f"id_table_rows: must be >= 0, got {self.id_table_rows}")

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 (pa.compute)
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from moon_rec.data.io import read_table
@@ -90,11 +90,9 @@ def oracle_terms(world: str | Path) -> dict[str, np.ndarray]:
     ``cold``, ``look``, ``image_request`` (bool), ``clicked``, ``user_row``, ``item_row``,
     ``t_frac`` and the constant ``bias`` (a float in a 0-d array).
     """
-    import pyarrow.compute as pc
+    from moon_rec.data.world import COLOR_SYNONYMS, COLORS, EPOCH
 
-    from moon_rec.data.world import COLORS, COLOR_SYNONYMS, EPOCH, taste_at
-
-    cfg, u, cat, pop, meta = _world_state(world)
+    cfg, u, cat, pop, _meta = _world_state(world)
     cols = ["user_id", "ts", "query_text", "item_id", "position", "clicked", "oracle_p_click",
             "oracle_logit_style"]
     imp = read_table(world, "impressions", columns=cols, validate=False)
@@ -172,7 +170,7 @@ def oracle_decomposition(world: str | Path) -> dict[str, Any]:
     """
     from moon_rec.metrics.ranking import auc
 
-    cfg, u, cat, pop, _ = _world_state(world)
+    cfg, _u, _cat, pop, _ = _world_state(world)
     t = oracle_terms(world)
     test, y = t["test"], t["clicked"]
     segments = {
@@ -247,8 +245,8 @@ def history_taste_ceiling(
     if not np.array_equal(table.column("item_id").to_numpy() - 1, t["item_row"]):
         raise ValueError("the training set's rows are not the world's impressions in order")
     hist = table.column("hist_item_ids").combine_chunks()
-    lengths = pa.compute.list_value_length(hist).fill_null(0).to_numpy()
-    flat = pa.compute.list_flatten(hist).to_numpy() - 1
+    lengths = pc.list_value_length(hist).fill_null(0).to_numpy()
+    flat = pc.list_flatten(hist).to_numpy() - 1
     row_of = np.repeat(np.arange(len(lengths)), lengths)
     look_item = u.look[cat.category]
     test, y, look, cold = t["test"], t["clicked"], t["look"], t["cold"]

@@ -88,6 +88,10 @@ class MoonRanker(nn.Module):
             + (self.interaction.output_dim if self.interaction is not None else 0)
         )
         self.over_arch = OverArch(in_features, config.over_arch)
+        self.dot_logit: nn.Linear | None = None
+        if self.interaction is not None and config.over_arch.dot_to_logit:
+            self.dot_logit = nn.Linear(self.interaction.output_dim, 1, bias=False)
+            nn.init.zeros_(self.dot_logit.weight)
 
     def behaviour_inputs(self, batch: RankerBatch) -> tuple[torch.Tensor, BehaviourInputs]:
         """The pooled ID features [B, P*D] and the behaviour modules' inputs of ``batch``."""
@@ -121,17 +125,21 @@ class MoonRanker(nn.Module):
         ids, inputs = self.behaviour_inputs(batch)
         behaviour = self.behaviour(inputs)
         parts = [ids, behaviour]
+        wide = None
         if self.interaction is not None:
             vectors = [ids, behaviour[:, : self.behaviour.id_space_dim]]
             if self.content_projection is not None and inputs.target_content is not None:
                 vectors.append(self.content_projection(inputs.target_content))
             id_space = torch.cat(vectors, dim=1)
-            parts.append(
-                self.interaction(id_space.view(id_space.shape[0], -1, self.config.embedding_dim))
+            dots = self.interaction(
+                id_space.view(id_space.shape[0], -1, self.config.embedding_dim)
             )
+            parts.append(dots)
+            if self.dot_logit is not None:
+                wide = self.dot_logit(dots).squeeze(-1)
         if inputs.target_content is not None:
             s_q = cosine(inputs.target_content, batch.query_embedding) * batch.has_query.to(
                 inputs.target_content.dtype
             )
             parts += [inputs.target_content, s_q.unsqueeze(1)]
-        return self.over_arch(torch.cat(parts, dim=1))
+        return self.over_arch(torch.cat(parts, dim=1), wide)

@@ -150,29 +150,35 @@ class SparseArch(nn.Module):
         self.max_seq_len = config.max_seq_len
         self.embedding_dim = d
         self.remap = IdRemap(tables.feature_rows(), config.id_policy)
+        scale = float(config.embedding_init_scale)
+        init = {"weight_init_min": -scale, "weight_init_max": scale} if scale > 0 else {}
         self.embedding_bag_collection = EmbeddingBagCollection(
             tables=[
                 EmbeddingBagConfig(
                     name="user",
                     embedding_dim=d,
+                    **init,
                     num_embeddings=tables.user,
                     feature_names=["user_id"],
                 ),
                 EmbeddingBagConfig(
                     name="brand",
                     embedding_dim=d,
+                    **init,
                     num_embeddings=tables.brand,
                     feature_names=["brand_id"],
                 ),
                 EmbeddingBagConfig(
                     name="position",
                     embedding_dim=d,
+                    **init,
                     num_embeddings=tables.position,
                     feature_names=["position"],
                 ),
                 EmbeddingBagConfig(
                     name="query_token",
                     embedding_dim=d,
+                    **init,
                     num_embeddings=tables.query_token,
                     feature_names=["query_tokens"],
                     pooling=PoolingType.MEAN,
@@ -185,12 +191,14 @@ class SparseArch(nn.Module):
                 EmbeddingConfig(
                     name="item",
                     embedding_dim=d,
+                    **init,
                     num_embeddings=tables.item,
                     feature_names=["item_id", "hist_item_ids"],
                 ),
                 EmbeddingConfig(
                     name="category",
                     embedding_dim=d,
+                    **init,
                     num_embeddings=tables.category,
                     feature_names=["category_id", "hist_category_ids"],
                 ),
@@ -633,12 +641,14 @@ class OverArch(nn.Module):
         self.mlp: nn.Module = MLP(in_features, sizes, activation="relu") if sizes else nn.Identity()
         self.logit = nn.Linear(sizes[-1] if sizes else in_features, 1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, wide: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             features: [B, in_features].
+            wide: optional [B] term added to the logit (e.g. the FM-style dot path).
 
         Returns:
             logits [B].
         """
-        return self.logit(self.mlp(self.cross(features))).squeeze(-1)
+        logit = self.logit(self.mlp(self.cross(features))).squeeze(-1)
+        return logit if wide is None else logit + wide

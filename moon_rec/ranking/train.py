@@ -141,11 +141,49 @@ def content_arch(embeddings: MoonEmbeddings | None, config: RankerConfig) -> Moo
 
 
 def build_model(
-    config: RankerConfig, tables: TableSizes, embeddings: MoonEmbeddings | None, seed: int
+    config: RankerConfig,
+    tables: TableSizes,
+    embeddings: MoonEmbeddings | None,
+    seed: int,
+    data: TrainingSet | None = None,
 ) -> MoonRanker:
-    """The unsharded model with seeded initial weights (identical on every rank)."""
+    """The unsharded model with seeded initial weights (identical on every rank).
+
+    With ``data``, the rows of user / item / brand ids that never occur in its train split
+    start at zero: they are never trained, and at test time (cold items) random initial
+    values would only add noise."""
     torch.manual_seed(seed)
-    return MoonRanker(config, tables, content_arch(embeddings, config))
+    model = MoonRanker(config, tables, content_arch(embeddings, config))
+    if data is not None:
+        zero_unseen_rows(model, data)
+    return model
+
+
+def zero_unseen_rows(model: MoonRanker, data: TrainingSet) -> None:
+    """Zero the user / item / brand table rows no train-split row (target or behaviour)
+    uses."""
+    from moon_rec.ranking.modules import remap_ids
+
+    train = ~data.is_test
+    hist = data.hist_item_ids[train]
+    arch = model.sparse_arch
+    seen = {
+        ("ebc", "user"): data.user_id[train],
+        ("ebc", "brand"): data.brand_id[train],
+        ("ec", "item"): np.concatenate([data.item_id[train], hist[hist >= 0]]),
+    }
+    policy = model.config.id_policy
+    with torch.no_grad():
+        for (kind, name), ids in seen.items():
+            if kind == "ebc":
+                weight = arch.embedding_bag_collection.embedding_bags[name].weight
+            else:
+                weight = arch.embedding_collection.embeddings[name].weight
+            n = weight.shape[0]
+            rows = remap_ids(torch.from_numpy(ids), torch.full((ids.size,), n), policy)
+            keep = torch.zeros(n, dtype=torch.bool)
+            keep[rows] = True
+            weight[~keep] = 0.0
 
 
 def sharders(config: RankerConfig) -> list[ModuleSharder[torch.nn.Module]]:
@@ -353,7 +391,7 @@ def train_ranker(
         )
         meta["n_queries"] = len(emb.query_index) if emb is not None else 0
         seed = config.train.seed
-        model = build_model(config, tables, emb, seed)
+        model = build_model(config, tables, emb, seed, data)
         dmp, optimizer = shard_model(model, config, env)
 
         global_batch = min(config.train.batch_size, train_rows.size)

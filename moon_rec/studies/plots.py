@@ -59,6 +59,9 @@ def plot_exchange(result: dict[str, Any], path: str | Path) -> Path:
         base = result.get("baseline")
         if base in rows and rows[base].get(m) is not None:
             ax.plot(rows[base][m], rows[base]["auc"], "o", ms=13, mfc="none", mec="k")
+        ref = (result.get("reference") or {}).get("auc")
+        if ref is not None:
+            ax.axhline(ref, color="#9467bd", ls=":", lw=1.2)
         if s.get("slope") is not None and names:
             xs = np.linspace(min(rows[n][m] for n in names), max(rows[n][m] for n in names), 50)
             ax.plot(xs, s["slope"] * xs + s["intercept"], "--", color="k", lw=1)
@@ -76,7 +79,10 @@ def plot_exchange(result: dict[str, Any], path: str | Path) -> Path:
     handles.append(plt.Line2D([], [], marker="o", ls="", ms=11, mfc="none", mec="k",
                               label="baseline (weakest)"))
     handles.append(plt.Line2D([], [], ls="--", color="k", label="least-squares (fitted rate)"))
-    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8, frameon=False)
+    if (result.get("reference") or {}).get("auc") is not None:
+        handles.append(plt.Line2D([], [], ls=":", color="#9467bd",
+                                  label=f"ID-only ({result['reference']['experiment']})"))
+    fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=8, frameon=False)
     best = str(result.get("best"))
     fig.suptitle(f"Exchange rate: intermediate metric vs ranker AUC "
                  f"({len(rows)} encoder versions; best guide: {METRIC_LABELS.get(best, best)})",

@@ -211,15 +211,23 @@ def build_report(study_dir: str | Path, out: str | Path | None = None) -> dict[s
             png = plot_scaling(res, out / f"scaling_{axis}.png")
             figures.append(png)
             _scaling_section(doc, res, png)
-    seconds = {}
-    for kind in ("encoder", "metrics", "ranker", "seq_len"):
+    rows = []
+    runs = sorted(p.parent for p in (study_dir / "encoders").glob("*/summary.json"))
+    if runs:
+        train_s = sum(json.loads((r / "summary.json").read_text()).get("seconds") or 0.0
+                      for r in runs)
+        rows.append(["encoder training runs (trainer summaries)", str(len(runs)), f"{train_s:.0f}"])
+    for kind in ("encoder", "metrics", "ranker", "reference", "seq_len"):
         recs = study.store.all(kind)
         if recs:
-            seconds[kind] = (len(recs), sum(r.get("seconds") or 0.0 for r in recs))
-    if seconds:
-        doc.h(2, "Cost of the points")
-        doc.table(["kind", "points", "seconds (sum)"],
-                  [[k, str(n), f"{s:.0f}"] for k, (n, s) in seconds.items()])
+            rows.append([f"{kind} points", str(len(recs)),
+                         f"{sum(r.get('seconds') or 0.0 for r in recs):.0f}"])
+    if rows:
+        doc.h(2, "Cost")
+        doc.p("Wall seconds as recorded (on a shared machine they include waiting for the "
+              "CPU). An encoder point's time is its training run's when it ran the run in the "
+              "same process, else the time to find it; the trainer summaries give the runs'.")
+        doc.table(["what", "count", "seconds (sum)"], rows)
     md = out / "report.md"
     md.write_text(doc.markdown(out))
     page = out / "report.html"

@@ -46,7 +46,10 @@ class StageConfig(BaseModel):
             model (0: no dedup).
         resample_categories: draw this many pairs matching the online category exposure
             (0: off).
-        hard_negatives: same-category negatives per positive (encoded with gradient).
+        hard_negatives: hard negatives per positive (encoded with gradient).
+        hard_negative_source: ``category`` (random other items of the positive's category)
+            or ``mined`` (among the positive's ``hard_negative_pool`` nearest catalog items
+            under the stage's initial model: look-alikes, SPU variants included).
         batch_categories: draw each batch from this many target categories only, so the
             in-batch negatives are look-alikes (0: the whole catalog).
         queue_size: temporal negatives, a FIFO of past target embeddings (0: off).
@@ -79,6 +82,8 @@ class StageConfig(BaseModel):
     dedup_hardest: int = 0
     resample_categories: int = 0
     hard_negatives: int = 0
+    hard_negative_source: Literal["category", "mined"] = "category"
+    hard_negative_pool: int = 20
     batch_categories: int = 0
     queue_size: int = 0
     all_gather: bool = True

@@ -150,6 +150,57 @@ class CategoryHardNegatives:
         return out
 
 
+class MinedHardNegatives:
+    """Samples hard negatives mined with a model: each item's nearest catalog neighbours
+    under the previous stage's product embeddings (look-alikes: same category and shape,
+    often the other colour variants of its SPU). Same interface as CategoryHardNegatives;
+    SPU variants stay in the pool (the trainer's ``same`` mask keeps them from being
+    negatives of text queries under ``merge_spu``).
+
+    Args:
+        item_ids: [N] catalog item ids.
+        neighbours: [N, K] item ids of each item's nearest other items, best first.
+
+    Example:
+        >>> s = MinedHardNegatives(np.array([1, 2, 3]), np.array([[2, 3], [1, 3], [2, 1]]))
+        >>> s.sample(np.array([3, 9]), k=1, rng=np.random.default_rng(0)).tolist()
+        [[2], [-1]]
+    """
+
+    def __init__(self, item_ids: np.ndarray, neighbours: np.ndarray) -> None:
+        self.item_ids = np.asarray(item_ids, dtype=np.int64)
+        self.neighbours = np.asarray(neighbours, dtype=np.int64)
+        self._row = {int(i): r for r, i in enumerate(self.item_ids)}
+
+    @staticmethod
+    def mine(item_ids: np.ndarray, emb: torch.Tensor, k: int, chunk: int = 1024) -> np.ndarray:
+        """[N, k] ids of each row's k most cosine-similar other rows of ``emb`` [N, D]."""
+        emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+        n = emb.shape[0]
+        k = max(0, min(k, n - 1))
+        out = np.zeros((n, k), np.int64)
+        ids = np.asarray(item_ids, dtype=np.int64)
+        for s in range(0, n, chunk):
+            sim = emb[s:s + chunk] @ emb.T
+            sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = -float("inf")
+            out[s:s + chunk] = ids[sim.topk(k, dim=1).indices.numpy()]
+        return out
+
+    def sample(self, positive_ids: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        """[B, k] item ids among each positive's mined neighbours; -1 where unknown."""
+        out = np.full((len(positive_ids), k), -1, dtype=np.int64)
+        pool = self.neighbours.shape[1]
+        if pool == 0:
+            return out
+        for b, pid in enumerate(np.asarray(positive_ids).tolist()):
+            r = self._row.get(int(pid), -1)
+            if r < 0:
+                continue
+            pick = rng.choice(pool, size=min(k, pool), replace=False)
+            out[b, : len(pick)] = self.neighbours[r, pick]
+        return out
+
+
 def same_product_mask(
     positive_ids: torch.Tensor,
     positive_spu: torch.Tensor,

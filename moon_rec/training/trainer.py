@@ -41,6 +41,7 @@ from moon_rec.training.data import WorldData, load_world
 from moon_rec.training.losses import LOSSES, matryoshka_loss
 from moon_rec.training.negatives import (
     CategoryHardNegatives,
+    MinedHardNegatives,
     TemporalNegativeQueue,
     gather_ids,
     gather_with_local_grad,
@@ -385,10 +386,25 @@ def train_stage(
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(encoder, find_unused_parameters=True)
     pair_groups = data.category_id[pairs.target_row] if sc.batch_categories > 0 else None
-    hard = None
+    hard: CategoryHardNegatives | MinedHardNegatives | None = None
+    mined: np.ndarray | None = None
     if sc.hard_negatives > 0:
         warm = np.flatnonzero(data.warm_item_mask)
-        hard = CategoryHardNegatives(data.item_id[warm], data.category_id[warm], data.spu_id[warm])
+        if sc.hard_negative_source == "mined":
+            if trainer_state is not None and trainer_state.get("mined") is not None:
+                mined = np.asarray(trainer_state["mined"])  # resume: the same neighbours
+            else:
+                from moon_rec.retrieval.recall import embed_products
+
+                warm_emb = embed_products(encoder, [data.title[r] for r in warm],
+                                          data.images[warm])
+                mined = MinedHardNegatives.mine(data.item_id[warm], torch.from_numpy(warm_emb),
+                                                sc.hard_negative_pool)
+                encoder.train()
+            hard = MinedHardNegatives(data.item_id[warm], mined)
+        else:
+            hard = CategoryHardNegatives(data.item_id[warm], data.category_id[warm],
+                                         data.spu_id[warm])
     loss_fn = LOSSES[sc.loss]
     caption = sc.caption_weight > 0 and config.encoder.backbone == "mllm"
     kill_at = int(os.environ.get(KILL_ENV, "-1"))
@@ -493,6 +509,7 @@ def train_stage(
                     "stage": stage, "config": config.model_dump(mode="json"),
                     "init_version": init_version,
                     "log_scale": None if log_scale is None else float(log_scale.detach()),
+                    "mined": mined,
                 })
             _barrier()
             if step + 1 == kill_at:

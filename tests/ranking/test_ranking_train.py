@@ -19,6 +19,8 @@ from moon_rec.ranking.evaluate import evaluate_ranker
 from moon_rec.ranking.synthetic import SyntheticPaths
 from moon_rec.ranking.train import CHECKPOINT, WEIGHTS, train_ranker
 
+CONFIGS_FILE = Path(__file__).resolve().parents[2] / "configs" / "ranker" / "experiments.yaml"
+
 EVAL_KEYS = {
     "auc",
     "gauc",
@@ -160,3 +162,43 @@ def test_eval_rejects_other_encoder_version(
         pq.write_table(t, tmp_path / f"{name}.parquet")
     with pytest.raises(DataError, match="model_version"):
         evaluate_ranker(cube_model, embeddings=tmp_path)
+
+
+def test_unseen_id_rows_start_at_zero_and_init_scale(ranker_data: SyntheticPaths) -> None:
+    from moon_rec.ranking.data import load_moon_embeddings
+    from moon_rec.ranking.train import build_model, table_sizes
+
+    cfg = load_ranker_config(CONFIGS_FILE, "din_ids_tiny")
+    cfg = replace(cfg, embedding_init_scale=0.3)
+    data = load_training_set(ranker_data.training_set, cfg.max_seq_len, cfg.query_token_buckets)
+    tables = table_sizes(data, cfg)
+    model = build_model(cfg, tables, None, 0, data)
+    items = model.sparse_arch.embedding_collection.embeddings["item"].weight
+    train = ~data.is_test
+    seen = set(data.item_id[train].tolist()) | set(
+        data.hist_item_ids[train][data.hist_item_ids[train] >= 0].tolist()
+    )
+    unseen = [i for i in range(tables.item) if i not in seen]
+    assert unseen and bool((items[unseen] == 0).all())
+    assert bool((items[sorted(seen)].abs().sum(1) > 0).all())
+    assert float(items.abs().max()) <= 0.3 and float(items.abs().max()) > 0.2
+    users = model.sparse_arch.embedding_bag_collection.embedding_bags["user"].weight
+    assert bool((users[-1] == 0).all())  # the OOV row is never trained
+    assert load_moon_embeddings(ranker_data.embeddings, 32).dim == 32
+
+
+def test_dot_to_logit_starts_as_the_plain_model(ranker_data: SyntheticPaths) -> None:
+    from moon_rec.ranking.config import ConfigError, RankerConfig
+    from moon_rec.ranking.train import build_model, table_sizes
+
+    cfg = load_ranker_config(CONFIGS_FILE, "din_ids_tiny")
+    data = load_training_set(ranker_data.training_set, cfg.max_seq_len, cfg.query_token_buckets)
+    tables = table_sizes(data, cfg)
+    wide_cfg = replace(cfg, over_arch=replace(cfg.over_arch, dot_to_logit=True))
+    plain, wide = build_model(cfg, tables, None, 0), build_model(wide_cfg, tables, None, 0)
+    assert wide.dot_logit is not None and plain.dot_logit is None
+    batch = data.batch(np.arange(64), None)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(batch), wide(batch))
+    with pytest.raises(ConfigError, match="embedding_init_scale"):
+        RankerConfig(embedding_init_scale=-1.0)

@@ -159,10 +159,12 @@ def test_bad_input_is_a_4xx_naming_the_field(
 
 def test_malformed_json_and_wrong_content(live: tuple[httpx.Client, Any]) -> None:
     client, _ = live
-    for content in (b"{", b"[1, 2]", b"\xff\xfe", b"null"):
+    for content in (b"{", b'{"user_id": 1,', b"[1, 2]", b"\xff\xfe", b"null"):
         r = client.post("/rank", content=content, headers={"content-type": "application/json"})
         assert r.status_code == 422, (content, r.text)
         assert r.json()["error"]
+    r = client.post("/rank", content=b'{"user_id": 1,', headers={"content-type": "application/json"})
+    assert r.json()["field"] == "body" and "malformed JSON" in r.json()["error"]
     r = client.post("/rank", content=b"user_id=1", headers={"content-type": "text/plain"})
     assert 400 <= r.status_code < 500
 

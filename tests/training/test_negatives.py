@@ -8,6 +8,7 @@ import torch
 
 from moon_rec.training.negatives import (
     CategoryHardNegatives,
+    MinedHardNegatives,
     TemporalNegativeQueue,
     gather_with_local_grad,
     same_product_mask,
@@ -61,6 +62,16 @@ def test_hard_negatives_come_from_the_category_never_the_spu() -> None:
     # a category with fewer candidates than k: padded with -1
     few = s.sample(np.array([100]), k=10, rng=rng)
     assert (few[0] >= 0).sum() == 3 and (few[0][3:] == -1).all()
+
+
+def test_mined_hard_negatives_are_the_nearest_items() -> None:
+    items = np.array([10, 11, 12, 13])
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    nb = MinedHardNegatives.mine(items, emb, k=1, chunk=3)
+    assert nb[:, 0].tolist() == [11, 10, 13, 12]  # never itself
+    s = MinedHardNegatives(items, MinedHardNegatives.mine(items, emb, k=2))
+    neg = s.sample(np.array([10, 12, 99]), k=2, rng=np.random.default_rng(0))
+    assert set(neg[0]) == {11, 13} and set(neg[1]) == {13, 11} and (neg[2] == -1).all()
 
 
 def test_same_product_mask() -> None:

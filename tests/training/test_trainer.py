@@ -125,6 +125,18 @@ def test_mllm_pretrain_with_title_generation(world: WorldData, tmp_path: Path) -
     assert len(_log(tmp_path / "mllm")) == 2
 
 
+def test_stage2_with_mined_hard_negatives(world: WorldData, config: TrainConfig,
+                                          pretrained: Path, tmp_path: Path) -> None:
+    cfg = config.model_copy(deep=True)
+    cfg.stage2 = cfg.stage2.model_copy(update={"hard_negative_source": "mined",
+                                               "hard_negative_pool": 5, "checkpoint_every": 2})
+    train_stage(world, "stage2", cfg, tmp_path / "mined", init=pretrained, progress=False)
+    log = _log(tmp_path / "mined")
+    assert all(r["hard_negatives"] == 8 for r in log)
+    state = torch.load(tmp_path / "mined" / "state" / "trainer.pt", weights_only=False)
+    assert state["mined"].shape[1] == 5  # resume reuses the same neighbours
+
+
 def test_learned_temperature_and_category_batches(world: WorldData, config: TrainConfig,
                                                   tmp_path: Path) -> None:
     cfg = config.model_copy(deep=True)
