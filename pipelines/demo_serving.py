@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.demo import StepFailed
+
 
 def _feast_project(state: Path) -> str:
     from moon_rec.featurestore.store import build_repo_config
@@ -33,14 +35,14 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: f
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"moon serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise StepFailed(f"moon serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"moon serve did not answer /healthz within {timeout:.0f}s; see {log}")
+    raise StepFailed(f"moon serve did not answer /healthz within {timeout:.0f}s; see {log}")
 
 
 def exercise_service(art: Path, model_dir: Path, state: Path, out: Path, *,
@@ -89,7 +91,7 @@ def exercise_service(art: Path, model_dir: Path, state: Path, out: Path, *,
                     r = http.post("/rank", json={"user_id": user, "query_text": query,
                                                  "item_ids": cands, "top_k": top_k})
                     if r.status_code != 200:
-                        raise RuntimeError(f"/rank answered {r.status_code}: {r.text}")
+                        raise StepFailed(f"/rank answered {r.status_code}: {r.text}")
                     return r.json()
 
                 # warm up, then time n_requests /rank calls of n_candidates each
@@ -115,7 +117,7 @@ def exercise_service(art: Path, model_dir: Path, state: Path, out: Path, *,
                     "price": float(items.column("price")[src].as_py()),
                 })
                 if r.status_code != 200:
-                    raise RuntimeError(f"/items answered {r.status_code}: {r.text}")
+                    raise StepFailed(f"/items answered {r.status_code}: {r.text}")
                 j = int(rng.integers(len(users)))
                 others = rng.choice(item_ids, size=min(n_candidates, len(item_ids)) - 1,
                                     replace=False).tolist()

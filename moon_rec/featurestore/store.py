@@ -111,11 +111,21 @@ class MoonFeatureStore:
         self.store.apply(self.definitions.objects())  # type: ignore[arg-type]
 
     def teardown(self) -> None:
-        """Drop online tables and the project's registry entries (tests, re-inits)."""
-        self.store.teardown()
-        # the file registry may already be gone after teardown
+        """Drop this project's online tables and registry entries (tests, re-inits).
+
+        Not ``FeatureStore.teardown``: Feast's deletes *every* project of the registry,
+        which on the shared SQL registry of the production profile pulls the projects of
+        all other users (tests, benchmarks, a running service) out from under them.
+        """
+        store = self.store
+        project = self.config.project
+        views: list[Any] = list(store.list_feature_views())
+        views += list(getattr(store, "list_label_views", list)())
+        entities = store.list_entities()
+        store._get_provider().teardown_infra(project, views, entities)
+        # the file registry may already be gone
         with contextlib.suppress(Exception):
-            self.store.registry.delete_project(self.config.project, commit=True)
+            store.registry.delete_project(project, commit=True)
 
 
 def open_store(

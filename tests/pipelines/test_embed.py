@@ -249,7 +249,8 @@ def test_precision_bf16_within_tolerance_of_fp32_and_the_public_api(
     enc = MoonEncoder.from_pretrained(ckpt).eval()
     with torch.inference_mode():
         imgs = images_to_tensor(
-            [decode_image(b) for b in items.column("image").to_pylist()], enc.config.image_size
+            [np.array(decode_image(b)) for b in items.column("image").to_pylist()],
+            enc.config.image_size,
         )
         ref = enc.encode_product(items.column("title").to_pylist(), imgs)
     outs = {}
@@ -286,7 +287,7 @@ def test_embed_rows_equals_the_public_encode_product(tiny_world: Path, backbone:
     items = pq.read_table(tiny_world / "items.parquet").slice(0, 24)
     titles = items.column("title").to_pylist()
     titles = [t + " and more words" * (i % 3) for i, t in enumerate(titles)]  # lengths vary
-    images = [decode_image(b) for b in items.column("image").to_pylist()]
+    images = [np.array(decode_image(b)) for b in items.column("image").to_pylist()]
     cfg = EncoderConfig(
         backbone=backbone, hidden_size=32, num_heads=2, vision_layers=1, text_layers=1
     )

@@ -165,7 +165,9 @@ def production_repo(
         else:
             os.environ["MOON_REDIS"] = old
     yield repo
-    from feast import FeatureStore
+    from serving.service import open_repo_store
 
-    with contextlib.suppress(Exception):  # drop the project's rows in the shared services
-        FeatureStore(repo_path=str(repo)).teardown()
+    # drop this project's rows in the shared services (not Feast's teardown: it drops
+    # every project of the shared SQL registry)
+    with contextlib.suppress(Exception):
+        open_repo_store(repo).teardown()
