@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import shutil
 import sys
 import time
@@ -161,6 +162,7 @@ def build_steps(preset: str, seed: int, art: Path) -> list[Step]:
     epreset = encoder_preset(preset)
     experiments = ranker_experiments(preset)
     store = ["--state", str(fstate)]
+    threads = max(1, min(2, os.cpu_count() or 1))  # the demo owns the machine
 
     def step(name: str, output: Path, argv: list[str], *, deps: Sequence[str] = (),
              params: dict[str, Any] | None = None, clean: Sequence[Path] = (),
@@ -198,7 +200,8 @@ def build_steps(preset: str, seed: int, art: Path) -> list[Step]:
              ["world", "show", str(world), "--out", str(art / "contact_sheet.png")],
              deps=["generate world"]),
         step("train encoder (pretrain, stage 1, stage 2)", checkpoint / "summary.json",
-             ["encoder", "train", "--world", str(world), "--out", str(enc), "--preset", epreset],
+             ["encoder", "train", "--world", str(world), "--out", str(enc), "--preset", epreset,
+              "--threads", str(threads)],
              deps=["generate world"], clean=[enc],
              params={"recipe": (REPO_ROOT / "configs/encoder" / f"{epreset}.yaml").read_text()}),
         step("image-search recall per Matryoshka dim", art / "recall.json",
