@@ -10,7 +10,6 @@ several encoder versions trains it once)."""
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,6 @@ def compare_rankers(
         model_dir = out / name
         meta = _reusable(model_dir, config, training_set, embeddings) if reuse else None
         if meta is None:
-            t0 = time.perf_counter()
             meta = train_ranker(
                 training_set,
                 config,
@@ -65,8 +63,6 @@ def compare_rankers(
                 resume=False,
                 progress=progress,
             )
-            meta["train_seconds"] = round(time.perf_counter() - t0, 1)
-            (model_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         reports[name] = evaluate_ranker(model_dir, world=world)
         reports[name]["train_seconds"] = meta.get("train_seconds")
         reports[name]["reused"] = meta.get("reused", False)

@@ -440,10 +440,12 @@ class CubeModule(BehaviourModule):
     - user content: u = sum_b g_b content_b / (sum_b g_b + k), k >= 0 learned (shrinks
       the profile of users with few informative behaviours);
     - taste match: s_u = <u, target content> and a(t) * s_u, a(t) a learned linear function
-      of the target's ID embeddings (the weight of look in the target's category).
+      of the target's ID embeddings (the weight of look in the target's category); and
+      s_m = <M u, target content>, a(t) * s_m with a learned metric M (identity at first),
+      which can pick the look out of a real encoder's vectors.
 
     Output: [ID interest (E), fusion interest (E), content interest (C), 4 similarities,
-    (user content (C), s_u, a(t) s_u)]. The softmax weighting with a learned scale and the
+    (user content (C), s_u, a(t) s_u, s_m, a(t) s_m)]. The softmax weighting with a learned scale and the
     user content profile are our choices; the paper only says "weighted by the content
     similarities".
 
@@ -469,7 +471,12 @@ class CubeModule(BehaviourModule):
             self.gate = nn.Linear(2 * id_dim, 1)
             self.raw_shrink = nn.Parameter(torch.tensor(0.5))
             self.taste_weight = nn.Linear(id_dim, 1)
-            self.output_dim += content_dim + 2
+            # a learned metric on the content space, starting at the identity: a real
+            # encoder's raw cosine mixes the look with everything else it encodes
+            self.taste_metric = nn.Linear(content_dim, content_dim, bias=False)
+            with torch.no_grad():
+                self.taste_metric.weight.copy_(torch.eye(content_dim))
+            self.output_dim += content_dim + 4
 
     def similarities(
         self, inputs: BehaviourInputs
@@ -491,7 +498,11 @@ class CubeModule(BehaviourModule):
                 s_q = s_q * inputs.query_mask.to(s_q.dtype)
         return s_b, valid, s_q
 
-    def forward(self, inputs: BehaviourInputs) -> torch.Tensor:
+    def forward(
+        self, inputs: BehaviourInputs, profile_inputs: BehaviourInputs | None = None
+    ) -> torch.Tensor:
+        """``profile_inputs``: the behaviours the user content profile pools (default:
+        ``inputs``; SIM passes the whole sequence, its search keeps the attention's)."""
         s_b, valid, s_q = self.similarities(inputs)
         assert inputs.behaviour_content is not None
         id_interest, _ = self.attention(inputs.target_id, inputs.behaviour_id, inputs.mask)
@@ -506,20 +517,25 @@ class CubeModule(BehaviourModule):
         parts = [id_interest, fusion, content, sims]
         if self.user_content:
             assert inputs.target_content is not None
-            h = inputs.behaviour_id
-            gate_in = torch.cat([h, h * inputs.target_id.unsqueeze(1)], dim=-1)
-            g = torch.sigmoid(self.gate(gate_in).squeeze(-1)) * valid.to(h.dtype)
+            src = inputs if profile_inputs is None else profile_inputs
+            assert src.behaviour_content is not None
+            src_valid = valid if profile_inputs is None else self.similarities(src)[1]
+            h = src.behaviour_id
+            gate_in = torch.cat([h, h * src.target_id.unsqueeze(1)], dim=-1)
+            g = torch.sigmoid(self.gate(gate_in).squeeze(-1)) * src_valid.to(h.dtype)
             denom = g.sum(1, keepdim=True) + F.softplus(self.raw_shrink)
-            profile = torch.bmm((g / denom).unsqueeze(1), inputs.behaviour_content).squeeze(1)
+            profile = torch.bmm((g / denom).unsqueeze(1), src.behaviour_content).squeeze(1)
             s_u = (profile * inputs.target_content).sum(-1)
+            s_m = (self.taste_metric(profile) * inputs.target_content).sum(-1)
             a_t = self.taste_weight(inputs.target_id).squeeze(-1)
-            parts += [profile, torch.stack([s_u, a_t * s_u], dim=1)]
+            parts += [profile, torch.stack([s_u, a_t * s_u, s_m, a_t * s_m], dim=1)]
         return torch.cat(parts, dim=1)
 
 
 class SimModule(BehaviourModule):
     """SIM-style search for long sequences: keep the top-k behaviours by content
-    similarity to the target (padding never kept ahead of a real behaviour), then CUBE.
+    similarity to the target (padding never kept ahead of a real behaviour), then CUBE on
+    them (its user content profile still pools the whole sequence).
 
     Args:
         id_dim: E.
@@ -566,7 +582,10 @@ class SimModule(BehaviourModule):
         )
 
     def forward(self, inputs: BehaviourInputs) -> torch.Tensor:
-        return self.cube(self.search(inputs))
+        # The search narrows the attention; the user content profile (a cheap pooling)
+        # still reads the whole sequence: a profile of the target's nearest behaviours
+        # only would be biased towards the target.
+        return self.cube(self.search(inputs), profile_inputs=inputs)
 
 
 def build_behaviour_module(

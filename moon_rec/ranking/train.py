@@ -365,9 +365,11 @@ def train_ranker(
 
     Returns:
         the meta dict written to ``out/meta.json`` (rank 0), with ``steps``, ``done``,
-        ``train_loss`` and ``examples_per_s``.
+        ``train_loss``, ``examples_per_s`` and ``train_seconds`` (wall time of this call,
+        loading included).
     """
     out = Path(out)
+    started = time.perf_counter()
     with distributed(device) as env:
         data = load_training_set(training_set, config.max_seq_len, config.query_token_buckets)
         emb = None
@@ -455,6 +457,7 @@ def train_ranker(
                 world_size=env.world_size,
                 train_loss=float(np.mean(losses[-50:])) if losses else None,
                 examples_per_s=n_examples / elapsed if elapsed > 0 and n_examples else None,
+                train_seconds=round(time.perf_counter() - started, 1),
             )
             _write_json(out / META, meta)
         dist.barrier()

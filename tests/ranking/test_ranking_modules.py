@@ -139,7 +139,7 @@ def test_cube_similarities_match_hand_computation() -> None:
     torch.testing.assert_close(out[0, 4:6], content)
     sims = torch.tensor([0.6, 0.6, 0.3, float(w[0] * 0.6)])
     torch.testing.assert_close(out[0, 6:10], sims)
-    assert out.shape == (1, cube.output_dim) == (1, 2 * 2 + 2 + 4 + 2 + 2)
+    assert out.shape == (1, cube.output_dim) == (1, 2 * 2 + 2 + 4 + 2 + 4)
 
 
 def test_cube_user_content_profile_matches_hand_computation() -> None:
@@ -163,7 +163,8 @@ def test_cube_user_content_profile_matches_hand_computation() -> None:
     profile = 0.5 * torch.tensor([0.6, 0.8]) / (0.5 + k)
     torch.testing.assert_close(out[0, 10:12], profile)
     s_u = profile[0]
-    torch.testing.assert_close(out[0, 12:], torch.stack([s_u, 2 * s_u]))
+    # the learned metric starts at the identity: s_m = s_u
+    torch.testing.assert_close(out[0, 12:], torch.stack([s_u, 2 * s_u, s_u, 2 * s_u]))
     plain = CubeModule(
         2, 2, BehaviourConfig(module="cube", attention_hidden=[4], user_content=False)
     )
@@ -229,3 +230,15 @@ def test_over_arch_shapes(cross: tuple[int, int]) -> None:
         10, OverArchConfig(layer_sizes=[8], cross_layers=cross[0], cross_low_rank=cross[1])
     )
     assert over(torch.rand(4, 10)).shape == (4,)
+
+
+def test_sim_profile_reads_the_whole_sequence() -> None:
+    sim = SimModule(E, C, BehaviourConfig(module="sim", top_k=2, attention_hidden=[4]))
+    inputs = _inputs([5], length=6)
+    out = sim(inputs)
+    full = sim.cube(inputs)  # CUBE on every behaviour: same profile columns
+    n = sim.cube.output_dim
+    profile = slice(n - C - 4, n)
+    torch.testing.assert_close(out[:, profile], full[:, profile])
+    kept = sim.cube(sim.search(inputs))
+    assert not torch.allclose(kept[:, profile], full[:, profile])
