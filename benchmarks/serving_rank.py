@@ -157,23 +157,6 @@ def start_server(loop: Any, port: int, repo: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"moon serve exited: {err[-2000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("moon serve did not become ready")
-
-
 def load_test(url: str, bodies: list[dict[str, Any]], clients: int, seconds: float) -> dict[str, Any]:
     import httpx
 
@@ -233,7 +216,7 @@ def main() -> None:
 
     from moon_rec.featurestore.push import push_behaviour
     from serving.loop import ServingLoop
-    from serving.server import free_port
+    from serving.server import free_port, wait_healthy
     from serving.service import RankingService, ServiceConfig
 
     torch.set_num_threads(1)
@@ -321,7 +304,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         proc = start_server(loop, port, loop.repo)
         try:
-            wait_ready(url, proc)
+            wait_healthy(url, proc)
             bodies = [{"user_id": user, "query_text": queries[i % len(queries)],
                        "item_ids": cand_sets[i % 16].tolist(), "top_k": 10} for i in range(64)]
             with httpx.Client(base_url=url, timeout=30) as c:

@@ -29,22 +29,6 @@ def _feast_project(state: Path) -> str:
     return str(build_repo_config("embedded", state).project)
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StepFailed(f"moon serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise StepFailed(f"moon serve did not answer /healthz within {timeout:.0f}s; see {log}")
-
-
 def exercise_service(art: Path, model_dir: Path, state: Path, out: Path, *,
                      n_requests: int = 200, n_candidates: int = 100, seed: int = 0) -> dict[str, Any]:
     """Run the serving step (see the module docstring); returns what it writes to ``out``."""
@@ -54,7 +38,7 @@ def exercise_service(art: Path, model_dir: Path, state: Path, out: Path, *,
     from moon_rec.featurestore.repo import resolve_data_paths
     from moon_rec.training.trainer import resolve_checkpoint
     from serving.loop import write_feast_repo
-    from serving.server import free_port
+    from serving.server import free_port, wait_healthy
 
     art, state = Path(art).resolve(), Path(state).resolve()
     world = art / "world"
@@ -85,7 +69,10 @@ def exercise_service(art: Path, model_dir: Path, state: Path, out: Path, *,
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
-            _wait_healthy(url, proc, log, timeout=300)
+            try:
+                wait_healthy(url, proc, timeout=300, log=log)
+            except RuntimeError as exc:
+                raise StepFailed(str(exc)) from None
             with httpx.Client(base_url=url, timeout=30.0) as http:
                 def rank(user: int, query: str, cands: list[int], top_k: int = 10) -> Any:
                     r = http.post("/rank", json={"user_id": user, "query_text": query,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -61,3 +62,27 @@ class BackgroundServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def wait_healthy(url: str, proc: Any = None, timeout: float = 300.0,
+                 log: Path | None = None) -> None:
+    """Poll ``url/healthz`` until it answers 200. ``proc`` (a ``subprocess.Popen`` of
+    ``moon serve``) ending first raises with the tail of its output (``log``, else its
+    stderr pipe). Raises RuntimeError on timeout."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            if log is not None and log.is_file():
+                tail = log.read_text()[-3000:]
+            else:
+                tail = proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+            raise RuntimeError(f"moon serve exited with {proc.returncode}:\n{tail}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"moon serve did not answer {url}/healthz within {timeout:.0f}s")

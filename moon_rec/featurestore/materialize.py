@@ -100,15 +100,8 @@ class FloatVectorCodec:
 
     def encode(self, matrix: np.ndarray) -> list[ValueProto]:
         """``matrix``: float32 [N, D] -> N ValueProto messages."""
-        n = matrix.shape[0]
-        h = self.header.size
-        width = h + 4 * self.dim
-        buf = np.empty((n, width), dtype=np.uint8)
-        buf[:, :h] = self.header
-        buf[:, h:] = np.ascontiguousarray(matrix, dtype="<f4").view(np.uint8).reshape(n, -1)
-        raw = buf.tobytes()
         parse = ValueProto.FromString
-        return [parse(raw[i * width : (i + 1) * width]) for i in range(n)]
+        return [parse(b) for b in self.encode_bytes(matrix)]
 
     def encode_bytes(self, matrix: np.ndarray) -> list[bytes]:
         """``matrix``: float32 [N, D] -> N serialised ValueProto messages (wire bytes)."""

@@ -15,10 +15,10 @@ config and seed. Structure::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from moon_rec._yaml_config import load_yaml_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESET_DIR = ROOT / "configs" / "studies"
@@ -135,12 +135,6 @@ class StudyConfig(BaseModel):
     ranker: RankerBudget = Field(default_factory=RankerBudget)
 
 
-def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
-    d[keys[-1]] = value
-
 
 def load_study_config(preset: str | None = None, path: str | Path | None = None,
                       overrides: list[str] | None = None) -> StudyConfig:
@@ -150,23 +144,4 @@ def load_study_config(preset: str | None = None, path: str | Path | None = None,
     Raises:
         ValueError: unknown preset, unknown key or bad value.
     """
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"no study config file {p}")
-    else:
-        name = preset or "tiny"
-        p = PRESET_DIR / f"{name}.yaml"
-        if not p.is_file():
-            known = sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
-            raise ValueError(f"unknown study preset {name!r} (known: {', '.join(known)})")
-    raw = yaml.safe_load(p.read_text()) or {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-        k, v = item.split("=", 1)
-        _set(raw, k.strip(), yaml.safe_load(v))
-    try:
-        return StudyConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ValueError(f"{p}: {exc}") from None
+    return load_yaml_config(StudyConfig, PRESET_DIR, preset, path, overrides, what='study config')

@@ -13,11 +13,11 @@ A run is reproducible from its config and seed. Structure::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from moon_rec._yaml_config import load_yaml_config
 from moon_rec.encoders.config import EncoderConfig
 from moon_rec.training.pairs import KINDS
 
@@ -123,12 +123,6 @@ class TrainConfig(BaseModel):
         return stage
 
 
-def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
-    d[keys[-1]] = value
-
 
 def load_config(
     preset: str | None = None, path: str | Path | None = None, overrides: list[str] | None = None
@@ -139,23 +133,4 @@ def load_config(
     Raises:
         ValueError: unknown preset, unknown key or bad value (pydantic names the field).
     """
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"no config file {p}")
-    else:
-        name = preset or "tiny"
-        p = PRESET_DIR / f"{name}.yaml"
-        if not p.is_file():
-            known = sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
-            raise ValueError(f"unknown preset {name!r} (known: {', '.join(known)})")
-    raw = yaml.safe_load(p.read_text()) or {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-        k, v = item.split("=", 1)
-        _set(raw, k.strip(), yaml.safe_load(v))
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ValueError(f"{p}: {exc}") from None
+    return load_yaml_config(TrainConfig, PRESET_DIR, preset, path, overrides, what='config')
