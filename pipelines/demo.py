@@ -105,6 +105,7 @@ def run_steps(steps: Sequence[Step], state_file: Path, *, force: Sequence[str] =
         rec.update(key=key, seconds=round(seconds, 1), finished_at=time.time())
         save()
         print(f"{head}: done in {_fmt_s(seconds)}", flush=True)
+    save()  # records which steps this run reused
     print(f"demo: all {len(steps)} steps done in {_fmt_s(time.perf_counter() - total)} "
           f"({_fmt_s(ran)} of work this run)", flush=True)
     return state
