@@ -7,7 +7,24 @@ the embedding-parquet format. A ranker trained on them shows what CUBE can reach
 content vectors that carry the style perfectly: a ceiling for a real MOON encoder's style
 signal. For investigation only; ``oracle_`` columns are never production features.
 
-    python -m moon_rec.ranking.diagnostics WORLD OUT [--noise 0.05]
+    python -m moon_rec.ranking.diagnostics WORLD OUT [--noise 0.05] [--style-noise 0.3]
+
+``--style-noise`` blurs the style itself (Gaussian noise on its 8 dims): a content vector
+that carries only part of the look, R^2 about 1 / (1 + 8 s^2), to chart the ranker's gain
+against the content's quality.
+
+:func:`style_probe` measures how much of the look a set of item embeddings carries: the
+held-out R^2 of a linear and of an MLP regression from the vectors (plus the category) to
+``oracle_style`` over look-driven items, and the accuracy of reading colour, pattern and
+shape from them.
+
+    python -m moon_rec.ranking.diagnostics WORLD --probe EMBEDDINGS [--dim 64]
+
+:func:`explain_ranker` regresses a trained ranker's test logits on the oracle's terms,
+per segment: a coefficient near 1 means the ranker tracks that term, near 0 that it has
+not learned it (e.g. user x brand affinity).
+
+    python -m moon_rec.ranking.diagnostics WORLD --explain MODEL [MODEL ...]
 
 :func:`oracle_decomposition` splits the oracle click logit of a synthetic world's test
 impressions into its terms (module docstring of :mod:`moon_rec.data.world`) and reports the
@@ -36,14 +53,23 @@ DIMS: tuple[int, ...] = (32, 64, 128, 256)
 
 
 def write_oracle_style_embeddings(
-    world: str | Path, out: str | Path, noise: float = 0.05, seed: int = 0
+    world: str | Path,
+    out: str | Path,
+    noise: float = 0.05,
+    seed: int = 0,
+    style_noise: float = 0.0,
 ) -> Path:
-    """Write ``out/items.parquet``: per item, [oracle_style, noise * N(0, 1)...] padded to
-    256 dims, each Matryoshka prefix L2-normalised; model_version ``oracle-style``."""
+    """Write ``out/items.parquet``: per item, [oracle_style + style_noise * N(0, 1),
+    noise * N(0, 1)...] padded to 256 dims, each Matryoshka prefix L2-normalised;
+    model_version ``oracle-style`` (``oracle-style-s<style_noise>`` when blurred)."""
+    if noise < 0 or style_noise < 0:
+        raise ValueError(f"noise and style_noise must be >= 0, got {noise}, {style_noise}")
     table = read_table(world, "items", columns=["item_id", "oracle_style"], validate=False)
     ids = table.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64)
     style = np.stack(table.column("oracle_style").to_numpy(zero_copy_only=False)).astype(np.float32)
     rng = np.random.default_rng(seed)
+    if style_noise > 0:
+        style = style + style_noise * rng.normal(size=style.shape).astype(np.float32)
     width = DIMS[-1] - style.shape[1]
     full = np.concatenate([style, noise * rng.normal(size=(len(ids), width))], axis=1)
     columns: dict[str, pa.Array] = {"item_id": pa.array(ids, pa.int64())}
@@ -51,7 +77,8 @@ def write_oracle_style_embeddings(
         v = full[:, :d]
         v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         columns[f"emb_{d}"] = pa.array(list(v.astype(np.float32)), pa.list_(pa.float32()))
-    columns["model_version"] = pa.array(["oracle-style"] * len(ids))
+    version = "oracle-style" if style_noise == 0 else f"oracle-style-s{style_noise:g}"
+    columns["model_version"] = pa.array([version] * len(ids))
     columns["event_timestamp"] = pa.array(
         [datetime(2026, 1, 1, tzinfo=UTC)] * len(ids), pa.timestamp("us", tz="UTC")
     )
@@ -274,11 +301,124 @@ def history_taste_ceiling(
     return report
 
 
+def style_probe(
+    world: str | Path, embeddings: str | Path, dim: int = 64, seed: int = 0
+) -> dict[str, Any]:
+    """How much of the look (``oracle_style``) item embeddings carry, on look-driven items.
+
+    Fits, on 80% of the items and scored on the rest: a ridge regression and an MLP
+    (one hidden layer of 256) from [embedding, category one-hot] to the 8-dim style
+    (``linear_r2``, ``mlp_r2``; ``category_only_r2`` is the category alone), and
+    logistic regressions that read the colour, the pattern and the shape (per category)
+    (``*_accuracy``). A ranker's content path can only use what a probe finds.
+    """
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.neural_network import MLPRegressor
+
+    from moon_rec.ranking.data import load_moon_embeddings
+
+    cols = ["item_id", "category_id", "oracle_style", "oracle_color", "oracle_pattern",
+            "oracle_shape"]
+    items = read_table(world, "items", columns=cols, validate=False)
+    cats = read_table(world, "categories", columns=["category_id", "look_driven"], validate=False)
+    look_ids = cats.column("category_id").to_numpy()[
+        cats.column("look_driven").to_numpy(zero_copy_only=False)
+    ]
+    category = items.column("category_id").to_numpy()
+    keep = np.flatnonzero(np.isin(category, look_ids))
+    emb = load_moon_embeddings(embeddings, dim)
+    item_ids = items.column("item_id").to_numpy()[keep]
+    pos = np.searchsorted(emb.item_ids, item_ids).clip(max=max(len(emb.item_ids) - 1, 0))
+    found = emb.item_ids[pos] == item_ids
+    if not found.all():
+        raise ValueError(
+            f"{int((~found).sum())} look-driven items have no embedding in {embeddings}"
+        )
+    onehot = (category[keep][:, None] == np.unique(category[keep])[None, :]).astype(np.float32)
+    x = np.concatenate([emb.item_vectors[pos], onehot], axis=1)
+    style = np.stack(items.column("oracle_style").to_numpy(zero_copy_only=False))[keep]
+    order = np.random.default_rng(seed).permutation(len(keep))
+    tr, te = order[: len(order) * 4 // 5], order[len(order) * 4 // 5 :]
+
+    def r2(pred: np.ndarray) -> float:
+        truth = style[te]
+        return round(float(1 - ((pred - truth) ** 2).sum() / ((truth - truth.mean(0)) ** 2).sum()), 4)
+
+    mlp = MLPRegressor(hidden_layer_sizes=(256,), max_iter=300, early_stopping=True,
+                       random_state=seed)
+    report: dict[str, Any] = {
+        "dim": dim,
+        "n_items": len(keep),
+        "linear_r2": r2(Ridge(alpha=1.0).fit(x[tr], style[tr]).predict(x[te])),
+        "mlp_r2": r2(mlp.fit(x[tr], style[tr]).predict(x[te])),
+        "category_only_r2": r2(Ridge(alpha=1.0).fit(onehot[tr], style[tr]).predict(onehot[te])),
+    }
+    shape = category * 16 + items.column("oracle_shape").to_numpy()
+    for name, labels in (("color", items.column("oracle_color").to_numpy()),
+                         ("pattern", items.column("oracle_pattern").to_numpy()),
+                         ("shape", shape)):
+        y = labels[keep]
+        clf = LogisticRegression(max_iter=300, C=10.0).fit(x[tr], y[tr])
+        report[f"{name}_accuracy"] = round(float(clf.score(x[te], y[te])), 4)
+    return report
+
+
+EXPLAIN_TERMS: tuple[str, ...] = (
+    "style", "brand", "price", "category", "quality", "position", "user_bias",
+    "query_text_match",
+)
+
+
+def term_coefficients(
+    logit: np.ndarray, terms: dict[str, np.ndarray], names: tuple[str, ...] = EXPLAIN_TERMS
+) -> dict[str, float]:
+    """Least-squares fit of ``logit`` on the oracle ``terms`` (plus a constant): one
+    coefficient per term (1: the logit moves with the term one for one; 0: it ignores
+    it) and ``r2``, the share of the logit's variance the terms explain."""
+    x = np.stack([np.asarray(terms[n], np.float64) for n in names] + [np.ones(len(logit))], 1)
+    coef, *_ = np.linalg.lstsq(x, logit, rcond=None)
+    resid = logit - x @ coef
+    out = {n: round(float(c), 3) for n, c in zip(names, coef, strict=False)}
+    out["r2"] = round(float(1 - resid.var() / max(float(logit.var()), 1e-12)), 3)
+    return out
+
+
+def explain_ranker(world: str | Path, model_dir: str | Path) -> dict[str, Any]:
+    """Which oracle terms a trained ranker has learned: :func:`term_coefficients` of its
+    test logits, over look-driven, other and cold-item test impressions. The ranker's
+    training set must hold the world's impressions in order (as the demo's does)."""
+    from moon_rec.ranking.evaluate import test_predictions
+
+    t = oracle_terms(world)
+    data, rows, p, meta = test_predictions(model_dir)
+    test = np.flatnonzero(t["test"])
+    if len(rows) != len(test) or not np.array_equal(data.item_id[rows] - 1, t["item_row"][test]):
+        raise ValueError("the ranker's test rows are not the world's test impressions in order")
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    logit = np.log(p) - np.log1p(-p)
+    report: dict[str, Any] = {"model": str(model_dir), "model_version": meta.get("model_version")}
+    for name, mask in (("look", t["look"][test]), ("other", ~t["look"][test]),
+                       ("cold", t["cold"][test])):
+        if mask.sum() > len(EXPLAIN_TERMS) + 1:
+            report[name] = term_coefficients(
+                logit[mask], {k: t[k][test][mask] for k in EXPLAIN_TERMS}
+            )
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="oracle-style embeddings (a content ceiling)")
     parser.add_argument("world")
     parser.add_argument("out", nargs="?")
     parser.add_argument("--noise", type=float, default=0.05)
+    parser.add_argument(
+        "--style-noise", type=float, default=0.0, help="blur the style itself (content quality)"
+    )
+    parser.add_argument("--probe", metavar="EMBEDDINGS", help="print the style probe (JSON)")
+    parser.add_argument("--dim", type=int, default=64, help="--probe: Matryoshka size")
+    parser.add_argument(
+        "--explain", nargs="+", metavar="MODEL", help="print which oracle terms MODELs learned"
+    )
     parser.add_argument(
         "--decompose", action="store_true", help="print the oracle logit decomposition (JSON)"
     )
@@ -286,9 +426,15 @@ def main(argv: list[str] | None = None) -> int:
         "--training-set", help="with --decompose: also the behaviour-taste ceiling"
     )
     args = parser.parse_args(argv)
-    if args.decompose:
-        import json
+    import json
 
+    if args.probe:
+        print(json.dumps(style_probe(args.world, args.probe, args.dim), indent=2))
+        return 0
+    if args.explain:
+        print(json.dumps([explain_ranker(args.world, m) for m in args.explain], indent=2))
+        return 0
+    if args.decompose:
         report = oracle_decomposition(args.world)
         if args.training_set:
             report["history_taste_ceiling"] = history_taste_ceiling(args.world, args.training_set)
@@ -296,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.out is None:
         parser.error("OUT is required (or --decompose)")
-    print(write_oracle_style_embeddings(args.world, args.out, args.noise))
+    print(write_oracle_style_embeddings(args.world, args.out, args.noise,
+                                        style_noise=args.style_noise))
     return 0
 
 

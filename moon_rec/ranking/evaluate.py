@@ -140,23 +140,17 @@ def ranking_report(
     return report
 
 
-def evaluate_ranker(
+def test_predictions(
     model_dir: str | Path,
     *,
     training_set: str | Path | None = None,
     embeddings: str | Path | None = None,
     query_embeddings: str | Path | None = None,
-    world: str | Path | None = None,
-) -> dict[str, Any]:
-    """Evaluate the ranker of ``model_dir`` on the test split.
+) -> tuple[TrainingSet, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The ranker of ``model_dir`` scored on the test split of its training set.
 
-    Args:
-        model_dir: written by ``train_ranker``.
-        training_set: override the training set recorded in the model.
-        embeddings: override the embeddings recorded in the model; their model_version
-            must equal the model's.
-        query_embeddings: override the query embeddings recorded in the model.
-        world: world directory whose impressions carry ``oracle_p_click`` (oracle AUC).
+    Returns (training set, test row indices, click probabilities of those rows, meta).
+    The overrides are those of :func:`evaluate_ranker`.
 
     Raises:
         DataError: embeddings of another encoder version, no test rows.
@@ -185,6 +179,36 @@ def evaluate_ranker(
         raise DataError("no test rows (split == 'test')", file=str(ts_path), column="split")
     q_vectors = emb.query_vectors if emb is not None else None
     scores = predict(model, data, rows, q_vectors, config.train.eval_batch_size)
+    return data, rows, scores, meta
+
+
+def evaluate_ranker(
+    model_dir: str | Path,
+    *,
+    training_set: str | Path | None = None,
+    embeddings: str | Path | None = None,
+    query_embeddings: str | Path | None = None,
+    world: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate the ranker of ``model_dir`` on the test split.
+
+    Args:
+        model_dir: written by ``train_ranker``.
+        training_set: override the training set recorded in the model.
+        embeddings: override the embeddings recorded in the model; their model_version
+            must equal the model's.
+        query_embeddings: override the query embeddings recorded in the model.
+        world: world directory whose impressions carry ``oracle_p_click`` (oracle AUC).
+
+    Raises:
+        DataError: embeddings of another encoder version, no test rows.
+    """
+    data, rows, scores, meta = test_predictions(
+        model_dir,
+        training_set=training_set,
+        embeddings=embeddings,
+        query_embeddings=query_embeddings,
+    )
     oracle = None
     if world is not None:
         oracle = oracle_probabilities(world, data.request_id[rows], data.item_id[rows])
@@ -201,6 +225,7 @@ def evaluate_ranker(
         data.look_driven[rows],
         oracle,
     )
+    config = RankerConfig.from_dict(meta["config"])
     report["model_version"] = meta.get("model_version")
     report["feature_set"] = config.feature_set
     report["behaviour"] = config.behaviour.module
