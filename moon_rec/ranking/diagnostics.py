@@ -38,6 +38,7 @@ vectors) replaced by what those features do tell.
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -387,10 +388,10 @@ def explain_ranker(world: str | Path, model_dir: str | Path) -> dict[str, Any]:
     """Which oracle terms a trained ranker has learned: :func:`term_coefficients` of its
     test logits, over look-driven, other and cold-item test impressions. The ranker's
     training set must hold the world's impressions in order (as the demo's does)."""
-    from moon_rec.ranking.evaluate import test_predictions
+    from moon_rec.ranking.evaluate import score_test_split
 
     t = oracle_terms(world)
-    data, rows, p, meta = test_predictions(model_dir)
+    data, rows, p, meta = score_test_split(model_dir)
     test = np.flatnonzero(t["test"])
     if len(rows) != len(test) or not np.array_equal(data.item_id[rows] - 1, t["item_row"][test]):
         raise ValueError("the ranker's test rows are not the world's test impressions in order")
@@ -426,8 +427,6 @@ def main(argv: list[str] | None = None) -> int:
         "--training-set", help="with --decompose: also the behaviour-taste ceiling"
     )
     args = parser.parse_args(argv)
-    import json
-
     if args.probe:
         print(json.dumps(style_probe(args.world, args.probe, args.dim), indent=2))
         return 0

@@ -140,7 +140,7 @@ def ranking_report(
     return report
 
 
-def test_predictions(
+def score_test_split(
     model_dir: str | Path,
     *,
     training_set: str | Path | None = None,
@@ -203,7 +203,7 @@ def evaluate_ranker(
     Raises:
         DataError: embeddings of another encoder version, no test rows.
     """
-    data, rows, scores, meta = test_predictions(
+    data, rows, scores, meta = score_test_split(
         model_dir,
         training_set=training_set,
         embeddings=embeddings,

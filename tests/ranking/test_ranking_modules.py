@@ -111,17 +111,26 @@ def test_masked_softmax_zero_rows_and_sums() -> None:
     assert torch.equal(w[1], torch.zeros(3))
 
 
-def test_cube_similarities_match_hand_computation() -> None:
-    cube = CubeModule(
-        2, 2, BehaviourConfig(module="cube", attention_hidden=[4], similarity_scale=1.0)
-    )
-    inputs = BehaviourInputs(
+def _hand_inputs(content_mask: list[bool], **extra: torch.Tensor) -> BehaviourInputs:
+    """One impression, target content [1, 0]; behaviours: two real ones with contents
+    [0.6, 0.8] and [0, 1], then a padded slot (content [1, 0], never attended)."""
+    return BehaviourInputs(
         target_id=torch.zeros(1, 2),
         behaviour_id=torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]]),
         mask=torch.tensor([[True, True, False]]),
         target_content=torch.tensor([[1.0, 0.0]]),
         behaviour_content=torch.tensor([[[0.6, 0.8], [0.0, 1.0], [1.0, 0.0]]]),
-        content_mask=torch.tensor([[True, True, True]]),
+        content_mask=torch.tensor([content_mask]),
+        **extra,
+    )
+
+
+def test_cube_similarities_match_hand_computation() -> None:
+    cube = CubeModule(
+        2, 2, BehaviourConfig(module="cube", attention_hidden=[4], similarity_scale=1.0)
+    )
+    inputs = _hand_inputs(
+        content_mask=[True, True, True],
         query_content=torch.tensor([[3.0, 4.0]]),  # not normalised: cosine = 0.6
         query_mask=torch.tensor([True]),
     )
@@ -150,14 +159,7 @@ def test_cube_user_content_profile_matches_hand_computation() -> None:
         cube.raw_shrink.fill_(0.0)  # k = softplus(0) = log 2
         cube.taste_weight.weight.zero_()
         cube.taste_weight.bias.fill_(2.0)  # a(t) = 2
-    inputs = BehaviourInputs(
-        target_id=torch.zeros(1, 2),
-        behaviour_id=torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]]),
-        mask=torch.tensor([[True, True, False]]),
-        target_content=torch.tensor([[1.0, 0.0]]),
-        behaviour_content=torch.tensor([[[0.6, 0.8], [0.0, 1.0], [1.0, 0.0]]]),
-        content_mask=torch.tensor([[True, False, True]]),  # the second has no content
-    )
+    inputs = _hand_inputs(content_mask=[True, False, True])  # the second has no content
     out = cube(inputs)
     k = torch.log(torch.tensor(2.0))
     profile = 0.5 * torch.tensor([0.6, 0.8]) / (0.5 + k)
