@@ -3,7 +3,7 @@
 Builds a MOON encoder (``EncoderConfig`` defaults unless ``--tiny``, tokenizer trained on
 the titles), saves it as a checkpoint and embeds a synthetic catalog of N items (title +
 64x64 PNG):
-  - job:  ``pipelines.embed.run_embed_job`` (loads the checkpoint with ``from_pretrained``,
+  - job:  ``moon_rec.featurestore.embed_job.run_embed_job`` (loads the checkpoint with ``from_pretrained``,
           decodes, batches, writes the parquet parts);
   - loop: decode one image, ``encode_product`` on one item, ``matryoshka`` per size.
 Both under ``torch.inference_mode`` with the same thread count (the job uses no extra
@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+from moon_rec.data.embeddings import emb_column
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -73,7 +75,7 @@ def main() -> None:
     from moon_rec.data.images import decode_image
     from moon_rec.encoders import EncoderConfig, MoonEncoder, MoonTokenizer, build_encoder
     from moon_rec.encoders.base import images_to_tensor, matryoshka
-    from pipelines.embed import EmbedJobConfig, run_embed_job
+    from moon_rec.featurestore.embed_job import EmbedJobConfig, run_embed_job
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=4096, help="catalog items")
@@ -112,7 +114,7 @@ def main() -> None:
         assert manifest["n_items"] == args.n
         job_vecs = np.array(
             pq.read_table(
-                Path(tmp) / "emb" / manifest["parts"][0], columns=[f"emb_{cfg.embed_dim}"]
+                Path(tmp) / "emb" / manifest["parts"][0], columns=[emb_column(cfg.embed_dim)]
             )
             .column(0)
             .to_pylist()[: args.loop_n],

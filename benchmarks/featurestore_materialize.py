@@ -42,7 +42,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 def write_embeddings(folder: Path, n: int, rows_per_group: int = 50_000, seed: int = 0) -> Path:
     """N random L2-normalised Matryoshka rows as ``folder/part-00000.parquet``."""
-    from pipelines.embed import embedding_schema
+    from moon_rec.data.embeddings import embedding_schema
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "part-00000.parquet"

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from moon_rec.data.embeddings import emb_column
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -76,8 +78,8 @@ def _per_item_reads(
     brand = np.full(len(cands), -1, np.int64)
     for j, i in enumerate(cands.tolist()):
         got = store.get_online_features(features=cand_feats, entity_rows=[{"item_id": i}]).to_dict()
-        if got[f"emb_{dim}"][0] is not None:
-            cv[j] = got[f"emb_{dim}"][0]
+        if got[emb_column(dim)][0] is not None:
+            cv[j] = got[emb_column(dim)][0]
         cat[j] = -1 if got["category_id"][0] is None else got["category_id"][0]
         brand[j] = -1 if got["brand_id"][0] is None else got["brand_id"][0]
     hv = np.zeros((len(hist), dim), np.float32)
@@ -85,8 +87,8 @@ def _per_item_reads(
         got = store.get_online_features(
             features=[emb, "item_embedding:model_version"], entity_rows=[{"item_id": i}]
         ).to_dict()
-        if got[f"emb_{dim}"][0] is not None:
-            hv[j] = got[f"emb_{dim}"][0]
+        if got[emb_column(dim)][0] is not None:
+            hv[j] = got[emb_column(dim)][0]
     return cv, cat, brand, hv
 
 

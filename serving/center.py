@@ -107,7 +107,7 @@ class EmbeddingCenter:
     ) -> EmbeddingCenter:
         """Load the embed job's snapshot (``emb_{dim}``) and the latest category / brand
         of each item from the item-features parquet (-1 where absent)."""
-        from moon_rec.ranking.data import load_moon_embeddings
+        from moon_rec.data.embeddings import load_moon_embeddings
 
         emb = load_moon_embeddings(embeddings, dim)
         center = cls(dim, emb.model_version)

@@ -3,8 +3,8 @@
     encoder checkpoint -> batch embeddings -> feature tables -> Feast (apply, materialize)
     -> point-in-time training set -> query embeddings -> trained ranker -> Feast repo dir
 
-Each step is the library's own job (``pipelines.embed``, ``pipelines.feature_tables``,
-``moon_rec.featurestore``, ``pipelines.training_set``, ``moon_rec.ranking``); this module
+Each step is the library's own job (``moon_rec.featurestore.embed_job``, ``moon_rec.featurestore.feature_tables``,
+``moon_rec.featurestore``, ``moon_rec.featurestore.training_set``, ``moon_rec.ranking``); this module
 only composes them, for tests, benchmarks and a quick start:
 
     python -m serving.loop --world W --out S [--encoder C] [--profile embedded]
@@ -151,13 +151,13 @@ def prepare_serving_loop(
         train_overrides: nested overrides of the experiment's config, e.g.
             ``{"train": {"epochs": 1}}`` (tests).
     """
+    from moon_rec.featurestore.embed_job import EmbedJobConfig, run_embed_job
+    from moon_rec.featurestore.feature_tables import build_feature_tables
     from moon_rec.featurestore.layout import FeatureDataPaths
+    from moon_rec.featurestore.training_set import build_training_set
     from moon_rec.ranking.config import RankerConfig, _merge, load_ranker_config
     from moon_rec.ranking.queries import write_query_embeddings
     from moon_rec.ranking.train import train_ranker
-    from pipelines.embed import EmbedJobConfig, run_embed_job
-    from pipelines.feature_tables import build_feature_tables
-    from pipelines.training_set import build_training_set
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -61,3 +61,32 @@ def image_size(data: bytes) -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as im:
         w, h = im.size
     return int(w), int(h)
+
+
+# The one image preparation of the project (import, embedding, training, recall, serving):
+# pad to a square on white, centred, then resize (bilinear) to size x size. Padding rather
+# than stretching keeps the product's shape, which is part of its look.
+PAD_COLOUR = (255, 255, 255)
+
+
+def prepare_image(arr: np.ndarray, size: int) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB photo -> the encoder's (size, size, 3) uint8 input.
+
+    A photo already ``size`` x ``size`` is returned as a (writable) copy, unchanged; any
+    other is padded to a square on white (centred) and resized bilinearly. ``size`` 0
+    keeps the photo as it is.
+    """
+    if size <= 0 or arr.shape[:2] == (size, size):
+        return np.array(arr, dtype=np.uint8)
+    im = Image.fromarray(arr)
+    side = max(im.size)
+    if im.size != (side, side):
+        canvas = Image.new("RGB", (side, side), PAD_COLOUR)
+        canvas.paste(im, ((side - im.size[0]) // 2, (side - im.size[1]) // 2))
+        im = canvas
+    return np.array(im.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def decode_prepared(data: bytes, size: int, *, where: str = "image") -> np.ndarray:
+    """``decode_image`` then ``prepare_image``: PNG/JPEG bytes -> (size, size, 3) uint8."""
+    return prepare_image(decode_image(data, where=where), size)

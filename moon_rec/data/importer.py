@@ -27,10 +27,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
 from moon_rec.data.errors import DataError
-from moon_rec.data.images import decode_image, encode_png
+from moon_rec.data.images import decode_prepared, encode_png
 from moon_rec.data.io import write_table, write_world_meta
 from moon_rec.data.schemas import TIMESTAMP
 from moon_rec.data.validation import validate_table
@@ -122,17 +121,8 @@ def _load_image(images: Path, name: str, size: int, where: dict[str, Any]) -> by
     path = (images / name).resolve()
     if not path.is_file():
         raise DataError(f"image file not found: {path}", **where)
-    arr = decode_image(path.read_bytes(), where=f"{where['file']} row {where['row']} ({path})")
-    if size:
-        im = Image.fromarray(arr)
-        if im.size != (size, size):
-            # pad to a square on white, then resize: keeps the whole product in view
-            side = max(im.size)
-            canvas = Image.new("RGB", (side, side), (255, 255, 255))
-            canvas.paste(im, ((side - im.size[0]) // 2, (side - im.size[1]) // 2))
-            im = canvas.resize((size, size), Image.Resampling.BILINEAR)
-        arr = np.asarray(im, np.uint8)
-    return encode_png(arr)
+    where_img = f"{where['file']} row {where['row']} ({path})"
+    return encode_png(decode_prepared(path.read_bytes(), size, where=where_img))
 
 
 def import_catalog(

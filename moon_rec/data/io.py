@@ -1,9 +1,12 @@
-"""Reading and writing world tables: every load goes through the validator."""
+"""Reading and writing world tables (every load goes through the validator) and the world's
+metadata, ``world.json``: this module is the one owner of both; ``train_end`` is the one
+parser of the split time."""
 
 from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,31 @@ def read_world_meta(root: str | Path) -> dict[str, Any]:
     return meta
 
 
+def train_end(root_or_meta: str | Path | dict[str, Any]) -> datetime:
+    """The world's split time ``train_end_ts`` (timezone-aware, UTC): train impressions
+    before it, test at or after; items launched at or after it are cold.
+
+    Args:
+        root_or_meta: the world directory, or its ``world.json`` already read.
+    """
+    meta = root_or_meta if isinstance(root_or_meta, dict) else read_world_meta(root_or_meta)
+    raw = str(meta["train_end_ts"])
+    try:
+        ts = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise DataError(f"not an ISO-8601 time: {raw!r}", file=WORLD_META,
+                        column="train_end_ts") from exc
+    if ts.tzinfo is None:
+        raise DataError(f"time without a zone: {raw!r}", file=WORLD_META, column="train_end_ts")
+    return ts.astimezone(UTC)
+
+
+def train_end_us(root_or_meta: str | Path | dict[str, Any]) -> int:
+    """``train_end`` as integer microseconds since the epoch (the tables' timestamp unit)."""
+    ts = train_end(root_or_meta)
+    return (ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
 def write_world_meta(root: str | Path, meta: dict[str, Any]) -> Path:
     path = Path(root) / WORLD_META
     atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -76,6 +104,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_parquet(table: pa.Table, path: Path, **kwargs: Any) -> Path:
+    """Write ``table`` to ``path`` as zstd parquet via a temp file + rename (never a
+    partial file); ``kwargs`` go to ``pyarrow.parquet.write_table``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd", **kwargs)
+    os.replace(tmp, path)
+    return path
+
+
 def write_table(table: pa.Table, path: str | Path, name: str | None = None) -> Path:
     """Write ``table`` as parquet atomically (temp file + rename: never a partial file).
 
@@ -86,10 +124,7 @@ def write_table(table: pa.Table, path: str | Path, name: str | None = None) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     if name is not None:
         table = conform(table, name)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=16_384)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_parquet(table, path, row_group_size=16_384)
 
 
 def conform(table: pa.Table, name: str) -> pa.Table:

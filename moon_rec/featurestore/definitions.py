@@ -29,6 +29,7 @@ from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.data_format import ParquetFormat
 from feast.types import Array, Float32, Float64, Int64, String, UnixTimestamp
 
+from moon_rec.data.embeddings import emb_column
 from moon_rec.featurestore.layout import (
     BEHAVIOUR_PUSH,
     DEFAULT_SEQ_LEN,
@@ -138,7 +139,7 @@ def build_definitions(
         name=ITEM_EMBEDDING_VIEW,
         entities=[item],
         ttl=FEATURE_TTL,
-        schema=[Field(name=f"emb_{d}", dtype=Array(Float32)) for d in dims]
+        schema=[Field(name=emb_column(d), dtype=Array(Float32)) for d in dims]
         + [Field(name="model_version", dtype=String)],
         source=emb_push,
         online=True,

@@ -39,11 +39,14 @@ import pyarrow.parquet as pq
 from feast.protos.feast.types.Value_pb2 import FloatList
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
+from moon_rec.data.embeddings import emb_column
 from moon_rec.data.errors import DataError
 from moon_rec.featurestore.definitions import (
     EMBEDDING_DIMS,
+    ITEM_ATTRIBUTES_VIEW,
     ITEM_EMBEDDING_VIEW,
     TIMESTAMP_FIELD,
+    USER_BEHAVIOUR_VIEW,
 )
 from moon_rec.featurestore.online_stores import EncodedRows, WriteRow, from_epoch_micros
 from moon_rec.featurestore.store import MoonFeatureStore
@@ -146,7 +149,7 @@ def embedding_encoded(batch: pa.RecordBatch, dims: tuple[int, ...] = EMBEDDING_D
         ``ValueProto.SerializeToString``), for a store's ``write_encoded``.
     """
     names = batch.schema.names
-    for col in ("item_id", "model_version", TIMESTAMP_FIELD, *(f"emb_{d}" for d in dims)):
+    for col in ("item_id", "model_version", TIMESTAMP_FIELD, *(emb_column(d) for d in dims)):
         if col not in names:
             raise DataError("missing column of the embedding parquet", column=col)
     id_col = batch.column("item_id")
@@ -155,7 +158,7 @@ def embedding_encoded(batch: pa.RecordBatch, dims: tuple[int, ...] = EMBEDDING_D
     ids = id_col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     values: dict[str, Sequence[bytes]] = {}
     for d in dims:
-        name = f"emb_{d}"
+        name = emb_column(d)
         values[name] = FloatVectorCodec(d).encode_bytes(_list_matrix(batch.column(name), d, name))
     version_col = batch.column("model_version")
     if version_col.null_count:
@@ -285,7 +288,7 @@ def materialize_embeddings(
     fv = store.get_feature_view(ITEM_EMBEDDING_VIEW)
     provider = store._get_provider()  # the SDK's write path for the configured store
     report = MaterializeReport(view=ITEM_EMBEDDING_VIEW, files=files)
-    columns = ["item_id", *(f"emb_{d}" for d in dims), "model_version", TIMESTAMP_FIELD]
+    columns = ["item_id", *(emb_column(d) for d in dims), "model_version", TIMESTAMP_FIELD]
     lo: datetime | None = None
     hi: datetime | None = None
     n_rows = 0
@@ -351,4 +354,23 @@ def materialize_views(
             )
     finally:
         store.config.materialization_config.online_write_batch_size = old
+    return reports
+
+
+def materialize_all(
+    mfs: MoonFeatureStore,
+    *,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    embeddings: bool = True,
+    views: bool = True,
+) -> list[dict[str, Any]]:
+    """Load the online store: the embeddings (chunked, ``materialize_embeddings``) and the
+    item-attribute and behaviour views (Feast's own path). Returns one report dict per view
+    (what ``moon features materialize`` prints)."""
+    reports: list[dict[str, Any]] = []
+    if embeddings:
+        reports.append(materialize_embeddings(mfs, batch_rows=batch_rows).as_dict())
+    if views:
+        reports += [r.as_dict() for r in materialize_views(
+            mfs, [ITEM_ATTRIBUTES_VIEW, USER_BEHAVIOUR_VIEW], batch_rows=batch_rows)]
     return reports

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from moon_rec.data.embeddings import emb_column
 from moon_rec.featurestore.layout import (
     ITEM_ATTRIBUTES_VIEW,
     ITEM_EMBEDDING_VIEW,
@@ -115,7 +116,7 @@ class OnlineFeatureClient:
             on_mismatch: ``raise`` ``ModelVersionMismatch`` when a stored row has another
                 version than expected, or treat such rows as ``missing``.
         """
-        name = f"emb_{dim}"
+        name = emb_column(dim)
         got = self._get(
             [f"{ITEM_EMBEDDING_VIEW}:{name}", f"{ITEM_EMBEDDING_VIEW}:model_version"],
             "item_id",

@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from moon_rec.data.embeddings import emb_column
 from moon_rec.data.errors import DataError
 from moon_rec.data.schemas import TIMESTAMP
 from moon_rec.featurestore.layout import (
@@ -39,7 +40,7 @@ def push_item_embeddings(
     Returns:
         N, the rows pushed (rows older than what the store holds are skipped by it).
     """
-    cols = ["item_id", *(f"emb_{d}" for d in dims), "model_version", TIMESTAMP_FIELD]
+    cols = ["item_id", *(emb_column(d) for d in dims), "model_version", TIMESTAMP_FIELD]
     missing = [c for c in cols if c not in table.column_names]
     if missing:
         raise DataError(f"missing columns {missing}", file="embedding push")
@@ -47,7 +48,7 @@ def push_item_embeddings(
         return 0
     frame = table.select(cols).to_pandas()
     for d in dims:  # Feast's converter wants lists, not numpy arrays
-        frame[f"emb_{d}"] = [np.asarray(v, dtype=np.float32).tolist() for v in frame[f"emb_{d}"]]
+        frame[emb_column(d)] = [np.asarray(v, dtype=np.float32).tolist() for v in frame[emb_column(d)]]
     mfs.store.push(ITEM_EMBEDDING_PUSH, frame)
     return table.num_rows
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from moon_rec.data.io import atomic_write_text
 from moon_rec.featurestore.layout import FeatureDataPaths
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -28,9 +29,7 @@ def write_data_paths(paths: FeatureDataPaths, state_dir: str | Path = DEFAULT_ST
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     target = state / PATHS_FILE
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(paths.to_json() + "\n")
-    os.replace(tmp, target)
+    atomic_write_text(target, paths.to_json() + "\n")
     return target
 
 
@@ -44,3 +43,34 @@ def resolve_data_paths(state_dir: str | Path = DEFAULT_STATE_DIR) -> FeatureData
     if recorded.is_file():
         return FeatureDataPaths.from_json(recorded.read_text())
     return FeatureDataPaths.from_dir(DEFAULT_DATA_DIR)
+
+
+def write_feast_repo(
+    repo: str | Path, profile: str | Path, state: str | Path, project: str,
+    paths: FeatureDataPaths,
+) -> Path:
+    """Write a self-contained Feast repository folder for a store of ``profile`` whose
+    registry / SQLite file live in ``state``: ``feature_store.yaml`` with absolute paths and
+    ``paths.json`` (the offline data paths). ``moon serve --repo`` and ``feast -c`` read it
+    from any working directory. Returns the folder."""
+    import yaml
+
+    from moon_rec.featurestore.store import build_repo_config, load_profile
+
+    repo = Path(repo).resolve()
+    repo.mkdir(parents=True, exist_ok=True)
+    cfg = build_repo_config(profile, state, project=project)
+    body = load_profile(profile)
+    body["project"] = project
+    reg = body.get("registry")
+    if isinstance(reg, str):
+        reg = {"path": reg}
+    if isinstance(reg, dict) and reg.get("registry_type", "file") == "file":
+        reg["path"] = str(Path(cfg.registry.path).resolve())
+        body["registry"] = reg
+    online = body.get("online_store") or {}
+    if "path" in online:
+        online["path"] = str(Path(state).resolve() / Path(online["path"]).name)
+    atomic_write_text(repo / "feature_store.yaml", yaml.safe_dump(body, sort_keys=False))
+    write_data_paths(paths, repo)
+    return repo

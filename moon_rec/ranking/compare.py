@@ -83,7 +83,7 @@ def _reusable(
 ) -> dict[str, Any] | None:
     """The meta of a finished model in ``model_dir`` that training ``config`` now would
     reproduce (same config, training set and, for ``ids+moon``, embedding version)."""
-    from moon_rec.ranking.data import load_moon_embeddings
+    from moon_rec.data.embeddings import load_moon_embeddings
 
     path = model_dir / "meta.json"
     if not (path.is_file() and (model_dir / "model.pt").is_file()):

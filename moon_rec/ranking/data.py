@@ -23,207 +23,23 @@ Bad input is handled, never passed on to the kernels:
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from moon_rec.data.embeddings import (
+    MoonEmbeddings,
+)
 from moon_rec.data.errors import DataError
+from moon_rec.data.training_set import read_training_set
 from moon_rec.ranking.features import RankerBatch, make_batch, query_tokens
 
 log = logging.getLogger(__name__)
 
-TRAINING_SET_COLUMNS: tuple[str, ...] = (
-    "request_id",
-    "user_id",
-    "item_id",
-    "query_text",
-    "position",
-    "clicked",
-    "category_id",
-    "brand_id",
-    "hist_item_ids",
-    "hist_category_ids",
-    "split",
-)
-OPTIONAL_FLAGS: tuple[str, ...] = ("is_cold", "look_driven")
 MAX_QUERY_TOKENS = 8
-
-
-def parquet_files(path: str | Path) -> list[Path]:
-    """``path`` itself, or every ``*.parquet`` under the directory ``path`` (sorted)."""
-    path = Path(path)
-    if path.is_dir():
-        # Hidden and underscore paths are job internals (.work/ chunks, _index.parquet).
-        files = sorted(
-            p
-            for p in path.rglob("*.parquet")
-            if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-        )
-        if not files:
-            raise DataError("no parquet files", file=str(path))
-        return files
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found")
-    return [path]
-
-
-def _read(files: list[Path], columns: list[str] | None = None) -> pa.Table:
-    try:
-        parts = [pq.read_table(f, columns=columns) for f in files]
-    except (pa.ArrowInvalid, OSError, KeyError) as exc:
-        raise DataError(f"cannot read parquet ({exc})", file=str(files[0])) from exc
-    return pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
-
-
-@dataclass
-class MoonEmbeddings:
-    """MOON embeddings at one Matryoshka size.
-
-    Args:
-        item_ids: [N] int64, sorted, unique.
-        item_vectors: [N, C] float32 (zero rows where the input was NaN/inf).
-        query_index: query_text -> row of ``query_vectors``.
-        query_vectors: [Q, C] float32.
-        model_version: the encoder version the vectors came from.
-        dim: C.
-        n_bad_rows: rows zeroed because they held NaN/inf.
-    """
-
-    item_ids: np.ndarray
-    item_vectors: np.ndarray
-    query_index: dict[str, int]
-    query_vectors: np.ndarray
-    model_version: str
-    dim: int
-    n_bad_rows: int = 0
-
-    def query_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(row index [N] (0 where absent), has_query [N] bool) of each query text."""
-        idx = np.array([self.query_index.get(t, -1) for t in texts], dtype=np.int64)
-        return np.maximum(idx, 0), idx >= 0
-
-
-def _vectors(table: pa.Table, column: str, dim: int, file: str) -> tuple[np.ndarray, int]:
-    col = table.column(column).combine_chunks()
-    lengths = pc.list_value_length(col).fill_null(-1).to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero(lengths != dim)
-    if bad.size:
-        raise DataError(
-            f"vector of length {int(lengths[bad[0]])}, expected {dim}",
-            file=file,
-            column=column,
-            row=int(bad[0]),
-        )
-    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    vecs = flat.reshape(-1, dim).copy()
-    nonfinite = ~np.isfinite(vecs).all(axis=1)
-    n_bad = int(nonfinite.sum())
-    if n_bad:
-        vecs[nonfinite] = 0.0
-        msg = f"{file}: {n_bad} embedding rows with NaN/inf in {column} were zeroed"
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
-        log.warning(msg)
-    return vecs, n_bad
-
-
-def _single_version(table: pa.Table, file: str) -> str:
-    if "model_version" not in table.column_names:
-        raise DataError("missing column", file=file, column="model_version")
-    versions = pc.unique(table.column("model_version").drop_null()).to_pylist()
-    if len(versions) != 1:
-        raise DataError(
-            f"expected one model_version, found {sorted(map(str, versions))[:5]}",
-            file=file,
-            column="model_version",
-        )
-    return str(versions[0])
-
-
-def load_moon_embeddings(
-    items: str | Path, dim: int, queries: str | Path | None = None
-) -> MoonEmbeddings:
-    """Load item (and query) MOON embeddings at Matryoshka size ``dim``.
-
-    Args:
-        items: an item-embedding parquet file, or a directory whose parquet files are
-            item files (with ``item_id``) or query files (with ``query_text``).
-        dim: Matryoshka size; reads column ``emb_{dim}``.
-        queries: query-embedding parquet file or directory (optional).
-
-    Raises:
-        DataError: a missing column, a wrong vector length, mixed model versions.
-    """
-    files = parquet_files(items) + (parquet_files(queries) if queries is not None else [])
-    item_files, query_files = [], []
-    for f in files:
-        names = pq.read_schema(f).names
-        if not any(n.startswith("emb_") for n in names):
-            continue  # e.g. the embed job's rejects.parquet
-        if "item_id" in names:
-            item_files.append(f)
-        elif "query_text" in names:
-            query_files.append(f)
-    if not item_files:
-        raise DataError("no item embedding file (a parquet with column item_id)", file=str(items))
-    column = f"emb_{dim}"
-    where = str(item_files[0])
-    for f in item_files + query_files:
-        names = pq.read_schema(f).names
-        if column not in names:
-            dims = [n for n in names if n.startswith("emb_")]
-            raise DataError(f"missing column (available: {dims})", file=str(f), column=column)
-    cols = ["item_id", column, "model_version"]
-    has_ts = all("event_timestamp" in pq.read_schema(f).names for f in item_files)
-    table = _read(item_files, [*cols, "event_timestamp"] if has_ts else cols)
-    version = _single_version(table, where)
-    ids = table.column("item_id").to_numpy(zero_copy_only=False)
-    if table.column("item_id").null_count:
-        row = int(
-            np.flatnonzero(table.column("item_id").is_null().to_numpy(zero_copy_only=False))[0]
-        )
-        raise DataError("null item_id", file=where, column="item_id", row=row)
-    vecs, n_bad = _vectors(table, column, dim, where)
-    # Keep one row per item: the latest event_timestamp (else the last row).
-    ts = (
-        table.column("event_timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
-        if has_ts
-        else np.arange(len(ids))
-    )
-    order = np.lexsort((ts, ids))
-    ids_sorted = ids[order].astype(np.int64)
-    last = np.ones(len(order), dtype=bool)
-    last[:-1] = ids_sorted[1:] != ids_sorted[:-1]
-    keep = order[last]
-    q_index: dict[str, int] = {}
-    q_vecs = np.zeros((0, dim), np.float32)
-    if query_files:
-        qt = _read(query_files, ["query_text", column, "model_version"])
-        q_version = _single_version(qt, str(query_files[0]))
-        if q_version != version:
-            raise DataError(
-                f"query embeddings come from model_version {q_version}, items from {version}",
-                file=str(query_files[0]),
-                column="model_version",
-            )
-        q_vecs, q_bad = _vectors(qt, column, dim, str(query_files[0]))
-        n_bad += q_bad
-        for i, text in enumerate(qt.column("query_text").to_pylist()):
-            if text is not None:
-                q_index[str(text)] = i
-    return MoonEmbeddings(
-        item_ids=ids[keep].astype(np.int64),
-        item_vectors=vecs[keep],
-        query_index=q_index,
-        query_vectors=q_vecs,
-        model_version=version,
-        dim=dim,
-        n_bad_rows=n_bad,
-    )
 
 
 def _padded_lists(col: pa.ChunkedArray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -341,14 +157,8 @@ def load_training_set(path: str | Path, max_seq_len: int, query_token_buckets: i
         DataError: missing column, null id, label outside {0, 1}, split outside
             {train, test}, different history lengths of items and categories.
     """
-    files = parquet_files(path)
     where = str(path)
-    names = set(pq.read_schema(files[0]).names)
-    missing = [c for c in TRAINING_SET_COLUMNS if c not in names]
-    if missing:
-        raise DataError("missing column in training set", file=str(files[0]), column=missing[0])
-    flags = [c for c in OPTIONAL_FLAGS if c in names]
-    table = _read(files, list(TRAINING_SET_COLUMNS) + flags)
+    table = read_training_set(path)
     n = table.num_rows
     clicked = _ids(table, "clicked", where)
     bad = np.flatnonzero((clicked != 0) & (clicked != 1))

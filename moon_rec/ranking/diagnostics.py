@@ -316,7 +316,7 @@ def style_probe(
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.neural_network import MLPRegressor
 
-    from moon_rec.ranking.data import load_moon_embeddings
+    from moon_rec.data.embeddings import load_moon_embeddings
 
     cols = ["item_id", "category_id", "oracle_style", "oracle_color", "oracle_pattern",
             "oracle_shape"]

@@ -18,15 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from moon_rec.data.embeddings import MoonEmbeddings, load_moon_embeddings
 from moon_rec.data.errors import DataError
 from moon_rec.metrics.ranking import auc, gauc, logloss
 from moon_rec.ranking.config import RankerConfig
-from moon_rec.ranking.data import (
-    MoonEmbeddings,
-    TrainingSet,
-    load_moon_embeddings,
-    load_training_set,
-)
+from moon_rec.ranking.data import TrainingSet, load_training_set
 from moon_rec.ranking.model import MoonRanker
 from moon_rec.ranking.modules import MoonContentArch, TableSizes
 from moon_rec.ranking.train import META, WEIGHTS

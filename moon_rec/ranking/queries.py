@@ -11,7 +11,6 @@ same encoder checkpoint and writes them in the agreed format: ``query_text`` str
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,8 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from moon_rec.data.embeddings import (
+    QUERY_KEY,
+    embedding_table,
+    parquet_files,
+    write_embedding_table,
+)
 from moon_rec.data.errors import DataError
-from moon_rec.ranking.data import parquet_files
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -52,15 +56,7 @@ def write_query_embeddings(
         for i in range(0, len(texts), batch_size)
     ]
     full = torch.cat(parts)
-    columns: dict[str, pa.Array] = {"query_text": pa.array(texts, pa.string())}
-    for d in encoder.dims:
-        vecs = matryoshka(full, d).numpy().astype(np.float32)
-        columns[f"emb_{d}"] = pa.array(list(vecs), pa.list_(pa.float32()))
-    columns["model_version"] = pa.array([encoder.model_version] * len(texts))
-    columns["event_timestamp"] = pa.array([datetime.now(UTC)] * len(texts), TS)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(pa.table(columns), tmp)
-    os.replace(tmp, out)
-    return out
+    prefixes = {d: matryoshka(full, d).numpy().astype(np.float32) for d in encoder.dims}
+    table = embedding_table(texts, prefixes, encoder.model_version, datetime.now(UTC),
+                            key=QUERY_KEY)
+    return write_embedding_table(table, Path(out))

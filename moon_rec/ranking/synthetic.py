@@ -20,6 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from moon_rec.data.embeddings import QUERY_KEY, embedding_table, prefixes_of, write_embedding_table
+from moon_rec.data.training_set import TRAINING_SET_SCHEMA
+
 DIMS: tuple[int, ...] = (32, 64, 128, 256)
 TS = pa.timestamp("us", tz="UTC")
 
@@ -155,28 +158,8 @@ def write_synthetic_ranker_inputs(
         for i in clicks:
             history[u].append(i)
             hist_ts[u].append(ts)
-    schema = pa.schema(
-        [
-            ("request_id", pa.int64()),
-            ("user_id", pa.int64()),
-            ("item_id", pa.int64()),
-            ("ts", TS),
-            ("query_text", pa.string()),
-            ("position", pa.int32()),
-            ("clicked", pa.int8()),
-            ("category_id", pa.int64()),
-            ("brand_id", pa.int64()),
-            ("hist_item_ids", pa.list_(pa.int64())),
-            ("hist_category_ids", pa.list_(pa.int64())),
-            ("hist_actions", pa.list_(pa.string())),
-            ("hist_ts", pa.list_(TS)),
-            ("split", pa.string()),
-            ("is_cold", pa.bool_()),
-            ("look_driven", pa.bool_()),
-        ]
-    )
     oracle = rows.pop("oracle_p_click")
-    table = pa.table(rows, schema=schema)
+    table = pa.table(rows, schema=TRAINING_SET_SCHEMA)
     training_set = out / "training_set.parquet"
     pq.write_table(table, training_set)
 
@@ -194,24 +177,9 @@ def write_synthetic_ranker_inputs(
     )
     pq.write_table(impressions, out / "world" / "impressions.parquet")
 
-    def emb_columns(vectors: np.ndarray) -> dict[str, pa.Array]:
-        return {
-            f"emb_{d}": pa.array(
-                list(_unit(vectors[:, :d]).astype(np.float32)), pa.list_(pa.float32())
-            )
-            for d in DIMS
-        }
-
     now = datetime(2026, 6, 1, tzinfo=UTC)
-    items = pa.table(
-        {
-            "item_id": pa.array(np.arange(n_items), pa.int64()),
-            **emb_columns(full),
-            "model_version": pa.array([model_version] * n_items),
-            "event_timestamp": pa.array([now] * n_items, TS),
-        }
-    )
-    pq.write_table(items, out / "embeddings" / "items.parquet")
+    items = embedding_table(np.arange(n_items), prefixes_of(full, DIMS), model_version, now)
+    write_embedding_table(items, out / "embeddings" / "items.parquet")
     q_texts = [f"category {c} item" for c in range(n_categories)]
     q_vecs = np.stack(
         [
@@ -219,13 +187,7 @@ def write_synthetic_ranker_inputs(
             for c in range(n_categories)
         ]
     )
-    queries = pa.table(
-        {
-            "query_text": pa.array(q_texts),
-            **emb_columns(q_vecs),
-            "model_version": pa.array([model_version] * n_categories),
-            "event_timestamp": pa.array([now] * n_categories, TS),
-        }
-    )
-    pq.write_table(queries, out / "embeddings" / "queries.parquet")
+    queries = embedding_table(q_texts, prefixes_of(q_vecs, DIMS), model_version, now,
+                              key=QUERY_KEY)
+    write_embedding_table(queries, out / "embeddings" / "queries.parquet")
     return SyntheticPaths(training_set, out / "embeddings", out / "world", model_version)

@@ -42,14 +42,10 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 from tqdm import tqdm
 
+from moon_rec.data.embeddings import MoonEmbeddings, load_moon_embeddings
 from moon_rec.data.errors import DataError
 from moon_rec.ranking.config import RankerConfig
-from moon_rec.ranking.data import (
-    MoonEmbeddings,
-    TrainingSet,
-    load_moon_embeddings,
-    load_training_set,
-)
+from moon_rec.ranking.data import TrainingSet, load_training_set
 from moon_rec.ranking.model import MoonRanker
 from moon_rec.ranking.modules import MoonContentArch, TableSizes
 

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from moon_rec.data.embeddings import embedding_table, prefixes_of, write_embedding_table
 from moon_rec.studies.config import StudyConfig
 from moon_rec.studies.points import Point, PointStore, write_json_atomic
 
@@ -485,17 +486,5 @@ def write_item_embeddings(item_ids: np.ndarray, emb: np.ndarray, dims: tuple[int
                           model_version: str, path: Path) -> Path:
     """The item-embedding parquet contract (item_id, emb_{d} renormalised prefixes,
     model_version, event_timestamp), written atomically."""
-    columns: dict[str, pa.Array] = {"item_id": pa.array(np.asarray(item_ids, np.int64))}
-    for d in dims:
-        v = np.asarray(emb[:, :d], np.float32)
-        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        columns[f"emb_{d}"] = pa.FixedSizeListArray.from_arrays(
-            pa.array(v.reshape(-1)), d).cast(pa.list_(pa.float32()))
-    n = len(item_ids)
-    columns["model_version"] = pa.array([model_version] * n, pa.string())
-    columns["event_timestamp"] = pa.array([datetime.now(UTC)] * n, TS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.table(columns), tmp)
-    os.replace(tmp, path)
-    return path
+    table = embedding_table(item_ids, prefixes_of(emb, dims), model_version, datetime.now(UTC))
+    return write_embedding_table(table, path)

@@ -10,7 +10,6 @@ behaviours after it are the held-out text-recall pairs; items launched after it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,25 +17,22 @@ import pyarrow as pa
 import torch
 
 from moon_rec.data.errors import DataError
-from moon_rec.data.images import decode_image
-from moon_rec.data.io import has_table, read_table, read_world_meta
+from moon_rec.data.images import decode_image, decode_prepared
+from moon_rec.data.io import has_table, read_table, read_world_meta, train_end_us
 
 
 def decode_images(blobs: list[bytes | None], size: int, *, where: str) -> torch.Tensor:
-    """PNG bytes -> uint8 [N, 3, size, size].
+    """PNG bytes -> uint8 [N, 3, size, size], each through ``prepare_image``.
 
     Raises:
-        DataError: naming ``where`` and the row of a missing or wrongly sized image.
+        DataError: naming ``where`` and the row of a missing image.
     """
     out = torch.empty((len(blobs), 3, size, size), dtype=torch.uint8)
     for i, b in enumerate(blobs):
         if b is None:
             raise DataError("missing image", file=where, column="image", row=i)
-        a = decode_image(b, where=where)
-        if a.shape != (size, size, 3):
-            raise DataError(f"wrong image size {a.shape[1]}x{a.shape[0]}, expected {size}x{size}",
-                            file=where, column="image", row=i)
-        out[i] = torch.from_numpy(np.array(a)).permute(2, 0, 1)
+        a = decode_prepared(b, size, where=f"{where} row {i}")
+        out[i] = torch.from_numpy(a).permute(2, 0, 1)
     return out
 
 
@@ -114,7 +110,7 @@ def load_world(root: str | Path, *, with_behaviors: bool = True) -> WorldData:
     """Read a world directory into memory (validated loads)."""
     root = Path(root)
     meta = read_world_meta(root)
-    train_end = int(datetime.fromisoformat(str(meta["train_end_ts"])).timestamp() * 1_000_000)
+    train_end = train_end_us(meta)
     items = read_table(root, "items", ["item_id", "category_id", "spu_id", "title", "attributes",
                                        "launch_ts", "image"])
     size = int(meta.get("config", {}).get("image_size", 0) or 0)

@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_data import T0, StandInEncoder, make_catalog
 
-import pipelines.embed as embed
-from pipelines.embed import EmbedJobConfig, embedding_schema, run_embed_job
+import moon_rec.featurestore.embed_job as embed
+from moon_rec.data.embeddings import embedding_schema
+from moon_rec.featurestore.embed_job import EmbedJobConfig, run_embed_job
 
 CFG = EmbedJobConfig(batch_size=4, part_rows=8, progress=False, event_ts=T0)
 
@@ -208,7 +209,8 @@ def test_tiny_world_real_encoder_kill_resume_and_torchrun(tiny_world: Path, tmp_
             "--master-port",
             "29571",
             "-m",
-            "pipelines.embed",
+            "moon_rec.cli",
+            "embed",
             "--world",
             str(tiny_world),
             "--checkpoint",

@@ -13,8 +13,9 @@ import pytest
 
 from moon_rec.data.images import encode_png
 from moon_rec.data.schemas import TIMESTAMP
-from pipelines.feature_tables import build_feature_tables
-from pipelines.training_set import TRAINING_SET_SCHEMA, build_training_set
+from moon_rec.data.training_set import TRAINING_SET_SCHEMA
+from moon_rec.featurestore.feature_tables import build_feature_tables
+from moon_rec.featurestore.training_set import build_training_set
 
 
 def _world(root: Path, t0: datetime, h: timedelta) -> Path:

@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from moon_rec.data.embeddings import load_moon_embeddings
 from moon_rec.data.errors import DataError
 from moon_rec.ranking.config import ConfigError, RankerConfig, load_ranker_config
-from moon_rec.ranking.data import load_moon_embeddings, load_training_set
+from moon_rec.ranking.data import load_training_set
 from moon_rec.ranking.synthetic import SyntheticPaths
 from moon_rec.ranking.train import build_model, table_sizes
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moon_rec.ranking.data import load_moon_embeddings
+from moon_rec.data.embeddings import load_moon_embeddings
 from moon_rec.ranking.diagnostics import (
     EXPLAIN_TERMS,
     style_probe,

@@ -8,8 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from moon_rec.data.embeddings import load_moon_embeddings
 from moon_rec.encoders import EncoderConfig, MoonEncoder, MoonTokenizer, build_encoder
-from moon_rec.ranking.data import load_moon_embeddings, load_training_set
+from moon_rec.ranking.data import load_training_set
 from moon_rec.ranking.queries import distinct_queries, write_query_embeddings
 from moon_rec.ranking.synthetic import SyntheticPaths
 

@@ -7,8 +7,9 @@ import copy
 import numpy as np
 import torch
 
+from moon_rec.data.embeddings import load_moon_embeddings
 from moon_rec.ranking.config import load_ranker_config
-from moon_rec.ranking.data import load_moon_embeddings, load_training_set
+from moon_rec.ranking.data import load_training_set
 from moon_rec.ranking.synthetic import SyntheticPaths
 from moon_rec.ranking.train import (
     build_model,

@@ -165,7 +165,7 @@ def test_eval_rejects_other_encoder_version(
 
 
 def test_unseen_id_rows_start_at_zero_and_init_scale(ranker_data: SyntheticPaths) -> None:
-    from moon_rec.ranking.data import load_moon_embeddings
+    from moon_rec.data.embeddings import load_moon_embeddings
     from moon_rec.ranking.train import build_model, table_sizes
 
     cfg = load_ranker_config(CONFIGS_FILE, "din_ids_tiny")

@@ -11,7 +11,8 @@ from serving.loop import ServingLoop
 
 
 def test_request_batch_matches_the_training_batch(serving_loop: ServingLoop) -> None:
-    from moon_rec.ranking.data import load_moon_embeddings, load_training_set
+    from moon_rec.data.embeddings import load_moon_embeddings
+    from moon_rec.ranking.data import load_training_set
     from moon_rec.ranking.features import request_batch
 
     service = make_service(serving_loop)

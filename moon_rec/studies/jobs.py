@@ -4,7 +4,7 @@
     moon study scaling --world W --out S --axis tokens|negatives|seq_len
     moon report --study S
 
-Composes library calls: the ranker training set (pipelines.training_set, built once per
+Composes library calls: the ranker training set (moon_rec.featurestore.training_set, built once per
 study directory into ``S/shared/training_set.parquet``, or given with ``--training-set``),
 the study sweeps (moon_rec.studies) and the report (moon_rec.studies.report).
 """
@@ -41,7 +41,7 @@ def ensure_training_set(world: str | Path, out: str | Path,
         return Path(training_set)
     path = Path(out) / "shared" / "training_set.parquet"
     if not path.is_file():
-        from pipelines.training_set import build_training_set
+        from moon_rec.featurestore.training_set import build_training_set
 
         build_training_set(world, path)
     return path

@@ -20,38 +20,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from moon_rec.data.io import has_table, read_table, read_world_meta, write_table
+from moon_rec.data.io import has_table, read_table, train_end
 from moon_rec.data.schemas import TIMESTAMP
+from moon_rec.data.training_set import TRAINING_SET_SCHEMA, write_training_set
 from moon_rec.featurestore.definitions import (
     DEFAULT_SEQ_LEN,
     ITEM_ATTRIBUTES_VIEW,
     USER_BEHAVIOUR_VIEW,
     FeatureDataPaths,
 )
+from moon_rec.featurestore.feature_tables import build_feature_tables
 from moon_rec.featurestore.retrieval import historical_features
 from moon_rec.featurestore.store import open_store
-from pipelines.feature_tables import build_feature_tables
-
-TRAINING_SET_SCHEMA = pa.schema(
-    [
-        pa.field("request_id", pa.int64()),
-        pa.field("user_id", pa.int64()),
-        pa.field("item_id", pa.int64()),
-        pa.field("ts", TIMESTAMP),
-        pa.field("query_text", pa.string()),
-        pa.field("position", pa.int32()),
-        pa.field("clicked", pa.int8()),
-        pa.field("category_id", pa.int64()),
-        pa.field("brand_id", pa.int64()),
-        pa.field("hist_item_ids", pa.list_(pa.int64())),
-        pa.field("hist_category_ids", pa.list_(pa.int64())),
-        pa.field("hist_actions", pa.list_(pa.string())),
-        pa.field("hist_ts", pa.list_(TIMESTAMP)),
-        pa.field("split", pa.string()),
-        pa.field("is_cold", pa.bool_()),
-        pa.field("look_driven", pa.bool_()),
-    ]
-)
 
 FEATURES = [
     f"{USER_BEHAVIOUR_VIEW}:hist_item_ids",
@@ -146,8 +126,7 @@ def build_training_set(
     Returns:
         a summary (rows, split counts, null counts).
     """
-    meta = read_world_meta(world)
-    train_end = datetime.fromisoformat(str(meta["train_end_ts"]).replace("Z", "+00:00"))
+    end = train_end(world)
     impressions = read_table(
         world,
         "impressions",
@@ -173,8 +152,8 @@ def build_training_set(
             }
         )
         joined = historical_features(mfs, entities, FEATURES, timestamp_column="ts")
-    table = assemble_training_set(impressions, joined, items, categories, train_end)
-    write_table(table, out)
+    table = assemble_training_set(impressions, joined, items, categories, end)
+    write_training_set(table, out)
     split = table.column("split").to_numpy(zero_copy_only=False)
     return {
         "out": str(out),

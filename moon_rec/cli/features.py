@@ -15,7 +15,6 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN
 
@@ -46,7 +45,7 @@ def _open(args: argparse.Namespace, apply: bool = True):  # type: ignore[no-unty
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from pipelines.feature_tables import build_feature_tables
+    from moon_rec.featurestore.feature_tables import build_feature_tables
 
     print(json.dumps(build_feature_tables(args.world, args.out, seq_len=args.seq_len), indent=2))
     return 0
@@ -73,34 +72,20 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_materialize(args: argparse.Namespace) -> int:
+    from moon_rec.featurestore.materialize import materialize_all
+
     mfs = _open(args)
     # Feast prints its progress on stdout; keep stdout the JSON report (pipe it to jq).
     with contextlib.redirect_stdout(sys.stderr):
-        reports = _materialize_all(mfs, args)
+        reports = materialize_all(mfs, batch_rows=args.batch_rows,
+                                  embeddings=not args.skip_embeddings,
+                                  views=not args.embeddings_only)
     print(json.dumps(reports, indent=2))
     return 0
 
 
-def _materialize_all(mfs, args: argparse.Namespace) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    from moon_rec.featurestore.layout import (
-        ITEM_ATTRIBUTES_VIEW,
-        USER_BEHAVIOUR_VIEW,
-    )
-    from moon_rec.featurestore.materialize import materialize_embeddings, materialize_views
-
-    reports: list[dict[str, Any]] = []
-    if not args.skip_embeddings:
-        reports.append(materialize_embeddings(mfs, batch_rows=args.batch_rows).as_dict())
-    if not args.embeddings_only:
-        for r in materialize_views(
-            mfs, [ITEM_ATTRIBUTES_VIEW, USER_BEHAVIOUR_VIEW], batch_rows=args.batch_rows
-        ):
-            reports.append(r.as_dict())
-    return reports
-
-
 def _cmd_training_set(args: argparse.Namespace) -> int:
-    from pipelines.training_set import build_training_set
+    from moon_rec.featurestore.training_set import build_training_set
 
     summary = build_training_set(
         args.world, args.out, data_dir=args.data, profile=args.profile, seq_len=args.seq_len
@@ -110,7 +95,7 @@ def _cmd_training_set(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from pipelines.embed import EmbedJobConfig, run_embed_job
+    from moon_rec.featurestore.embed_job import EmbedJobConfig, run_embed_job
 
     cfg = EmbedJobConfig(
         batch_size=args.batch_size,
@@ -120,7 +105,11 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     summary = run_embed_job(args.world, args.checkpoint, args.out, cfg)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2, default=str))
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # under torchrun
+        dist.destroy_process_group()
     return 0
 
 

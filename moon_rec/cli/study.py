@@ -68,13 +68,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from pipelines.studies import study_config
+    from moon_rec.studies.jobs import study_config
 
     return study_config(args.world, args.preset, args.config, args.overrides)
 
 
 def _exchange(args: argparse.Namespace) -> int:
-    from pipelines.studies import run_exchange_rate
+    from moon_rec.studies.jobs import run_exchange_rate
 
     summary = run_exchange_rate(args.world, args.out, _config(args),
                                 training_set=args.training_set, progress=not args.quiet,
@@ -84,7 +84,7 @@ def _exchange(args: argparse.Namespace) -> int:
 
 
 def _scaling(args: argparse.Namespace) -> int:
-    from pipelines.studies import run_scaling
+    from moon_rec.studies.jobs import run_scaling
 
     summary = run_scaling(args.world, args.out, _config(args), args.axis,
                           training_set=args.training_set, progress=not args.quiet,
@@ -94,7 +94,7 @@ def _scaling(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pipelines.studies import build
+    from moon_rec.studies.jobs import build
 
     print(json.dumps(build(args.study, args.out), indent=2))
     return 0

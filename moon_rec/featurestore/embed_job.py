@@ -1,7 +1,7 @@
 """Batch job: embed every catalog item (title + image) with a MOON encoder.
 
     moon embed --world W --checkpoint C --out E [--batch-size 64] [--part-rows 4096]
-    torchrun --nproc-per-node 2 -m pipelines.embed --world W --checkpoint C --out E
+    torchrun --nproc-per-node 2 -m moon_rec.cli embed --world W --checkpoint C --out E
 
 Output folder ``E`` (a snapshot: exactly one row per embedded catalog item):
     part-00000.parquet ...  item_id int64, emb_{d} list<float32> per Matryoshka size d
@@ -29,7 +29,6 @@ hardware has native bf16 (``--precision``; vectors within cosine 0.9999 of fp32)
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
@@ -51,9 +50,10 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from moon_rec.data.embeddings import emb_column, embedding_schema, vector_column
 from moon_rec.data.errors import DataError
-from moon_rec.data.images import decode_image
-from moon_rec.data.io import atomic_write_text
+from moon_rec.data.images import decode_image, prepare_image
+from moon_rec.data.io import atomic_write_parquet, atomic_write_text
 from moon_rec.data.schemas import TIMESTAMP
 from moon_rec.data.validation import table_files
 
@@ -125,15 +125,6 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return "fp32"
 
 
-def embedding_schema(dims: tuple[int, ...]) -> pa.Schema:
-    """The item embedding parquet contract for Matryoshka sizes ``dims``."""
-    return pa.schema(
-        [pa.field("item_id", pa.int64(), nullable=False)]
-        + [pa.field(f"emb_{d}", pa.list_(pa.float32())) for d in dims]
-        + [pa.field("model_version", pa.string()), pa.field("event_timestamp", TIMESTAMP)]
-    )
-
-
 REJECT_SCHEMA = pa.schema(
     [pa.field("item_id", pa.int64()), pa.field("row", pa.int64()), pa.field("reason", pa.string())]
 )
@@ -180,16 +171,6 @@ def content_hashes(world: str | Path) -> tuple[np.ndarray, list[str]]:
             h.update(image or b"")
             hashes.append(h.hexdigest()[:32])
     return (np.concatenate(ids) if ids else np.zeros(0, np.int64)), hashes
-
-
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[:2] == (size, size):
-        return np.array(img)  # writable, as torch.from_numpy wants
-    from PIL import Image
-
-    return np.asarray(
-        Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8
-    )
 
 
 def _decode_rgb(data: bytes | None, *, where: str) -> np.ndarray:
@@ -295,16 +276,8 @@ def embed_rows(
     return out
 
 
-def _list_column(m: np.ndarray) -> pa.Array:
-    n, d = m.shape
-    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(m.reshape(-1), pa.float32()))
-
-
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    atomic_write_parquet(table, path)
 
 
 @dataclass
@@ -445,7 +418,7 @@ def _embed_chunk(
             rejects.append((item, row, "empty title"))
             continue
         try:
-            img = _resize(_decode_rgb(data, where=f"items row {row}"), size)
+            img = prepare_image(_decode_rgb(data, where=f"items row {row}"), size)
         except DataError as exc:  # memory addresses out, so reruns give identical files
             rejects.append((item, row, re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))))
             continue
@@ -457,7 +430,7 @@ def _embed_chunk(
     table = pa.table(
         {
             "item_id": pa.array(ok_ids, pa.int64()),
-            **{f"emb_{d}": _list_column(vecs[d]) for d in dims},
+            **{emb_column(d): vector_column(vecs[d]) for d in dims},
             "model_version": pa.array([encoder.model_version] * len(ok_ids), pa.string()),
             "event_timestamp": pa.array([event_ts] * len(ok_ids), TIMESTAMP),
         },
@@ -710,30 +683,3 @@ def run_embed_job(
     )
     return manifest
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``torchrun -m pipelines.embed`` (same flags as ``moon embed``)."""
-    p = argparse.ArgumentParser(prog="pipelines.embed", description=__doc__.split("\n")[0])
-    p.add_argument("--world", type=Path, required=True)
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--part-rows", type=int, default=4096)
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
-    a = p.parse_args(argv)
-    cfg = EmbedJobConfig(
-        batch_size=a.batch_size,
-        part_rows=a.part_rows,
-        progress=not a.no_progress,
-        precision=a.precision,
-    )
-    summary = run_embed_job(a.world, a.checkpoint, a.out, cfg)
-    print(json.dumps({k: v for k, v in summary.items() if k != "parts"}, indent=2, default=str))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,8 +1,12 @@
-"""The `moon` command: one entry point whose subcommands live beside the code they run.
+"""The `moon` command: the top layer of the library, the one place its subcommands live.
 
-Each package contributes its subcommands through ``register(subparsers)`` in its own
-``cli.py``; this module only assembles them and turns bad input into ``error: ...`` with
-exit status 2 instead of a traceback.
+``moon_rec.cli.<group>`` modules each add one group of subcommands through
+``register(subparsers)``; they may import any library package (nothing imports them).
+Applications built on the library (the online service in ``serving/``) add their own
+subcommands as plug-ins: a ``register`` function named in the ``moon_rec.commands``
+entry-point group (``moon serve`` is ``serving.cli:register``, declared in
+``pyproject.toml``), so the library never imports them. This module assembles the parser
+and turns bad input into ``error: ...`` with exit status 2 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -11,17 +15,20 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 # Modules exposing ``register(subparsers: argparse._SubParsersAction) -> None``.
 COMMAND_MODULES: list[str] = [
-    "moon_rec.data.cli",
-    "moon_rec.ranking.cli",
-    "moon_rec.training.cli",
-    "moon_rec.retrieval.cli",
-    "moon_rec.featurestore.cli",
-    "moon_rec.studies.cli",
-    "serving.cli",
+    "moon_rec.cli.data",
+    "moon_rec.cli.ranker",
+    "moon_rec.cli.encoder",
+    "moon_rec.cli.eval",
+    "moon_rec.cli.features",
+    "moon_rec.cli.study",
 ]
+
+# Entry-point group of plug-in ``register`` functions (applications on top of the library).
+PLUGIN_GROUP = "moon_rec.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for plugin in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        plugin.load()(sub)
     return parser
 
 
@@ -55,6 +64,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.exit(int(status or 0))
     return int(status or 0)
 
-
-if __name__ == "__main__":
-    main()

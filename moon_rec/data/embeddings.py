@@ -1,0 +1,320 @@
+"""The embedding table: the one owner of its format (DESIGN §3). Every writer and reader of
+item or query embeddings goes through this module.
+
+Item embedding table (a parquet file, or a folder of parts such as ``moon embed``'s)::
+
+    item_id          int64, not null
+    emb_{d}          list<float32> [d] per Matryoshka size d, each an L2-normalised prefix
+    model_version    string: the encoder version the vectors came from
+    event_timestamp  timestamp[us, UTC]
+
+Query embedding table: the same with ``query_text`` (string) in place of ``item_id``. A file
+is told apart by its key column; files with no ``emb_`` column (the embed job's rejects and
+index) are not embedding files.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from moon_rec.data.errors import DataError
+from moon_rec.data.schemas import TIMESTAMP
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_PREFIX = "emb_"
+ITEM_KEY = "item_id"
+QUERY_KEY = "query_text"
+
+
+def emb_column(dim: int) -> str:
+    """The column of Matryoshka size ``dim``: ``emb_{dim}``."""
+    return f"{EMBEDDING_PREFIX}{int(dim)}"
+
+
+def embedding_dims(names: Sequence[str]) -> tuple[int, ...]:
+    """The Matryoshka sizes of the ``emb_{d}`` columns among ``names``, ascending."""
+    dims = []
+    for n in names:
+        if n.startswith(EMBEDDING_PREFIX) and n[len(EMBEDDING_PREFIX):].isdigit():
+            dims.append(int(n[len(EMBEDDING_PREFIX):]))
+    return tuple(sorted(dims))
+
+
+def matryoshka_prefix(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """The first ``dim`` coordinates of ``vectors`` [N, D], renormalised to unit length
+    [N, dim] float32 (zero rows stay zero). The numpy twin of
+    ``moon_rec.encoders.matryoshka`` for vectors that are not tensors."""
+    v = np.asarray(vectors, np.float32)[:, :dim]
+    return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def embedding_schema(dims: Sequence[int], key: str = ITEM_KEY) -> pa.Schema:
+    """The embedding table's schema for Matryoshka sizes ``dims`` (``key``: ``item_id``
+    for items, ``query_text`` for queries)."""
+    key_field = (pa.field(ITEM_KEY, pa.int64(), nullable=False) if key == ITEM_KEY
+                 else pa.field(QUERY_KEY, pa.string()))
+    return pa.schema(
+        [key_field]
+        + [pa.field(emb_column(d), pa.list_(pa.float32())) for d in dims]
+        + [pa.field("model_version", pa.string()), pa.field("event_timestamp", TIMESTAMP)]
+    )
+
+
+def vector_column(m: np.ndarray) -> pa.Array:
+    """An [N, d] float matrix as a list<float32> column (no per-row Python objects)."""
+    n, d = m.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(m, np.float32)
+                                                      .reshape(-1), pa.float32()))
+
+
+def embedding_table(
+    keys: Sequence[int] | Sequence[str] | np.ndarray,
+    prefixes: dict[int, np.ndarray],
+    model_version: str,
+    event_ts: datetime | Sequence[datetime] | pa.Array,
+    *,
+    key: str = ITEM_KEY,
+) -> pa.Table:
+    """Rows of the embedding table.
+
+    Args:
+        keys: [N] item ids (int64) or query texts.
+        prefixes: Matryoshka size d -> [N, d] float32, already L2-normalised (see
+            ``matryoshka_prefix`` / ``prefixes_of``).
+        model_version: one version for every row.
+        event_ts: one time for every row, or [N] times.
+        key: ``item_id`` or ``query_text``.
+    """
+    dims = tuple(sorted(prefixes))
+    n = len(keys)
+    for d, m in prefixes.items():
+        if m.shape != (n, d):
+            raise ValueError(f"{emb_column(d)}: expected shape {(n, d)}, got {m.shape}")
+    if isinstance(event_ts, datetime):
+        ts: pa.Array = pa.array([event_ts] * n, TIMESTAMP)
+    elif isinstance(event_ts, pa.Array | pa.ChunkedArray):
+        ts = event_ts.cast(TIMESTAMP)
+    else:
+        ts = pa.array(list(event_ts), TIMESTAMP)
+    key_arr = (pa.array(np.asarray(keys, np.int64), pa.int64()) if key == ITEM_KEY
+               else pa.array(list(keys), pa.string()))
+    return pa.Table.from_arrays(
+        [key_arr, *(vector_column(prefixes[d]) for d in dims),
+         pa.array([model_version] * n, pa.string()), ts],
+        schema=embedding_schema(dims, key),
+    )
+
+
+def prefixes_of(vectors: np.ndarray, dims: Sequence[int]) -> dict[int, np.ndarray]:
+    """Every Matryoshka prefix of full vectors [N, D]: d -> [N, d] renormalised."""
+    return {int(d): matryoshka_prefix(vectors, int(d)) for d in dims}
+
+
+def write_embedding_table(table: pa.Table, path: str | Path) -> Path:
+    """Write an embedding table (file ``path``) atomically after checking its schema."""
+    from moon_rec.data.io import atomic_write_parquet
+
+    names = table.schema.names
+    key = ITEM_KEY if ITEM_KEY in names else QUERY_KEY
+    want = embedding_schema(embedding_dims(names), key)
+    if not table.schema.equals(want, check_metadata=False):
+        raise DataError(f"not the embedding table's schema: {table.schema} (want {want})",
+                        file=str(path))
+    return atomic_write_parquet(table, Path(path))
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def parquet_files(path: str | Path) -> list[Path]:
+    """``path`` itself, or every ``*.parquet`` under the directory ``path`` (sorted)."""
+    path = Path(path)
+    if path.is_dir():
+        # Hidden and underscore paths are job internals (.work/ chunks, _index.parquet).
+        files = sorted(
+            p
+            for p in path.rglob("*.parquet")
+            if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+        )
+        if not files:
+            raise DataError("no parquet files", file=str(path))
+        return files
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    return [path]
+
+
+def read_parquet(files: list[Path], columns: list[str] | None = None) -> pa.Table:
+    """The parquet ``files`` as one table; an unreadable file is a DataError naming it."""
+    try:
+        parts = [pq.read_table(f, columns=columns) for f in files]
+    except (pa.ArrowInvalid, OSError, KeyError) as exc:
+        raise DataError(f"cannot read parquet ({exc})", file=str(files[0])) from exc
+    return pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
+
+
+def embedding_files(*paths: str | Path | None) -> tuple[list[Path], list[Path]]:
+    """(item files, query files) among the parquet files of ``paths``."""
+    item_files, query_files = [], []
+    for p in paths:
+        if p is None:
+            continue
+        for f in parquet_files(p):
+            names = pq.read_schema(f).names
+            if not embedding_dims(names):
+                continue  # e.g. the embed job's rejects.parquet
+            if ITEM_KEY in names:
+                item_files.append(f)
+            elif QUERY_KEY in names:
+                query_files.append(f)
+    return item_files, query_files
+
+
+@dataclass
+class MoonEmbeddings:
+    """MOON embeddings at one Matryoshka size.
+
+    Args:
+        item_ids: [N] int64, sorted, unique.
+        item_vectors: [N, C] float32 (zero rows where the input was NaN/inf).
+        query_index: query_text -> row of ``query_vectors``.
+        query_vectors: [Q, C] float32.
+        model_version: the encoder version the vectors came from.
+        dim: C.
+        n_bad_rows: rows zeroed because they held NaN/inf.
+    """
+
+    item_ids: np.ndarray
+    item_vectors: np.ndarray
+    query_index: dict[str, int]
+    query_vectors: np.ndarray
+    model_version: str
+    dim: int
+    n_bad_rows: int = 0
+
+    def query_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(row index [N] (0 where absent), has_query [N] bool) of each query text."""
+        idx = np.array([self.query_index.get(t, -1) for t in texts], dtype=np.int64)
+        return np.maximum(idx, 0), idx >= 0
+
+
+def _vectors(table: pa.Table, column: str, dim: int, file: str) -> tuple[np.ndarray, int]:
+    col = table.column(column).combine_chunks()
+    lengths = pc.list_value_length(col).fill_null(-1).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(lengths != dim)
+    if bad.size:
+        raise DataError(
+            f"vector of length {int(lengths[bad[0]])}, expected {dim}",
+            file=file,
+            column=column,
+            row=int(bad[0]),
+        )
+    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    vecs = flat.reshape(-1, dim).copy()
+    nonfinite = ~np.isfinite(vecs).all(axis=1)
+    n_bad = int(nonfinite.sum())
+    if n_bad:
+        vecs[nonfinite] = 0.0
+        msg = f"{file}: {n_bad} embedding rows with NaN/inf in {column} were zeroed"
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        log.warning(msg)
+    return vecs, n_bad
+
+
+def single_version(table: pa.Table, file: str) -> str:
+    """The one ``model_version`` of ``table``; a DataError when there are several."""
+    if "model_version" not in table.column_names:
+        raise DataError("missing column", file=file, column="model_version")
+    versions = pc.unique(table.column("model_version").drop_null()).to_pylist()
+    if len(versions) != 1:
+        raise DataError(
+            f"expected one model_version, found {sorted(map(str, versions))[:5]}",
+            file=file,
+            column="model_version",
+        )
+    return str(versions[0])
+
+
+def load_moon_embeddings(
+    items: str | Path, dim: int, queries: str | Path | None = None
+) -> MoonEmbeddings:
+    """Load item (and query) MOON embeddings at Matryoshka size ``dim``.
+
+    Args:
+        items: an item-embedding parquet file, or a directory whose parquet files are
+            item files (with ``item_id``) or query files (with ``query_text``).
+        dim: Matryoshka size; reads column ``emb_{dim}``.
+        queries: query-embedding parquet file or directory (optional).
+
+    Raises:
+        DataError: a missing column, a wrong vector length, mixed model versions.
+    """
+    item_files, query_files = embedding_files(items, queries)
+    if not item_files:
+        raise DataError("no item embedding file (a parquet with column item_id)", file=str(items))
+    column = emb_column(dim)
+    where = str(item_files[0])
+    for f in item_files + query_files:
+        names = pq.read_schema(f).names
+        if column not in names:
+            dims = [emb_column(d) for d in embedding_dims(names)]
+            raise DataError(f"missing column (available: {dims})", file=str(f), column=column)
+    cols = [ITEM_KEY, column, "model_version"]
+    has_ts = all("event_timestamp" in pq.read_schema(f).names for f in item_files)
+    table = read_parquet(item_files, [*cols, "event_timestamp"] if has_ts else cols)
+    version = single_version(table, where)
+    ids = table.column(ITEM_KEY).to_numpy(zero_copy_only=False)
+    if table.column(ITEM_KEY).null_count:
+        row = int(
+            np.flatnonzero(table.column(ITEM_KEY).is_null().to_numpy(zero_copy_only=False))[0]
+        )
+        raise DataError("null item_id", file=where, column=ITEM_KEY, row=row)
+    vecs, n_bad = _vectors(table, column, dim, where)
+    # Keep one row per item: the latest event_timestamp (else the last row).
+    ts = (
+        table.column("event_timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
+        if has_ts
+        else np.arange(len(ids))
+    )
+    order = np.lexsort((ts, ids))
+    ids_sorted = ids[order].astype(np.int64)
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = ids_sorted[1:] != ids_sorted[:-1]
+    keep = order[last]
+    q_index: dict[str, int] = {}
+    q_vecs = np.zeros((0, dim), np.float32)
+    if query_files:
+        qt = read_parquet(query_files, [QUERY_KEY, column, "model_version"])
+        q_version = single_version(qt, str(query_files[0]))
+        if q_version != version:
+            raise DataError(
+                f"query embeddings come from model_version {q_version}, items from {version}",
+                file=str(query_files[0]),
+                column="model_version",
+            )
+        q_vecs, q_bad = _vectors(qt, column, dim, str(query_files[0]))
+        n_bad += q_bad
+        for i, text in enumerate(qt.column(QUERY_KEY).to_pylist()):
+            if text is not None:
+                q_index[str(text)] = i
+    return MoonEmbeddings(
+        item_ids=ids[keep].astype(np.int64),
+        item_vectors=vecs[keep],
+        query_index=q_index,
+        query_vectors=q_vecs,
+        model_version=version,
+        dim=dim,
+        n_bad_rows=n_bad,
+    )
