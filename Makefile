@@ -17,6 +17,7 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	@# DuckDB's bindings print nanobind "leaked ..." lines at interpreter exit; drop them so
 	@# pytest's summary stays the last line.
 	set -o pipefail; HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q $(PYTEST_ARGS) 2>&1 | \
@@ -24,7 +25,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check moon_rec || true
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy

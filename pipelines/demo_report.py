@@ -14,6 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from moon_rec.data.io import atomic_write_text
+from moon_rec.loop import Layout, ranker_experiments
+
 STAGES = ("pretrain", "stage1", "stage2")
 
 
@@ -100,18 +103,18 @@ def _plot_rankers(compare: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-def write_report(art: Path, *, preset: str, seed: int, experiments: list[str]) -> Path:
-    """Write ``art/report.md`` (and its PNGs); returns its path."""
-    art = Path(art)
+def write_report(layout: Layout, *, preset: str, seed: int, experiments: list[str]) -> Path:
+    """Write ``report.md`` (and its PNGs) into the layout's root; returns its path."""
+    art = layout.root
     figs = art / "report"
     figs.mkdir(parents=True, exist_ok=True)
-    world = _load(art / "world" / "world.json") or {}
-    stages = {s: _load(art / "recall_stages" / f"{s}.json") for s in STAGES}
-    compare = _load(art / "rankers" / "compare.json")
-    serving = _load(art / "serving.json")
-    state = _load(art / "demo_state.json") or {}
-    embed = _load(art / "embed.json")
-    materialized = _load(art / "feature_repo" / "materialized.json")
+    world = _load(layout.world / "world.json") or {}
+    stages = {s: _load(layout.recall_stages / f"{s}.json") for s in STAGES}
+    compare = _load(layout.rankers / "compare.json")
+    serving = _load(layout.file("serving.json"))
+    state = _load(layout.file("demo_state.json")) or {}
+    embed = _load(layout.file("embed.json"))
+    materialized = _load(layout.feature_state / "materialized.json")
 
     md: list[str] = [f"# MOON demo report (world preset `{preset}`, seed {seed})", ""]
     stats = world.get("summary", world)
@@ -198,21 +201,20 @@ def write_report(art: Path, *, preset: str, seed: int, experiments: list[str]) -
 
     md += ["## Where everything lives", "", _table(["artefact", "path"], [
         [a, f"`{p}`"] for a, p in [
-            ("world (parquet + world.json)", art / "world"),
-            ("encoder checkpoints per stage", art / "encoder"),
-            ("recall JSON per stage", art / "recall_stages"),
-            ("item embeddings (parquet parts + manifest)", art / "embeddings"),
-            ("feature tables", art / "feature_data"),
-            ("Feast registry + SQLite online store", art / "feature_repo"),
-            ("point-in-time training set", art / "training_set.parquet"),
-            ("rankers + compare.json", art / "rankers"),
-            ("serving figures", art / "serving.json"),
-            ("step state (keys, durations)", art / "demo_state.json"),
+            ("world (parquet + world.json)", layout.world),
+            ("encoder checkpoints per stage", layout.encoder),
+            ("recall JSON per stage", layout.recall_stages),
+            ("item embeddings (parquet parts + manifest)", layout.embeddings),
+            ("feature tables", layout.feature_data),
+            ("Feast registry + SQLite online store", layout.feature_state),
+            ("Feast repository folder (moon serve --repo)", layout.serving_repo),
+            ("point-in-time training set", layout.training_set),
+            ("rankers + compare.json", layout.rankers),
+            ("serving figures", layout.file("serving.json")),
+            ("step state (keys, durations)", layout.file("demo_state.json")),
         ]]), ""]
-    out = art / "report.md"
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(md))
-    tmp.replace(out)
+    out = layout.file("report.md")
+    atomic_write_text(out, "\n".join(md))
     return out
 
 
@@ -223,9 +225,7 @@ def main() -> None:
     p.add_argument("--preset", default="small")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    from pipelines.demo import ranker_experiments
-
-    print(write_report(args.artifacts, preset=args.preset, seed=args.seed,
+    print(write_report(Layout.at(args.artifacts), preset=args.preset, seed=args.seed,
                        experiments=ranker_experiments(args.preset)))
 
 

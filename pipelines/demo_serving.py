@@ -14,40 +14,29 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.demo import StepFailed
+from moon_rec.data.io import atomic_write_text, read_table, train_end
+from moon_rec.encoders.inference import resolve_checkpoint
+from moon_rec.loop import Layout, StepFailed
+from serving.server import free_port, wait_healthy
 
 
-def _feast_project(state: Path) -> str:
-    from moon_rec.featurestore.store import build_repo_config
-
-    return str(build_repo_config("embedded", state).project)
-
-
-def exercise_service(art: Path, model_dir: Path, state: Path, out: Path, *,
-                     n_requests: int = 200, n_candidates: int = 100, seed: int = 0) -> dict[str, Any]:
-    """Run the serving step (see the module docstring); returns what it writes to ``out``."""
+def exercise_service(layout: Layout, model_dir: Path, out: Path, *, n_requests: int = 200,
+                     n_candidates: int = 100, seed: int = 0) -> dict[str, Any]:
+    """Run the serving step (see the module docstring) over the layout's serving repository
+    folder and encoder; returns what it writes to ``out``."""
     import httpx
 
-    from moon_rec.data.io import read_table, read_world_meta
-    from moon_rec.featurestore.repo import resolve_data_paths
-    from moon_rec.training.trainer import resolve_checkpoint
-    from serving.loop import write_feast_repo
-    from serving.server import free_port, wait_healthy
-
-    art, state = Path(art).resolve(), Path(state).resolve()
-    world = art / "world"
-    repo = write_feast_repo(art / "serving_repo", "embedded", state, _feast_project(state),
-                            resolve_data_paths(state))
-    encoder = resolve_checkpoint(art / "encoder" / "stage2")
+    world = layout.world
+    repo = layout.serving_repo
+    encoder = resolve_checkpoint(layout.checkpoint)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = art / "serving.log"
+    log = layout.file("serving.log")
     cmd = [sys.executable, "-m", "moon_rec.cli", "serve", "--model", str(model_dir), "--repo",
            str(repo), "--encoder", str(encoder), "--port", str(port), "--refresh-s", "0",
            "--allow-unknown-users"]
@@ -58,8 +47,7 @@ def exercise_service(art: Path, model_dir: Path, state: Path, out: Path, *,
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    end = pa.scalar(datetime.fromisoformat(read_world_meta(world)["train_end_ts"]),
-                    pa.timestamp("us", tz="UTC"))
+    end = pa.scalar(train_end(world), pa.timestamp("us", tz="UTC"))
     imps = read_table(world, "impressions", columns=["user_id", "ts", "query_text", "item_id"])
     test = imps.filter(pc.greater_equal(imps.column("ts"), end))  # the test period's traffic
     users = test.column("user_id").to_numpy()
@@ -133,7 +121,5 @@ def exercise_service(art: Path, model_dir: Path, state: Path, out: Path, *,
                      "score": float(ranked["scores"][0]),
                      "found_by_text_search": new_id in [s["item_id"] for s in searched["items"]]},
     }
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result

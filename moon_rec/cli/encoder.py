@@ -54,6 +54,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(allp)
     allp.set_defaults(func=_train_all)
 
+    init = esub.add_parser(
+        "init", help="save an untrained encoder (a baseline; plumbing and latency tests)",
+        description="Build the encoder of the preset's config with its tokenizer trained on "
+        "the world's train-period text, seeded, untrained; OUT is the checkpoint.")
+    init.add_argument("--world", required=True, type=Path, help="world directory")
+    init.add_argument("--out", required=True, type=Path, help="checkpoint directory")
+    init.add_argument("--preset", default=None, help="configs/encoder/<preset>.yaml (default tiny)")
+    init.add_argument("--config", type=Path, default=None, help="a training YAML instead")
+    init.add_argument("--seed", type=int, default=None, help="weight init seed (default: config)")
+    init.set_defaults(func=_init, overrides=[], threads=None)
+
 
 def _config(args: argparse.Namespace) -> Any:
     from moon_rec.training.config import load_config
@@ -88,4 +99,12 @@ def _train_all(args: argparse.Namespace) -> int:
     result = train_all(args.world, _config(args), args.out, progress=not args.quiet)
     print(json.dumps({s: {k: v for k, v in r.items() if k != "config"} for s, r in result.items()},
                      indent=2))
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from moon_rec.training.trainer import build_untrained_encoder
+
+    out = build_untrained_encoder(args.world, _config(args), args.out, seed=args.seed)
+    print(json.dumps({"out": str(out)}))
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from moon_rec.data.io import atomic_write_text
 from moon_rec.featurestore.layout import FeatureDataPaths
@@ -74,3 +75,34 @@ def write_feast_repo(
     atomic_write_text(repo / "feature_store.yaml", yaml.safe_dump(body, sort_keys=False))
     write_data_paths(paths, repo)
     return repo
+
+
+def publish_store(
+    paths: FeatureDataPaths,
+    state: str | Path,
+    repo: str | Path,
+    *,
+    profile: str | Path = "embedded",
+    project: str | None = None,
+    seq_len: int | None = None,
+    model_version: str | None = None,
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Apply the definitions over ``paths`` to a store of ``profile`` (local state in
+    ``state``), materialize it and write its repository folder ``repo``.
+
+    Args:
+        project: the Feast project (default: the profile's).
+        seq_len: the behaviour view's sequence length tag (default: DEFAULT_SEQ_LEN).
+        model_version: the embedding view's tag (default: the embed job's manifest).
+    Returns:
+        (the repository folder, the materialize reports).
+    """
+    from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN
+    from moon_rec.featurestore.materialize import materialize_all
+    from moon_rec.featurestore.store import open_store
+
+    write_data_paths(paths, state)
+    mfs = open_store(profile, state, paths, project=project, model_version=model_version,
+                     seq_len=seq_len or DEFAULT_SEQ_LEN)
+    reports = materialize_all(mfs)
+    return write_feast_repo(repo, profile, state, mfs.config.project, paths), reports

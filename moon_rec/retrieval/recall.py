@@ -28,6 +28,12 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from moon_rec.encoders import MoonEncoder, build_encoder, matryoshka
+from moon_rec.encoders.inference import (
+    embed_images,
+    embed_products,
+    embed_texts,
+    resolve_checkpoint,
+)
 from moon_rec.retrieval.index import ExactIndex
 from moon_rec.training.data import WorldData, load_world
 
@@ -78,34 +84,6 @@ class ImageSearchRecall:
 
 
 # -- embedding the world ----------------------------------------------------------------
-
-
-@torch.no_grad()
-def embed_products(encoder: MoonEncoder, titles: Sequence[str], images: torch.Tensor,
-                   batch_size: int = 256) -> np.ndarray:
-    """Products (titles, uint8 images [N, 3, S, S]) -> float32 [N, D]."""
-    encoder.eval()
-    out = [encoder.encode_product(list(titles[i:i + batch_size]),
-                                  images[i:i + batch_size].float() / 255.0).numpy()
-           for i in range(0, len(titles), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, encoder.embed_dim), np.float32)
-
-
-@torch.no_grad()
-def embed_images(encoder: MoonEncoder, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """uint8 images [N, 3, S, S] -> float32 [N, D]."""
-    encoder.eval()
-    out = [encoder.encode_image(images[i:i + batch_size].float() / 255.0).numpy()
-           for i in range(0, images.shape[0], batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, encoder.embed_dim), np.float32)
-
-
-@torch.no_grad()
-def embed_texts(encoder: MoonEncoder, texts: Sequence[str], batch_size: int = 512) -> np.ndarray:
-    encoder.eval()
-    out = [encoder.encode_text(list(texts[i:i + batch_size])).numpy()
-           for i in range(0, len(texts), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, encoder.embed_dim), np.float32)
 
 
 def color_histogram(images: torch.Tensor, bins: int = 8) -> np.ndarray:
@@ -228,7 +206,6 @@ def evaluate_checkpoint(
     """``moon eval recall``: the checkpoint's metrics plus, in the same run, an untrained
     encoder of the same architecture and the colour-histogram baseline under
     ``baselines``."""
-    from moon_rec.training.trainer import resolve_checkpoint
 
     data = world if isinstance(world, WorldData) else load_world(world)
     encoder = MoonEncoder.from_pretrained(resolve_checkpoint(checkpoint))

@@ -35,16 +35,17 @@ def study_config(world: str | Path, preset: str | None = None, path: str | Path 
 
 def ensure_training_set(world: str | Path, out: str | Path,
                         training_set: str | Path | None = None) -> Path:
-    """The full ranker training set: ``training_set`` when given, else
-    ``out/shared/training_set.parquet`` (built once with Feast point-in-time joins)."""
+    """The full ranker training set: ``training_set`` when given, else the loop's
+    feature-table and training-set steps over ``out/shared`` (built once, with Feast
+    point-in-time joins; ``out/shared/training_set.parquet``)."""
     if training_set is not None:
         return Path(training_set)
-    path = Path(out) / "shared" / "training_set.parquet"
-    if not path.is_file():
-        from moon_rec.featurestore.training_set import build_training_set
+    from moon_rec.loop import Layout, feature_tables_step, run_steps, training_set_step
 
-        build_training_set(world, path)
-    return path
+    layout = Layout.at(Path(out) / "shared", world=world)
+    run_steps([feature_tables_step(layout, deps=()), training_set_step(layout)],
+              layout.file("loop_state.json"), label="study inputs")
+    return layout.training_set
 
 
 def _study(world: str | Path, out: str | Path, config: StudyConfig,

@@ -279,21 +279,12 @@ class Study:
         return summary
 
     def _untrained(self) -> Path:
-        import torch
-
-        from moon_rec.encoders import MoonTokenizer, build_encoder
-        from moon_rec.training.trainer import catalog_texts
+        from moon_rec.training.trainer import build_untrained_encoder
 
         path = self.run_dir("untrained") / "encoder"
         if not (path / "moon_encoder.json").is_file():
-            cfg = self.train_config("pretrain")
-            tok = MoonTokenizer.train(catalog_texts(self.data), vocab_size=cfg.encoder.vocab_size)
-            torch.manual_seed(self.config.seed)
-            encoder = build_encoder(cfg.encoder, tok)
-            tmp = path.with_name(".tmp-encoder")
-            shutil.rmtree(tmp, ignore_errors=True)
-            encoder.save_pretrained(tmp)
-            os.replace(tmp, path)
+            build_untrained_encoder(self.data, self.train_config("pretrain"), path,
+                                    seed=self.config.seed)
         return path
 
     def encoder_point(self, v: EncoderVersion) -> Point:
@@ -343,8 +334,9 @@ class Study:
             import torch
 
             from moon_rec.encoders import MoonEncoder
+            from moon_rec.encoders.inference import embed_products
             from moon_rec.ranking.queries import write_query_embeddings
-            from moon_rec.retrieval.recall import embed_products, evaluate_encoder
+            from moon_rec.retrieval.recall import evaluate_encoder
 
             torch.set_num_threads(max(1, self.config.threads))
             rec = self.store.get("encoder", v.name)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from moon_rec.encoders import MoonEncoder, MoonTokenizer, build_encoder
+from moon_rec.encoders.inference import embed_products, resolve_checkpoint
 from moon_rec.training.augment import user_photo_augment
 from moon_rec.training.config import STAGES, StageConfig, TrainConfig
 from moon_rec.training.data import WorldData, load_world
@@ -61,16 +62,6 @@ from moon_rec.training.pairs import (
 log = logging.getLogger(__name__)
 KILL_ENV = "MOON_TRAIN_KILL_AT_STEP"  # fault injection for the resume test: SIGKILL after
 # the checkpoint of this step has been written.
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory (holding encoder/) or an encoder checkpoint directory -> the latter."""
-    p = Path(path)
-    if (p / "encoder" / "moon_encoder.json").exists():
-        return p / "encoder"
-    if (p / "moon_encoder.json").exists():
-        return p
-    raise FileNotFoundError(f"no MOON encoder checkpoint at {p} (nor at {p / 'encoder'})")
 
 
 # -- batches ---------------------------------------------------------------------------
@@ -278,6 +269,29 @@ def catalog_texts(data: WorldData) -> list[str]:
     return texts
 
 
+def build_untrained_encoder(
+    world: str | Path | WorldData, config: TrainConfig, out: str | Path, *, seed: int | None = None
+) -> Path:
+    """Save an untrained encoder of ``config.encoder`` to ``out`` (atomically) and return
+    ``out``: its tokenizer trained on ``catalog_texts`` (train-period text only, as every
+    trained encoder's), its weights from ``torch.manual_seed(seed)`` (default: the config's
+    seed). The baseline of the studies and the encoder of plumbing tests."""
+    import shutil
+
+    data = world if isinstance(world, WorldData) else load_world(world)
+    tok = MoonTokenizer.train(catalog_texts(data), vocab_size=config.encoder.vocab_size)
+    torch.manual_seed(config.seed if seed is None else seed)
+    encoder = build_encoder(config.encoder, tok)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    encoder.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
+
 def stage_pairs(data: WorldData, sc: StageConfig, encoder: MoonEncoder, seed: int) -> PairSet:
     """The stage's pairs after its data processing (stage 2: purchases, short-text drop,
     hardest-pair dedup under ``encoder`` = the previous model, category resampling)."""
@@ -394,7 +408,6 @@ def train_stage(
             if trainer_state is not None and trainer_state.get("mined") is not None:
                 mined = np.asarray(trainer_state["mined"])  # resume: the same neighbours
             else:
-                from moon_rec.retrieval.recall import embed_products
 
                 warm_emb = embed_products(encoder, [data.title[r] for r in warm],
                                           data.images[warm])

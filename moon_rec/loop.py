@@ -1,0 +1,635 @@
+"""The MOON loop, wired once: typed steps over one artefact layout.
+
+    world -> encoder -> recall -> embed -> feature tables -> Feast (apply, materialize,
+    repo folder) -> point-in-time training set -> query embeddings -> rankers
+
+Every user of the whole loop composes these steps: the demo (``pipelines/demo.py``, which
+adds its serving exercise and report), the serving tests and benchmarks
+(``prepare_serving``), and the studies (``moon_rec.studies.jobs``, for the training set).
+Each step calls the same library function as the ``moon`` command it names (``command``,
+what ``python -m pipelines.demo --dry-run`` prints), so a step and its command give the
+same result.
+
+``run_steps`` skips a step whose output exists and whose key is the one recorded when it
+last finished. The key is a hash of the step's parameters, its inputs' keys and **the
+source of the code it runs**: every project module its entry modules import, directly or
+not (import-linter's graph, ``grimp``). So after a code change a second run re-runs
+exactly the steps whose code or inputs changed. A step killed half way resumes where its
+library job resumes (encoder training from its last checkpoint, the embed job from its
+finished chunks); a step whose key changed starts clean.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moon_rec.data.io import atomic_write_text
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "configs"
+RANKER_EXPERIMENTS = CONFIGS / "ranker" / "experiments.yaml"
+# Project packages whose modules a step's code key may cover (those importable here).
+PROJECT_PACKAGES = ("moon_rec", "serving", "pipelines")
+
+
+# -- the artefact layout --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every artefact of one run of the loop lives (all under ``root``).
+
+    Args:
+        root: the artefact folder (``make demo``'s ``artifacts/``).
+        world_dir: a world from elsewhere; default: the one generated here (``root/world``).
+        encoder_checkpoint: an encoder checkpoint from elsewhere; default: the last stage
+            of the encoder trained here (``root/encoder/stage2``).
+    """
+
+    root: Path
+    world_dir: Path | None = None
+    encoder_checkpoint: Path | None = None
+
+    @classmethod
+    def at(cls, root: str | Path, *, world: str | Path | None = None,
+           encoder_checkpoint: str | Path | None = None) -> Layout:
+        def absolute(p: str | Path | None) -> Path | None:
+            return Path(p).resolve() if p is not None else None
+
+        return cls(Path(root).resolve(), absolute(world), absolute(encoder_checkpoint))
+
+    @property
+    def world(self) -> Path:
+        return self.world_dir or self.root / "world"
+
+    @property
+    def encoder(self) -> Path:
+        """The encoder training run (one folder per stage)."""
+        return self.root / "encoder"
+
+    @property
+    def checkpoint(self) -> Path:
+        """The encoder every later step uses."""
+        return self.encoder_checkpoint or self.encoder / "stage2"
+
+    @property
+    def recall(self) -> Path:
+        return self.root / "recall.json"
+
+    @property
+    def recall_stages(self) -> Path:
+        return self.root / "recall_stages"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def feature_data(self) -> Path:
+        return self.root / "feature_data"
+
+    @property
+    def feature_state(self) -> Path:
+        """Registry, SQLite online store and paths.json of the feature store."""
+        return self.root / "feature_repo"
+
+    @property
+    def serving_repo(self) -> Path:
+        """A self-contained Feast repository folder over the store (``moon serve --repo``)."""
+        return self.root / "serving_repo"
+
+    @property
+    def training_set(self) -> Path:
+        return self.root / "training_set.parquet"
+
+    @property
+    def query_embeddings(self) -> Path:
+        return self.root / "query_embeddings.parquet"
+
+    @property
+    def rankers(self) -> Path:
+        return self.root / "rankers"
+
+    def file(self, name: str) -> Path:
+        """Another file of the run (reports, JSON summaries)."""
+        return self.root / name
+
+
+# -- steps and the runner ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the loop.
+
+    Args:
+        name: what it does, in words (also the ``--force`` name).
+        output: the file or folder whose existence means it finished.
+        run: makes ``output``.
+        params: JSON-able parameters (part of the key).
+        deps: names of the steps whose outputs it reads (their keys are part of its key).
+        clean: what to delete before a fresh (not resumed) run.
+        command: the equivalent shell command(s).
+        code: the entry modules of the code it runs (their import closure is in the key).
+    """
+
+    name: str
+    output: Path
+    run: Callable[[], object]
+    params: dict[str, Any] = field(default_factory=dict)
+    deps: tuple[str, ...] = ()
+    clean: tuple[Path, ...] = ()
+    command: str = ""
+    code: tuple[str, ...] = ()
+
+
+class StepFailed(RuntimeError):
+    """A step failed; the message names the step and why."""
+
+
+@functools.cache
+def _import_graph(packages: tuple[str, ...]) -> Any:
+    import grimp
+
+    present = [p for p in packages if importlib.util.find_spec(p) is not None]
+    return grimp.build_graph(*present, include_external_packages=False, cache_dir=None)
+
+
+def code_modules(entry: Sequence[str], packages: tuple[str, ...] = PROJECT_PACKAGES) -> list[str]:
+    """``entry`` and every module of ``packages`` it imports, directly or not (sorted)."""
+    graph = _import_graph(packages)
+    mods: set[str] = set()
+    for m in entry:
+        if m not in graph.modules:
+            raise ValueError(f"not a project module: {m}")
+        mods.add(m)
+        mods |= graph.find_upstream_modules(m)
+    return sorted(mods)
+
+
+def code_digest(entry: Sequence[str], packages: tuple[str, ...] = PROJECT_PACKAGES) -> str:
+    """A hash of the source of ``code_modules(entry, packages)``."""
+    h = hashlib.sha256()
+    for m in code_modules(entry, packages):
+        spec = importlib.util.find_spec(m)
+        origin = spec.origin if spec is not None else None
+        h.update(m.encode())
+        if origin and origin.endswith(".py"):
+            h.update(Path(origin).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def step_key(step: Step, keys: dict[str, str]) -> str:
+    """The step's key: its params, its inputs' keys and its code (see the module doc)."""
+    blob = json.dumps({"params": step.params, "deps": [keys[d] for d in step.deps],
+                       "code": code_digest(step.code) if step.code else None},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 120 else f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+
+
+def run_steps(steps: Sequence[Step], state_file: Path, *, force: Sequence[str] = (),
+              label: str = "loop") -> dict[str, Any]:
+    """Run ``steps`` in order, skipping the up-to-date ones; progress on stdout.
+
+    Returns:
+        the state record ``{step name: {"key", "started_key", "seconds", "skipped"}}``,
+        also kept in ``state_file`` (written atomically after every change).
+    """
+    unknown = [f for f in force if f not in {s.name for s in steps}]
+    if unknown:
+        raise ValueError(f"--force {unknown[0]!r}: no such step "
+                         f"(steps: {', '.join(s.name for s in steps)})")
+    state: dict[str, Any] = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    keys: dict[str, str] = {}
+    total = time.perf_counter()
+    ran = 0.0
+
+    def save() -> None:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(state_file, json.dumps(state, indent=2) + "\n")
+
+    # the record in step order (the demo report's timing table reads it in this order)
+    state = {s.name: state.get(s.name, {}) for s in steps}
+    for i, step in enumerate(steps, 1):
+        key = keys[step.name] = step_key(step, keys)
+        rec = state[step.name]
+        head = f"[{i:2d}/{len(steps)}] {step.name}"
+        if step.output.exists() and rec.get("key") == key and step.name not in force:
+            rec["skipped"] = True
+            print(f"{head}: up to date ({step.output})", flush=True)
+            continue
+        resuming = rec.get("started_key") == key and rec.get("key") != key
+        if not resuming:
+            for path in step.clean:
+                _remove(path)
+        rec.update(started_key=key, key=None, skipped=False)
+        save()
+        print(f"{head} ...{' (resuming)' if resuming else ''}  $ {step.command}", flush=True)
+        t0 = time.perf_counter()
+        step.run()
+        seconds = time.perf_counter() - t0
+        ran += seconds
+        rec.update(key=key, seconds=round(seconds, 1), finished_at=time.time())
+        save()
+        print(f"{head}: done in {_fmt_s(seconds)}", flush=True)
+    save()  # records which steps this run reused
+    print(f"{label}: all {len(steps)} steps done in {_fmt_s(time.perf_counter() - total)} "
+          f"({_fmt_s(ran)} of work this run)", flush=True)
+    return state
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+# -- the steps -----------------------------------------------------------------------------
+
+GENERATE_WORLD = "generate world"
+VALIDATE_WORLD = "validate world"
+CONTACT_SHEET = "contact sheet"
+TRAIN_ENCODER = "train encoder (pretrain, stage 1, stage 2)"
+UNTRAINED_ENCODER = "untrained encoder"
+RECALL = "image-search recall per Matryoshka dim"
+EMBED = "embed the catalog"
+FEATURE_TABLES = "feature tables (behaviour sequences, item stats)"
+FEATURE_STORE = "feast apply + materialize"
+TRAINING_SET = "point-in-time training set"
+QUERY_EMBEDDINGS = "query-text embeddings"
+RANKERS = "train + compare rankers"
+
+
+def encoder_preset(preset: str) -> str:
+    """The encoder recipe for a world preset: configs/encoder/<preset>.yaml, else small."""
+    return preset if (CONFIGS / "encoder" / f"{preset}.yaml").is_file() else "small"
+
+
+def world_steps(layout: Layout, preset: str, seed: int) -> list[Step]:
+    """Generate the synthetic world, validate it, draw its contact sheet."""
+    from moon_rec.data.world import make_config
+
+    cfg = make_config(preset, seed)
+    world = layout.world
+
+    def generate() -> None:
+        from moon_rec.data.world import generate_world
+
+        generate_world(cfg, world, progress=True)
+
+    def validate() -> None:
+        from moon_rec.data.validation import validate_world
+
+        report = validate_world(world, full_images=True)
+        _write_json(layout.file("world_valid.json"), {
+            "world": str(world), "valid": True,
+            "tables": {n: {"rows": t.n_rows, "files": [str(f) for f in t.files]}
+                       for n, t in report.tables.items()}})
+
+    def sheet() -> None:
+        from moon_rec.data.contact_sheet import contact_sheet
+
+        contact_sheet(world, layout.file("contact_sheet.png"))
+
+    return [
+        Step(GENERATE_WORLD, world / "world.json", generate, {"world": cfg.to_dict()},
+             clean=(world,), code=("moon_rec.data.world",),
+             command=f"moon world generate --preset {preset} --seed {seed} --out {world}"),
+        Step(VALIDATE_WORLD, layout.file("world_valid.json"), validate, deps=(GENERATE_WORLD,),
+             code=("moon_rec.data.validation",),
+             command=f"moon world validate {world} --json"),
+        Step(CONTACT_SHEET, layout.file("contact_sheet.png"), sheet, deps=(GENERATE_WORLD,),
+             code=("moon_rec.data.contact_sheet",),
+             command=f"moon world show {world} --out {layout.file('contact_sheet.png')}"),
+    ]
+
+
+def encoder_step(layout: Layout, preset: str, *, threads: int = 2,
+                 deps: Sequence[str] = (GENERATE_WORLD,)) -> Step:
+    """Pretrain, then post-train stages 1 and 2 (``configs/encoder/<preset>.yaml``)."""
+    recipe = CONFIGS / "encoder" / f"{preset}.yaml"
+
+    def train() -> None:
+        from moon_rec.training.config import load_config
+        from moon_rec.training.trainer import train_all
+
+        train_all(layout.world, load_config(preset, None, [f"threads={threads}"]),
+                  layout.encoder, progress=True)
+
+    return Step(TRAIN_ENCODER, layout.encoder / "stage2" / "summary.json", train,
+                {"recipe": recipe.read_text(), "threads": threads}, tuple(deps),
+                clean=(layout.encoder,), code=("moon_rec.training.trainer",),
+                command=f"moon encoder train --world {layout.world} --out {layout.encoder} "
+                f"--preset {preset} --threads {threads}")
+
+
+def untrained_encoder_step(layout: Layout, preset: str = "tiny", *, seed: int = 0,
+                           deps: Sequence[str] = ()) -> Step:
+    """An untrained encoder of ``configs/encoder/<preset>.yaml`` at ``layout.checkpoint``
+    (tokenizer trained on the train period's text): for plumbing and latency, not quality."""
+
+    def build() -> None:
+        from moon_rec.training.config import load_config
+        from moon_rec.training.trainer import build_untrained_encoder
+
+        build_untrained_encoder(layout.world, load_config(preset), layout.checkpoint, seed=seed)
+
+    return Step(UNTRAINED_ENCODER, layout.checkpoint / "moon_encoder.json", build,
+                {"preset": preset, "seed": seed}, tuple(deps), clean=(layout.checkpoint,),
+                code=("moon_rec.training.trainer",),
+                command=f"moon encoder init --world {layout.world} --out {layout.checkpoint} "
+                f"--preset {preset} --seed {seed}")
+
+
+def recall_step(layout: Layout, stages: Sequence[str] = ("pretrain", "stage1", "stage2"),
+                *, threads: int = 2) -> Step:
+    """Image-search recall (and the other intermediate metrics) of each encoder stage; the
+    last stage with the untrained and colour-histogram baselines (``recall.json``)."""
+
+    def run() -> None:
+        import torch
+
+        from moon_rec.retrieval.recall import evaluate_checkpoint
+
+        torch.set_num_threads(max(1, threads))
+        last = stages[-1]
+        for stage in stages:
+            result = evaluate_checkpoint(layout.world, layout.encoder / stage,
+                                         baselines=stage == last)
+            _write_json(layout.recall_stages / f"{stage}.json", result)
+        shutil.copyfile(layout.recall_stages / f"{last}.json", layout.recall)
+
+    cmds = [f"moon eval recall --world {layout.world} --checkpoint {layout.encoder / s} "
+            f"--out {layout.recall_stages / (s + '.json')}"
+            + ("" if s == stages[-1] else " --no-baselines") for s in stages]
+    return Step(RECALL, layout.recall, run, {"stages": list(stages)}, (TRAIN_ENCODER,),
+                code=("moon_rec.retrieval.recall",), command=" && ".join(cmds))
+
+
+def embed_step(layout: Layout, *, encoder_dep: str = TRAIN_ENCODER,
+               progress: bool = False) -> Step:
+    """The batch embedding job over the catalog (``embed.json``: its manifest)."""
+
+    def run() -> None:
+        from moon_rec.featurestore.embed_job import EmbedJobConfig, run_embed_job
+
+        summary = run_embed_job(layout.world, layout.checkpoint, layout.embeddings,
+                                EmbedJobConfig(progress=progress))
+        _write_json(layout.file("embed.json"), summary)
+
+    return Step(EMBED, layout.embeddings / "manifest.json", run, {}, (encoder_dep,),
+                clean=(layout.embeddings,), code=("moon_rec.featurestore.embed_job",),
+                command=f"moon embed --world {layout.world} --checkpoint {layout.checkpoint} "
+                f"--out {layout.embeddings} --no-progress")
+
+
+def feature_tables_step(layout: Layout, *, seq_len: int | None = None,
+                        deps: Sequence[str] = (GENERATE_WORLD,)) -> Step:
+    """The offline feature tables (behaviour sequences, item attributes and counts)."""
+    from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN
+
+    length = seq_len or DEFAULT_SEQ_LEN
+
+    def run() -> None:
+        from moon_rec.featurestore.feature_tables import build_feature_tables
+
+        summary = build_feature_tables(layout.world, layout.feature_data, seq_len=length)
+        _write_json(layout.feature_data / "summary.json", summary)
+
+    return Step(FEATURE_TABLES, layout.feature_data / "summary.json", run, {"seq_len": length},
+                tuple(deps), clean=(layout.feature_data,),
+                code=("moon_rec.featurestore.feature_tables",),
+                command=f"moon features build --world {layout.world} --out {layout.feature_data}"
+                f" --seq-len {length}")
+
+
+def feature_store_step(layout: Layout, *, profile: str = "embedded", project: str | None = None,
+                       seq_len: int | None = None) -> Step:
+    """Record the data paths, ``feast apply``, materialize the online store (chunked
+    embeddings, Feast for the rest) and write the serving repository folder.
+
+    Args:
+        profile: ``embedded`` (DuckDB + SQLite) or ``production`` (Redis + PostgreSQL).
+        project: the Feast project (default: the profile's).
+    """
+    from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN
+
+    length = seq_len or DEFAULT_SEQ_LEN
+    state = layout.feature_state
+
+    def run() -> None:
+        from moon_rec.featurestore.layout import FeatureDataPaths
+        from moon_rec.featurestore.repo import publish_store
+
+        paths = FeatureDataPaths.from_dir(layout.feature_data, layout.embeddings)
+        _repo, reports = publish_store(paths, state, layout.serving_repo, profile=profile,
+                                       project=project, seq_len=length)
+        _write_json(state / "materialized.json", reports)
+
+    store = f"--state {state} --profile {profile}"
+    return Step(FEATURE_STORE, state / "materialized.json", run,
+                {"profile": profile, "project": project, "seq_len": length},
+                (EMBED, FEATURE_TABLES), clean=(state, layout.serving_repo),
+                code=("moon_rec.featurestore.repo",),
+                command=f"moon features init --data {layout.feature_data} --embeddings "
+                f"{layout.embeddings} {store} && moon features apply {store} && "
+                f"moon features materialize {store}")
+
+
+def training_set_step(layout: Layout, *, seq_len: int | None = None) -> Step:
+    """The point-in-time ranker training set through Feast (DuckDB offline store)."""
+    from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN
+
+    length = seq_len or DEFAULT_SEQ_LEN
+
+    def run() -> None:
+        from moon_rec.featurestore.training_set import build_training_set
+
+        summary = build_training_set(layout.world, layout.training_set,
+                                     data_dir=layout.feature_data, seq_len=length)
+        _write_json(layout.file("training_set.json"), summary)
+
+    return Step(TRAINING_SET, layout.training_set, run, {"seq_len": length}, (FEATURE_TABLES,),
+                clean=(layout.training_set,), code=("moon_rec.featurestore.training_set",),
+                command=f"moon features training-set --world {layout.world} --out "
+                f"{layout.training_set} --data {layout.feature_data} --seq-len {length}")
+
+
+def query_embeddings_step(layout: Layout, *, encoder_dep: str = TRAIN_ENCODER) -> Step:
+    """The training set's query texts embedded by the same encoder."""
+
+    def run() -> None:
+        from moon_rec.ranking.queries import write_query_embeddings
+
+        write_query_embeddings(layout.training_set, layout.checkpoint, layout.query_embeddings)
+
+    return Step(QUERY_EMBEDDINGS, layout.query_embeddings, run, {}, (TRAINING_SET, encoder_dep),
+                clean=(layout.query_embeddings,), code=("moon_rec.ranking.queries",),
+                command=f"moon ranker embed-queries --training-set {layout.training_set} "
+                f"--checkpoint {layout.checkpoint} --out {layout.query_embeddings}")
+
+
+def rankers_step(layout: Layout, experiments: Sequence[str], *, seed: int | None = None,
+                 world: bool = True, progress: bool = True) -> Step:
+    """Train and compare ranker experiments of ``configs/ranker/experiments.yaml`` (the
+    first is the baseline) into ``layout.rankers`` (``compare.json``)."""
+
+    def run() -> None:
+        from moon_rec.ranking.compare import compare_rankers
+
+        compare_rankers(layout.training_set, layout.embeddings, RANKER_EXPERIMENTS,
+                        layout.rankers, experiments=tuple(experiments),
+                        world=layout.world if world else None,
+                        query_embeddings=layout.query_embeddings, seed=seed, progress=progress)
+
+    seed_arg = "" if seed is None else f" --seed {seed}"
+    return Step(RANKERS, layout.rankers / "compare.json", run,
+                {"experiments": list(experiments), "seed": seed,
+                 "config": RANKER_EXPERIMENTS.read_text()},
+                (TRAINING_SET, QUERY_EMBEDDINGS, EMBED), clean=(layout.rankers,),
+                code=("moon_rec.ranking.compare",),
+                command=f"moon ranker compare --training-set {layout.training_set} --embeddings "
+                f"{layout.embeddings} --query-embeddings {layout.query_embeddings} --world "
+                f"{layout.world} --out {layout.rankers} --experiments {' '.join(experiments)}"
+                f"{seed_arg}")
+
+
+def ranker_experiments(preset: str) -> list[str]:
+    """The demo's rankers: the ID-only baseline first, then the MOON rankers; ``tiny``
+    (smoke runs, tests) skips SIM, which only pays off on long sequences."""
+    if preset == "tiny":
+        return ["din_ids_tiny", "cube_moon_tiny"]
+    return ["din_ids", "cube_moon", "sim_moon"]
+
+
+def main_steps(layout: Layout, preset: str, seed: int, experiments: Sequence[str], *,
+               threads: int = 2) -> list[Step]:
+    """The whole loop on a synthetic world: world, encoder, recall, embed, feature store,
+    training set, query embeddings, rankers."""
+    return [
+        *world_steps(layout, preset, seed),
+        encoder_step(layout, encoder_preset(preset), threads=threads),
+        recall_step(layout, threads=threads),
+        embed_step(layout),
+        feature_tables_step(layout),
+        feature_store_step(layout),
+        training_set_step(layout),
+        query_embeddings_step(layout),
+        rankers_step(layout, experiments, seed=seed),
+    ]
+
+
+# -- the loop for serving (tests, benchmarks) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingArtifacts:
+    """What ``prepare_serving`` made (absolute paths), for ``moon serve`` and its tests."""
+
+    layout: Layout
+    ranker: Path
+    profile: str
+    project: str
+
+    @property
+    def encoder(self) -> Path:
+        return self.layout.checkpoint
+
+    @property
+    def repo(self) -> Path:
+        return self.layout.serving_repo
+
+    @property
+    def state(self) -> Path:
+        return self.layout.feature_state
+
+    @property
+    def embeddings(self) -> Path:
+        return self.layout.embeddings
+
+    @property
+    def feature_data(self) -> Path:
+        return self.layout.feature_data
+
+    @property
+    def training_set(self) -> Path:
+        return self.layout.training_set
+
+    @property
+    def query_embeddings(self) -> Path:
+        return self.layout.query_embeddings
+
+
+def prepare_serving(
+    world: str | Path,
+    out: str | Path,
+    *,
+    encoder: str | Path | None = None,
+    experiment: str = "cube_moon_tiny",
+    profile: str = "embedded",
+    project: str | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> ServingArtifacts:
+    """Everything ``moon serve`` reads, from an existing world: encoder (``encoder``, or an
+    untrained ``tiny`` one), embeddings, feature tables, the store of ``profile``
+    materialized (and its repository folder), the training set, query embeddings and one
+    trained ranker (``experiment``, with ``train_overrides`` merged into its config).
+
+    Runs the loop's own steps over a ``Layout`` rooted at ``out``.
+    """
+    from moon_rec.ranking.config import load_ranker_config
+    from moon_rec.ranking.train import train_ranker
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    layout = Layout.at(out, world=world,
+                       encoder_checkpoint=encoder if encoder is not None else out / "encoder")
+    project = project or f"serve_{uuid.uuid4().hex[:10]}"
+    config = load_ranker_config(RANKER_EXPERIMENTS, experiment)
+    if train_overrides:
+        from moon_rec.ranking.config import RankerConfig, _merge
+
+        config = RankerConfig.from_dict(_merge(config.to_dict(), train_overrides))
+    seq_len = config.max_seq_len
+    steps = []
+    enc_dep = UNTRAINED_ENCODER
+    if encoder is None:
+        steps.append(untrained_encoder_step(layout))
+    else:
+        enc_dep = "given encoder"
+    steps += [
+        embed_step(layout, encoder_dep=enc_dep, progress=progress),
+        feature_tables_step(layout, seq_len=seq_len, deps=()),
+        feature_store_step(layout, profile=profile, project=project, seq_len=seq_len),
+        training_set_step(layout, seq_len=seq_len),
+        query_embeddings_step(layout, encoder_dep=enc_dep),
+    ]
+    if encoder is not None:  # an outside checkpoint: its key is its files' identity
+        steps.insert(0, Step(enc_dep, layout.checkpoint, lambda: None,
+                             {"path": str(layout.checkpoint)}))
+    run_steps(steps, out / "loop_state.json", label="serving loop")
+    ranker = out / "ranker"
+    train_ranker(layout.training_set, config, ranker, embeddings=layout.embeddings,
+                 query_embeddings=layout.query_embeddings, progress=progress, resume=False)
+    return ServingArtifacts(layout=layout, ranker=ranker, profile=profile, project=project)
