@@ -178,8 +178,7 @@ def make_config(preset: str, seed: int, **overrides: Any) -> WorldConfig:
     try:
         return WorldConfig.model_validate({"preset": preset, "seed": seed, **values})
     except ValidationError as exc:
-        key = exc.errors()[0]["loc"][:1]
-        from_preset = (
-            bool(key) and key[0] not in ("preset", "seed") and overrides.get(str(key[0])) is None
-        )
+        loc = exc.errors()[0]["loc"]
+        first = str(loc[0]) if loc else ""
+        from_preset = bool(first) and first not in ("preset", "seed") and overrides.get(first) is None
         raise _data_error(exc, str(PRESET_DIR / f"{preset}.yaml") if from_preset else None) from None

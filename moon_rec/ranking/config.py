@@ -63,7 +63,7 @@ class BehaviourConfig(_Section):
 
     module: BehaviourKind = "din"
     attention_hidden: list[int] = Field(default_factory=lambda: [64, 32])
-    top_k: int = Field(16, gt=0)
+    top_k: int = Field(default=16, gt=0)
     similarity_scale: float = 5.0
     user_content: bool = True
 
@@ -84,8 +84,8 @@ class OverArchConfig(_Section):
     """
 
     layer_sizes: list[int] = Field(default_factory=lambda: [128, 64])
-    cross_layers: int = Field(0, ge=0)
-    cross_low_rank: int = Field(0, ge=0)
+    cross_layers: int = Field(default=0, ge=0)
+    cross_low_rank: int = Field(default=0, ge=0)
     interaction: Literal["dot", "none"] = "dot"
     dot_to_logit: bool = False
 
@@ -103,13 +103,13 @@ class TrainConfig(_Section):
         eval_batch_size: batch size for prediction.
     """
 
-    batch_size: int = Field(512, gt=0)
-    epochs: int = Field(2, gt=0)
+    batch_size: int = Field(default=512, gt=0)
+    epochs: int = Field(default=2, gt=0)
     sparse_lr: float = 0.05
     dense_lr: float = 1e-3
     seed: int = 0
-    checkpoint_every: int = Field(200, ge=0)
-    eval_batch_size: int = Field(4096, gt=0)
+    checkpoint_every: int = Field(default=200, ge=0)
+    eval_batch_size: int = Field(default=4096, gt=0)
 
 
 class RankerConfig(_Section):
@@ -136,14 +136,14 @@ class RankerConfig(_Section):
     """
 
     feature_set: FeatureSet = "ids"
-    embedding_dim: int = Field(16, gt=0)
-    moon_dim: int = Field(64, gt=0)
-    max_seq_len: int = Field(50, gt=0)
-    query_token_buckets: int = Field(4096, gt=0)
-    max_position: int = Field(32, gt=0)
+    embedding_dim: int = Field(default=16, gt=0)
+    moon_dim: int = Field(default=64, gt=0)
+    max_seq_len: int = Field(default=50, gt=0)
+    query_token_buckets: int = Field(default=4096, gt=0)
+    max_position: int = Field(default=32, gt=0)
     id_policy: IdPolicy = "oov"
-    id_table_rows: int = Field(0, ge=0)
-    embedding_init_scale: float = Field(0.0, ge=0.0)
+    id_table_rows: int = Field(default=0, ge=0)
+    embedding_init_scale: float = Field(default=0.0, ge=0.0)
     behaviour: BehaviourConfig = Field(default_factory=BehaviourConfig)
     over_arch: OverArchConfig = Field(default_factory=OverArchConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
