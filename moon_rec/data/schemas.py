@@ -164,6 +164,15 @@ TABLES: dict[str, TableSpec] = {
 }
 
 # Types of the synthetic-only columns, so that generated files are stable and documented.
+# They are the click model's inputs (moon_rec.data.click_model, which reads them back):
+#   items        colour / pattern / shape / material / price-tier indices, quality, the
+#                unit style (look) vector and the item's brand vector (brand affinity)
+#   users        taste at t = 0 and its drift over the period, the preference per leaf
+#                category (in category_id order), brand and price preferences, click bias
+#   impressions  the click probability and its style term, and the query's intent: the
+#                colour index and brand_id it names and, for an image query, the item_id
+#                photographed (null: no such intent; image queries keep a colour / brand
+#                intent that their empty text does not show)
 ORACLE_COLUMNS: dict[str, dict[str, pa.DataType]] = {
     "items": {
         "oracle_color": pa.int32(),
@@ -173,6 +182,7 @@ ORACLE_COLUMNS: dict[str, dict[str, pa.DataType]] = {
         "oracle_price_tier": pa.int32(),
         "oracle_quality": pa.float32(),
         "oracle_style": pa.list_(pa.float32()),
+        "oracle_brand_vec": pa.list_(pa.float32()),
     },
     "image_queries": {},
     "users": {
@@ -180,11 +190,16 @@ ORACLE_COLUMNS: dict[str, dict[str, pa.DataType]] = {
         "oracle_category_pref": pa.list_(pa.float32()),
         "oracle_brand_pref": pa.list_(pa.float32()),
         "oracle_price_pref": pa.float32(),
+        "oracle_bias": pa.float32(),
+        "oracle_taste_drift": pa.list_(pa.float32()),
     },
     "behaviors": {},
     "impressions": {
         "oracle_p_click": pa.float32(),
         "oracle_logit_style": pa.float32(),
+        "oracle_query_color": pa.int32(),
+        "oracle_query_brand_id": pa.int64(),
+        "oracle_query_item_id": pa.int64(),
     },
     "categories": {},
 }

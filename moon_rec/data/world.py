@@ -1,27 +1,23 @@
 """The synthetic e-commerce world of DESIGN section 4: a seeded catalog, users and search
 sessions whose ground truth is known, so that every metric has a ceiling.
 
-How clicks happen (the oracle), per impression of item i to user u at time t, position p:
-
-    logit = bias + user_bias[u]
-          + w_style[c]   * style_scale * <taste_u(t), style_i>      (look: colour/pattern/shape)
-          + w_brand[c]   * <brand_pref_u, brand_vec[b_i]>            (brand affinity)
-          - w_price[c]   * |price_tier_i - price_pref_u|             (price affinity)
-          + w_cat        * log(category_pref_u[c])                   (category interest)
-          + w_quality    * quality_i + query_match(q, i) + pos_bias[p]
-
-``w_style`` is large in look-driven ("fashion") categories and small elsewhere, where brand
-and price dominate. Tastes drift slowly over time. Text titles omit colour and pattern at
-configured rates, so neither the image nor the text alone tells everything.
+How clicks happen is :mod:`moon_rec.data.click_model` (the oracle logit: style, brand,
+price, category, quality, query match and position terms). Its style weight is large in
+look-driven ("fashion") categories and small elsewhere, where brand and price dominate.
+Tastes drift slowly over time. Text titles omit colour and pattern at configured rates, so
+neither the image nor the text alone tells everything. The knobs and presets are
+:mod:`moon_rec.data.world_config` (``configs/world/<preset>.yaml``).
 
 Generation is chunked and every chunk draws from its own seeded generator, so the output
 depends on the seed and config only (not on chunk boundaries or process count), memory
 stays bounded for the ``large`` preset, and a killed run resumes from its finished parts.
+The hidden truth is written as ``oracle_`` columns (items' look and brand vector, users'
+tastes and biases, each impression's query intent and click probability), enough to
+recompute every click probability from the tables.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -30,7 +26,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from moon_rec.data.click_model import NONE, ImpressionInputs, click_terms, p_click, unit
 from moon_rec.data.errors import DataError
 from moon_rec.data.images import encode_png
 from moon_rec.data.io import write_table, write_world_meta
@@ -52,6 +49,8 @@ from moon_rec.data.render import (
     user_photo,
 )
 from moon_rec.data.schemas import TIMESTAMP
+from moon_rec.data.world_config import EPOCH, WorldConfig
+from moon_rec.data.world_config import make_config as make_config  # re-exported
 
 # The category tree: (top group, look-driven, leaves with their title synonyms).
 CATEGORY_TREE: tuple[tuple[str, bool, tuple[tuple[str, tuple[str, ...]], ...]], ...] = (
@@ -133,112 +132,12 @@ SYLLABLES: tuple[str, ...] = (
     "bo", "di", "fa", "go", "he", "ju", "ko", "li", "ne", "pa", "sol", "tri", "xa", "yo", "zu",
 )
 
-EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 US_PER_DAY = 86_400 * 1_000_000
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    """Every knob of the generator; presets override a few (see ``PRESETS``).
-
-    Sizes: ``n_items`` catalog items (``initial_item_frac`` launched before the first day,
-    the rest continuously over ``days``), ``n_users``, ``n_requests`` search requests of
-    ``list_len`` candidates each (impressions = n_requests * list_len), ``n_brands``.
-    Time: ``days`` of traffic from 2026-01-01; impressions before ``train_frac`` of the
-    period are train, after it test. Text: titles omit colour / pattern at
-    ``title_omit_color`` / ``title_omit_pattern``; attribute text omits each attribute at
-    ``attr_omit``. Clicks: weights of the oracle logit in the module docstring.
-    """
-
-    preset: str = "small"
-    seed: int = 0
-    n_items: int = 10_000
-    n_users: int = 3_000
-    n_requests: int = 60_000
-    list_len: int = 10
-    n_brands: int = 200
-    days: int = 60
-    train_frac: float = 0.8
-    initial_item_frac: float = 0.7
-    image_size: int = 64
-    queries_per_item: int = 2
-    image_query_request_frac: float = 0.08
-    style_dim: int = 8
-    title_omit_color: float = 0.5
-    title_omit_pattern: float = 0.6
-    attr_omit: float = 0.25
-    title_noise_words: float = 0.5
-    w_style_look: float = 2.6
-    w_style_other: float = 0.3
-    w_brand_look: float = 0.3
-    w_brand_other: float = 1.2
-    w_price_look: float = 0.15
-    w_price_other: float = 0.6
-    w_cat: float = 0.5
-    w_quality: float = 0.6
-    bias: float = -2.3
-    position_decay: float = 0.12
-    taste_drift: float = 0.35
-    cart_rate: float = 0.3
-    buy_rate: float = 0.4
-    chunk_items: int = 20_000
-    chunk_requests: int = 50_000
-    workers: int = 2
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def train_end(self) -> datetime:
-        return EPOCH + timedelta(days=self.days * self.train_frac)
-
-    @property
-    def end(self) -> datetime:
-        return EPOCH + timedelta(days=self.days)
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "n_items": 400, "n_users": 150, "n_requests": 3_000, "n_brands": 24, "days": 30,
-        "workers": 1,
-    },
-    "small": {},
-    "default": {"n_items": 100_000, "n_users": 30_000, "n_requests": 600_000, "n_brands": 800},
-    "large": {
-        "n_items": 1_000_000, "n_users": 200_000, "n_requests": 3_000_000, "n_brands": 3_000,
-        "queries_per_item": 1, "days": 90,
-    },
-}
-
-
-def make_config(preset: str, seed: int, **overrides: Any) -> WorldConfig:
-    """A preset with a seed and optional overrides (``None`` values are ignored)."""
-    if preset not in PRESETS:
-        raise DataError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})", column="preset")
-    fields = {f.name for f in dataclasses.fields(WorldConfig)}
-    values = dict(PRESETS[preset])
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key not in fields:
-            raise DataError(f"unknown world setting {key!r}", column=key)
-        values[key] = value
-    cfg = WorldConfig(preset=preset, seed=seed, **values)
-    for name in ("n_items", "n_users", "n_requests", "list_len", "n_brands", "days"):
-        if getattr(cfg, name) < 1:
-            raise DataError(f"must be >= 1, got {getattr(cfg, name)}", column=name)
-    if cfg.image_size < 16:
-        raise DataError(f"must be >= 16, got {cfg.image_size}", column="image_size")
-    return cfg
 
 
 def _rng(cfg: WorldConfig, *key: int) -> np.random.Generator:
     """An independent generator per (seed, purpose, chunk...) so chunks are reproducible."""
     return np.random.default_rng([cfg.seed, *key])
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-9)
 
 
 def _ts_us(dt: datetime) -> int:
@@ -369,7 +268,7 @@ def build_catalog(u: Universe) -> Catalog:
     cat = spu_cat[spu_of]
     shape = spu_shape[spu_of]
     pattern = spu_pattern[spu_of]
-    style = _unit(
+    style = unit(
         u.color_vec[color] + u.pattern_vec[pattern] + u.shape_vec[cat, shape]
         + rng.normal(0, 0.3, (n, cfg.style_dim))
     )
@@ -470,7 +369,7 @@ def build_population(u: Universe, cat: Catalog) -> Population:
     n = cfg.n_users
     n_leaves = len(u.leaves)
     cat_pref = rng.dirichlet(np.full(n_leaves, 0.3), n) * 0.8 + 0.2 * u.cat_popularity
-    taste0 = _unit(rng.normal(0, 1, (n, cfg.style_dim)))
+    taste0 = unit(rng.normal(0, 1, (n, cfg.style_dim)))
     drift = rng.normal(0, 1, (n, cfg.style_dim)) * cfg.taste_drift
     color_score = taste0 @ u.color_vec.T
     return Population(
@@ -485,11 +384,6 @@ def build_population(u: Universe, cat: Catalog) -> Population:
         price_pref=rng.uniform(0, 4, n),
         color_pref=color_score.argmax(1),
     )
-
-
-def taste_at(pop: Population, users: np.ndarray, t_frac: np.ndarray) -> np.ndarray:
-    """Users' visual taste at time fraction t (0 = first day, 1 = last day), unit norm."""
-    return _unit(pop.taste0[users] + pop.drift[users] * t_frac[:, None])
 
 
 # --------------------------------------------------------------------------------------
@@ -567,29 +461,32 @@ def simulate_requests(
     rr, pos = np.nonzero(valid)
     items = cand[rr, pos]
     uu = users[rr]
-    t_frac = (ts[rr] - start_us) / span
-    style_term = (taste_at(pop, uu, t_frac) * cat.style[items]).sum(1) * 2.0
-    c_items = cat.category[items]
-    look = u.look[c_items]
-    w_style = np.where(look, cfg.w_style_look, cfg.w_style_other)
-    w_brand = np.where(look, cfg.w_brand_look, cfg.w_brand_other)
-    w_price = np.where(look, cfg.w_price_look, cfg.w_price_other)
-    brand_term = (pop.brand_pref[uu] * u.brand_vec[cat.brand[items]]).sum(1)
-    price_term = -np.abs(cat.price_tier[items] - pop.price_pref[uu])
-    cat_term = np.log(pop.cat_pref[uu, c_items] * len(u.leaves))
     qc, qb, qi = q_color[rr], q_brand[rr], target_item[rr]
-    query_match = (
-        np.where(qc >= 0, np.where(cat.color[items] == qc, 1.2, -0.4), 0.0)
-        + np.where(qb >= 0, np.where(cat.brand[items] == qb, 1.2, -0.4), 0.0)
-        + np.where(qi >= 0, np.where(items == qi, 2.5, np.where(cat.spu[items] == cat.spu[np.maximum(qi, 0)], 1.0, -0.3)), 0.0)
-    )
-    logit_style = w_style * style_term
-    logit = (
-        cfg.bias + pop.bias[uu] + logit_style + w_brand * brand_term + w_price * price_term
-        + cfg.w_cat * cat_term + cfg.w_quality * cat.quality[items] + query_match
-        - cfg.position_decay * pos * (1.0 + 0.5 * np.log1p(pos))
-    )
-    p = 1.0 / (1.0 + np.exp(-logit))
+    terms = click_terms(cfg, ImpressionInputs(
+        position=pos,
+        t_frac=(ts[rr] - start_us) / span,
+        look=u.look[cat.category[items]],
+        user_bias=pop.bias[uu],
+        taste=pop.taste0[uu],
+        taste_drift=pop.drift[uu],
+        category_pref=pop.cat_pref[uu, cat.category[items]],
+        n_categories=len(u.leaves),
+        brand_pref=pop.brand_pref[uu],
+        price_pref=pop.price_pref[uu],
+        item=items,
+        spu=cat.spu[items],
+        style=cat.style[items],
+        brand=cat.brand[items],
+        brand_vec=u.brand_vec[cat.brand[items]],
+        color=cat.color[items],
+        price_tier=cat.price_tier[items],
+        quality=cat.quality[items],
+        query_color=qc,
+        query_brand=qb,
+        query_item=qi,
+        query_spu=cat.spu[np.maximum(qi, 0)],
+    ))
+    p = p_click(cfg, terms)
     clicked = (rng.random(p.size) < p).astype(np.int8)
     request_id = (chunk * cfg.chunk_requests + rr + 1).astype(np.int64)
     qtext = _query_texts(u, rng, req_cat, q_color, q_brand, q_image)
@@ -603,7 +500,14 @@ def simulate_requests(
         "position": pos.astype(np.int32),
         "clicked": clicked,
         "oracle_p_click": p.astype(np.float32),
-        "oracle_logit_style": logit_style.astype(np.float32),
+        "oracle_logit_style": terms.style.astype(np.float32),
+        # the query's intent as the click model used it (null: none); rows (brand index,
+        # catalog row) become ids
+        "oracle_query_color": pa.array(qc, pa.int32(), mask=qc == NONE),
+        "oracle_query_brand_id": pa.array(qb + 1, pa.int64(), mask=qb == NONE),
+        "oracle_query_item_id": pa.array(
+            cat.item_id[np.maximum(qi, 0)], pa.int64(), mask=qi == NONE
+        ),
     })
     # behaviours: every click, deepened to cart / buy; they happen seconds after the request
     ci = np.flatnonzero(clicked == 1)
@@ -690,7 +594,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(cfg_dict: dict[str, Any]) -> None:
-    cfg = WorldConfig(**cfg_dict)
+    cfg = WorldConfig.model_validate(cfg_dict)
     u = build_universe(cfg)
     _WORKER["u"] = u
     _WORKER["cat"] = build_catalog(u)
@@ -769,6 +673,9 @@ def items_chunk(u: Universe, cat: Catalog, rows: np.ndarray, images: list[bytes]
         "oracle_price_tier": cat.price_tier[rows].astype(np.int32),
         "oracle_quality": cat.quality[rows].astype(np.float32),
         "oracle_style": pa.array(list(cat.style[rows].astype(np.float32)), pa.list_(pa.float32())),
+        "oracle_brand_vec": pa.array(
+            list(u.brand_vec[cat.brand[rows]].astype(np.float32)), pa.list_(pa.float32())
+        ),
     })
 
 
@@ -781,6 +688,8 @@ def users_table(u: Universe, pop: Population) -> pa.Table:
         "oracle_category_pref": pa.array(list(pop.cat_pref.astype(np.float32)), f32),
         "oracle_brand_pref": pa.array(list(pop.brand_pref.astype(np.float32)), f32),
         "oracle_price_pref": pop.price_pref.astype(np.float32),
+        "oracle_bias": pop.bias.astype(np.float32),
+        "oracle_taste_drift": pa.array(list(pop.drift.astype(np.float32)), f32),
     })
 
 

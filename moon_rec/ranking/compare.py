@@ -10,7 +10,6 @@ several encoder versions trains it once)."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,7 @@ def compare_rankers(
     for name in experiments:
         config = load_ranker_config(config_file, name)
         if seed is not None:
-            config = replace(config, train=replace(config.train, seed=seed))
+            config = config.with_overrides({"train": {"seed": seed}})
         model_dir = out / name
         meta = _reusable(model_dir, config, training_set, embeddings) if reuse else None
         if meta is None:

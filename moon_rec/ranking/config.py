@@ -1,25 +1,27 @@
-"""Ranker configuration: small dataclasses, loaded from YAML experiment blocks.
+"""Ranker configuration: strict pydantic models, loaded from YAML experiment blocks.
 
 Experiments live in ``configs/ranker/*.yaml`` in FuxiCTR's shape: a ``Base:`` block holds
 the defaults, every other top-level key is one experiment that overrides part of it
-(``cube_moon``, ``cube_moon_tiny``, ...). Unknown keys are an error, so a typo in YAML never
-turns into a silent default.
+(``cube_moon``, ``cube_moon_tiny``, ...). Unknown keys and wrong types are errors naming
+the key (``train.dense_lr``), so a typo in YAML never turns into a silent default; YAML
+``1e-3`` reads as a float (see :mod:`moon_rec._yaml_config`).
 
 Example::
 
     cfg = load_ranker_config("configs/ranker/experiments.yaml", "cube_moon_tiny")
     cfg.behaviour.module   # "cube"
     cfg.feature_set        # "ids+moon"
+    cfg.with_overrides({"train": {"seed": 3}}).train.seed   # 3 (validated copy)
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, get_args
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from moon_rec._yaml_config import read_yaml
 
 FeatureSet = Literal["ids", "ids+moon"]
 BehaviourKind = Literal["din", "cube", "sim"]
@@ -34,8 +36,16 @@ class ConfigError(ValueError):
     """A ranker config that breaks a rule; the message names the key."""
 
 
-@dataclass
-class BehaviourConfig:
+class _Section(BaseModel):
+    """Strict: unknown keys and wrong types (``"1e-3"`` for a float, ``16.7`` or ``16.0``
+    for an int, ``1`` for a bool) are errors. :meth:`RankerConfig.from_dict` and
+    :func:`load_ranker_config` raise :class:`ConfigError`; direct construction raises
+    pydantic's ``ValidationError`` (also a ``ValueError`` naming the key)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class BehaviourConfig(_Section):
     """The behaviour-sequence module.
 
     Args:
@@ -52,14 +62,13 @@ class BehaviourConfig:
     """
 
     module: BehaviourKind = "din"
-    attention_hidden: list[int] = field(default_factory=lambda: [64, 32])
-    top_k: int = 16
+    attention_hidden: list[int] = Field(default_factory=lambda: [64, 32])
+    top_k: int = Field(default=16, gt=0)
     similarity_scale: float = 5.0
     user_content: bool = True
 
 
-@dataclass
-class OverArchConfig:
+class OverArchConfig(_Section):
     """The over-arch on the concatenated features.
 
     Args:
@@ -74,15 +83,14 @@ class OverArchConfig:
             affinities get a direct gradient instead of only through the MLP.
     """
 
-    layer_sizes: list[int] = field(default_factory=lambda: [128, 64])
-    cross_layers: int = 0
-    cross_low_rank: int = 0
+    layer_sizes: list[int] = Field(default_factory=lambda: [128, 64])
+    cross_layers: int = Field(default=0, ge=0)
+    cross_low_rank: int = Field(default=0, ge=0)
     interaction: Literal["dot", "none"] = "dot"
     dot_to_logit: bool = False
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """Training hyper-parameters.
 
     Args:
@@ -95,17 +103,16 @@ class TrainConfig:
         eval_batch_size: batch size for prediction.
     """
 
-    batch_size: int = 512
-    epochs: int = 2
+    batch_size: int = Field(default=512, gt=0)
+    epochs: int = Field(default=2, gt=0)
     sparse_lr: float = 0.05
     dense_lr: float = 1e-3
     seed: int = 0
-    checkpoint_every: int = 200
-    eval_batch_size: int = 4096
+    checkpoint_every: int = Field(default=200, ge=0)
+    eval_batch_size: int = Field(default=4096, gt=0)
 
 
-@dataclass
-class RankerConfig:
+class RankerConfig(_Section):
     """One ranker experiment.
 
     Args:
@@ -129,108 +136,98 @@ class RankerConfig:
     """
 
     feature_set: FeatureSet = "ids"
-    embedding_dim: int = 16
-    moon_dim: int = 64
-    max_seq_len: int = 50
-    query_token_buckets: int = 4096
-    max_position: int = 32
+    embedding_dim: int = Field(default=16, gt=0)
+    moon_dim: int = Field(default=64, gt=0)
+    max_seq_len: int = Field(default=50, gt=0)
+    query_token_buckets: int = Field(default=4096, gt=0)
+    max_position: int = Field(default=32, gt=0)
     id_policy: IdPolicy = "oov"
-    id_table_rows: int = 0
-    embedding_init_scale: float = 0.0
-    behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
-    over_arch: OverArchConfig = field(default_factory=OverArchConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    id_table_rows: int = Field(default=0, ge=0)
+    embedding_init_scale: float = Field(default=0.0, ge=0.0)
+    behaviour: BehaviourConfig = Field(default_factory=BehaviourConfig)
+    over_arch: OverArchConfig = Field(default_factory=OverArchConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
-    def __post_init__(self) -> None:
-        self.validate()
+    @model_validator(mode="after")
+    def _content_modules_need_moon(self) -> RankerConfig:
+        if self.behaviour.module in ("cube", "sim") and not self.uses_moon:
+            raise ValueError(
+                f"behaviour.module: {self.behaviour.module!r} needs feature_set 'ids+moon'"
+            )
+        return self
 
     @property
     def uses_moon(self) -> bool:
         return self.feature_set == "ids+moon"
 
-    def validate(self) -> None:
-        """Raise ConfigError when a value or a combination is invalid."""
-        if self.feature_set not in FEATURE_SETS:
-            raise ConfigError(f"feature_set: {self.feature_set!r} not in {FEATURE_SETS}")
-        if self.behaviour.module not in BEHAVIOUR_KINDS:
-            raise ConfigError(
-                f"behaviour.module: {self.behaviour.module!r} not in {BEHAVIOUR_KINDS}"
-            )
-        if self.id_policy not in ID_POLICIES:
-            raise ConfigError(f"id_policy: {self.id_policy!r} not in {ID_POLICIES}")
-        if self.behaviour.module in ("cube", "sim") and not self.uses_moon:
-            raise ConfigError(
-                f"behaviour.module: {self.behaviour.module!r} needs feature_set 'ids+moon'"
-            )
-        positive = {
-            "embedding_dim": self.embedding_dim,
-            "moon_dim": self.moon_dim,
-            "max_seq_len": self.max_seq_len,
-            "query_token_buckets": self.query_token_buckets,
-            "max_position": self.max_position,
-            "behaviour.top_k": self.behaviour.top_k,
-            "train.batch_size": self.train.batch_size,
-            "train.epochs": self.train.epochs,
-            "train.eval_batch_size": self.train.eval_batch_size,
-        }
-        for key, value in positive.items():
-            if int(value) <= 0:
-                raise ConfigError(f"{key}: must be > 0, got {value}")
-        if self.over_arch.interaction not in ("dot", "none"):
-            raise ConfigError(
-                f"over_arch.interaction: {self.over_arch.interaction!r} not in ('dot', 'none')"
-            )
-        if self.embedding_init_scale < 0:
-            raise ConfigError(
-                f"embedding_init_scale: must be >= 0, got {self.embedding_init_scale}"
-            )
-        if self.id_table_rows < 0:
-            raise ConfigError(f"id_table_rows: must be >= 0, got {self.id_table_rows}")
-
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The nested dict of every field (JSON-safe; :meth:`from_dict` reads it back)."""
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RankerConfig:
-        """Build from a nested dict, rejecting unknown keys (named in the error)."""
-        return _from_dict(cls, data, "")
+        """Build from a nested dict (missing keys take their defaults).
+
+        Raises:
+            ConfigError: an unknown key, a wrong type or an invalid value, named
+                (``unknown key behaviour.attention_hiden``, ``train.dense_lr: ...``).
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, cls)) from None
+
+    def with_overrides(self, overrides: dict[str, Any]) -> RankerConfig:
+        """A validated copy with nested ``overrides`` merged in, e.g.
+        ``{"train": {"epochs": 1}, "max_seq_len": 20}``."""
+        return RankerConfig.from_dict(merge_overrides(self.to_dict(), overrides))
 
 
-T = TypeVar("T")
-
-
-def _from_dict(cls: type[T], data: Any, prefix: str) -> T:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]!s} (known: {', '.join(fields)})")
-    kwargs: dict[str, Any] = {}
-    nested = {
-        "behaviour": BehaviourConfig,
-        "over_arch": OverArchConfig,
-        "train": TrainConfig,
-    }
-    for name, value in data.items():
-        if cls is RankerConfig and name in nested:
-            kwargs[name] = _from_dict(nested[name], value, f"{prefix}{name}.")
+def _describe(exc: ValidationError, model: type[BaseModel]) -> str:
+    """One line per problem, each naming its dotted key."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(_model_at(model, loc[:-1]).model_fields)
+            lines.append(f"unknown key {key} (known: {known})")
+            continue
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not key:  # a rule over several keys: its message names them
+            lines.append(msg)
+        elif err["type"] == "missing":
+            lines.append(f"{key}: missing")
         else:
-            kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{prefix or 'config'}: {exc}") from exc
+            lines.append(f"{key}: {msg} (got {err['input']!r})")
+    return "; ".join(lines)
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel]:
+    """The section model at ``path`` (``["behaviour"]`` -> BehaviourConfig)."""
+    for name in path:
+        field = model.model_fields.get(name)
+        sub = field.annotation if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            break
+        model = sub
+    return model
+
+
+def merge_overrides(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in, recursively for nested mappings."""
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_overrides(out[key], value)
         else:
             out[key] = value
     return out
+
+
+_merge = merge_overrides  # the name serving/loop.py imports
 
 
 def list_experiments(path: str | Path) -> list[str]:
@@ -239,16 +236,12 @@ def list_experiments(path: str | Path) -> list[str]:
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ranker config {path} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of experiments")
-    return data
+        return read_yaml(path, what="ranker config")
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_ranker_config(path: str | Path, experiment: str | None = None) -> RankerConfig:
@@ -258,12 +251,15 @@ def load_ranker_config(path: str | Path, experiment: str | None = None) -> Ranke
     ``experiment=None`` a file holding exactly one experiment block uses that block.
 
     Raises:
+        FileNotFoundError: no such file.
         ConfigError: unknown experiment or key, or an invalid value (the key is named).
     """
     data = _read_yaml(path)
-    known = {f.name for f in dataclasses.fields(RankerConfig)}
-    if set(data) <= known:  # a flat config
-        return RankerConfig.from_dict(data)
+    if set(data) <= set(RankerConfig.model_fields):  # a flat config
+        try:
+            return RankerConfig.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     base = data.get("Base") or {}
     names = [k for k in data if k != "Base"]
     if experiment is None:
@@ -272,7 +268,10 @@ def load_ranker_config(path: str | Path, experiment: str | None = None) -> Ranke
         experiment = names[0]
     if experiment not in data:
         raise ConfigError(f"{path}: unknown experiment {experiment!r} (known: {names})")
+    block = data[experiment] or {}
+    if not isinstance(base, dict) or not isinstance(block, dict):
+        raise ConfigError(f"{path} [{experiment}]: Base and experiment blocks must be mappings")
     try:
-        return RankerConfig.from_dict(_merge(base, data[experiment] or {}))
+        return RankerConfig.from_dict(merge_overrides(base, block))
     except ConfigError as exc:
-        raise ConfigError(f"{path} [{experiment}]: {exc}") from exc
+        raise ConfigError(f"{path} [{experiment}]: {exc}") from None

@@ -27,7 +27,8 @@ not learned it (e.g. user x brand affinity).
     python -m moon_rec.ranking.diagnostics WORLD --explain MODEL [MODEL ...]
 
 :func:`oracle_decomposition` splits the oracle click logit of a synthetic world's test
-impressions into its terms (module docstring of :mod:`moon_rec.data.world`) and reports the
+impressions into its terms (:mod:`moon_rec.data.click_model`, read back from the world's
+``oracle_`` columns) and reports the
 AUC of "reachable" oracles: the oracle with the terms that no ranker can see from its
 features (user/item ids, category, brand, position, query text, behaviours, content
 vectors) replaced by what those features do tell.
@@ -48,6 +49,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from moon_rec.data.click_model import (
+    IMPRESSION_COLUMNS,
+    NONE,
+    STYLE_SCALE,
+    ImpressionInputs,
+    WorldOracle,
+    click_logit,
+    click_terms,
+    read_oracle,
+)
 from moon_rec.data.io import read_table
 
 DIMS: tuple[int, ...] = (32, 64, 128, 256)
@@ -89,94 +100,55 @@ def write_oracle_style_embeddings(
     return out / "items.parquet"
 
 
-def _world_state(world: str | Path) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
-    """Rebuild the generator's in-memory universe, catalog and population of ``world``
-    (deterministic in its config and seed)."""
-    from moon_rec.data.io import read_world_meta
-    from moon_rec.data.world import (
-        WorldConfig,
-        build_catalog,
-        build_population,
-        build_universe,
-    )
-
-    meta = read_world_meta(world)
-    cfg = WorldConfig(**meta["config"])
-    u = build_universe(cfg)
-    cat = build_catalog(u)
-    pop = build_population(u, cat)
-    return cfg, u, cat, pop, meta
-
-
-def oracle_terms(world: str | Path) -> dict[str, np.ndarray]:
-    """Every term of the oracle click logit, per impression of ``world`` (all rows).
-
-    Returns arrays [N]: ``logit`` (from ``oracle_p_click``), ``user_bias``, ``style``,
-    ``brand``, ``price``, ``category``, ``quality``, ``position``, ``query_text_match``
-    (colour / brand words of the text query), ``query_image_match`` (the image query's
-    target item, its SPU or neither: the residual on image-query rows), plus ``test``,
-    ``cold``, ``look``, ``image_request`` (bool), ``clicked``, ``user_row``, ``item_row``,
-    ``t_frac`` and the constant ``bias`` (a float in a 0-d array).
-    """
-    from moon_rec.data.world import COLOR_SYNONYMS, COLORS, EPOCH
-
-    cfg, u, cat, pop, _meta = _world_state(world)
-    cols = ["user_id", "ts", "query_text", "item_id", "position", "clicked", "oracle_p_click",
-            "oracle_logit_style"]
+def _world_terms(world: str | Path) -> tuple[WorldOracle, ImpressionInputs, dict[str, np.ndarray]]:
+    """The world's hidden truth, the click model's inputs of every impression and
+    :func:`oracle_terms`."""
+    oracle = read_oracle(world)
+    cfg = oracle.cfg
+    cols = [*IMPRESSION_COLUMNS, "clicked", "oracle_p_click"]
     imp = read_table(world, "impressions", columns=cols, validate=False)
-    uu = imp.column("user_id").to_numpy() - 1
-    items = imp.column("item_id").to_numpy() - 1
-    pos = imp.column("position").to_numpy().astype(np.float64)
+    x = oracle.inputs(imp)
+    terms = click_terms(cfg, x)
     ts = pc.cast(imp.column("ts"), pa.int64()).to_numpy()
-    start = int(EPOCH.timestamp() * 1e6)
-    span = int(cfg.end.timestamp() * 1e6) - start
     train_end = int(cfg.train_end.timestamp() * 1e6)
-    t_frac = (ts - start) / span
     p = imp.column("oracle_p_click").to_numpy().astype(np.float64)
     p = np.clip(p, 1e-12, 1 - 1e-12)
     logit = np.log(p) - np.log1p(-p)
-    c_items = cat.category[items]
-    look = u.look[c_items]
-    w_brand = np.where(look, cfg.w_brand_look, cfg.w_brand_other)
-    w_price = np.where(look, cfg.w_price_look, cfg.w_price_other)
-    style = imp.column("oracle_logit_style").to_numpy().astype(np.float64)
-    brand = w_brand * (pop.brand_pref[uu] * u.brand_vec[cat.brand[items]]).sum(1)
-    price = -w_price * np.abs(cat.price_tier[items] - pop.price_pref[uu])
-    category = cfg.w_cat * np.log(pop.cat_pref[uu, c_items] * len(u.leaves))
-    quality = cfg.w_quality * cat.quality[items]
-    position = -cfg.position_decay * pos * (1.0 + 0.5 * np.log1p(pos))
-    user_bias = pop.bias[uu]
-    known = cfg.bias + user_bias + style + brand + price + category + quality + position
-    residual = logit - known
-    texts = imp.column("query_text").to_pylist()
-    image_request = np.array([t == "" for t in texts])
-    # the text query's colour / brand words, as the generator wrote them
-    color_word = {COLOR_SYNONYMS[name][0]: k for k, (name, *_rest) in enumerate(COLORS)}
-    brand_word = {name.lower(): k for k, name in enumerate(u.brand_names)}
-    q_color = np.full(len(texts), -1)
-    q_brand = np.full(len(texts), -1)
-    for r, t in enumerate(texts):
-        if not t:
-            continue
-        for w, k in color_word.items():
-            if t.startswith(w + " ") or (" " + w + " ") in t:
-                q_color[r] = k
-        first = t.split(" ", 1)[0]
-        if first in brand_word:
-            q_brand[r] = brand_word[first]
-    text_match = np.where(q_color >= 0, np.where(cat.color[items] == q_color, 1.2, -0.4), 0.0)
-    text_match += np.where(q_brand >= 0, np.where(cat.brand[items] == q_brand, 1.2, -0.4), 0.0)
-    image_match = np.where(image_request, residual, 0.0)
-    other = np.where(image_request, 0.0, residual - text_match)
-    return {
-        "logit": logit, "bias": np.asarray(cfg.bias), "user_bias": user_bias, "style": style,
-        "brand": brand, "price": price, "category": category, "quality": quality,
-        "position": position, "query_text_match": text_match,
-        "query_image_match": image_match, "unexplained": other,
-        "test": ts >= train_end, "cold": cat.launch_us[items] >= train_end, "look": look,
-        "image_request": image_request, "clicked": imp.column("clicked").to_numpy(),
-        "user_row": uu, "item_row": items, "t_frac": t_frac,
+    image_request = x.query_item != NONE
+    # an image query's text is empty: its colour / brand intent is as unseen as its photo
+    intent = terms.query_color + terms.query_brand
+    item_id = imp.column("item_id").to_numpy()
+    out = {
+        "logit": logit, "bias": np.asarray(cfg.bias), "user_bias": terms.user_bias,
+        "style": terms.style, "brand": terms.brand, "price": terms.price,
+        "category": terms.category, "quality": terms.quality, "position": terms.position,
+        "query_text_match": np.where(image_request, 0.0, intent),
+        "query_image_match": np.where(image_request, intent + terms.query_image, 0.0),
+        "unexplained": logit - click_logit(cfg, terms),
+        "test": ts >= train_end,
+        "cold": oracle.items.launch_us[oracle.item_rows(item_id)] >= train_end,
+        "look": x.look, "image_request": image_request,
+        "clicked": imp.column("clicked").to_numpy(),
+        "user_id": imp.column("user_id").to_numpy(), "item_id": item_id,
+        "t_frac": x.t_frac, "price_pref": x.price_pref,
     }
+    return oracle, x, out
+
+
+def oracle_terms(world: str | Path) -> dict[str, np.ndarray]:
+    """Every term of the oracle click logit, per impression of ``world`` (all rows), as
+    :func:`moon_rec.data.click_model.click_terms` computes it from the world's tables.
+
+    Returns arrays [N]: ``logit`` (from ``oracle_p_click``), ``user_bias``, ``style``,
+    ``brand``, ``price``, ``category``, ``quality``, ``position``, ``query_text_match``
+    (the colour / brand the text query names), ``query_image_match`` (on image-query rows:
+    the photographed item, its SPU or neither, plus the colour / brand intent that the
+    empty text does not show), ``unexplained`` (``logit`` minus the terms: float32
+    storage only), plus ``test``, ``cold``, ``look``, ``image_request`` (bool),
+    ``clicked``, ``user_id``, ``item_id``, ``t_frac``, ``price_pref`` (the user's) and the
+    constant ``bias`` (a float in a 0-d array).
+    """
+    return _world_terms(world)[2]
 
 
 def oracle_decomposition(world: str | Path) -> dict[str, Any]:
@@ -198,8 +170,8 @@ def oracle_decomposition(world: str | Path) -> dict[str, Any]:
     """
     from moon_rec.metrics.ranking import auc
 
-    cfg, _u, _cat, pop, _ = _world_state(world)
-    t = oracle_terms(world)
+    oracle, _x, t = _world_terms(world)
+    cfg = oracle.cfg
     test, y = t["test"], t["clicked"]
     segments = {
         "all": np.ones_like(test), "cold": t["cold"], "warm": ~t["cold"], "look": t["look"],
@@ -232,7 +204,7 @@ def oracle_decomposition(world: str | Path) -> dict[str, Any]:
     q_hat = np.array([q_by_pos[k] for k in pos])
     tier_p = np.array([0.2, 0.3, 0.3, 0.15, 0.05])
     w_price = np.where(t["look"], cfg.w_price_look, cfg.w_price_other)
-    pref = pop.price_pref[t["user_row"]]
+    pref = t["price_pref"]
     exp_price = -w_price * (tier_p[None, :] * np.abs(np.arange(5)[None, :] - pref[:, None])).sum(1)
     reach = no_img + np.where(cold, q_hat - t["quality"] + exp_price - t["price"], 0.0)
     report["reachable"] = aucs(reach)
@@ -267,19 +239,19 @@ def history_taste_ceiling(
 
     from moon_rec.metrics.ranking import auc
 
-    cfg, u, cat, _pop, _ = _world_state(world)
-    t = oracle_terms(world)
+    oracle, x, t = _world_terms(world)
+    cfg = oracle.cfg
     table = pq.read_table(training_set, columns=["item_id", "hist_item_ids"])
-    if not np.array_equal(table.column("item_id").to_numpy() - 1, t["item_row"]):
+    if not np.array_equal(table.column("item_id").to_numpy(), t["item_id"]):
         raise ValueError("the training set's rows are not the world's impressions in order")
     hist = table.column("hist_item_ids").combine_chunks()
     lengths = pc.list_value_length(hist).fill_null(0).to_numpy()
-    flat = pc.list_flatten(hist).to_numpy() - 1
+    flat = oracle.item_rows(pc.list_flatten(hist).to_numpy())
     row_of = np.repeat(np.arange(len(lengths)), lengths)
-    look_item = u.look[cat.category]
+    look_item, item_style = oracle.items.look, oracle.items.style
     test, y, look, cold = t["test"], t["clicked"], t["look"], t["cold"]
-    w = np.where(look, cfg.w_style_look, cfg.w_style_other) * 2.0
-    target = cat.style[t["item_row"]]
+    w = np.where(look, cfg.w_style_look, cfg.w_style_other) * STYLE_SCALE
+    target = x.style
     base = t["logit"] - t["query_image_match"] - t["style"]
 
     def aucs(score: np.ndarray) -> dict[str, float | None]:
@@ -293,7 +265,7 @@ def history_taste_ceiling(
     report: dict[str, Any] = {"true_taste": aucs(base + t["style"]), "no_style": aucs(base)}
     for name, keep in (("history", look_item[flat]), ("history_all", np.ones(flat.size, bool))):
         sums = np.zeros((len(lengths), target.shape[1]))
-        np.add.at(sums, row_of[keep], cat.style[flat[keep]])
+        np.add.at(sums, row_of[keep], item_style[flat[keep]])
         counts = np.bincount(row_of[keep], minlength=len(lengths))
         match = (sums / (counts[:, None] + shrink) * target).sum(1)
         best = max(((aucs(base + k * w * match), k) for k in (1.0, 1.5, 2.0, 2.5)),
@@ -393,7 +365,7 @@ def explain_ranker(world: str | Path, model_dir: str | Path) -> dict[str, Any]:
     t = oracle_terms(world)
     data, rows, p, meta = score_test_split(model_dir)
     test = np.flatnonzero(t["test"])
-    if len(rows) != len(test) or not np.array_equal(data.item_id[rows] - 1, t["item_row"][test]):
+    if len(rows) != len(test) or not np.array_equal(data.item_id[rows], t["item_id"][test]):
         raise ValueError("the ranker's test rows are not the world's test impressions in order")
     p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
     logit = np.log(p) - np.log1p(-p)

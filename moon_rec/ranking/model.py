@@ -54,7 +54,6 @@ class MoonRanker(nn.Module):
         content: MoonContentArch | None = None,
     ) -> None:
         super().__init__()
-        config.validate()
         if config.uses_moon and content is None:
             raise ValueError("feature_set 'ids+moon' needs the MOON content table")
         self.config = config

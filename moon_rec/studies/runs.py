@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -388,17 +388,15 @@ class Study:
         from moon_rec.ranking.config import RankerConfig
 
         r = self.config.ranker
-        cfg = RankerConfig.from_dict(self.ranker_base(experiment))
-        train = replace(cfg.train, seed=seed, checkpoint_every=0)
+        train: dict[str, Any] = {"seed": seed, "checkpoint_every": 0}
         if r.epochs is not None:
-            train = replace(train, epochs=r.epochs)
+            train["epochs"] = r.epochs
         if r.batch_size is not None:
-            train = replace(train, batch_size=r.batch_size)
-        cfg = replace(cfg, train=train)
+            train["batch_size"] = r.batch_size
+        overrides: dict[str, Any] = {"train": train}
         if max_seq_len is not None:
-            cfg = replace(cfg, max_seq_len=max_seq_len)
-        cfg.validate()
-        return cfg
+            overrides["max_seq_len"] = max_seq_len
+        return RankerConfig.from_dict(self.ranker_base(experiment)).with_overrides(overrides)
 
     def ranker_point(self, version: str, seed: int, *, kind: str = "ranker",
                      max_seq_len: int | None = None) -> Point:

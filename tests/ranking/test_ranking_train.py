@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +64,7 @@ def test_resume_continues_to_the_same_weights(
     ranker_data: SyntheticPaths, configs_file: Path, tmp_path: Path
 ) -> None:
     cfg = load_ranker_config(configs_file, "din_ids_tiny")
-    cfg = replace(cfg, train=replace(cfg.train, epochs=2, checkpoint_every=5))
+    cfg = cfg.with_overrides({"train": {"epochs": 2, "checkpoint_every": 5}})
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     train_ranker(ranker_data.training_set, cfg, whole, progress=False)
     first = train_ranker(ranker_data.training_set, cfg, parts, progress=False, max_steps=37)
@@ -84,7 +83,7 @@ def test_resume_refuses_another_config(
 ) -> None:
     cfg = load_ranker_config(configs_file, "din_ids_tiny")
     train_ranker(ranker_data.training_set, cfg, tmp_path, progress=False, max_steps=2)
-    other = replace(cfg, embedding_dim=8)
+    other = cfg.with_overrides({"embedding_dim": 8})
     with pytest.raises(ValueError, match="another config"):
         train_ranker(ranker_data.training_set, other, tmp_path, progress=False)
 
@@ -169,7 +168,7 @@ def test_unseen_id_rows_start_at_zero_and_init_scale(ranker_data: SyntheticPaths
     from moon_rec.ranking.train import build_model, table_sizes
 
     cfg = load_ranker_config(CONFIGS_FILE, "din_ids_tiny")
-    cfg = replace(cfg, embedding_init_scale=0.3)
+    cfg = cfg.with_overrides({"embedding_init_scale": 0.3})
     data = load_training_set(ranker_data.training_set, cfg.max_seq_len, cfg.query_token_buckets)
     tables = table_sizes(data, cfg)
     model = build_model(cfg, tables, None, 0, data)
@@ -194,11 +193,13 @@ def test_dot_to_logit_starts_as_the_plain_model(ranker_data: SyntheticPaths) -> 
     cfg = load_ranker_config(CONFIGS_FILE, "din_ids_tiny")
     data = load_training_set(ranker_data.training_set, cfg.max_seq_len, cfg.query_token_buckets)
     tables = table_sizes(data, cfg)
-    wide_cfg = replace(cfg, over_arch=replace(cfg.over_arch, dot_to_logit=True))
+    wide_cfg = cfg.with_overrides({"over_arch": {"dot_to_logit": True}})
     plain, wide = build_model(cfg, tables, None, 0), build_model(wide_cfg, tables, None, 0)
     assert wide.dot_logit is not None and plain.dot_logit is None
     batch = data.batch(np.arange(64), None)
     with torch.no_grad():
         torch.testing.assert_close(plain(batch), wide(batch))
-    with pytest.raises(ConfigError, match="embedding_init_scale"):
+    with pytest.raises(ValueError, match="embedding_init_scale"):  # pydantic's, at construction
         RankerConfig(embedding_init_scale=-1.0)
+    with pytest.raises(ConfigError, match="embedding_init_scale"):
+        RankerConfig.from_dict({"embedding_init_scale": -1.0})
