@@ -608,9 +608,7 @@ def prepare_serving(
     project = project or f"serve_{uuid.uuid4().hex[:10]}"
     config = load_ranker_config(RANKER_EXPERIMENTS, experiment)
     if train_overrides:
-        from moon_rec.ranking.config import RankerConfig, _merge
-
-        config = RankerConfig.from_dict(_merge(config.to_dict(), train_overrides))
+        config = config.with_overrides(train_overrides)
     seq_len = config.max_seq_len
     steps = []
     enc_dep = UNTRAINED_ENCODER

@@ -59,6 +59,7 @@ from moon_rec.data.click_model import (
     click_terms,
     read_oracle,
 )
+from moon_rec.data.embeddings import embedding_table, prefixes_of, write_embedding_table
 from moon_rec.data.io import read_table
 
 DIMS: tuple[int, ...] = (32, 64, 128, 256)
@@ -84,20 +85,10 @@ def write_oracle_style_embeddings(
         style = style + style_noise * rng.normal(size=style.shape).astype(np.float32)
     width = DIMS[-1] - style.shape[1]
     full = np.concatenate([style, noise * rng.normal(size=(len(ids), width))], axis=1)
-    columns: dict[str, pa.Array] = {"item_id": pa.array(ids, pa.int64())}
-    for d in DIMS:
-        v = full[:, :d]
-        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        columns[f"emb_{d}"] = pa.array(list(v.astype(np.float32)), pa.list_(pa.float32()))
     version = "oracle-style" if style_noise == 0 else f"oracle-style-s{style_noise:g}"
-    columns["model_version"] = pa.array([version] * len(ids))
-    columns["event_timestamp"] = pa.array(
-        [datetime(2026, 1, 1, tzinfo=UTC)] * len(ids), pa.timestamp("us", tz="UTC")
-    )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(columns), out / "items.parquet")
-    return out / "items.parquet"
+    table = embedding_table(ids, prefixes_of(full, DIMS), version,
+                            datetime(2026, 1, 1, tzinfo=UTC))
+    return write_embedding_table(table, Path(out) / "items.parquet")
 
 
 def _world_terms(world: str | Path) -> tuple[WorldOracle, ImpressionInputs, dict[str, np.ndarray]]:
@@ -235,7 +226,6 @@ def history_taste_ceiling(
     Rows: ``true_taste`` (the drifting taste itself), ``history`` (look-driven
     behaviours), ``history_all`` (every behaviour), ``no_style``.
     """
-    import pyarrow.parquet as pq
 
     from moon_rec.metrics.ranking import auc
 
