@@ -46,21 +46,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``moon``; returns (and exits with) the process status."""
+    """Run ``moon``; returns (and exits with) the process status.
+
+    Bad input exits 2 with ``error: ...`` on stderr, never a traceback: ``DataError`` and
+    other ``ValueError``s (their messages name file, column and row), ``OSError``s
+    (``FileNotFoundError``, ``IsADirectoryError``, ``PermissionError``, ...: named by
+    their file) and any pyarrow error a reader let through.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         status = args.func(args)
-    except ValueError as exc:  # DataError and every user-facing validation error
-        print(f"error: {exc}", file=sys.stderr)
-        status = 2
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        status = 2
+    except ValueError as exc:  # DataError, pyarrow's ArrowInvalid, validation errors
+        status = _fail(str(exc))
+    except OSError as exc:
+        status = _fail(os_error_message(exc))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         status = 130
+    except Exception as exc:
+        if not _is_arrow_error(exc):
+            raise  # a bug: keep its traceback
+        status = _fail(f"unreadable data ({type(exc).__name__}: {exc})")
     if argv is None:
         sys.exit(int(status or 0))
     return int(status or 0)
 
+
+def os_error_message(exc: OSError) -> str:
+    """``FILE: why`` for an OSError that names its file (``why`` alone otherwise)."""
+    if exc.filename is None:
+        return str(exc)
+    why = exc.strerror or str(exc)
+    if exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {why}"
+    return f"{exc.filename}: {why}"
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _is_arrow_error(exc: BaseException) -> bool:
+    # pyarrow is not imported to build the parser; an arrow error implies it is loaded
+    pa = sys.modules.get("pyarrow")
+    return pa is not None and isinstance(exc, pa.lib.ArrowException)

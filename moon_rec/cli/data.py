@@ -37,9 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     val = wsub.add_parser(
         "validate",
-        help="check every table against the data contracts (DESIGN section 3)",
-        description="Validate a world directory: columns, types, nulls, ranges, images, "
-        "unique ids and references. Exits 2 naming file, column and row on the first problem.",
+        help="check every table and world.json against the data contracts (DESIGN section 3)",
+        description="Validate a world directory: world.json (a JSON object with "
+        "train_end_ts, an ISO-8601 time with a zone), and per table columns, types, nulls, "
+        "ranges, images, unique ids and references. Exits 2 naming file, column and row on "
+        "the first problem.",
     )
     val.add_argument("world", type=Path)
     val.add_argument("--fast", action="store_true", help="check image signatures only")
@@ -72,6 +74,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.add_argument(
         "--look-driven", default="", help="comma-separated category names that are look-driven"
     )
+    imp.add_argument("--max-title-chars", type=int, default=1_000,
+                     help="longest title accepted (default 1000 characters)")
+    imp.add_argument("--max-attributes-chars", type=int, default=10_000,
+                     help="longest attribute text accepted (default 10000 characters)")
+    imp.add_argument("--max-image-pixels", type=int, default=25_000_000,
+                     help="largest image accepted, width x height (default 25000000)")
     imp.set_defaults(func=_import)
 
 
@@ -92,7 +100,13 @@ def _generate(args: argparse.Namespace) -> int:
     out: Path = args.out
     if (out / "world.json").exists():
         if not args.overwrite:
-            existing = json.loads((out / "world.json").read_text())
+            from moon_rec.data.io import read_world_meta
+
+            try:
+                existing = read_world_meta(out)
+            except DataError as exc:
+                raise DataError(f"{exc.reason}; pass --overwrite to replace this world",
+                                file=exc.file, column=exc.column) from exc
             if existing.get("config") == cfg.to_dict():
                 print(f"world {out} is up to date (preset {cfg.preset}, seed {cfg.seed})")
                 return 0
@@ -142,11 +156,23 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from moon_rec.data.importer import import_catalog
+    from pydantic import ValidationError
+
+    from moon_rec.data.importer import ImportLimits, import_catalog
 
     look = tuple(s.strip() for s in args.look_driven.split(",") if s.strip())
+    try:
+        limits = ImportLimits(
+            max_title_chars=args.max_title_chars,
+            max_attributes_chars=args.max_attributes_chars,
+            max_image_pixels=args.max_image_pixels,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise DataError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
     summary = import_catalog(
-        args.items, args.images, args.out, image_size=args.image_size, look_driven=look
+        args.items, args.images, args.out, image_size=args.image_size, look_driven=look,
+        limits=limits,
     )
     print(json.dumps(summary, indent=2))
     return 0

@@ -18,6 +18,8 @@ from moon_rec.data.schemas import TABLES, full_schema
 from moon_rec.data.validation import table_files, validate_table
 
 WORLD_META = "world.json"
+# Keys every world.json has (a generated world adds its config, seed and statistics).
+WORLD_META_KEYS: tuple[str, ...] = ("train_end_ts",)
 
 
 def read_table(
@@ -54,16 +56,35 @@ def has_table(root: str | Path, name: str) -> bool:
 
 
 def read_world_meta(root: str | Path) -> dict[str, Any]:
-    """The world's ``world.json`` (config, seed, split timestamps, summary statistics)."""
+    """The world's ``world.json`` (config, seed, split timestamps, summary statistics).
+
+    Raises:
+        DataError: naming the file (and key) when ``world.json`` is missing, unreadable, not
+            a JSON object, lacks a key of ``WORLD_META_KEYS`` or has a ``train_end_ts`` that
+            is not an ISO-8601 time with a zone.
+    """
     path = Path(root) / WORLD_META
     if not path.is_file():
         raise DataError(f"{WORLD_META} not found", file=str(root))
     try:
-        meta: dict[str, Any] = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"cannot read ({exc.strerror or exc})", file=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                        file=str(path)) from exc
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON ({exc})", file=str(path)) from exc
-    if "train_end_ts" not in meta:
-        raise DataError("missing key", file=str(path), column="train_end_ts")
+    except RecursionError as exc:
+        raise DataError("invalid JSON (nested too deeply)", file=str(path)) from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"expected a JSON object, got {type(meta).__name__}", file=str(path))
+    for key in WORLD_META_KEYS:
+        if key not in meta:
+            raise DataError("missing key", file=str(path), column=key)
+    if "config" in meta and not isinstance(meta["config"], dict):
+        raise DataError("expected a JSON object", file=str(path), column="config")
+    _parse_train_end(meta["train_end_ts"], str(path))
     return meta
 
 
@@ -75,15 +96,25 @@ def train_end(root_or_meta: str | Path | dict[str, Any]) -> datetime:
         root_or_meta: the world directory, or its ``world.json`` already read.
     """
     meta = root_or_meta if isinstance(root_or_meta, dict) else read_world_meta(root_or_meta)
-    raw = str(meta["train_end_ts"])
+    if "train_end_ts" not in meta:
+        raise DataError("missing key", file=WORLD_META, column="train_end_ts")
+    return _parse_train_end(meta["train_end_ts"], WORLD_META)
+
+
+def _parse_train_end(value: Any, file: str) -> datetime:
+    """``train_end_ts`` as a UTC datetime, or DataError naming ``file`` and the key."""
+    raw = str(value)
     try:
         ts = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise DataError(f"not an ISO-8601 time: {raw!r}", file=WORLD_META,
+        raise DataError(f"not an ISO-8601 time: {raw!r}", file=file,
                         column="train_end_ts") from exc
     if ts.tzinfo is None:
-        raise DataError(f"time without a zone: {raw!r}", file=WORLD_META, column="train_end_ts")
-    return ts.astimezone(UTC)
+        raise DataError(f"time without a zone: {raw!r}", file=file, column="train_end_ts")
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError as exc:  # e.g. year 9999 at a negative offset
+        raise DataError(f"time out of range: {raw!r}", file=file, column="train_end_ts") from exc
 
 
 def train_end_us(root_or_meta: str | Path | dict[str, Any]) -> int:

@@ -74,20 +74,29 @@ def _type_problem(actual: pa.DataType, expected: pa.DataType) -> str | None:
     return f"type {actual}, expected {expected}"
 
 
-def check_schema(schema: pa.Schema, spec: TableSpec, file: str) -> None:
-    """Raise DataError for a missing, mistyped or unknown column."""
-    names = set(schema.names)
-    for col in spec.columns:
-        if col.name not in names:
+def check_columns(
+    schema: pa.Schema, spec: TableSpec, file: str, names: list[str] | None = None
+) -> None:
+    """Raise DataError for a missing or mistyped column among ``names`` (default: all of
+    ``spec``'s); a job that reads a few columns checks just those."""
+    present = set(schema.names)
+    wanted = spec.columns if names is None else tuple(spec.column(n) for n in names)
+    for col in wanted:
+        if col.name not in present:
             raise DataError(
                 f"missing column (table '{spec.name}' needs: "
-                f"{', '.join(c.name for c in spec.columns)})",
+                f"{', '.join(c.name for c in wanted)})",
                 file=file,
                 column=col.name,
             )
         problem = _type_problem(schema.field(col.name).type, col.type)
         if problem:
             raise DataError(problem, file=file, column=col.name)
+
+
+def check_schema(schema: pa.Schema, spec: TableSpec, file: str) -> None:
+    """Raise DataError for a missing, mistyped or unknown column."""
+    check_columns(schema, spec, file)
     known = {c.name for c in spec.columns}
     for name in schema.names:
         if name not in known and not name.startswith(ORACLE_PREFIX):
@@ -151,7 +160,8 @@ def check_column(
                 fail(i, why)
 
 
-def _first_duplicate_row(ids: np.ndarray) -> int | None:
+def first_duplicate_row(ids: np.ndarray) -> int | None:
+    """The smallest row index whose value already appeared in an earlier row, or None."""
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
@@ -210,7 +220,7 @@ def validate_table(
         offset += file_offset
     for col in unique_cols:
         ids = np.concatenate(seen[col.name]) if seen[col.name] else np.empty(0, np.int64)
-        bad = _first_duplicate_row(ids)
+        bad = first_duplicate_row(ids)
         if bad is not None:
             path, local = _locate(files, bad)
             raise DataError(f"duplicate id {int(ids[bad])}", file=str(path), column=col.name, row=local)
@@ -260,10 +270,15 @@ def check_references(root: str | Path, report: WorldReport) -> None:
 
 
 def validate_world(root: str | Path, *, full_images: bool = True) -> WorldReport:
-    """Validate every table of a world directory and the references between them."""
+    """Validate every table of a world directory, the references between them and its
+    ``world.json`` (through its owner, ``moon_rec.data.io.read_world_meta``)."""
+    # io imports this module (every load validates); its world.json reader comes in here
+    from moon_rec.data.io import read_world_meta
+
     root = Path(root)
     if not root.is_dir():
         raise DataError("world directory not found", file=str(root))
+    read_world_meta(root)
     report = WorldReport(root=root)
     for name in TABLES:
         table = validate_table(root, name, full_images=full_images)

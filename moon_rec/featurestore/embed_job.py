@@ -54,8 +54,8 @@ from moon_rec.data.embeddings import emb_column, embedding_schema, vector_column
 from moon_rec.data.errors import DataError
 from moon_rec.data.images import decode_image, prepare_image
 from moon_rec.data.io import atomic_write_parquet, atomic_write_text
-from moon_rec.data.schemas import TIMESTAMP
-from moon_rec.data.validation import table_files
+from moon_rec.data.schemas import ITEMS, TIMESTAMP
+from moon_rec.data.validation import check_column, check_columns, first_duplicate_row, table_files
 
 MANIFEST = "manifest.json"
 INDEX = "_index.parquet"
@@ -144,24 +144,55 @@ def _items_files(world: str | Path) -> list[Path]:
     return files
 
 
-def iter_items(world: str | Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """The catalog in file order, in record batches (bounded memory; no validation, so
-    that bad rows reach the rejects file instead of stopping the job)."""
+def _item_batches(
+    world: str | Path, columns: list[str]
+) -> Iterator[tuple[Path, int, pa.RecordBatch]]:
+    """(file, first row of the batch within that file, batch) over the catalog, in file
+    order. Each file must be readable parquet with the contract's ``columns``; anything else
+    is a DataError naming the file (and column)."""
     for f in _items_files(world):
-        # no pre_buffer: it caches every row group read so far (memory grows with the file)
-        reader = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 22)
         try:
-            yield from reader.iter_batches(batch_size=READ_BATCH, columns=columns)
+            # no pre_buffer: it caches every row group read so far (memory grows with the file)
+            reader = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 22)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"not a readable parquet file ({exc})", file=str(f)) from exc
+        try:
+            check_columns(reader.schema_arrow, ITEMS, str(f), columns)
+            row = 0
+            for b in reader.iter_batches(batch_size=READ_BATCH, columns=columns):
+                yield f, row, b
+                row += b.num_rows
+        except (pa.ArrowException, OSError) as exc:  # a corrupt row group
+            raise DataError(f"not a readable parquet file ({exc})", file=str(f)) from exc
         finally:
             reader.close()
 
 
+def iter_items(world: str | Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The catalog in file order, in record batches (bounded memory). Only the files and
+    the ``columns`` are checked here, not the rows: bad titles and images reach the rejects
+    file instead of stopping the job (item ids are checked by ``content_hashes``)."""
+    for _, _, b in _item_batches(world, columns):
+        yield b
+
+
 def content_hashes(world: str | Path) -> tuple[np.ndarray, list[str]]:
-    """(item_id [N] int64, content hash [N]) of the catalog, in catalog order."""
+    """(item_id [N] int64, content hash [N]) of the catalog, in catalog order.
+
+    Raises:
+        DataError: naming the file, ``item_id`` and the row (within its file) of the first
+            null, negative or duplicate id: the job's output is keyed by item id.
+    """
+    id_spec = ITEMS.column("item_id")
     ids: list[np.ndarray] = []
     hashes: list[str] = []
-    for b in iter_items(world, ["item_id", "title", "image"]):
+    rows_per_file: list[tuple[Path, int]] = []
+    for f, row, b in _item_batches(world, ["item_id", "title", "image"]):
+        check_column(b.column("item_id"), id_spec, str(f), row, full_images=False)
         ids.append(b.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64))
+        if row == 0:
+            rows_per_file.append((f, 0))
+        rows_per_file[-1] = (f, row + b.num_rows)
         for title, image in zip(
             b.column("title").to_pylist(), b.column("image").to_pylist(), strict=True
         ):
@@ -170,7 +201,16 @@ def content_hashes(world: str | Path) -> tuple[np.ndarray, list[str]]:
             h.update(b"\0")
             h.update(image or b"")
             hashes.append(h.hexdigest()[:32])
-    return (np.concatenate(ids) if ids else np.zeros(0, np.int64)), hashes
+    all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    dup = first_duplicate_row(all_ids)
+    if dup is not None:
+        local = dup
+        for file, n in rows_per_file:  # table-wide row -> (file, row within it)
+            if local < n:
+                raise DataError(f"duplicate item_id {int(all_ids[dup])}", file=str(file),
+                                column="item_id", row=local)
+            local -= n
+    return all_ids, hashes
 
 
 def _decode_rgb(data: bytes | None, *, where: str) -> np.ndarray:
@@ -293,7 +333,11 @@ def _load_index(out: Path) -> dict[int, tuple[str, str]]:
     p = out / INDEX
     if not p.is_file():
         return {}
-    t = pq.read_table(p)
+    try:
+        t = pq.read_table(p, columns=INDEX_SCHEMA.names)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"unreadable embedding index ({exc}); delete it to re-embed everything",
+                        file=str(p)) from exc
     return {
         int(i): (h, v)
         for i, h, v in zip(
@@ -621,6 +665,8 @@ def run_embed_job(
     """
     cfg = cfg or EmbedJobConfig()
     out = Path(out)
+    # the catalog's files, columns and ids are checked before anything is written
+    ids, hashes = content_hashes(world)
     out.mkdir(parents=True, exist_ok=True)
     rank, world_size = _dist()
     # finish a swap that a kill interrupted, before looking at the index
@@ -636,9 +682,6 @@ def run_embed_job(
         encoder = encoder.to(cfg.device)
     model_version = str(encoder.model_version)
     dims = tuple(int(d) for d in encoder.dims)
-    ids, hashes = content_hashes(world)
-    if len(set(ids.tolist())) != len(ids):
-        raise DataError("duplicate item_id in the catalog", file="items", column="item_id")
     precision = resolve_precision(cfg.precision, getattr(encoder, "device", "cpu"))
     plan = _make_plan(out, ids, hashes, model_version, cfg, dims, precision)
     mine = [j for j in range(len(plan.chunks)) if j % world_size == rank]
