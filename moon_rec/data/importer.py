@@ -177,8 +177,9 @@ def _json_records(path: Path, limits: ImportLimits) -> Iterator[tuple[int, dict[
                     continue
                 try:
                     rec = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"invalid JSON ({exc.msg})", file=str(path), row=line_no) from exc
+                except ValueError as exc:  # JSONDecodeError, or an integer of > 4300 digits
+                    why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                    raise DataError(f"invalid JSON ({why})", file=str(path), row=line_no) from exc
                 except RecursionError as exc:
                     raise DataError("invalid JSON (nested too deeply)", file=str(path),
                                     row=line_no) from exc

@@ -73,7 +73,7 @@ def read_world_meta(root: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})",
                         file=str(path)) from exc
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer of > 4300 digits
         raise DataError(f"invalid JSON ({exc})", file=str(path)) from exc
     except RecursionError as exc:
         raise DataError("invalid JSON (nested too deeply)", file=str(path)) from exc
@@ -103,7 +103,10 @@ def train_end(root_or_meta: str | Path | dict[str, Any]) -> datetime:
 
 def _parse_train_end(value: Any, file: str) -> datetime:
     """``train_end_ts`` as a UTC datetime, or DataError naming ``file`` and the key."""
-    raw = str(value)
+    if not isinstance(value, str):
+        raise DataError(f"expected an ISO-8601 time string, got {type(value).__name__}",
+                        file=file, column="train_end_ts")
+    raw = value
     try:
         ts = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError as exc:

@@ -67,3 +67,56 @@ def test_building_the_cli_does_not_import_the_heavy_stack() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == ""
+
+
+def test_os_and_arrow_errors_exit_2_naming_the_file(
+    tiny_world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The top-level handler turns OSError subclasses and pyarrow errors into
+    `error: FILE: why`, exit 2; other exceptions (bugs) keep their traceback."""
+    import pyarrow as pa
+
+    import moon_rec.cli.data as data_cli
+
+    sheet = tmp_path / "sheet.png"
+    sheet.mkdir()  # IsADirectoryError from the image writer
+    assert main(["world", "show", str(tiny_world), "--n", "2", "--out", str(sheet)]) == 2
+    assert capsys.readouterr().err == f"error: {sheet}: Is a directory\n"
+    raised: list[BaseException] = [
+        PermissionError(13, "Permission denied", "/w/items.parquet"),
+        pa.ArrowIOError("Cannot open for reading: /w/x.parquet"),
+        pa.ArrowTypeError("Unable to merge: Field a has incompatible types"),
+        pa.ArrowInvalid("Parquet magic bytes not found in footer"),
+    ]
+    expected = [
+        "error: /w/items.parquet: Permission denied\n",
+        "error: Cannot open for reading: /w/x.parquet\n",
+        "error: unreadable data (ArrowTypeError: Unable to merge: Field a has incompatible types)\n",
+        "error: Parquet magic bytes not found in footer\n",
+    ]
+    for exc, want in zip(raised, expected, strict=True):
+        def boom(args: object, exc: BaseException = exc) -> int:
+            raise exc
+
+        monkeypatch.setattr(data_cli, "_summary", boom)
+        assert main(["world", "summary", str(tiny_world)]) == 2
+        assert capsys.readouterr().err == want
+
+    def bug(args: object) -> int:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(data_cli, "_summary", bug)
+    with pytest.raises(KeyError):
+        main(["world", "summary", str(tiny_world)])
+
+
+def test_generate_over_a_garbage_world_json_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "W"
+    out.mkdir()
+    (out / "world.json").write_text("{not json")
+    assert main(["world", "generate", "--preset", "tiny", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out / 'world.json'}: invalid JSON") and "--overwrite" in err

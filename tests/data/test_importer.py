@@ -210,6 +210,21 @@ def test_bad_ids_and_values_are_refused_naming_the_line(
     _assert_refused(capsys, _import_cli(path, images, out), path, out, field, 2, words)
 
 
+@pytest.mark.parametrize("line,words", [
+    ('{"item_id": ' + "9" * 5_000 + "}", "invalid JSON (Exceeds the limit"),
+    ("[" * 100_000, "invalid JSON (nested too deeply)"),
+    ('{"item_id": 1', "invalid JSON (Expecting"),
+    ("[1, 2]", "expected a JSON object"),
+])
+def test_broken_json_lines_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, words: str
+) -> None:
+    path, images = _catalog(tmp_path, _rows(), "jsonl")
+    path.write_text(path.read_text() + line + "\n")
+    out = tmp_path / "world"
+    _assert_refused(capsys, _import_cli(path, images, out), path, out, None, 4, words)
+
+
 def test_the_largest_int64_id_is_fine(tmp_path: Path) -> None:
     rows = _rows()
     rows[0]["item_id"] = 2**63 - 1

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,7 +18,7 @@ import pytest
 
 from moon_rec.cli import main
 from moon_rec.data.errors import DataError
-from moon_rec.data.io import read_table
+from moon_rec.data.io import read_table, train_end
 from moon_rec.data.validation import validate_table, validate_world
 
 Corrupt = Callable[[pa.Table], pa.Table]
@@ -157,3 +160,51 @@ def test_cli_validate_exits_2_with_a_named_error_and_no_traceback(world_copy: Pa
     assert proc.returncode == 2
     assert "impressions.parquet: column 'clicked': row 12" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# world.json (issue 14, case 11): `moon world validate` says "valid" only with a world.json
+# that is a JSON object with train_end_ts, an ISO-8601 time with a zone.
+WORLD_META_CASES = [
+    (None, None, "world.json not found"),
+    (b"\x00garbage{", None, "invalid JSON"),
+    (b"\xff\xfe{}", None, "not UTF-8 text"),
+    (b"[1, 2]", None, "expected a JSON object, got list"),
+    (b'"train_end_ts"', None, "expected a JSON object, got str"),
+    (b"{}", "train_end_ts", "missing key"),
+    (b'{"train_end_ts": "yesterday"}', "train_end_ts", "not an ISO-8601 time"),
+    (b'{"train_end_ts": "2026-01-25T00:00:00"}', "train_end_ts", "time without a zone"),
+    (b'{"train_end_ts": 20260125}', "train_end_ts", "expected an ISO-8601 time string, got int"),
+    (b'{"train_end_ts": "2026-01-25T00:00:00Z", "config": [1]}', "config", "expected a JSON object"),
+    (b"[" * 100_000, None, "invalid JSON"),
+    (b'{"n": ' + b"9" * 5_000 + b"}", None, "invalid JSON (Exceeds the limit"),
+]
+
+
+@pytest.mark.parametrize("content,key,words", WORLD_META_CASES,
+                         ids=[c[2] + (f"-{i}") for i, c in enumerate(WORLD_META_CASES)])
+def test_validate_checks_world_json(
+    world_copy: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, key: str | None,
+    words: str,
+) -> None:
+    meta = world_copy / "world.json"
+    if content is None:
+        meta.unlink()
+    else:
+        meta.write_bytes(content)
+    assert main(["world", "validate", str(world_copy), "--fast"]) == 2
+    captured = capsys.readouterr()
+    assert "valid" not in captured.out
+    named = str(world_copy) if content is None else str(meta)
+    prefix = f"error: {named}: " + (f"column '{key}': " if key else "")
+    assert captured.err.startswith(prefix) and words in captured.err, captured.err
+    with pytest.raises(DataError, match=re.escape(words)):
+        validate_world(world_copy, full_images=False)
+
+
+def test_validate_accepts_a_utc_and_an_offset_train_end(world_copy: Path) -> None:
+    meta = world_copy / "world.json"
+    data = json.loads(meta.read_text())
+    for ts in ("2026-01-25T00:00:00Z", "2026-01-25T08:00:00+08:00"):
+        meta.write_text(json.dumps({**data, "train_end_ts": ts}))
+        validate_world(world_copy, full_images=False)
+        assert train_end(world_copy) == datetime(2026, 1, 25, tzinfo=UTC)
