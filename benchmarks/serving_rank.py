@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from moon_rec.data.embeddings import emb_column
 
@@ -92,15 +94,44 @@ def _per_item_reads(
     return cv, cat, brand, hv
 
 
+class RequestContent(nn.Module):
+    """The naive path's content lookup: a ``MoonContentArch`` over the vectors read from
+    Feast for the current request (``set`` before each forward)."""
+
+    def __init__(self, dim: int) -> None:
+        from moon_rec.ranking.modules import MoonContentArch
+
+        super().__init__()
+        self.dim = dim
+        self.table = MoonContentArch(torch.zeros(0, dtype=torch.long), torch.zeros(0, dim))
+
+    def set(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        from moon_rec.ranking.modules import MoonContentArch
+
+        self.table = MoonContentArch(torch.from_numpy(ids), torch.from_numpy(vecs))
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out: tuple[torch.Tensor, torch.Tensor] = self.table(ids)
+        return out
+
+
+def naive_model(service: Any, model_dir: Path) -> tuple[Any, Any]:
+    """The service's ranker weights built on a ``RequestContent`` lookup: (model, lookup)."""
+    from moon_rec.ranking.evaluate import load_ranker
+
+    content = RequestContent(service.dim)
+    model, _ = load_ranker(model_dir, content=content)
+    return model, content
+
+
 def naive_rank(
-    service: Any, user: int, cands: np.ndarray, query: str, per_item: bool = True
+    service: Any, naive: tuple[Any, Any], user: int, cands: np.ndarray, query: str,
+    per_item: bool = True,
 ) -> np.ndarray:
     """Score like ``RankingService.rank`` with every item feature read from Feast."""
-    import torch
-
     from moon_rec.ranking.features import request_batch
-    from moon_rec.ranking.modules import MoonContentArch
 
+    model, content = naive
     client, dim = service.client, service.dim
     seq = client.user_sequences([user])
     n = int(seq.lengths[0])
@@ -115,23 +146,17 @@ def naive_rank(
     ids = np.concatenate([cands, hist])
     vecs = np.concatenate([cand_vecs, hist_vecs])
     ids, first = np.unique(ids, return_index=True)
-    content = MoonContentArch(torch.from_numpy(ids), torch.from_numpy(vecs[first]))
+    content.set(ids, vecs[first])
     qvec = service.query_vector(query, None)
     batch = request_batch(
         user_id=user, item_ids=cands, category_ids=cat,
         brand_ids=brand, hist_item_ids=hist,
         hist_category_ids=seq.category_ids[0, :n], query_text=query, query_embedding=qvec,
         query_token_buckets=service.ranker_config.query_token_buckets,
-        max_seq_len=service.ranker_config.max_seq_len, content_dim=service.model.content_dim,
+        max_seq_len=service.ranker_config.max_seq_len, content_dim=model.content_dim,
     )
-    model = service.model
-    saved = model.content_arch
-    model.content_arch = content
-    try:
-        with torch.inference_mode():
-            return torch.sigmoid(model(batch)).numpy()
-    finally:
-        model.content_arch = saved
+    with torch.inference_mode():
+        return torch.sigmoid(model(batch)).numpy()
 
 
 CPU: dict[str, list[float]] = {}
@@ -250,8 +275,9 @@ def main() -> None:
     first = service.rank(user, cand_sets[0].tolist(), query_text=queries[0])
     assert first.history_length == min(args.behaviours, service.ranker_config.max_seq_len)
     # the naive path scores exactly like the service
+    naive_m = naive_model(service, loop.ranker)
     max_diff = max(
-        float(np.abs(naive_rank(service, user, cand_sets[0], queries[0], per_item=p)
+        float(np.abs(naive_rank(service, naive_m, user, cand_sets[0], queries[0], per_item=p)
                      - np.asarray(first.scores)).max())
         for p in (True, False)
     )
@@ -260,10 +286,11 @@ def main() -> None:
         service.rank(user, cand_sets[i % 16].tolist(), query_text=queries[i % len(queries)])
 
     def naive(i: int) -> None:
-        naive_rank(service, user, cand_sets[i % 16], queries[i % len(queries)])
+        naive_rank(service, naive_m, user, cand_sets[i % 16], queries[i % len(queries)])
 
     def naive_b(i: int) -> None:
-        naive_rank(service, user, cand_sets[i % 16], queries[i % len(queries)], per_item=False)
+        naive_rank(service, naive_m, user, cand_sets[i % 16], queries[i % len(queries)],
+                   per_item=False)
 
     def svc_cold_query(i: int) -> None:
         service.rank(user, cand_sets[i % 16].tolist(), query_text=f"red dress {i}")

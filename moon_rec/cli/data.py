@@ -67,9 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Columns: item_id, title, image (file name), category (id or name); "
         "optional attributes, brand, price, launch_ts (ISO-8601 with zone), spu_id.",
     )
-    imp.add_argument("--items", required=True, type=Path, help="catalog.csv or catalog.jsonl")
-    imp.add_argument("--images", required=True, type=Path, help="folder of the image files")
-    imp.add_argument("--out", required=True, type=Path)
+    # not required= here: `moon data import movielens ...` leaves them out (checked in _import)
+    imp.add_argument("--items", type=Path, help="catalog.csv or catalog.jsonl (required)")
+    imp.add_argument("--images", type=Path, help="folder of the image files (required)")
+    imp.add_argument("--out", type=Path, help="output world directory (required)")
     imp.add_argument("--image-size", type=int, default=64, help="resize to N x N (0: keep)")
     imp.add_argument(
         "--look-driven", default="", help="comma-separated category names that are look-driven"
@@ -81,6 +82,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--max-image-pixels", type=int, default=25_000_000,
                      help="largest image accepted, width x height (default 25000000)")
     imp.set_defaults(func=_import)
+    isub = imp.add_subparsers(dest="import_source", metavar="SOURCE")
+    ml = isub.add_parser(
+        "movielens",
+        help="MovieLens-100k (GroupLens ml-100k folder or the widedeep parquet files) -> a "
+        "text-only world",
+        description="Writes items (title, year and genres as text, no image), users, "
+        "behaviours (ratings >= 4), impressions (every rating; clicked = rating >= 4), "
+        "categories (genres) and world.json with a time split. Get the files with "
+        "scripts/fetch_movielens.sh DIR.",
+    )
+    ml.add_argument("--path", required=True, type=Path,
+                    help="folder with u.data/u.item/u.user or MovieLens100k_*.parquet.brotli")
+    ml.add_argument("--out", required=True, type=Path, help="output world directory")
+    ml.add_argument("--split-quantile", type=float, default=0.8,
+                    help="share of the ratings (in time order) in the training period")
+    ml.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    ml.set_defaults(func=_import_movielens)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -160,6 +178,10 @@ def _import(args: argparse.Namespace) -> int:
 
     from moon_rec.data.importer import ImportLimits, import_catalog
 
+    for name in ("items", "images", "out"):
+        if getattr(args, name) is None:
+            raise DataError(f"moon data import needs --{name} (or a SOURCE: movielens)")
+
     look = tuple(s.strip() for s in args.look_driven.split(",") if s.strip())
     try:
         limits = ImportLimits(
@@ -176,3 +198,9 @@ def _import(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _import_movielens(args: argparse.Namespace) -> int:
+    from moon_rec.data.movielens import run_cli
+
+    return run_cli(args)

@@ -1,8 +1,9 @@
 """`moon encoder pretrain | posttrain --stage 1|2 | train`: MOON encoder training.
 
 All three accept ``--preset`` (configs/encoder/<preset>.yaml) or ``--config FILE`` plus
-``--set key.sub=value`` overrides; they resume from ``OUT/state`` after a kill unless
-``--no-resume``. Run under ``torchrun --nproc_per_node N -m moon_rec.cli encoder ...`` for
+``--set key.sub=value`` overrides, and ``--text-tower DIR`` (a pretrained text model with
+its tokenizer, e.g. all-MiniLM-L6-v2: ``encoder.text_tower``); they resume from
+``OUT/state`` after a kill unless ``--no-resume``. Run under ``torchrun --nproc_per_node N -m moon_rec.cli encoder ...`` for
 DDP (gloo on CPU).
 """
 
@@ -22,6 +23,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set stage1.steps=200 (repeatable)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: config)")
+    p.add_argument("--text-tower", type=Path, default=None, metavar="DIR",
+                   help="a local pretrained transformers text model folder with its tokenizer "
+                   "(e.g. all-MiniLM-L6-v2) as the text tower of a fresh encoder "
+                   "(sets encoder.text_tower)")
     p.add_argument("--no-resume", action="store_true", help="ignore OUT/state, start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -46,8 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "spatial-temporal negatives, optional circle loss.")
     _common(post)
     post.add_argument("--stage", type=int, choices=(1, 2), required=True)
-    post.add_argument("--init", type=Path, required=True,
-                      help="the previous stage's run directory or encoder checkpoint")
+    post.add_argument("--init", type=Path, default=None,
+                      help="the previous stage's run directory or encoder checkpoint "
+                      "(required unless the encoder has a pretrained text tower: then "
+                      "pretraining may be skipped)")
     post.set_defaults(func=_posttrain)
 
     allp = esub.add_parser("train", help="pretrain, stage 1 and stage 2 in a row (OUT/<stage>)")
@@ -63,22 +70,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--preset", default=None, help="configs/encoder/<preset>.yaml (default tiny)")
     init.add_argument("--config", type=Path, default=None, help="a training YAML instead")
     init.add_argument("--seed", type=int, default=None, help="weight init seed (default: config)")
+    init.add_argument("--text-tower", type=Path, default=None, metavar="DIR",
+                      help="a pretrained text model folder with its tokenizer")
     init.set_defaults(func=_init, overrides=[], threads=None)
 
 
 def _config(args: argparse.Namespace) -> Any:
+    from moon_rec.encoders import EncoderConfig
     from moon_rec.training.config import load_config
 
     overrides = list(args.overrides)
     if args.threads is not None:
         overrides.append(f"threads={args.threads}")
-    return load_config(args.preset, args.config, overrides)
+    config = load_config(args.preset, args.config, overrides)
+    if args.text_tower is not None:
+        if getattr(args, "init", None) is not None:
+            raise ValueError("--text-tower builds a fresh encoder and --init continues a "
+                             "checkpoint (which carries its own text tower): pass one")
+        encoder = EncoderConfig.model_validate(
+            {**config.encoder.model_dump(), "text_tower": str(args.text_tower.resolve())})
+        config = config.model_copy(update={"encoder": encoder})
+    return config
 
 
-def _run(args: argparse.Namespace, stage: str, init: Path | None) -> int:
+def _run(args: argparse.Namespace, stage: str, init: Path | None, config: Any = None) -> int:
     from moon_rec.training.trainer import train_stage
 
-    summary = train_stage(args.world, stage, _config(args), args.out, init=init,
+    config = _config(args) if config is None else config
+    summary = train_stage(args.world, stage, config, args.out, init=init,
                           resume=not args.no_resume, progress=not args.quiet)
     summary.pop("config", None)
     print(json.dumps(summary, indent=2))
@@ -90,7 +109,11 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _posttrain(args: argparse.Namespace) -> int:
-    return _run(args, f"stage{args.stage}", args.init)
+    config = _config(args)
+    if args.init is None and config.encoder.text_tower is None:
+        raise ValueError("posttrain needs --init (the previous stage) or a pretrained text "
+                         "tower (--text-tower, or encoder.text_tower) to start from")
+    return _run(args, f"stage{args.stage}", args.init, config)
 
 
 def _train_all(args: argparse.Namespace) -> int:

@@ -58,7 +58,12 @@ def _recall(args: argparse.Namespace) -> int:
     rows = [("model", result), *list(result.get("baselines", {}).items())]
     print(f"{'':18s} {'R@1':>6s} {'R@10':>6s} {'R@100':>6s} {'text@10':>8s} {'probe':>6s}")
     for name, r in rows:
-        t = r.get("text_recall@10")
-        print(f"{name:18s} {r['recall@1']:6.3f} {r['recall@10']:6.3f} {r['recall@100']:6.3f} "
-              f"{'-' if t is None else f'{t:.3f}':>8s} {r['probe_acc']:6.3f}")
+        if r is None:  # a baseline that could not run here
+            print(f"{name:18s} {'n/a':>6s}")
+            continue
+        cells = [r.get(k) for k in ("recall@1", "recall@10", "recall@100", "text_recall@10",
+                                    "probe_acc")]
+        # None: "n/a" (image metrics of a text-only world, no text queries)
+        print(f"{name:18s} " + " ".join(f"{'n/a' if v is None else f'{v:.3f}':>{w}s}"
+                                        for v, w in zip(cells, (6, 6, 6, 8, 6), strict=True)))
     return 0

@@ -7,7 +7,7 @@ are never used as features; any other unknown column is an error.
 
 Tables:
     items          item_id, category_id, brand_id, title, attributes, price, launch_ts,
-                   image (PNG bytes), spu_id
+                   image (PNG bytes; null for a text-only item), spu_id
     image_queries  query_id, item_id, ts, image (PNG bytes)
     users          user_id, signup_ts
     behaviors      user_id, item_id, ts, action (click|cart|buy), query_text,
@@ -90,10 +90,11 @@ ITEMS = TableSpec(
         ColumnSpec("attributes", pa.string()),
         ColumnSpec("price", pa.float64(), min_value=0.0),
         ColumnSpec("launch_ts", TIMESTAMP),
-        ColumnSpec("image", pa.binary(), image=True),
+        # null for a text-only catalog (MovieLens): every step then works on the text
+        ColumnSpec("image", pa.binary(), nullable=True, image=True),
         _id("spu_id"),
     ),
-    doc="the catalog: one row per item, with its photo",
+    doc="the catalog: one row per item, with its photo (null: a text-only item)",
 )
 
 IMAGE_QUERIES = TableSpec(

@@ -6,7 +6,12 @@ renormalised prefix that a consumer of a smaller size uses. A checkpoint directo
     moon_encoder.json   {"config": EncoderConfig, "model_version": str, "format": 1}
     backbone/           the `transformers` model (config.json + model.safetensors)
     heads.safetensors   projection / fusion heads
-    tokenizer.json      the word-piece tokenizer trained on the catalog
+    tokenizer.json      the word-piece tokenizer trained on the catalog, or, with a
+    text_tower/         pretrained text tower: that `transformers` model and its own
+                        tokenizer (a model folder ``encoder.text_tower`` can load again)
+
+A text-only product (a catalog without photos, such as MovieLens) is encoded from its text
+alone: ``encode_product(texts, None)`` with ``product_text(title, attributes)``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +35,7 @@ from torch import nn
 
 from moon_rec.data.errors import DataError
 from moon_rec.encoders.config import EncoderConfig
-from moon_rec.encoders.tokenizer import MoonTokenizer
+from moon_rec.encoders.tokenizer import MoonTokenizer, PretrainedTokenizer, TextTokenizer
 
 META_FILE = "moon_encoder.json"
 HEADS_FILE = "heads.safetensors"
@@ -64,6 +69,13 @@ def matryoshka(x: torch.Tensor, dim: int) -> torch.Tensor:
     if dim <= 0 or dim > x.shape[-1]:
         raise ValueError(f"matryoshka dim {dim} outside 1..{x.shape[-1]}")
     return F.normalize(x[..., :dim], dim=-1)
+
+
+def product_text(title: str, attributes: str | None) -> str:
+    """What a text-only product (no catalog photo) is encoded from: its title, then its
+    attributes (``"Toy Story (1995). year: 1995; genres: Animation, Comedy"``)."""
+    extra = (attributes or "").strip()
+    return f"{title.strip()}. {extra}" if extra else title.strip()
 
 
 def check_images(images: torch.Tensor | None, image_size: int, *, field: str = "image") -> None:
@@ -121,12 +133,12 @@ class MoonEncoder(nn.Module, ABC):
 
     Args:
         config: the architecture.
-        tokenizer: the catalog word-piece tokenizer.
+        tokenizer: the catalog word-piece tokenizer, or a pretrained text tower's own.
     """
 
     backbone_name: str = ""
 
-    def __init__(self, config: EncoderConfig, tokenizer: MoonTokenizer) -> None:
+    def __init__(self, config: EncoderConfig, tokenizer: TextTokenizer) -> None:
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
@@ -154,9 +166,15 @@ class MoonEncoder(nn.Module, ABC):
         check_images(images, self.config.image_size)
         return F.normalize(self._image(images.to(self.device)), dim=-1)
 
-    def encode_product(self, titles: Sequence[str], images: torch.Tensor) -> torch.Tensor:
-        """Products (title + catalog image) -> [N, D], L2-normalised."""
+    def encode_product(self, titles: Sequence[str], images: torch.Tensor | None) -> torch.Tensor:
+        """Products (title + catalog image) -> [N, D], L2-normalised.
+
+        ``images`` None: text-only products (no catalog photo), encoded from ``titles``
+        alone, which should then be ``product_text(title, attributes)``.
+        """
         self._check_texts(titles, "title")
+        if images is None:
+            return F.normalize(self._text(list(titles)), dim=-1)
         check_images(images, self.config.image_size)
         if len(titles) != images.shape[0]:
             raise DataError(
@@ -166,7 +184,8 @@ class MoonEncoder(nn.Module, ABC):
 
     def forward(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """One call for training under DDP: any of ``text`` (list[str]), ``image``
-        (Tensor[N,3,H,W]) and ``product`` ((titles, Tensor)) -> the same keys, [N, D] each."""
+        (Tensor[N,3,H,W]) and ``product`` ((titles, Tensor or None: text-only)) -> the same
+        keys, [N, D] each."""
         out: dict[str, torch.Tensor] = {}
         if inputs.get("text"):
             out["text"] = self.encode_text(inputs["text"])
@@ -208,22 +227,33 @@ class MoonEncoder(nn.Module, ABC):
     def _backbone_module(self) -> Any:
         """The `transformers` PreTrainedModel saved under backbone/."""
 
+    def _pretrained_parts(self) -> dict[str, Any]:
+        """The `transformers` models of the checkpoint, by sub-folder (default: backbone/)."""
+        return {BACKBONE_DIR: self._backbone_module()}
+
+    def pretrained_text_parameters(self) -> list[nn.Parameter]:
+        """The parameters of a pretrained text tower (the trainer may give them their own
+        learning rate); [] when the text side was built from scratch."""
+        return []
+
     @abstractmethod
     def _head_modules(self) -> dict[str, nn.Module]:
         """Modules outside the backbone, saved in heads.safetensors."""
 
     @classmethod
     @abstractmethod
-    def _build(cls: type[E], config: EncoderConfig, tokenizer: MoonTokenizer,
+    def _build(cls: type[E], config: EncoderConfig, tokenizer: TextTokenizer,
                backbone: Any = None) -> E:
         """Construct (``backbone`` None: freshly initialised from config)."""
 
     @property
     def model_version(self) -> str:
-        """Short hash of config + weights: identical models have identical versions."""
+        """Short hash of config + tokenizer + weights: identical models have identical
+        versions. The text tower's source path is left out (a checkpoint carries its copy
+        of the tower; where it first came from does not change the model)."""
         h = hashlib.sha256()
-        h.update(self.config.model_dump_json().encode())
-        h.update(self.tokenizer.tokenizer.to_str().encode())
+        h.update(self.config.model_dump_json(exclude={"text_tower"}).encode())
+        h.update(self.tokenizer.fingerprint().encode())
         for name, t in sorted(self.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
@@ -236,7 +266,8 @@ class MoonEncoder(nn.Module, ABC):
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
         try:
             with quiet_transformers():
-                self._backbone_module().save_pretrained(tmp / BACKBONE_DIR)
+                for folder, part in self._pretrained_parts().items():
+                    part.save_pretrained(tmp / folder)
             heads = {
                 f"{name}.{k}": v.detach().cpu().contiguous()
                 for name, mod in self._head_modules().items()
@@ -282,8 +313,9 @@ class MoonEncoder(nn.Module, ABC):
         impl = encoder_class(config.backbone)
         if cls is not MoonEncoder and not issubclass(impl, cls):
             raise ValueError(f"{path} holds a {config.backbone} encoder, not {cls.__name__}")
-        tokenizer = MoonTokenizer.load(path)
         with quiet_transformers():
+            tokenizer: TextTokenizer = (PretrainedTokenizer.load(path) if config.text_tower
+                                        else MoonTokenizer.load(path))
             model = impl._load_backbone(config, tokenizer, path / BACKBONE_DIR)
         heads = load_file(str(path / HEADS_FILE))
         for name, mod in model._head_modules().items():
@@ -300,7 +332,7 @@ class MoonEncoder(nn.Module, ABC):
 
     @classmethod
     @abstractmethod
-    def _load_backbone(cls: type[E], config: EncoderConfig, tokenizer: MoonTokenizer,
+    def _load_backbone(cls: type[E], config: EncoderConfig, tokenizer: TextTokenizer,
                        backbone_dir: Path) -> E: ...
 
 
@@ -317,7 +349,18 @@ def encoder_class(backbone: str) -> type[MoonEncoder]:
     raise ValueError(f"unknown backbone {backbone!r} (dual_tower | mllm)")
 
 
-def build_encoder(config: EncoderConfig, tokenizer: MoonTokenizer) -> MoonEncoder:
-    """A freshly initialised encoder (seeded by ``config.seed``)."""
+def build_encoder(config: EncoderConfig, tokenizer: TextTokenizer) -> MoonEncoder:
+    """A freshly initialised encoder (seeded by ``config.seed``); with
+    ``config.text_tower`` its text tower is the pretrained model of that folder."""
     torch.manual_seed(config.seed)
-    return encoder_class(config.backbone)._build(config, tokenizer)
+    with quiet_transformers():
+        return encoder_class(config.backbone)._build(config, tokenizer)
+
+
+def make_tokenizer(config: EncoderConfig, texts: Iterable[str]) -> TextTokenizer:
+    """The tokenizer of a fresh encoder: the pretrained text tower's own (``texts`` unused)
+    or a word-piece vocabulary of ``config.vocab_size`` trained on ``texts``."""
+    if config.text_tower is not None:
+        with quiet_transformers():
+            return PretrainedTokenizer.from_path(config.text_tower)
+    return MoonTokenizer.train(texts, vocab_size=config.vocab_size)

@@ -44,6 +44,14 @@ class EncoderConfig(BaseModel):
             plain linear patch embedding.
         spatial_merge_size: mllm only, 2x2 patches merge into one decoder token.
         seed: initialisation seed.
+        text_tower: dual tower only: a local folder holding a pretrained `transformers` text
+            model and its tokenizer (e.g. all-MiniLM-L6-v2: ``config.json``,
+            ``model.safetensors``, tokenizer files), loaded offline. It replaces the SigLIP
+            text transformer and the catalog word-piece tokenizer; its own config sets its
+            width and depth (``hidden_size`` / ``text_layers`` / ``vocab_size`` then size the
+            vision tower only). The Matryoshka head (a projection to ``embed_dim``) sits on
+            top. Read once, when a fresh encoder is built: a checkpoint carries its copy of
+            the tower, so the path is provenance and is not part of ``model_version``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -65,6 +73,7 @@ class EncoderConfig(BaseModel):
     conv_stem: int = 0
     spatial_merge_size: int = 2
     seed: int = 0
+    text_tower: str | None = None
 
     @field_validator("dims")
     @classmethod
@@ -88,6 +97,11 @@ class EncoderConfig(BaseModel):
                 raise ValueError("conv_stem is a dual_tower option")
             if self.patch_size % 4:
                 raise ValueError(f"conv_stem needs patch_size a multiple of 4, got {self.patch_size}")
+        if self.text_tower is not None:
+            if self.backbone != "dual_tower":
+                raise ValueError("text_tower (a pretrained text model) is a dual_tower option")
+            if not self.text_tower.strip():
+                raise ValueError("text_tower is an empty path")
         if self.backbone == "mllm":
             grid = self.image_size // self.patch_size
             if grid % self.spatial_merge_size:

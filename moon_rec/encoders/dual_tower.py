@@ -12,6 +12,11 @@ With ``conv_stem`` > 0 a small convolutional stem (3x3 stride-2 convolutions, GE
 the image into a feature map at 1/4 of its side that the ViT patchifies: a better
 inductive bias for photos under crop / rotation / scale than linear 16x16 patches, at little
 CPU cost.
+
+With ``text_tower`` (a local folder) the text side is that pretrained `transformers` model
+(``AutoModel``, e.g. all-MiniLM-L6-v2, a BERT) with its own tokenizer, mean-pooled over real
+tokens as sentence-transformers does, and the vision side a ``SiglipVisionModel`` alone;
+the text projection starts semi-orthogonal so that the pretrained geometry survives it.
 """
 
 from __future__ import annotations
@@ -22,11 +27,33 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import SiglipConfig, SiglipModel, SiglipTextConfig, SiglipVisionConfig
+from transformers import (
+    AutoModel,
+    PreTrainedModel,
+    SiglipConfig,
+    SiglipModel,
+    SiglipTextConfig,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from moon_rec.encoders.base import MoonEncoder
 from moon_rec.encoders.config import EncoderConfig
-from moon_rec.encoders.tokenizer import MoonTokenizer
+from moon_rec.encoders.tokenizer import TEXT_TOWER_DIR, MoonTokenizer, TextTokenizer
+
+
+def load_text_tower(path: str | Path) -> PreTrainedModel:
+    """A pretrained `transformers` text model from a local folder (offline).
+
+    Raises:
+        FileNotFoundError: no such folder, or no ``config.json`` in it.
+    """
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        why = "no such folder" if not p.is_dir() else "not a transformers model folder (no config.json)"
+        raise FileNotFoundError(f"text tower {p}: {why}")
+    model: PreTrainedModel = AutoModel.from_pretrained(str(p), local_files_only=True)
+    return model
 
 
 def siglip_config(config: EncoderConfig, vocab_size: int) -> SiglipConfig:
@@ -47,18 +74,28 @@ def siglip_config(config: EncoderConfig, vocab_size: int) -> SiglipConfig:
         projection_size=config.hidden_size,
         **common,
     )
+    vision = siglip_vision_config(config)
+    cfg = SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
+    cfg._attn_implementation = "sdpa"
+    return cfg
+
+
+def siglip_vision_config(config: EncoderConfig) -> SiglipVisionConfig:
+    """The `transformers` config of the vision tower."""
     stem = 4 if config.conv_stem else 1  # the stem downsamples by 4
     vision = SiglipVisionConfig(
+        hidden_size=config.hidden_size,
+        intermediate_size=config.mlp_size,
+        num_attention_heads=config.num_heads,
+        attention_dropout=0.0,
         num_hidden_layers=config.vision_layers,
         image_size=config.image_size // stem,
         patch_size=config.patch_size // stem,
         num_channels=config.conv_stem or 3,
         vision_use_head=config.vision_pool == "head",
-        **common,
     )
-    cfg = SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
-    cfg._attn_implementation = "sdpa"
-    return cfg
+    vision._attn_implementation = "sdpa"
+    return vision
 
 
 class ConvStem(nn.Module):
@@ -124,33 +161,63 @@ class DualTowerEncoder(MoonEncoder):
 
     backbone_name = "dual_tower"
 
-    def __init__(self, config: EncoderConfig, tokenizer: MoonTokenizer,
-                 backbone: SiglipModel) -> None:
+    def __init__(self, config: EncoderConfig, tokenizer: TextTokenizer,
+                 backbone: SiglipModel | SiglipVisionModel,
+                 text_tower: PreTrainedModel | None = None) -> None:
         super().__init__(config, tokenizer)
         self.backbone = backbone
+        self.text_tower = text_tower
         h, d = config.hidden_size, config.embed_dim
         self.image_proj = nn.Linear(h, d)
-        self.text_proj = nn.Linear(h, d)
+        self.text_proj = nn.Linear(h if text_tower is None else text_tower.config.hidden_size, d)
+        if text_tower is not None:
+            # a random Gaussian projection would scramble the pretrained sentence geometry
+            # before training starts; orthonormal rows keep it (up to the dropped directions)
+            nn.init.orthogonal_(self.text_proj.weight)
+            nn.init.zeros_(self.text_proj.bias)
         self.fusion = ProductFusion(d, config.fusion)
         self.stem = ConvStem(config.conv_stem) if config.conv_stem else None
 
     @classmethod
-    def _build(cls, config: EncoderConfig, tokenizer: MoonTokenizer,
-               backbone: SiglipModel | None = None) -> DualTowerEncoder:
+    def _build(cls, config: EncoderConfig, tokenizer: TextTokenizer,
+               backbone: SiglipModel | SiglipVisionModel | None = None) -> DualTowerEncoder:
+        if config.text_tower is None:
+            if backbone is None:
+                backbone = SiglipModel(siglip_config(config, tokenizer.vocab_size))
+            return cls(config, tokenizer, backbone)
+        tower = load_text_tower(config.text_tower)
+        limit = getattr(tower.config, "max_position_embeddings", None)
+        if limit is not None and config.max_text_len > limit:
+            raise ValueError(f"max_text_len {config.max_text_len} exceeds the text tower's "
+                             f"{limit} positions")
         if backbone is None:
-            backbone = SiglipModel(siglip_config(config, tokenizer.vocab_size))
-        return cls(config, tokenizer, backbone)
+            backbone = SiglipVisionModel(siglip_vision_config(config))
+        return cls(config, tokenizer, backbone, tower)
 
     @classmethod
-    def _load_backbone(cls, config: EncoderConfig, tokenizer: MoonTokenizer,
+    def _load_backbone(cls, config: EncoderConfig, tokenizer: TextTokenizer,
                        backbone_dir: Path) -> DualTowerEncoder:
-        backbone = SiglipModel.from_pretrained(
+        if config.text_tower is None:
+            backbone = SiglipModel.from_pretrained(
+                str(backbone_dir), local_files_only=True, attn_implementation="sdpa"
+            )
+            return cls(config, tokenizer, backbone)
+        vision = SiglipVisionModel.from_pretrained(
             str(backbone_dir), local_files_only=True, attn_implementation="sdpa"
         )
-        return cls(config, tokenizer, backbone)
+        return cls(config, tokenizer, vision, load_text_tower(backbone_dir.parent / TEXT_TOWER_DIR))
 
-    def _backbone_module(self) -> SiglipModel:
+    def _backbone_module(self) -> SiglipModel | SiglipVisionModel:
         return self.backbone
+
+    def _pretrained_parts(self) -> dict[str, Any]:
+        parts = super()._pretrained_parts()
+        if self.text_tower is not None:
+            parts[TEXT_TOWER_DIR] = self.text_tower
+        return parts
+
+    def pretrained_text_parameters(self) -> list[nn.Parameter]:
+        return [] if self.text_tower is None else list(self.text_tower.parameters())
 
     def _head_modules(self) -> dict[str, nn.Module]:
         heads: dict[str, nn.Module] = {"image_proj": self.image_proj,
@@ -159,10 +226,21 @@ class DualTowerEncoder(MoonEncoder):
             heads["stem"] = self.stem
         return heads
 
+    def _vision(self) -> SiglipVisionModel:
+        """The vision tower (the whole backbone beside a pretrained text tower)."""
+        if isinstance(self.backbone, SiglipModel):
+            vision: SiglipVisionModel = self.backbone.vision_model
+            return vision
+        return self.backbone
+
     def _text(self, texts: list[str]) -> torch.Tensor:
         ids, mask = self.tokenizer(texts, self.config.max_text_len)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        hidden = self.backbone.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        if self.text_tower is not None:
+            hidden = self.text_tower(input_ids=ids, attention_mask=mask).last_hidden_state
+        else:
+            assert isinstance(self.backbone, SiglipModel)
+            hidden = self.backbone.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
         m = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
         return self.text_proj(pooled)
@@ -171,7 +249,7 @@ class DualTowerEncoder(MoonEncoder):
         pixels = (images - 0.5) / 0.5  # SigLIP normalisation
         if self.stem is not None:
             pixels = self.stem(pixels)
-        out = self.backbone.vision_model(pixel_values=pixels)
+        out = self._vision()(pixel_values=pixels)
         pooled = out.last_hidden_state.mean(1) if self.config.vision_pool == "mean" else out.pooler_output
         return self.image_proj(pooled)
 

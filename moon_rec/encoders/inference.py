@@ -24,12 +24,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 @torch.no_grad()
-def embed_products(encoder: MoonEncoder, titles: Sequence[str], images: torch.Tensor,
+def embed_products(encoder: MoonEncoder, titles: Sequence[str], images: torch.Tensor | None,
                    batch_size: int = 256) -> np.ndarray:
-    """Products (titles, uint8 images [N, 3, S, S]) -> float32 [N, D]."""
+    """Products (titles, uint8 images [N, 3, S, S]) -> float32 [N, D]; ``images`` None:
+    text-only products (``titles`` are then their ``product_text``)."""
     encoder.eval()
-    out = [encoder.encode_product(list(titles[i:i + batch_size]),
-                                  images[i:i + batch_size].float() / 255.0).numpy()
+    out = [encoder.encode_product(
+               list(titles[i:i + batch_size]),
+               None if images is None else images[i:i + batch_size].float() / 255.0).numpy()
            for i in range(0, len(titles), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, encoder.embed_dim), np.float32)
 

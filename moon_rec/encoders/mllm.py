@@ -30,7 +30,7 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from moon_rec.encoders.base import MoonEncoder
 from moon_rec.encoders.config import EncoderConfig
-from moon_rec.encoders.tokenizer import MoonTokenizer
+from moon_rec.encoders.tokenizer import MoonTokenizer, TextTokenizer
 
 TEMPORAL_PATCH = 2
 
@@ -104,8 +104,11 @@ class MllmEncoder(MoonEncoder):
 
     backbone_name = "mllm"
 
-    def __init__(self, config: EncoderConfig, tokenizer: MoonTokenizer,
+    def __init__(self, config: EncoderConfig, tokenizer: TextTokenizer,
                  backbone: Qwen2VLForConditionalGeneration) -> None:
+        if not isinstance(tokenizer, MoonTokenizer):
+            raise ValueError("the mllm backbone needs the catalog MoonTokenizer (its special "
+                             "tokens name the image positions)")
         super().__init__(config, tokenizer)
         self.backbone = backbone
         self.proj = nn.Linear(config.hidden_size, config.embed_dim)
@@ -113,14 +116,14 @@ class MllmEncoder(MoonEncoder):
         self.image_grid = grid // config.spatial_merge_size  # decoder tokens per side
 
     @classmethod
-    def _build(cls, config: EncoderConfig, tokenizer: MoonTokenizer,
+    def _build(cls, config: EncoderConfig, tokenizer: TextTokenizer,
                backbone: Qwen2VLForConditionalGeneration | None = None) -> MllmEncoder:
         if backbone is None:
             backbone = Qwen2VLForConditionalGeneration(qwen2vl_config(config, tokenizer.vocab_size))
         return cls(config, tokenizer, backbone)
 
     @classmethod
-    def _load_backbone(cls, config: EncoderConfig, tokenizer: MoonTokenizer,
+    def _load_backbone(cls, config: EncoderConfig, tokenizer: TextTokenizer,
                        backbone_dir: Path) -> MllmEncoder:
         backbone = Qwen2VLForConditionalGeneration.from_pretrained(
             str(backbone_dir), local_files_only=True, attn_implementation="sdpa"

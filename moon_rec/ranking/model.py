@@ -13,6 +13,8 @@ configured Matryoshka size and its cosine with the query's MOON embedding.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
 
@@ -20,7 +22,6 @@ from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.features import RankerBatch
 from moon_rec.ranking.modules import (
     BehaviourInputs,
-    MoonContentArch,
     OverArch,
     PairwiseDotArch,
     SparseArch,
@@ -30,6 +31,19 @@ from moon_rec.ranking.modules import (
 )
 
 
+class ContentLookup(Protocol):
+    """What the ranker reads MOON content through (``MoonContentArch``, or a serving-side
+    lookup such as ``serving.center.CenterContentArch`` over a live embedding center).
+
+    ``dim`` is the vector size C; calling it with raw item ids of any shape [...] returns
+    (vectors [..., C] float32, zero where absent; found [...] bool).
+    """
+
+    dim: int
+
+    def __call__(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 class MoonRanker(nn.Module):
     """CTR ranker over ID embeddings, behaviour sequences and (optionally) MOON content.
 
@@ -37,7 +51,8 @@ class MoonRanker(nn.Module):
         config: the experiment config (feature set, behaviour module, sizes).
         tables: rows of the ID tables.
         content: the frozen MOON content lookup (required for ``ids+moon``, ignored for
-            ``ids``).
+            ``ids``): a ``MoonContentArch`` in training, any ``ContentLookup`` (an
+            ``nn.Module``) in serving.
 
     Example::
 
@@ -51,7 +66,7 @@ class MoonRanker(nn.Module):
         self,
         config: RankerConfig,
         tables: TableSizes,
-        content: MoonContentArch | None = None,
+        content: ContentLookup | None = None,
     ) -> None:
         super().__init__()
         if config.uses_moon and content is None:
@@ -59,7 +74,7 @@ class MoonRanker(nn.Module):
         self.config = config
         self.tables = tables
         self.sparse_arch = SparseArch(config, tables)
-        self.content_arch: MoonContentArch | None = content if config.uses_moon else None
+        self.content_arch: ContentLookup | None = content if config.uses_moon else None
         content_dim = content.dim if (config.uses_moon and content is not None) else 0
         self.content_dim = content_dim
         self.behaviour = build_behaviour_module(

@@ -13,6 +13,11 @@
   another item's title (``image_title_alignment``).
 Baselines in the same run: an untrained encoder of the same architecture, and a colour
 histogram of the image (query photo vs catalog photo).
+
+A text-only world (no catalog photos, such as MovieLens) has no image queries and nothing to
+align: image-search recall and image-title alignment are reported as "n/a" (None in JSON,
+with the same keys), products are encoded from their title and attributes, and the other
+metrics are computed as usual.
 """
 
 from __future__ import annotations
@@ -118,13 +123,22 @@ def category_probe(emb: np.ndarray, category: np.ndarray, seed: int = 0,
         return float((clf.predict(x[test]) == category[test]).mean())
 
 
+def image_search_na(dims: Sequence[int], ks: Sequence[int] = KS) -> dict[str, Any]:
+    """The image-search recall keys of ``ImageSearchRecall`` with every value "n/a" (None):
+    a text-only world has no image queries."""
+    na: dict[str, float | None] = {f"recall@{k}": None for k in ks}
+    return {**na, "by_dim": {str(d): dict(na) for d in dims}}
+
+
 def image_title_alignment(encoder: MoonEncoder, data: WorldData, *, max_items: int = 4000,
-                          seed: int = 0, batch_size: int = 256) -> float:
+                          seed: int = 0, batch_size: int = 256) -> float | None:
     """Image-title alignment: mean cosine of each catalog photo with its own title minus the
     mean cosine with another item's title (a seeded derangement), over up to ``max_items``
     seeded catalog items. 0 for an encoder whose image and text towers do not agree, up to
     2 for perfectly aligned towers. Image and title are encoded separately
-    (``encode_image`` / ``encode_text``), full dimension."""
+    (``encode_image`` / ``encode_text``), full dimension. None ("n/a") in a text-only world."""
+    if data.images is None:
+        return None
     rng = np.random.default_rng([seed, 7])
     n = int(data.n_items)
     rows = np.sort(rng.permutation(n)[:max_items]) if n > max_items else np.arange(n)
@@ -165,11 +179,14 @@ def evaluate_encoder(encoder: MoonEncoder, data: WorldData, *, batch_size: int =
     t0 = time.time()
     q = data.eval_query_mask
     if item_emb is None:
-        item_emb = embed_products(encoder, data.title, data.images, batch_size)
-    query_emb = embed_images(encoder, data.query_images[torch.from_numpy(q)], batch_size)
+        item_emb = embed_products(encoder, data.product_titles, data.images, batch_size)
     result: dict[str, Any] = {"model_version": encoder.model_version}
-    result.update(ImageSearchRecall(data.item_id, item_emb, encoder.dims)(
-        query_emb, data.query_item_id[q]))
+    if data.text_only:
+        result.update(image_search_na(encoder.dims))
+    else:
+        query_emb = embed_images(encoder, data.query_images[torch.from_numpy(q)], batch_size)
+        result.update(ImageSearchRecall(data.item_id, item_emb, encoder.dims)(
+            query_emb, data.query_item_id[q]))
     texts, truth = heldout_text_pairs(data)
     if texts:
         _s, ranked = ExactIndex(item_emb, data.item_id).search(embed_texts(encoder, texts), 10)
@@ -185,8 +202,12 @@ def evaluate_encoder(encoder: MoonEncoder, data: WorldData, *, batch_size: int =
 
 
 def evaluate_color_histogram(data: WorldData, *, bins: int = 8, seed: int = 0) -> dict[str, Any]:
-    """The colour-histogram image baseline: photo histogram vs catalog-photo histogram."""
+    """The colour-histogram image baseline: photo histogram vs catalog-photo histogram
+    (every metric "n/a" in a text-only world)."""
     t0 = time.time()
+    if data.images is None:
+        return {"model_version": f"color_histogram_{bins}", **image_search_na((bins ** 3,)),
+                "text_recall@10": None, "probe_acc": None, "seconds": 0.0}
     q = data.eval_query_mask
     item_h = color_histogram(data.images, bins)
     query_h = color_histogram(data.query_images[torch.from_numpy(q)], bins)
@@ -215,9 +236,15 @@ def evaluate_checkpoint(
     result["n_text_queries"] = len(heldout_text_pairs(data)[0])
     result["world"] = str(data.root)
     if baselines:
-        untrained = build_encoder(encoder.config, encoder.tokenizer)
+        tower = encoder.config.text_tower
+        untrained: dict[str, Any] | None = None
+        # the untrained baseline starts from the pretrained text tower's source folder;
+        # a checkpoint moved to another machine may not have it (then "n/a")
+        if tower is None or Path(tower).is_dir():
+            fresh = build_encoder(encoder.config, encoder.tokenizer)
+            untrained = evaluate_encoder(fresh, data, batch_size=batch_size)
         result["baselines"] = {
-            "untrained": evaluate_encoder(untrained, data, batch_size=batch_size),
+            "untrained": untrained,
             "color_histogram": evaluate_color_histogram(data),
         }
     return result

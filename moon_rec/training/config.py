@@ -57,6 +57,9 @@ class StageConfig(BaseModel):
         merge_spu: which queries treat variants of the positive's SPU as non-negatives:
             ``text`` (text/title queries), ``all`` or ``none``.
         caption_weight: MLLM only, weight of the title-generation objective.
+        text_tower_lr: learning rate of a pretrained text tower (``encoder.text_tower``;
+            None: ``lr``; 0: frozen). Fine-tuning a pretrained transformer wants a rate far
+            below the fresh heads' (1e-5 .. 5e-5 against 1e-3), or it forgets what it knew.
         checkpoint_every / log_every: in steps.
     """
 
@@ -89,6 +92,7 @@ class StageConfig(BaseModel):
     all_gather: bool = True
     merge_spu: Literal["text", "all", "none"] = "text"
     caption_weight: float = 0.0
+    text_tower_lr: float | None = Field(default=None, ge=0.0)
     checkpoint_every: int = 50
     log_every: int = 10
 

@@ -4,7 +4,9 @@ Images are decoded to uint8 tensors [N, 3, H, W] (64x64 x 3 bytes = 12 KB an ima
 small world's 10k items + 20k photos fit in ~0.4 GB). The split follows world.json: image
 queries with ``ts >= train_end_ts`` are the evaluation queries and never enter training;
 behaviours after it are the held-out text-recall pairs; items launched after it are cold
-(their catalog content is not used to train).
+(their catalog content is not used to train). A text-only world (every catalog image null,
+such as MovieLens) has ``images`` None, no photo queries, and its products are encoded from
+``product_text(title, attributes)`` (``product_titles``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from moon_rec.data.errors import DataError
 from moon_rec.data.images import decode_image, decode_prepared
 from moon_rec.data.io import has_table, read_table, read_world_meta, train_end_us
+from moon_rec.encoders.base import product_text
 
 
 def decode_images(blobs: list[bytes | None], size: int, *, where: str) -> torch.Tensor:
@@ -45,7 +48,7 @@ class WorldData:
     """Everything the encoder trains and is evaluated on, as arrays.
 
     Items (row-aligned): item_id, category_id, spu_id, launch_us, title, attributes,
-    images uint8 [N, 3, S, S]. Image queries: query_id, query_item_id, query_us,
+    images uint8 [N, 3, S, S] (None: a text-only catalog). Image queries: query_id, query_item_id, query_us,
     query_images uint8 [Q, 3, S, S]. Behaviours: user_id, item_id, ts, action, query_text,
     query_image_id (-1 when none). ``exposure_category`` [C] holds impression counts by
     category id when the world has impressions (the online exposure of stage 2).
@@ -60,7 +63,7 @@ class WorldData:
     launch_us: np.ndarray
     title: list[str]
     attributes: list[str]
-    images: torch.Tensor
+    images: torch.Tensor | None
     query_id: np.ndarray
     query_item_id: np.ndarray
     query_us: np.ndarray
@@ -77,6 +80,17 @@ class WorldData:
     def n_items(self) -> int:
         return len(self.item_id)
 
+    @property
+    def text_only(self) -> bool:
+        """No catalog photos: products are their text (``product_titles``)."""
+        return self.images is None
+
+    @property
+    def product_titles(self) -> list[str]:
+        """[N] what each product's text is: the title beside a photo, the title and the
+        attributes (``product_text``) in a text-only catalog."""
+        return self._product_titles
+
     def rows_of(self, item_ids: np.ndarray) -> np.ndarray:
         """Catalog rows of item ids (all must exist)."""
         item_ids = np.asarray(item_ids, dtype=np.int64)
@@ -91,6 +105,10 @@ class WorldData:
         self._sorted_ids = self.item_id[order]
         self._sorted_rows = order
         self._query_row = {int(q): r for r, q in enumerate(self.query_id.tolist())}
+        self._product_titles = (
+            [product_text(t, a) for t, a in zip(self.title, self.attributes, strict=True)]
+            if self.images is None else self.title
+        )
 
     def query_rows(self, query_ids: np.ndarray) -> np.ndarray:
         return np.array([self._query_row[int(q)] for q in query_ids], dtype=np.int64)
@@ -114,13 +132,21 @@ def load_world(root: str | Path, *, with_behaviors: bool = True) -> WorldData:
     items = read_table(root, "items", ["item_id", "category_id", "spu_id", "title", "attributes",
                                        "launch_ts", "image"])
     size = int(meta.get("config", {}).get("image_size", 0) or 0)
-    first = items.column("image")[0].as_py() if items.num_rows else None
-    if first is not None:
-        size = decode_image(first, where="items").shape[0]
-    images = decode_images(items.column("image").to_pylist(), size, where=str(root / "items"))
+    blobs = items.column("image").to_pylist()
+    images: torch.Tensor | None = None
+    if items.num_rows and items.column("image").null_count == items.num_rows:
+        size = 0  # a text-only catalog
+    else:
+        first = next((b for b in blobs if b is not None), None)
+        if first is not None:
+            size = decode_image(first, where="items").shape[0]
+        # a catalog is all photos or text-only: a missing photo among photos is an error
+        images = decode_images(blobs, size, where=str(root / "items"))
     iq = read_table(root, "image_queries", ["query_id", "item_id", "ts", "image"])
-    q_images = decode_images(iq.column("image").to_pylist(), size,
-                             where=str(root / "image_queries"))
+    q_blobs = iq.column("image").to_pylist()
+    if images is None and q_blobs:  # photos of text-only items: at their own size
+        size = decode_image(q_blobs[0], where=str(root / "image_queries")).shape[0]
+    q_images = decode_images(q_blobs, size, where=str(root / "image_queries"))
     if with_behaviors:
         beh = read_table(root, "behaviors")
         b_user = beh.column("user_id").to_numpy()

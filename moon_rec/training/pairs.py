@@ -14,7 +14,9 @@ A pair is (query, positive item) with a query modality and a target modality:
     aug_image       simulated user photo                    image     the same item
     item_item       product                                 product   next item of the session
 
-(``product`` = title + image.) Only what was known before ``train_end_ts`` is used: warm
+(``product`` = title + image; in a text-only world, which has only the kinds without an
+image or photo -- text_product, text_title, item_item -- its title and attributes.) Only
+what was known before ``train_end_ts`` is used: warm
 items, behaviours and image queries before it. Stage 2 adds data processing: purchase pairs
 only, short texts dropped, hardest-pair deduplication under the previous model and
 category resampling to the online exposure.
@@ -44,6 +46,11 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 KIND_NAMES: tuple[str, ...] = tuple(KINDS)
 TEXT_QUERIES = ("text", "title")
+# Modalities that need a photo: a text-only world has no pairs of these kinds.
+IMAGE_MODALITIES = ("image", "photo", "aug")
+TEXT_ONLY_KINDS: tuple[str, ...] = tuple(
+    k for k, (q, t) in KINDS.items() if q not in IMAGE_MODALITIES and t not in IMAGE_MODALITIES
+)
 
 
 @dataclass
@@ -144,7 +151,7 @@ def build_pairs(
         train_q, q_item_rows = train_q[keep], q_item_rows[keep]
     parts: list[PairSet] = []
     for kind, ratio in kinds.items():
-        if ratio <= 0:
+        if ratio <= 0 or (w.text_only and kind not in TEXT_ONLY_KINDS):
             continue
         if kind in ("title_image", "aug_product", "aug_image"):
             parts.append(_make(kind, warm, warm))

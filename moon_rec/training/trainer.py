@@ -34,7 +34,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from moon_rec.encoders import MoonEncoder, MoonTokenizer, build_encoder
+from moon_rec.encoders import MoonEncoder, build_encoder, make_tokenizer
 from moon_rec.encoders.inference import embed_products, resolve_checkpoint
 from moon_rec.training.augment import user_photo_augment
 from moon_rec.training.config import STAGES, StageConfig, TrainConfig
@@ -50,6 +50,7 @@ from moon_rec.training.negatives import (
 from moon_rec.training.pairs import (
     KIND_NAMES,
     KINDS,
+    TEXT_ONLY_KINDS,
     TEXT_QUERIES,
     PairSet,
     build_pairs,
@@ -102,14 +103,28 @@ class _Slots:
         self.n_images += x.shape[0]
         return ("image", self.n_images - 1)
 
-    def product(self, title: str, x: torch.Tensor) -> tuple[str, int]:
+    def product(self, title: str, x: torch.Tensor | None) -> tuple[str, int]:
+        """A product slot; ``x`` None: a text-only product (all of a batch's or none)."""
         self.titles.append(title)
-        self.prod_images.append(x)
+        if x is not None:
+            self.prod_images.append(x)
         return ("product", len(self.titles) - 1)
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
+
+
+def _photos(data: WorldData, rows: slice | list[int] | np.ndarray) -> torch.Tensor:
+    """Catalog photos of ``rows`` as float [n, 3, S, S] in [0, 1]."""
+    if data.images is None:
+        raise ValueError(f"{data.root} is a text-only world: no catalog photos")
+    return _float(data.images[rows])
+
+
+def _product_photo(data: WorldData, row: int) -> torch.Tensor | None:
+    """The photo of a product slot: [1, 3, S, S], or None in a text-only world."""
+    return None if data.images is None else _float(data.images[row: row + 1])
 
 
 def assemble(
@@ -124,7 +139,7 @@ def assemble(
     """Build the encoder inputs of pairs ``idx`` (+ hard-negative catalog rows [B, k])."""
     s = _Slots()
     aug_rows = [int(pairs.query_ref[i]) for i in idx if KINDS[KIND_NAMES[pairs.kind[i]]][0] == "aug"]
-    augmented = (user_photo_augment(_float(data.images[aug_rows]), g) if aug_rows
+    augmented = (user_photo_augment(_photos(data, aug_rows), g) if aug_rows
                  else torch.zeros(0))
     a = 0
     q_slots, t_slots = [], []
@@ -141,26 +156,27 @@ def assemble(
             q_slots.append(s.image(augmented[a: a + 1]))
             a += 1
         else:
-            q_slots.append(s.product(data.title[ref], _float(data.images[ref: ref + 1])))
+            q_slots.append(s.product(data.product_titles[ref], _product_photo(data, ref)))
         if tm == "product":
-            t_slots.append(s.product(data.title[row], _float(data.images[row: row + 1])))
+            t_slots.append(s.product(data.product_titles[row], _product_photo(data, row)))
         elif tm == "image":
-            t_slots.append(s.image(_float(data.images[row: row + 1])))
+            t_slots.append(s.image(_photos(data, slice(row, row + 1))))
         else:
             t_slots.append(s.text(data.title[row]))
     h_slots = []
     hr = hard_rows[hard_rows >= 0] if hard_rows is not None else np.zeros(0, np.int64)
     for row in hr.tolist():
-        h_slots.append(s.product(data.title[row], _float(data.images[row: row + 1])))
+        h_slots.append(s.product(data.product_titles[row], _product_photo(data, row)))
     inputs: dict[str, Any] = {
         "text": s.texts,
         "image": torch.cat(s.images) if s.images else None,
-        "product": (s.titles, torch.cat(s.prod_images)) if s.titles else None,
+        "product": ((s.titles, torch.cat(s.prod_images) if s.prod_images else None)
+                    if s.titles else None),
     }
     if caption:
         cap = [int(pairs.target_row[i]) for i in idx if KIND_NAMES[pairs.kind[i]] == "title_image"]
         if cap:
-            inputs["caption"] = ([data.title[r] for r in cap], _float(data.images[cap]))
+            inputs["caption"] = ([data.title[r] for r in cap], _photos(data, cap))
     offsets = {"text": 0, "image": len(s.texts), "product": len(s.texts) + s.n_images}
 
     def index(slots: list[tuple[str, int]]) -> torch.Tensor:
@@ -279,7 +295,7 @@ def build_untrained_encoder(
     import shutil
 
     data = world if isinstance(world, WorldData) else load_world(world)
-    tok = MoonTokenizer.train(catalog_texts(data), vocab_size=config.encoder.vocab_size)
+    tok = make_tokenizer(config.encoder, catalog_texts(data))
     torch.manual_seed(config.seed if seed is None else seed)
     encoder = build_encoder(config.encoder, tok)
     out = Path(out)
@@ -305,7 +321,9 @@ def stage_pairs(data: WorldData, sc: StageConfig, encoder: MoonEncoder, seed: in
         pairs = resample_categories(data, pairs, sc.resample_categories,
                                     np.random.default_rng([seed, 17]))
     if len(pairs) == 0:
-        raise ValueError(f"no training pairs for mix {sc.mix} in {data.root}")
+        hint = (f" (a text-only world: only {', '.join(TEXT_ONLY_KINDS)} make pairs)"
+                if data.text_only else "")
+        raise ValueError(f"no training pairs for mix {sc.mix} in {data.root}{hint}")
     return pairs
 
 
@@ -367,7 +385,7 @@ def train_stage(
         if init is not None:
             encoder = MoonEncoder.from_pretrained(resolve_checkpoint(init))
         else:
-            tok = MoonTokenizer.train(catalog_texts(data), vocab_size=config.encoder.vocab_size)
+            tok = make_tokenizer(config.encoder, catalog_texts(data))
             encoder = build_encoder(config.encoder, tok)
         pairs = stage_pairs(data, sc, encoder, config.seed)
     init_version = encoder.model_version
@@ -377,9 +395,17 @@ def train_stage(
     if len(weights) != len(dims):
         raise ValueError(f"matryoshka_weights has {len(weights)} entries for dims {dims}")
 
+    pretrained = {id(p) for p in encoder.pretrained_text_parameters()}
+    if sc.text_tower_lr == 0.0:  # a frozen pretrained tower
+        for p in encoder.pretrained_text_parameters():
+            p.requires_grad_(False)
     params = [p for p in encoder.parameters() if p.requires_grad]
     log_scale: torch.nn.Parameter | None = None
-    param_groups: list[dict[str, Any]] = [{"params": params}]
+    param_groups: list[dict[str, Any]] = [{"params": [p for p in params if id(p) not in pretrained]}]
+    tower_params = [p for p in params if id(p) in pretrained]
+    if tower_params:  # the pretrained text tower, at its own (usually much lower) rate
+        lr = sc.lr if sc.text_tower_lr is None else sc.text_tower_lr
+        param_groups.append({"params": tower_params, "lr": lr})
     if sc.learn_temperature and sc.loss == "infonce":
         log_scale = torch.nn.Parameter(torch.tensor(math.log(1.0 / sc.temperature)))
         param_groups.append({"params": [log_scale], "weight_decay": 0.0})
@@ -409,8 +435,9 @@ def train_stage(
                 mined = np.asarray(trainer_state["mined"])  # resume: the same neighbours
             else:
 
-                warm_emb = embed_products(encoder, [data.title[r] for r in warm],
-                                          data.images[warm])
+                warm_emb = embed_products(
+                    encoder, [data.product_titles[r] for r in warm],
+                    None if data.images is None else data.images[warm])
                 mined = MinedHardNegatives.mine(data.item_id[warm], torch.from_numpy(warm_emb),
                                                 sc.hard_negative_pool)
                 encoder.train()
@@ -433,10 +460,13 @@ def train_stage(
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         idx = sample_batch(pairs, sc.mix, sc.batch_size, rng, groups=pair_groups,
                            n_groups=sc.batch_categories)
-        hard_rows = None
+        hard_rows: np.ndarray | None = None
         if hard is not None:
             hard_ids = hard.sample(data.item_id[pairs.target_row[idx]], sc.hard_negatives, rng)
-            hard_rows = np.where(hard_ids >= 0, data.rows_of(np.maximum(hard_ids, 0)), -1)
+            # -1: no negative found; look up real ids only (a world need not have an item 0)
+            hard_rows = np.full(hard_ids.shape, -1, np.int64)
+            found = hard_ids >= 0
+            hard_rows[found] = data.rows_of(hard_ids[found])
             hard_rows = hard_rows.reshape(-1)
         batch = assemble(data, pairs, idx, g, hard_rows=hard_rows, caption=caption)
         outs = model(batch.inputs)

@@ -68,6 +68,7 @@ CASES: list[tuple[str, Corrupt, str, int | None, str]] = [
     ("items", _strip_zone("launch_ts"), "launch_ts", None, "without a time zone"),
     ("items", _add("colour"), "colour", None, "unknown column"),
     ("image_queries", _replace_row("image", 2, b""), "image", 2, "empty image"),
+    ("image_queries", _replace_row("image", 3, None), "image", 3, "null"),
     ("image_queries", _drop("item_id"), "item_id", None, "missing column"),
     ("users", _replace_row("user_id", 3, 1), "user_id", 3, "duplicate id 1"),
     ("users", _strip_zone("signup_ts"), "signup_ts", None, "without a time zone"),
@@ -110,6 +111,20 @@ def test_corrupted_table_fails_naming_file_column_and_row(
     # every load goes through the same validator
     with pytest.raises(DataError):
         read_table(world_copy, table)
+
+
+def test_text_only_items_validate_and_the_rest_is_still_checked(world_copy: Path) -> None:
+    """A null catalog image is a text-only item (DESIGN section 3), in every world; the other
+    item columns keep their checks."""
+    items = pq.read_table(world_copy / "items.parquet")
+    no_images = _set(items, "image", pa.nulls(items.num_rows, pa.binary()))
+    pq.write_table(no_images, world_copy / "items.parquet")
+    validate_world(world_copy)
+    assert read_table(world_copy, "items").column("image").null_count == items.num_rows
+    pq.write_table(_replace_row("price", 2, -3.0)(no_images), world_copy / "items.parquet")
+    with pytest.raises(DataError, match="below the minimum") as info:
+        validate_world(world_copy)
+    assert (info.value.column, info.value.row) == ("price", 2)
 
 
 def test_unreadable_parquet_is_named(world_copy: Path) -> None:

@@ -98,3 +98,50 @@ def test_eval_recall_cli_json(tiny_world: Path, untrained_checkpoint: Path, caps
 def test_eval_recall_bad_checkpoint(tiny_world: Path, tmp_path: Path, capsys) -> None:
     assert main(["eval", "recall", "--world", str(tiny_world), "--checkpoint", str(tmp_path)]) == 2
     assert "error: no MOON encoder checkpoint" in capsys.readouterr().err
+
+
+def test_text_only_world_reports_image_metrics_as_na(tiny_world: Path, untrained_checkpoint: Path,
+                                                     tmp_path: Path, capsys) -> None:
+    """The tiny world with its catalog photos removed is a text-only world: image-search
+    recall and image-title alignment are "n/a" (None in JSON, same keys), products are
+    encoded from title + attributes, text recall and the probe are still computed."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from moon_rec.encoders import MoonEncoder, product_text
+    from moon_rec.retrieval.recall import embed_products, evaluate_encoder
+    from moon_rec.training.data import load_world
+
+    world = tmp_path / "text_only"
+    shutil.copytree(tiny_world, world)
+    items = pq.read_table(world / "items.parquet")
+    i = items.column_names.index("image")
+    pq.write_table(items.set_column(i, items.schema.field("image"),
+                                    pa.nulls(items.num_rows, pa.binary())),
+                   world / "items.parquet")
+    data = load_world(world)
+    assert data.text_only
+    assert data.product_titles[3] == product_text(data.title[3], data.attributes[3])
+    encoder = MoonEncoder.from_pretrained(untrained_checkpoint)
+    r = evaluate_encoder(encoder, data)
+    assert r["recall@1"] is None and r["recall@10"] is None and r["recall@100"] is None
+    assert r["by_dim"] == {d: {"recall@1": None, "recall@10": None, "recall@100": None}
+                           for d in ("32", "64", "128", "256")}
+    assert r["image_title_align"] is None
+    assert isinstance(r["text_recall@10"], float) and 0.0 <= r["text_recall@10"] <= 1.0
+    assert 0.0 <= r["probe_acc"] <= 1.0
+    emb = embed_products(encoder, data.product_titles[:5], None)
+    with torch.no_grad():
+        want = encoder.encode_text(data.product_titles[:5]).numpy()
+    assert np.allclose(emb, want, atol=1e-6)
+
+    assert main(["eval", "recall", "--world", str(world), "--checkpoint",
+                 str(untrained_checkpoint), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["recall@10"] is None and out["image_title_align"] is None
+    assert out["baselines"]["color_histogram"]["recall@10"] is None
+    assert main(["eval", "recall", "--world", str(world), "--checkpoint",
+                 str(untrained_checkpoint)]) == 0
+    assert "n/a" in capsys.readouterr().out

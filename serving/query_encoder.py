@@ -1,0 +1,136 @@
+"""The query encoder: MOON embeddings of query texts, query images and new products.
+
+Wraps the MOON encoder (``moon_rec.encoders.MoonEncoder``) for serving: images arrive as
+base64 (or raw) PNG/JPEG and are decoded here, text-query vectors are cached (LRU), and
+every call holds the model lock the service shares with the ranker (one torch call at a
+time per process keeps intra-op threads from contending).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+
+from moon_rec.data.errors import DataError
+from serving.errors import BadInput
+
+
+def decode_image_field(data: str | bytes | None, field: str, size: int) -> np.ndarray | None:
+    """A base64 (str) or raw (bytes) PNG/JPEG -> (size, size, 3) uint8; DataError naming
+    ``field`` when it is not a decodable image."""
+    if data is None:
+        return None
+    if isinstance(data, str):
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise DataError(f"not base64 ({exc})", column=field) from exc
+    else:
+        raw = data
+    if not raw:
+        raise DataError("empty image", column=field)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as src:
+            rgb = src.convert("RGB")
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            arr = np.array(rgb, dtype=np.uint8)  # writable, as torch.from_numpy wants
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"not a decodable PNG/JPEG image ({exc})", column=field) from exc
+    return np.ascontiguousarray(arr)
+
+
+class QueryEncoder:
+    """MOON vectors of queries and products at the ranker's Matryoshka size.
+
+    Args:
+        encoder: the MOON encoder (eval mode).
+        dim: the Matryoshka size the ranker reads.
+        cache_size: text-query vectors kept (LRU; 0 disables the cache).
+        lock: the model lock shared with the ranker.
+
+    Example::
+
+        qe = QueryEncoder(encoder, dim=64, cache_size=10_000, lock=threading.Lock())
+        vec = qe.query_vector("red dress", None)  # [64] float32, or None for no query
+    """
+
+    def __init__(self, encoder: Any, dim: int, cache_size: int, lock: threading.Lock) -> None:
+        self.encoder = encoder
+        self.dim = int(dim)
+        self.cache_size = int(cache_size)
+        self._lock = lock
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @property
+    def model_version(self) -> str:
+        return str(self.encoder.model_version)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.encoder.config.image_size)
+
+    def decode_image(self, data: str | bytes | None, field: str) -> np.ndarray | None:
+        """``data`` decoded to the encoder's image size; ``BadInput`` naming ``field``."""
+        try:
+            return decode_image_field(data, field, self.image_size)
+        except DataError as exc:
+            raise BadInput(f"{field}: {exc.reason}", field) from exc
+
+    def _encode(
+        self, kind: str, text: str | None = None, image: np.ndarray | None = None
+    ) -> dict[int, np.ndarray]:
+        from moon_rec.encoders import images_to_tensor, matryoshka
+
+        with self._lock, torch.inference_mode():
+            if kind == "text":
+                x = self.encoder.encode_text([text or ""])
+            elif kind == "image":
+                x = self.encoder.encode_image(images_to_tensor([image], self.image_size))
+            else:
+                x = self.encoder.encode_product(
+                    [text or ""], images_to_tensor([image], self.image_size)
+                )
+            full = x.float()
+        return {d: matryoshka(full, d)[0].numpy() for d in self.encoder.dims}
+
+    def encode(self, kind: str, field: str, **kw: Any) -> dict[int, np.ndarray]:
+        """Matryoshka size -> [d] vector of a ``text``, ``image`` or ``product`` input;
+        an input the encoder rejects is ``BadInput`` naming ``field``."""
+        try:
+            return self._encode(kind, **kw)
+        except DataError as exc:
+            raise BadInput(f"{field}: {exc.reason}", field) from exc
+
+    def query_vector(self, text: str | None, image: str | bytes | None) -> np.ndarray | None:
+        """The query's MOON embedding [dim] (text first; an image query alone uses the
+        image embedding, the same space); None for neither."""
+        img = self.decode_image(image, "query_image")
+        if text and text.strip():
+            key = "t:" + text
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+            vec = self.encode("text", "query_text", text=text)[self.dim]
+            if self.cache_size > 0:
+                self._cache[key] = vec
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+            return vec
+        if img is not None:
+            return self.encode("image", "query_image", image=img)[self.dim]
+        return None
+
+    def product_vectors(self, title: str, image: np.ndarray) -> dict[int, np.ndarray]:
+        """Matryoshka size -> [d] product embedding of a new item (title + decoded image)."""
+        return self.encode("product", "title", text=title, image=image)

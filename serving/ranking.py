@@ -1,0 +1,169 @@
+"""Ranking and search of one request: the trained ranker over the catalog and the user's
+online behaviour sequence.
+
+- rank: one online-store read per request (the user's behaviour sequence); candidate and
+  behaviour-item embeddings and attributes come from the catalog (the ranker's content
+  lookup is the same center); the ``RankerBatch`` is built by
+  ``moon_rec.ranking.features.request_batch`` (the same ``make_batch`` and query hashing
+  as training);
+- search: the query's MOON embedding against the catalog's ANN index; rank without
+  candidates retrieves them this way.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from moon_rec.ranking.features import request_batch
+from moon_rec.ranking.model import MoonRanker
+from serving.catalog import Catalog
+from serving.config import MAX_ID, ServiceConfig
+from serving.errors import BadInput, NotFound
+from serving.query_encoder import QueryEncoder
+from serving.store_guard import StoreGuard
+
+
+@dataclass
+class RankResult:
+    """Scores of one request: ``item_ids`` and ``scores`` in candidate order, ``top_k``
+    best first, with the versions that produced them."""
+
+    item_ids: list[int]
+    scores: list[float]
+    top_k: list[dict[str, Any]]
+    retrieved: bool
+    model_version: str
+    embedding_version: str
+    history_length: int
+
+
+@dataclass(frozen=True)
+class ServedVersions:
+    """What a response reports: the ranker's weights hash and the embedding version."""
+
+    model: str
+    embedding: str
+
+
+class RequestRanker:
+    """Scores requests with the trained ranker.
+
+    Args:
+        model: the ranker, built with the catalog's center as its content lookup.
+        catalog: candidates' and behaviour items' vectors and attributes; ANN retrieval.
+        client: the online client (the user's behaviour sequence).
+        guard: every store call goes through it.
+        encoder: query vectors.
+        config: limits and policies.
+        versions: reported with every result.
+        lock: the model lock shared with the encoder.
+    """
+
+    def __init__(
+        self,
+        model: MoonRanker,
+        catalog: Catalog,
+        client: Any,
+        guard: StoreGuard,
+        encoder: QueryEncoder,
+        config: ServiceConfig,
+        versions: ServedVersions,
+        lock: threading.Lock,
+    ) -> None:
+        self.model = model
+        self.ranker_config = model.config
+        self.catalog = catalog
+        self.client = client
+        self.guard = guard
+        self.encoder = encoder
+        self.config = config
+        self.versions = versions
+        self._lock = lock
+
+    def search(
+        self, query_text: str | None, query_image: str | bytes | None, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(item ids [k'], cosine scores [k']) nearest to the query (ANN over the center)."""
+        if k < 1 or k > self.config.max_k:
+            raise BadInput(f"k: must be in 1..{self.config.max_k}, got {k}", "k")
+        vec = self.encoder.query_vector(query_text, query_image)
+        if vec is None:
+            raise BadInput("query_text: give a non-empty query_text or a query_image",
+                           "query_text")
+        return self.catalog.search(vec, k)
+
+    def rank(
+        self,
+        user_id: int,
+        item_ids: list[int] | None,
+        *,
+        query_text: str | None = None,
+        query_image: str | bytes | None = None,
+        top_k: int = 10,
+    ) -> RankResult:
+        """Score ``item_ids`` (or ANN-retrieved candidates) for the user and query."""
+        cfg = self.config
+        if top_k < 1 or top_k > cfg.max_k:
+            raise BadInput(f"top_k: must be in 1..{cfg.max_k}, got {top_k}", "top_k")
+        if item_ids is not None:
+            if len(item_ids) == 0:
+                raise BadInput("item_ids: empty candidate list (omit it to retrieve by the "
+                               "query)", "item_ids")
+            if len(item_ids) > cfg.max_candidates:
+                raise BadInput(f"item_ids: {len(item_ids)} candidates, at most "
+                               f"{cfg.max_candidates}", "item_ids")
+            if any(i < 0 or i > MAX_ID for i in item_ids):
+                raise BadInput("item_ids: ids must be in 0..2^63-1", "item_ids")
+        if not 0 <= user_id <= MAX_ID:
+            raise BadInput("user_id: must be in 0..2^63-1", "user_id")
+        qvec = self.encoder.query_vector(query_text, query_image)
+        if item_ids is None and qvec is None:
+            raise BadInput("item_ids: give candidates, or a query_text / query_image to "
+                           "retrieve them", "item_ids")
+        seq = self.guard.call("user features", self.client.user_sequences, [user_id])
+        n_hist = int(seq.lengths[0])
+        if n_hist == 0 and not cfg.allow_unknown_users:
+            raise NotFound(f"user_id: unknown user {user_id} (no behaviour in the store)",
+                           "user_id")
+        retrieved = item_ids is None
+        if item_ids is None:
+            assert qvec is not None
+            cands, _ = self.catalog.search(qvec, cfg.retrieve_k)
+            if len(cands) == 0:
+                raise NotFound("item_ids: nothing retrieved (empty catalog)", "item_ids")
+        else:
+            cands = np.asarray(item_ids, np.int64)
+        cat, brand, found = self.catalog.ensure_items(cands)
+        if not found.all():
+            bad = np.unique(cands[~found])[:10].tolist()
+            raise NotFound(f"item_ids: unknown items {bad}", "item_ids")
+        batch = request_batch(
+            user_id=user_id,
+            item_ids=cands,
+            category_ids=cat,
+            brand_ids=brand,
+            hist_item_ids=seq.item_ids[0, :n_hist],
+            hist_category_ids=seq.category_ids[0, :n_hist],
+            query_text=query_text,
+            query_embedding=qvec,
+            query_token_buckets=self.ranker_config.query_token_buckets,
+            max_seq_len=self.ranker_config.max_seq_len,
+            content_dim=self.model.content_dim,
+        )
+        with self._lock, torch.inference_mode():
+            scores = torch.sigmoid(self.model(batch)).numpy().astype(np.float64)
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return RankResult(
+            item_ids=cands.tolist(),
+            scores=scores.tolist(),
+            top_k=[{"item_id": int(cands[i]), "score": float(scores[i])} for i in order],
+            retrieved=retrieved,
+            model_version=self.versions.model,
+            embedding_version=self.versions.embedding,
+            history_length=n_hist,
+        )
