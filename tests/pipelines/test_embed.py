@@ -206,8 +206,7 @@ def test_tiny_world_real_encoder_kill_resume_and_torchrun(tiny_world: Path, tmp_
             "torch.distributed.run",
             "--nproc-per-node",
             "2",
-            "--master-port",
-            "29571",
+            "--standalone",  # a free rendezvous port: parallel runs never clash
             "-m",
             "moon_rec.cli",
             "embed",
