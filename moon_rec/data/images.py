@@ -33,7 +33,8 @@ def decode_image(data: bytes, *, where: str = "image") -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as exc:
         raise DataError(f"undecodable image ({exc.__class__.__name__}: {exc})", file=where) from exc
 
 
@@ -51,7 +52,8 @@ def check_image(data: bytes | None, *, full: bool) -> str | None:
         with Image.open(io.BytesIO(data)) as im:
             if full:
                 im.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as exc:
         return f"undecodable image ({exc.__class__.__name__})"
     return None
 
