@@ -51,9 +51,9 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from moon_rec import runtime
 from moon_rec.data.errors import DataError
 from moon_rec.data.images import decode_image
-from moon_rec.data.io import atomic_write_text
 from moon_rec.data.schemas import TIMESTAMP
 from moon_rec.data.validation import table_files
 
@@ -302,9 +302,8 @@ def _list_column(m: np.ndarray) -> pa.Array:
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with runtime.atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 @dataclass
@@ -364,7 +363,7 @@ def _make_plan(
         event_ts = datetime.fromisoformat(json.loads(pfile.read_text())["event_ts"])
     else:
         event_ts = (cfg.event_ts or datetime.now(UTC)).astimezone(UTC)
-        atomic_write_text(
+        runtime.atomic_write_text(
             pfile,
             json.dumps(
                 {
@@ -582,7 +581,7 @@ def _assemble(
             "latest_event_ts": newest.isoformat() if newest else None,
             "part_rows": cfg.part_rows,
         }
-        atomic_write_text(final / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        runtime.atomic_write_json(final / MANIFEST, manifest)
         done_marker.write_text("ok\n")
     return _swap_in(out, final)
 
@@ -605,16 +604,15 @@ def _swap_in(out: Path, final: Path) -> dict[str, Any]:
 
 
 def _dist() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
-    return rank, world
+    """(rank, world size): the torchrun group joined (nccl where CUDA is available, the
+    barriers being its only collectives), or (0, 1) for one process."""
+    env = runtime.join_process_group(single_process=False)
+    return env.rank, env.world_size
 
 
 def _barrier(world: int) -> None:
     if world > 1:
-        torch.distributed.barrier()
+        runtime.barrier()
 
 
 def load_encoder(checkpoint: str | Path) -> ProductEncoder:
@@ -730,8 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     summary = run_embed_job(a.world, a.checkpoint, a.out, cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "parts"}, indent=2, default=str))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    runtime.leave_process_group()
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pyarrow.parquet as pq
 from moon_rec.data.errors import DataError
 from moon_rec.data.schemas import TABLES, full_schema
 from moon_rec.data.validation import table_files, validate_table
+from moon_rec.runtime import atomic_path, atomic_write_json
 
 WORLD_META = "world.json"
 
@@ -66,14 +66,7 @@ def read_world_meta(root: str | Path) -> dict[str, Any]:
 
 def write_world_meta(root: str | Path, meta: dict[str, Any]) -> Path:
     path = Path(root) / WORLD_META
-    atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return atomic_write_json(path, meta)
 
 
 def write_table(table: pa.Table, path: str | Path, name: str | None = None) -> Path:
@@ -86,9 +79,8 @@ def write_table(table: pa.Table, path: str | Path, name: str | None = None) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     if name is not None:
         table = conform(table, name)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=16_384)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=16_384)
     return path
 
 

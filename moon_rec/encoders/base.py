@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from moon_rec import runtime
 from moon_rec.data.errors import DataError
 from moon_rec.encoders.config import EncoderConfig
 from moon_rec.encoders.tokenizer import MoonTokenizer
@@ -232,9 +230,7 @@ class MoonEncoder(nn.Module, ABC):
     def save_pretrained(self, path: str | Path) -> Path:
         """Write a self-contained checkpoint directory (atomically replaced)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
-        try:
+        with runtime.atomic_dir(path) as tmp:
             with quiet_transformers():
                 self._backbone_module().save_pretrained(tmp / BACKBONE_DIR)
             heads = {
@@ -251,16 +247,6 @@ class MoonEncoder(nn.Module, ABC):
                 "model_version": self.model_version,
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-            if path.exists():
-                old = path.with_name(path.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod

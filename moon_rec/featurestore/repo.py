@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from moon_rec import runtime
 from moon_rec.featurestore.layout import FeatureDataPaths
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -28,10 +29,7 @@ def write_data_paths(paths: FeatureDataPaths, state_dir: str | Path = DEFAULT_ST
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     target = state / PATHS_FILE
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(paths.to_json() + "\n")
-    os.replace(tmp, target)
-    return target
+    return runtime.atomic_write_text(target, paths.to_json() + "\n")
 
 
 def resolve_data_paths(state_dir: str | Path = DEFAULT_STATE_DIR) -> FeatureDataPaths:

@@ -11,7 +11,6 @@ same encoder checkpoint and writes them in the agreed format: ``query_text`` str
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from moon_rec import runtime
 from moon_rec.data.errors import DataError
 from moon_rec.ranking.data import parquet_files
 
@@ -60,7 +60,6 @@ def write_query_embeddings(
     columns["event_timestamp"] = pa.array([datetime.now(UTC)] * len(texts), TS)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(pa.table(columns), tmp)
-    os.replace(tmp, out)
+    with runtime.atomic_path(out) as tmp:
+        pq.write_table(pa.table(columns), tmp)
     return out
