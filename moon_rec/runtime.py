@@ -100,49 +100,47 @@ def join_process_group(
     import torch
     import torch.distributed as dist
 
+    global _OWN_GROUP
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    joined = dist.is_initialized()
+    torchrun = launched_by_torchrun()
+    if not (joined or torchrun or single_process):
+        return DistributedEnv(0, 1, 0, dev, None)  # one process, no group: nothing to set up
     if dev.type == "cuda":
         if dev.index is None:
-            dev = torch.device("cuda", local_rank if launched_by_torchrun() else
-                               torch.cuda.current_device())
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            dev = torch.device("cuda", local if torchrun else torch.cuda.current_device())
         torch.cuda.set_device(dev)
     created = False
-    if not dist.is_initialized():
+    if not joined:
         backend = backend_for(dev)
-        if launched_by_torchrun():
+        if torchrun:
             dist.init_process_group(backend)
-            created = True
-        elif single_process:
+        else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-            created = True
-    if created:
-        _CREATED.append(True)
-    if not dist.is_initialized():
-        return DistributedEnv(0, 1, 0, dev, None)
+        created = _OWN_GROUP = True
     rank_ = dist.get_rank()
-    local_rank = int(os.environ.get("LOCAL_RANK", rank_))
-    return DistributedEnv(rank_, dist.get_world_size(), local_rank, dev,
-                          str(dist.get_backend()), created)
+    return DistributedEnv(rank_, dist.get_world_size(), int(os.environ.get("LOCAL_RANK", rank_)),
+                          dev, str(dist.get_backend()), created)
 
 
-_CREATED: list[bool] = []  # one entry per group created by join_process_group, not yet left
+_OWN_GROUP = False  # the initialised group was created by join_process_group
 
 
 def leave_process_group(env: DistributedEnv | None = None) -> None:
-    """Destroy the process group if :func:`join_process_group` created it (``env``: the
-    join's result; None: whatever group this module created last). Idempotent."""
+    """Destroy the process group if :func:`join_process_group` created it (``env``: that
+    join's result, a no-op unless it created the group; None: whatever group this module
+    created). Idempotent."""
     import torch.distributed as dist
 
+    global _OWN_GROUP
     if env is not None and not env.created:
         return
-    if not _CREATED:
-        return
-    _CREATED.pop()
-    if dist.is_initialized():
+    if _OWN_GROUP and dist.is_initialized():
         dist.destroy_process_group()
+    _OWN_GROUP = False
 
 
 @contextlib.contextmanager
