@@ -72,6 +72,7 @@ def make_catalog(world: Path, n: int, image_size: int = 64, seed: int = 0) -> li
 
 
 def main() -> None:
+    from moon_rec import runtime
     from moon_rec.data.images import decode_image
     from moon_rec.encoders import EncoderConfig, MoonEncoder, MoonTokenizer, build_encoder
     from moon_rec.encoders.base import images_to_tensor, matryoshka
@@ -85,7 +86,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tiny", action="store_true", help="a tiny encoder (smoke runs)")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    threads = runtime.set_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="moon-bench-embed-") as tmp:
         world = Path(tmp) / "world"
         titles = make_catalog(world, args.n)
@@ -147,7 +148,7 @@ def main() -> None:
                 "n_items": args.n,
                 "loop_items": args.loop_n,
                 "batch_size": args.batch_size,
-                "threads": args.threads,
+                "threads": threads,
                 "precision": manifest.get("precision"),
                 "job_items_per_s": round(job_rate, 1),
                 "job_seconds_incl_checkpoint_load_and_parquet": round(job_s, 2),

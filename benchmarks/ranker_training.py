@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
+from moon_rec import runtime
 from moon_rec.ranking.config import BehaviourConfig, RankerConfig, TrainConfig
 from moon_rec.ranking.features import POOLED_FEATURES, SEQUENCE_FEATURES, RankerBatch, make_batch
 from moon_rec.ranking.model import MoonRanker
@@ -39,7 +40,7 @@ from moon_rec.ranking.modules import (
     SparseFeatures,
     TableSizes,
 )
-from moon_rec.ranking.train import distributed, shard_model
+from moon_rec.ranking.train import shard_model
 
 
 class PlainSparseArch(nn.Module):
@@ -191,7 +192,7 @@ def measure(items: int, users: int, args: argparse.Namespace) -> dict[str, objec
         for o in plain_opts:
             o.step()
 
-    with distributed("cpu") as env:
+    with runtime.process_group("cpu") as env:
         dmp, optimizer = shard_model(model, cfg, env)
         dmp.train()
 
@@ -224,7 +225,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--behaviour", default="cube", choices=["din", "cube", "sim"])
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    threads = runtime.set_threads(args.threads)
     results = []
     for size in args.sizes.split(","):
         items, users = (int(x) for x in size.lower().split("x"))
@@ -243,7 +244,7 @@ def main() -> None:
                     "behaviour": args.behaviour,
                     "batch_size": args.batch_size,
                     "steps": args.steps,
-                    "threads": args.threads,
+                    "threads": threads,
                     "embedding_dim": RankerConfig().embedding_dim,
                     "max_seq_len": RankerConfig().max_seq_len,
                     "moon_dim": RankerConfig().moon_dim,

@@ -239,14 +239,14 @@ def main() -> None:
 
     import httpx
     import pyarrow as pa
-    import torch
 
+    from moon_rec import runtime
     from moon_rec.featurestore.push import push_behaviour
     from serving.loop import ServingLoop
     from serving.server import free_port, wait_healthy
     from serving.service import RankingService, ServiceConfig
 
-    torch.set_num_threads(1)
+    runtime.set_threads(1)
     work = args.work or Path(tempfile.mkdtemp(prefix="moon_serving_bench_"))
     t0 = time.perf_counter()
     if args.loop is not None:

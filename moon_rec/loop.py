@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moon_rec.data.io import atomic_write_text
+from moon_rec.runtime import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
@@ -367,11 +367,10 @@ def recall_step(layout: Layout, stages: Sequence[str] = ("pretrain", "stage1", "
     last stage with the untrained and colour-histogram baselines (``recall.json``)."""
 
     def run() -> None:
-        import torch
-
         from moon_rec.retrieval.recall import evaluate_checkpoint
+        from moon_rec.runtime import set_threads
 
-        torch.set_num_threads(max(1, threads))
+        set_threads(threads)
         last = stages[-1]
         for stage in stages:
             result = evaluate_checkpoint(layout.world, layout.encoder / stage,

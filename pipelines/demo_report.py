@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from moon_rec.data.io import atomic_write_text
 from moon_rec.loop import Layout, ranker_experiments
+from moon_rec.runtime import atomic_write_text
 
 STAGES = ("pretrain", "stage1", "stage2")
 

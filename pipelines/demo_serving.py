@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from moon_rec.data.io import atomic_write_text, read_table, train_end
+from moon_rec.data.io import read_table, train_end
 from moon_rec.encoders.inference import resolve_checkpoint
 from moon_rec.loop import Layout, StepFailed
+from moon_rec.runtime import atomic_write_text
 from serving.server import free_port, wait_healthy
 
 

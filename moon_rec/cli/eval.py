@@ -35,17 +35,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--json", action="store_true", help="print JSON (default: a short table)")
     rec.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     rec.add_argument("--no-baselines", action="store_true")
-    rec.add_argument("--threads", type=int, default=1)
+    rec.add_argument("--threads", type=int, default=1, help="torch threads (0: the free cores)")
     rec.add_argument("--batch-size", type=int, default=256)
     rec.set_defaults(func=_recall)
 
 
 def _recall(args: argparse.Namespace) -> int:
-    import torch
-
+    from moon_rec import runtime
     from moon_rec.retrieval.recall import evaluate_checkpoint
 
-    torch.set_num_threads(max(1, args.threads))
+    runtime.set_threads(args.threads)
     result = evaluate_checkpoint(args.world, args.checkpoint, baselines=not args.no_baselines,
                                  batch_size=args.batch_size)
     text = json.dumps(result, indent=2)

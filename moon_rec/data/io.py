@@ -5,7 +5,6 @@ parser of the split time."""
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from moon_rec import runtime
 from moon_rec.data.errors import DataError
 from moon_rec.data.schemas import TABLES, full_schema
 from moon_rec.data.validation import table_files, validate_table
+from moon_rec.runtime import atomic_write_json
 
 WORLD_META = "world.json"
 # Keys every world.json has (a generated world adds its config, seed and statistics).
@@ -128,23 +129,15 @@ def train_end_us(root_or_meta: str | Path | dict[str, Any]) -> int:
 
 def write_world_meta(root: str | Path, meta: dict[str, Any]) -> Path:
     path = Path(root) / WORLD_META
-    atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return atomic_write_json(path, meta)
 
 
 def atomic_write_parquet(table: pa.Table, path: Path, **kwargs: Any) -> Path:
     """Write ``table`` to ``path`` as zstd parquet via a temp file + rename (never a
     partial file); ``kwargs`` go to ``pyarrow.parquet.write_table``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd", **kwargs)
-    os.replace(tmp, path)
+    with runtime.atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", **kwargs)
     return path
 
 

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from moon_rec import runtime
 from moon_rec.data.errors import DataError
 from moon_rec.encoders.config import EncoderConfig
 from moon_rec.encoders.tokenizer import MoonTokenizer, PretrainedTokenizer, TextTokenizer
@@ -262,9 +260,7 @@ class MoonEncoder(nn.Module, ABC):
     def save_pretrained(self, path: str | Path) -> Path:
         """Write a self-contained checkpoint directory (atomically replaced)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
-        try:
+        with runtime.atomic_dir(path) as tmp:
             with quiet_transformers():
                 for folder, part in self._pretrained_parts().items():
                     part.save_pretrained(tmp / folder)
@@ -282,16 +278,6 @@ class MoonEncoder(nn.Module, ABC):
                 "model_version": self.model_version,
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-            if path.exists():
-                old = path.with_name(path.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod

@@ -31,7 +31,7 @@ def embed_products(encoder: MoonEncoder, titles: Sequence[str], images: torch.Te
     encoder.eval()
     out = [encoder.encode_product(
                list(titles[i:i + batch_size]),
-               None if images is None else images[i:i + batch_size].float() / 255.0).numpy()
+               None if images is None else images[i:i + batch_size].float() / 255.0).cpu().numpy()
            for i in range(0, len(titles), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, encoder.embed_dim), np.float32)
 
@@ -40,7 +40,7 @@ def embed_products(encoder: MoonEncoder, titles: Sequence[str], images: torch.Te
 def embed_images(encoder: MoonEncoder, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """uint8 images [N, 3, S, S] -> float32 [N, D]."""
     encoder.eval()
-    out = [encoder.encode_image(images[i:i + batch_size].float() / 255.0).numpy()
+    out = [encoder.encode_image(images[i:i + batch_size].float() / 255.0).cpu().numpy()
            for i in range(0, images.shape[0], batch_size)]
     return np.concatenate(out) if out else np.zeros((0, encoder.embed_dim), np.float32)
 
@@ -48,6 +48,6 @@ def embed_images(encoder: MoonEncoder, images: torch.Tensor, batch_size: int = 2
 @torch.no_grad()
 def embed_texts(encoder: MoonEncoder, texts: Sequence[str], batch_size: int = 512) -> np.ndarray:
     encoder.eval()
-    out = [encoder.encode_text(list(texts[i:i + batch_size])).numpy()
+    out = [encoder.encode_text(list(texts[i:i + batch_size])).cpu().numpy()
            for i in range(0, len(texts), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, encoder.embed_dim), np.float32)

@@ -50,10 +50,11 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from moon_rec import runtime
 from moon_rec.data.embeddings import emb_column, embedding_schema, vector_column
 from moon_rec.data.errors import DataError
 from moon_rec.data.images import decode_image, prepare_image
-from moon_rec.data.io import atomic_write_parquet, atomic_write_text
+from moon_rec.data.io import atomic_write_parquet
 from moon_rec.data.schemas import ITEMS, TIMESTAMP
 from moon_rec.data.validation import check_column, check_columns, first_duplicate_row, table_files
 
@@ -381,7 +382,7 @@ def _make_plan(
         event_ts = datetime.fromisoformat(json.loads(pfile.read_text())["event_ts"])
     else:
         event_ts = (cfg.event_ts or datetime.now(UTC)).astimezone(UTC)
-        atomic_write_text(
+        runtime.atomic_write_text(
             pfile,
             json.dumps(
                 {
@@ -599,7 +600,7 @@ def _assemble(
             "latest_event_ts": newest.isoformat() if newest else None,
             "part_rows": cfg.part_rows,
         }
-        atomic_write_text(final / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        runtime.atomic_write_json(final / MANIFEST, manifest)
         done_marker.write_text("ok\n")
     return _swap_in(out, final)
 
@@ -622,16 +623,15 @@ def _swap_in(out: Path, final: Path) -> dict[str, Any]:
 
 
 def _dist() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
-    return rank, world
+    """(rank, world size): the torchrun group joined (nccl where CUDA is available, the
+    barriers being its only collectives), or (0, 1) for one process."""
+    env = runtime.join_process_group(single_process=False)
+    return env.rank, env.world_size
 
 
 def _barrier(world: int) -> None:
     if world > 1:
-        torch.distributed.barrier()
+        runtime.barrier()
 
 
 def load_encoder(checkpoint: str | Path) -> ProductEncoder:

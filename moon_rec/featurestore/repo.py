@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from moon_rec.data.io import atomic_write_text
+from moon_rec import runtime
 from moon_rec.featurestore.layout import FeatureDataPaths
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -30,8 +30,7 @@ def write_data_paths(paths: FeatureDataPaths, state_dir: str | Path = DEFAULT_ST
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     target = state / PATHS_FILE
-    atomic_write_text(target, paths.to_json() + "\n")
-    return target
+    return runtime.atomic_write_text(target, paths.to_json() + "\n")
 
 
 def resolve_data_paths(state_dir: str | Path = DEFAULT_STATE_DIR) -> FeatureDataPaths:
@@ -72,7 +71,7 @@ def write_feast_repo(
     online = body.get("online_store") or {}
     if "path" in online:
         online["path"] = str(Path(state).resolve() / Path(online["path"]).name)
-    atomic_write_text(repo / "feature_store.yaml", yaml.safe_dump(body, sort_keys=False))
+    runtime.atomic_write_text(repo / "feature_store.yaml", yaml.safe_dump(body, sort_keys=False))
     write_data_paths(paths, repo)
     return repo
 

@@ -102,8 +102,10 @@ class IdRemap(nn.Module):
         values = features.values()
         counts = torch.tensor(features.length_per_key(), device=values.device)
         rows = torch.tensor(
-            [self.feature_rows[k] for k in features.keys()]  # noqa: SIM118 (KJT, not a dict), device=values.device
-        ).repeat_interleave(counts)
+            [self.feature_rows[k] for k in features.keys()],  # noqa: SIM118 (KJT, not a dict)
+            dtype=torch.long,
+            device=values.device,
+        ).repeat_interleave(counts, output_size=values.numel())
         return KeyedJaggedTensor(
             keys=features.keys(),
             values=remap_ids(values.long(), rows, self.policy),
@@ -278,7 +280,7 @@ class MoonContentArch(nn.Module):
         """
         n = self.item_ids.shape[0]
         if n == 0:
-            return ids.new_zeros((*ids.shape, self.dim), dtype=torch.float32), ids < -(2**62)
+            return self.vectors.new_zeros((*ids.shape, self.dim)), ids < -(2**62)
         pos = torch.searchsorted(self.item_ids, ids.contiguous()).clamp(max=n - 1)
         found = self.item_ids[pos] == ids
         rows = torch.where(found, pos, torch.full_like(pos, n))

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 from tqdm import tqdm
 
+from moon_rec import runtime
 from moon_rec.data.embeddings import MoonEmbeddings, load_moon_embeddings
 from moon_rec.data.errors import DataError
 from moon_rec.ranking.config import RankerConfig
@@ -54,52 +53,6 @@ log = logging.getLogger(__name__)
 META = "meta.json"
 WEIGHTS = "model.pt"
 CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class DistributedEnv:
-    """Where this process runs: rank, world size, device and collective backend."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    backend: str
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-@contextlib.contextmanager
-def distributed(device: str | None = None) -> Iterator[DistributedEnv]:
-    """Join (or create) the process group; one process gets a private single-rank group.
-
-    Under ``torchrun`` (RANK/WORLD_SIZE set) every rank joins the group from the
-    environment. The device is CUDA when available (nccl), else CPU (gloo); ``device``
-    forces one. A group created here is destroyed on exit; an existing one is reused.
-    """
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    backend = "nccl" if use_cuda else "gloo"
-    created = False
-    if not dist.is_initialized():
-        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-            dist.init_process_group(backend)
-        else:
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-        created = True
-    rank, world = dist.get_rank(), dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
-    try:
-        yield DistributedEnv(rank, world, local_rank, dev, dist.get_backend())
-    finally:
-        if created:
-            dist.destroy_process_group()
 
 
 def table_sizes(data: TrainingSet, config: RankerConfig) -> TableSizes:
@@ -190,7 +143,7 @@ def sharders(config: RankerConfig) -> list[ModuleSharder[torch.nn.Module]]:
 
 
 def shard_model(
-    model: MoonRanker, config: RankerConfig, env: DistributedEnv
+    model: MoonRanker, config: RankerConfig, env: runtime.DistributedEnv
 ) -> tuple[DistributedModelParallel, CombinedOptimizer]:
     """Wrap ``model`` in DMP (table-wise sharding, fused kernels, row-wise Adagrad in
     backward) and return it with the combined optimizer (fused sparse + Adam dense).
@@ -259,7 +212,7 @@ def _quiet_torchrec() -> Iterator[None]:
         planner_log.setLevel(level)
 
 
-def gather_full_state(state: Any, env: DistributedEnv) -> Any:
+def gather_full_state(state: Any, env: runtime.DistributedEnv) -> Any:
     """A copy of a (nested) state dict with every ShardedTensor gathered to a full CPU
     tensor on rank 0 (None elsewhere). Collective: call on every rank."""
     if isinstance(state, ShardedTensor):
@@ -301,15 +254,8 @@ def load_full_state(current: Any, full: Any) -> None:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with runtime.atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _meta(
@@ -366,7 +312,7 @@ def train_ranker(
     """
     out = Path(out)
     started = time.perf_counter()
-    with distributed(device) as env:
+    with runtime.process_group(device) as env:
         data = load_training_set(training_set, config.max_seq_len, config.query_token_buckets)
         emb = None
         if embeddings is not None:
@@ -403,7 +349,7 @@ def train_ranker(
             step = _resume(ckpt_path, dmp, optimizer, meta, env)
         if env.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            _write_json(
+            runtime.atomic_write_json(
                 out / META, {**meta, "steps": step, "total_steps": total_steps, "done": False}
             )
         stop = total_steps if max_steps is None else min(total_steps, max_steps)
@@ -455,12 +401,12 @@ def train_ranker(
                 examples_per_s=n_examples / elapsed if elapsed > 0 and n_examples else None,
                 train_seconds=round(time.perf_counter() - started, 1),
             )
-            _write_json(out / META, meta)
-        dist.barrier()
+            runtime.atomic_write_json(out / META, meta)
+        runtime.barrier()
         return meta
 
 
-def _fused_file(path: Path, env: DistributedEnv) -> Path:
+def _fused_file(path: Path, env: runtime.DistributedEnv) -> Path:
     return path.with_name(f"{path.stem}.fused.rank{env.rank}-of-{env.world_size}.pt")
 
 
@@ -499,7 +445,7 @@ def _save_checkpoint(
     optimizer: CombinedOptimizer,
     meta: dict[str, Any],
     step: int,
-    env: DistributedEnv,
+    env: runtime.DistributedEnv,
 ) -> None:
     fused, dense = optimizer.optimizers[0][1], optimizer.optimizers[1][1]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -513,10 +459,10 @@ def _save_checkpoint(
         "training_set": meta["training_set"],
         "model_version": meta["model_version"],
     }
-    dist.barrier()  # every rank's fused state is on disk before the main file names the step
+    runtime.barrier()  # every rank's fused state is on disk before the main file names the step
     if env.is_main:
         _atomic_save(state, path)
-    dist.barrier()
+    runtime.barrier()
 
 
 def _resume(
@@ -524,7 +470,7 @@ def _resume(
     dmp: DistributedModelParallel,
     optimizer: CombinedOptimizer,
     meta: dict[str, Any],
-    env: DistributedEnv,
+    env: runtime.DistributedEnv,
 ) -> int:
     """Load the checkpoint at ``path``; returns its step. Weights and the dense optimizer
     load at any world size; the fused (sparse) optimizer state needs the same world size,

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from moon_rec.metrics.exchange import exchange_rate_table
-from moon_rec.studies.points import Point, run_sweep, write_json_atomic
+from moon_rec.runtime import atomic_write_json
+from moon_rec.studies.points import Point, run_sweep
 from moon_rec.studies.runs import Study, encoder_versions, version_by_name
 
 
@@ -107,7 +108,7 @@ def analyse_exchange(study: Study) -> dict[str, Any]:
             {n: r for n, r in complete.items() if r.get("auc_cold") is not None},
             study.config.metrics, auc_key="auc_cold") if all(
                 r.get("auc_cold") is not None for r in complete.values()) else None
-    write_json_atomic(study.out / "exchange_rate.json", _clean(result))
+    atomic_write_json(study.out / "exchange_rate.json", _clean(result), default=str)
     return result
 
 

@@ -14,7 +14,6 @@ point that was in flight. One tqdm bar covers the whole sweep.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,17 +23,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from moon_rec.runtime import atomic_write_json
+
 
 def _normal(obj: Any) -> Any:
     """JSON round trip: tuples -> lists, Paths -> str, so configs compare as stored."""
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 class PointStore:
@@ -61,7 +55,7 @@ class PointStore:
         rec = {"kind": kind, "name": name, "config": _normal(config), "seed": seed,
                "result": _normal(result), "seconds": round(seconds, 2),
                "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
-        write_json_atomic(self.path(kind, name), rec)
+        atomic_write_json(self.path(kind, name), rec, default=str)
         return rec
 
     def all(self, kind: str) -> list[dict[str, Any]]:

@@ -20,8 +20,6 @@ epochs, request subset, seeds) is fixed by the study config.
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,9 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from moon_rec import runtime
 from moon_rec.data.embeddings import embedding_table, prefixes_of, write_embedding_table
 from moon_rec.studies.config import StudyConfig
-from moon_rec.studies.points import Point, PointStore, write_json_atomic
+from moon_rec.studies.points import Point, PointStore
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -152,13 +151,12 @@ class Study:
             keep |= in_split & np.isin(req, reqs)
         sub = table.filter(pa.array(keep))
         self.ranker_set.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.ranker_set.with_name(".ranker_set.tmp.parquet")
-        pq.write_table(sub, tmp)
-        os.replace(tmp, self.ranker_set)
+        with runtime.atomic_path(self.ranker_set) as tmp:
+            pq.write_table(sub, tmp)
         s = sub.column("split").to_numpy(zero_copy_only=False)
         info = {"selection": want, "rows": sub.num_rows, "train_rows": int((s == "train").sum()),
                 "test_rows": int((s == "test").sum()), "source_rows": table.num_rows}
-        write_json_atomic(info_path, info)
+        runtime.atomic_write_json(info_path, info, default=str)
         return info
 
     def write_manifest(self, study: str, extra: dict[str, Any] | None = None) -> None:
@@ -170,7 +168,7 @@ class Study:
                          "versions": [asdict(v) for v in encoder_versions(self.config)]})
         manifest.setdefault("studies", {})[study] = {
             "updated_at": datetime.now(UTC).isoformat(timespec="seconds"), **(extra or {})}
-        write_json_atomic(path, manifest)
+        runtime.atomic_write_json(path, manifest, default=str)
 
     # -- encoder runs -------------------------------------------------------------------
 
@@ -190,9 +188,7 @@ class Study:
             src = ENCODER_PRESETS / f"{self.config.encoder.preset}.yaml"
             if not src.is_file():
                 raise ValueError(f"unknown encoder preset {self.config.encoder.preset!r}")
-            tmp = self.recipe_path.with_name(".encoder_recipe.tmp")
-            tmp.write_text(src.read_text())
-            os.replace(tmp, self.recipe_path)
+            runtime.atomic_write_text(self.recipe_path, src.read_text())
         raw: dict[str, Any] = yaml.safe_load(self.recipe_path.read_text()) or {}
         return raw
 
@@ -263,10 +259,7 @@ class Study:
 
             def on_step(step: int, encoder: Any) -> None:
                 if step in snaps and not (self.snapshot_dir(step) / "moon_encoder.json").is_file():
-                    tmp = self.snapshot_dir(step).with_name(f".tmp-{step:06d}")
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    encoder.save_pretrained(tmp)
-                    os.replace(tmp, self.snapshot_dir(step))
+                    encoder.save_pretrained(self.snapshot_dir(step))  # atomic
 
         summary = train_stage(self.data, "stage1", cfg, self.run_dir(run),
                               init=self.run_dir("pretrain"), progress=False, on_step=on_step)
@@ -331,14 +324,12 @@ class Study:
         """Intermediate metrics of version ``v``, and its item + query embeddings."""
 
         def run() -> dict[str, Any]:
-            import torch
-
             from moon_rec.encoders import MoonEncoder
             from moon_rec.encoders.inference import embed_products
             from moon_rec.ranking.queries import write_query_embeddings
             from moon_rec.retrieval.recall import evaluate_encoder
 
-            torch.set_num_threads(max(1, self.config.threads))
+            runtime.set_threads(self.config.threads)
             rec = self.store.get("encoder", v.name)
             assert rec is not None, f"encoder point {v.name} missing"
             ckpt = self.out / rec["result"]["checkpoint"]
@@ -371,7 +362,7 @@ class Study:
         path = self.out / f"ranker_{name}.json"
         if not path.is_file():
             cfg = load_ranker_config(self.config.ranker.config_path(), name)
-            write_json_atomic(path, cfg.to_dict())
+            runtime.atomic_write_json(path, cfg.to_dict(), default=str)
         base: dict[str, Any] = json.loads(path.read_text())
         return base
 
@@ -406,12 +397,10 @@ class Study:
         cfg = self.ranker_config(seed, max_seq_len)
 
         def run() -> dict[str, Any]:
-            import torch
-
             from moon_rec.ranking.evaluate import evaluate_ranker
             from moon_rec.ranking.train import train_ranker
 
-            torch.set_num_threads(max(1, self.config.threads))
+            runtime.set_threads(self.config.threads)
             rec = self.store.get("metrics", version)
             assert rec is not None, f"metrics point {version} missing"
             edir = self.out / rec["result"]["embeddings"]
@@ -448,12 +437,10 @@ class Study:
         name = f"{name_exp}--seed{seed}"
 
         def run() -> dict[str, Any]:
-            import torch
-
             from moon_rec.ranking.evaluate import evaluate_ranker
             from moon_rec.ranking.train import train_ranker
 
-            torch.set_num_threads(max(1, self.config.threads))
+            runtime.set_threads(self.config.threads)
             model_dir = self.out / "rankers" / "reference" / name
             train_ranker(self.ranker_set, cfg, model_dir, resume=True, progress=False)
             report = evaluate_ranker(model_dir)

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from moon_rec.studies.points import Point, run_sweep, write_json_atomic
+from moon_rec.runtime import atomic_write_json
+from moon_rec.studies.points import Point, run_sweep
 from moon_rec.studies.runs import Study, encoder_versions, version_by_name
 
 AXES: tuple[str, ...] = ("tokens", "negatives", "seq_len")
@@ -192,7 +193,7 @@ def analyse_axis(study: Study, axis: str) -> dict[str, Any]:
             fits[key] = fit_power_law([p[0] for p in pts], [p[1] for p in pts])
     result = {"axis": axis, "x_label": AXIS_LABELS[axis], "rows": rows, "series": series,
               "fits": fits}
-    write_json_atomic(study.out / f"scaling_{axis}.json", result)
+    atomic_write_json(study.out / f"scaling_{axis}.json", result, default=str)
     return result
 
 

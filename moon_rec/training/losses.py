@@ -29,7 +29,8 @@ def _negative_mask(b: int, n: int, same: torch.Tensor | None, device: torch.devi
     valid = torch.ones((b, n), dtype=torch.bool, device=device)
     if same is not None:
         valid &= ~same.to(device)
-    valid[torch.arange(b), torch.arange(b)] = False  # the positive itself
+    idx = torch.arange(b, device=device)
+    valid[idx, idx] = False  # the positive itself
     return valid
 
 
@@ -57,9 +58,9 @@ def info_nce(
     b, n = query.shape[0], cand.shape[0]
     logits = query @ cand.T / temperature
     valid = _negative_mask(b, n, same, logits.device)
-    valid[torch.arange(b), torch.arange(b)] = True  # keep the positive in the softmax
-    logits = logits.masked_fill(~valid, float("-inf"))
     target = torch.arange(b, device=logits.device)
+    valid[target, target] = True  # keep the positive in the softmax
+    logits = logits.masked_fill(~valid, float("-inf"))
     return F.cross_entropy(logits, target)
 
 

@@ -182,8 +182,9 @@ class MinedHardNegatives:
         ids = np.asarray(item_ids, dtype=np.int64)
         for s in range(0, n, chunk):
             sim = emb[s:s + chunk] @ emb.T
-            sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = -float("inf")
-            out[s:s + chunk] = ids[sim.topk(k, dim=1).indices.numpy()]
+            rows = torch.arange(sim.shape[0], device=sim.device)
+            sim[rows, rows + s] = -float("inf")
+            out[s:s + chunk] = ids[sim.topk(k, dim=1).indices.cpu().numpy()]
         return out
 
     def sample(self, positive_ids: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

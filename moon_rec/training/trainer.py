@@ -3,8 +3,8 @@
 Runs like real training: seeded (every batch is a pure function of seed, stage, step and
 rank, so a resumed run sees the same batches), a tqdm bar with loss and throughput, a
 checkpoint every ``checkpoint_every`` steps that carries the ``model_version``, resume from
-the last checkpoint after a kill, and DDP under ``torchrun`` (gloo on CPU) with the other
-ranks' targets all-gathered as spatial negatives.
+the last checkpoint after a kill, and DDP under ``torchrun`` (gloo on CPU, nccl on CUDA)
+with the other ranks' targets all-gathered as spatial negatives.
 
 Run directory layout (``out``)::
 
@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from moon_rec import runtime
 from moon_rec.encoders import MoonEncoder, build_encoder, make_tokenizer
 from moon_rec.encoders.inference import embed_products, resolve_checkpoint
 from moon_rec.training.augment import user_photo_augment
@@ -83,6 +83,12 @@ class Batch:
     hard_spu: torch.Tensor
     merge_rows: torch.Tensor  # [B] bool: query is text-like (SPU variants not negatives)
     product_targets: torch.Tensor  # [B] bool: target is a product embedding (for the queue)
+
+    def to(self, device: torch.device) -> Batch:
+        """The index and id tensors on ``device`` (the encoder moves its own inputs)."""
+        return Batch(self.inputs, *(getattr(self, f).to(device) for f in (
+            "query_index", "target_index", "hard_index", "target_ids", "target_spu",
+            "hard_ids", "hard_spu", "merge_rows", "product_targets")))
 
 
 @dataclass
@@ -215,43 +221,20 @@ def pair_similarity(encoder: MoonEncoder, data: WorldData, pairs: PairSet, seed:
         idx = np.arange(start, min(start + batch_size, len(pairs)))
         b = assemble(data, pairs, idx, g)
         e = flat_outputs(encoder(b.inputs), encoder.embed_dim)
-        sims[idx] = (e[b.query_index] * e[b.target_index]).sum(-1).numpy()
+        sims[idx] = (e[b.query_index] * e[b.target_index]).sum(-1).cpu().numpy()
     return sims
-
-
-# -- distributed -------------------------------------------------------------------------
-
-
-def _dist_setup() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 # -- checkpoints -------------------------------------------------------------------------
 
 
 def _save_state(out: Path, encoder: MoonEncoder, trainer: dict[str, Any]) -> None:
-    """Write out/state atomically: a crash leaves either the old or the new state."""
-    tmp, state, old = out / "state.tmp", out / "state", out / "state.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    encoder.save_pretrained(tmp / "encoder")
-    trainer["model_version"] = encoder.model_version
-    torch.save(trainer, tmp / "trainer.pt")
-    if state.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(state, old)
-    os.replace(tmp, state)
-    shutil.rmtree(old, ignore_errors=True)
+    """Write out/state atomically: a crash leaves the old state, the new one, or (between
+    the two renames) the old one as out/state.old, which ``_find_state`` reads."""
+    with runtime.atomic_dir(out / "state") as tmp:
+        encoder.save_pretrained(tmp / "encoder")
+        trainer["model_version"] = encoder.model_version
+        torch.save(trainer, tmp / "trainer.pt")
 
 
 def _finished(out: Path, stage: str, config: TrainConfig) -> dict[str, Any] | None:
@@ -345,6 +328,7 @@ def train_stage(
     resume: bool = True,
     progress: bool = True,
     on_step: Callable[[int, MoonEncoder], None] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train one stage and write the run directory ``out`` (see module docstring).
 
@@ -358,6 +342,8 @@ def train_stage(
         resume: continue from ``out/state`` when it exists.
         on_step: called on rank 0 after every optimiser step with (steps done, encoder),
             e.g. to keep snapshots along training (the studies do).
+        device: where to train (``cpu``, ``cuda``: under torchrun each rank's LOCAL_RANK
+            GPU); the process group's backend follows it (gloo, nccl).
 
     Returns:
         the summary (also written to out/summary.json by rank 0).
@@ -365,8 +351,9 @@ def train_stage(
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r} ({', '.join(STAGES)})")
     sc = config.stage(stage)
-    rank, world_size = _dist_setup()
-    torch.set_num_threads(max(1, config.threads))
+    env = runtime.join_process_group(device, single_process=False)
+    rank, world_size, dev = env.rank, env.world_size, env.device
+    runtime.set_threads(config.threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done = _finished(out, stage, config) if resume else None
@@ -379,7 +366,8 @@ def train_stage(
     trainer_state: dict[str, Any] | None = None
     if state_dir is not None:
         encoder = MoonEncoder.from_pretrained(state_dir / "encoder")
-        trainer_state = torch.load(state_dir / "trainer.pt", weights_only=False)
+        trainer_state = torch.load(state_dir / "trainer.pt", weights_only=False,
+                                   map_location="cpu")
         pairs = PairSet(**{k: np.asarray(v) for k, v in trainer_state["pairs"].items()})
     else:
         if init is not None:
@@ -387,8 +375,9 @@ def train_stage(
         else:
             tok = make_tokenizer(config.encoder, catalog_texts(data))
             encoder = build_encoder(config.encoder, tok)
-        pairs = stage_pairs(data, sc, encoder, config.seed)
+        pairs = stage_pairs(data, sc, encoder.to(dev), config.seed)
     init_version = encoder.model_version
+    encoder.to(dev)
     encoder.train()
     dims = encoder.dims
     weights = sc.matryoshka_weights or [1.0] * len(dims)
@@ -407,7 +396,7 @@ def train_stage(
         lr = sc.lr if sc.text_tower_lr is None else sc.text_tower_lr
         param_groups.append({"params": tower_params, "lr": lr})
     if sc.learn_temperature and sc.loss == "infonce":
-        log_scale = torch.nn.Parameter(torch.tensor(math.log(1.0 / sc.temperature)))
+        log_scale = torch.nn.Parameter(torch.tensor(math.log(1.0 / sc.temperature), device=dev))
         param_groups.append({"params": [log_scale], "weight_decay": 0.0})
     opt = torch.optim.AdamW(param_groups, lr=sc.lr, weight_decay=sc.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, min(sc.warmup_steps, sc.steps), max(sc.steps, 1))
@@ -424,7 +413,9 @@ def train_stage(
         init_version = trainer_state.get("init_version", init_version)
     model: torch.nn.Module = encoder
     if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(encoder, find_unused_parameters=True)
+        model = torch.nn.parallel.DistributedDataParallel(
+            encoder, device_ids=[dev] if dev.type == "cuda" else None,
+            find_unused_parameters=True)
     pair_groups = data.category_id[pairs.target_row] if sc.batch_categories > 0 else None
     hard: CategoryHardNegatives | MinedHardNegatives | None = None
     mined: np.ndarray | None = None
@@ -468,7 +459,7 @@ def train_stage(
             found = hard_ids >= 0
             hard_rows[found] = data.rows_of(hard_ids[found])
             hard_rows = hard_rows.reshape(-1)
-        batch = assemble(data, pairs, idx, g, hard_rows=hard_rows, caption=caption)
+        batch = assemble(data, pairs, idx, g, hard_rows=hard_rows, caption=caption).to(dev)
         outs = model(batch.inputs)
         emb = flat_outputs(outs, encoder.embed_dim)
         q, t, h = emb[batch.query_index], emb[batch.target_index], emb[batch.hard_index]
@@ -478,7 +469,7 @@ def train_stage(
         if sc.all_gather and world_size > 1:
             t_all = gather_with_local_grad(t)
             ids_all, spu_all = gather_ids(batch.target_ids), gather_ids(batch.target_spu)
-            others = torch.ones(t_all.shape[0], dtype=torch.bool)
+            others = torch.ones(t_all.shape[0], dtype=torch.bool, device=dev)
             others[rank * b:(rank + 1) * b] = False
             extra_parts.append(t_all[others])
             cand_ids.append(ids_all[others])
@@ -490,15 +481,15 @@ def train_stage(
             cand_spu.append(batch.hard_spu)
         n_queue = len(queue)
         if n_queue:
-            extra_parts.append(queue.embeddings())
-            cand_ids.append(queue.item_ids())
-            cand_spu.append(queue.spu_ids())
+            extra_parts.append(queue.embeddings().to(dev))  # the queue lives on the CPU
+            cand_ids.append(queue.item_ids().to(dev))
+            cand_spu.append(queue.spu_ids().to(dev))
         extra = torch.cat(extra_parts) if extra_parts else None
         all_ids, all_spu = torch.cat(cand_ids), torch.cat(cand_spu)
         same = batch.target_ids[:, None] == all_ids[None, :]
         same |= (batch.target_spu[:, None] == all_spu[None, :]) & (
             batch.merge_rows[:, None] if sc.merge_spu == "text"
-            else torch.full((b, 1), sc.merge_spu == "all"))
+            else torch.full((b, 1), sc.merge_spu == "all", device=dev))
         kw = _loss_kwargs(sc, log_scale)
         loss = matryoshka_loss(q, t, dims, loss_fn, weights=weights, extra=extra, same=same, **kw)
         if sc.symmetric:
@@ -554,7 +545,7 @@ def train_stage(
                     "log_scale": None if log_scale is None else float(log_scale.detach()),
                     "mined": mined,
                 })
-            _barrier()
+            runtime.barrier()
             if step + 1 == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
@@ -568,17 +559,17 @@ def train_stage(
     }
     if rank == 0:
         encoder.save_pretrained(out / "encoder")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        runtime.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     if world_size > 1:  # every rank's final weights, to check that DDP kept them in sync
         (out / f"rank{rank}.json").write_text(json.dumps(
             {"rank": rank, "model_version": summary["model_version"]}))
-    _barrier()
+    runtime.barrier()
     return summary
 
 
 def train_all(
     world: str | Path, config: TrainConfig, out: str | Path,
-    stages: Sequence[str] = STAGES, *, progress: bool = True,
+    stages: Sequence[str] = STAGES, *, progress: bool = True, device: str = "cpu",
 ) -> dict[str, dict[str, Any]]:
     """Run the stages in order, each initialised from the previous one: out/<stage>/."""
     data = load_world(world)
@@ -586,6 +577,7 @@ def train_all(
     prev: Path | None = None
     result = {}
     for s in stages:
-        result[s] = train_stage(data, s, config, out / s, init=prev, progress=progress)
+        result[s] = train_stage(data, s, config, out / s, init=prev, progress=progress,
+                                device=device)
         prev = out / s
     return result

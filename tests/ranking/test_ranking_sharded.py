@@ -13,12 +13,12 @@ from moon_rec.ranking.data import load_training_set
 from moon_rec.ranking.synthetic import SyntheticPaths
 from moon_rec.ranking.train import (
     build_model,
-    distributed,
     gather_full_state,
     load_full_state,
     shard_model,
     table_sizes,
 )
+from moon_rec.runtime import process_group
 
 
 def test_sharded_matches_unsharded_on_same_weights(
@@ -31,7 +31,7 @@ def test_sharded_matches_unsharded_on_same_weights(
     model = build_model(cfg, table_sizes(data, cfg), emb, seed=3)
     plain = copy.deepcopy(model).eval()
     batch = data.batch(np.arange(64), emb.query_vectors)
-    with distributed("cpu") as env:
+    with process_group("cpu") as env:
         dmp, optimizer = shard_model(model, cfg, env)
         dmp.eval()
         with torch.no_grad():

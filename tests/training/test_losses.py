@@ -90,3 +90,13 @@ def test_gradient_only_pulls_positive_closer() -> None:
     before = (q.detach() * k).sum(1)
     after = (F.normalize(step, dim=1) * k).sum(1)
     assert (after > before).all()
+
+
+@pytest.mark.parametrize("loss", [info_nce, circle_loss])
+def test_losses_stay_on_the_inputs_device(loss) -> None:
+    """On ``meta``, a mask or index built on the CPU without ``device=`` would fail."""
+    meta = torch.device("meta")
+    q = F.normalize(torch.randn(4, 8), dim=-1).to(meta)
+    same = torch.zeros(4, 6, dtype=torch.bool, device=meta)
+    out = matryoshka_loss(q, q, (4, 8), loss, extra=q[:2], same=same)
+    assert out.device == meta and out.shape == ()
