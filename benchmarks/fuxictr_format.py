@@ -54,8 +54,18 @@ from moon_rec.ranking.features import query_tokens
 
 MAX_QUERY_TOKENS = 8  # as moon_rec.ranking.data
 EXPORT_COLUMNS: tuple[str, ...] = (
-    "request_id", "user_id", "item_id", "ts", "query_text", "position", "clicked",
-    "category_id", "brand_id", "hist_item_ids", "hist_category_ids", "split",
+    "request_id",
+    "user_id",
+    "item_id",
+    "ts",
+    "query_text",
+    "position",
+    "clicked",
+    "category_id",
+    "brand_id",
+    "hist_item_ids",
+    "hist_category_ids",
+    "split",
 )
 MISSING = -1  # a null category / brand becomes this raw value (FuxiCTR's fill_na: a token)
 
@@ -91,8 +101,8 @@ class Vocab:
 
 def build_vocab(*arrays: np.ndarray) -> Vocab:
     """The vocabulary of the raw ids in ``arrays`` (padding values < MISSING dropped)."""
-    vals = np.concatenate([np.asarray(a, np.int64).ravel() for a in arrays]) if arrays else []
-    vals = np.asarray(vals, np.int64)
+    parts = [np.asarray(a, np.int64).ravel() for a in arrays]
+    vals = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     return Vocab(np.unique(vals[vals >= MISSING]))
 
 
@@ -282,7 +292,9 @@ def _export(
     clicked = _ints(table, "clicked")
     bad = np.flatnonzero((clicked != 0) & (clicked != 1))
     if bad.size:
-        raise DataError(f"label {clicked[bad[0]]} not in {{0, 1}}", column="clicked", row=int(bad[0]))
+        raise DataError(
+            f"label {clicked[bad[0]]} not in {{0, 1}}", column="clicked", row=int(bad[0])
+        )
     user = _ints(table, "user_id")
     item = _ints(table, "item_id")
     position = _ints(table, "position")
@@ -326,7 +338,6 @@ def _export(
     # item_info: every item seen anywhere; its category from its latest target row, else
     # from a behaviour (FuxiCTR keeps one category per item).
     all_items = np.unique(np.concatenate([item, h_item]))
-    item_index = {int(v): i + 1 for i, v in enumerate(all_items)}  # 0 = padding item
     item_cat = np.full(all_items.size, MISSING, np.int64)
     hpos = np.searchsorted(all_items, h_item)
     item_cat[hpos] = h_cat
@@ -376,8 +387,16 @@ def _export(
             out / f"{fname}.parquet",
             {k: v[idx] for k, v in rows_cols.items()},
             lists={"query_tokens": q_enc[idx].tolist()},
-            order=["user_index", "item_index", "seq_len", "user_id", "brand_id", "position",
-                   "query_tokens", "clicked"],
+            order=[
+                "user_index",
+                "item_index",
+                "seq_len",
+                "user_id",
+                "brand_id",
+                "position",
+                "query_tokens",
+                "clicked",
+            ],
         )
     sizes = {k: v.size for k, v in vocabs.items()}
     sizes["query_tokens"] = token_vocab.size
@@ -446,9 +465,7 @@ def _write(
     pq.write_table(pa.table({k: arrays[k] for k in names}), path)
 
 
-def write_without_valid(
-    training_set: str | Path, valid_rows: np.ndarray, out: str | Path
-) -> Path:
+def write_without_valid(training_set: str | Path, valid_rows: np.ndarray, out: str | Path) -> Path:
     """Our training set less the validation slice (through its owner's writer), so our
     ranker trains on exactly FuxiCTR's fit rows."""
     files = parquet_files(training_set)

@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--config", required=True, help="folder with model_config.yaml + dataset_config.yaml")
+    parser.add_argument(
+        "--config", required=True, help="folder with model_config.yaml + dataset_config.yaml"
+    )
     parser.add_argument("--expid", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=1)
@@ -50,11 +50,11 @@ def main() -> None:
     from fuxictr.preprocess import FeatureProcessor, build_dataset
     from fuxictr.pytorch.dataloaders import RankDataLoader
     from fuxictr.pytorch.torch_utils import seed_everything
-    from fuxictr.utils import load_config
+    from fuxictr.utils import load_config, set_logger
     from model_zoo.LongCTR.DIN import DIN
     from model_zoo.LongCTR.longctr_dataloader import LongCTRDataLoader
 
-    class TimedDIN(DIN):  # type: ignore[misc,valid-type]
+    class TimedDIN(DIN):
         """FuxiCTR's DIN, with the time of its per-epoch validation + checkpoint counted."""
 
         eval_seconds = 0.0
@@ -68,13 +68,9 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        handlers=[logging.FileHandler(out / "fuxictr.log", mode="w"), logging.StreamHandler(sys.stderr)],
-    )
     params = load_config(args.config, args.expid)
     params["gpu"] = -1
+    set_logger(params)  # FuxiCTR's: logs to <model_root>/<dataset_id>/<expid>.log (and makes it)
     seed_everything(seed=params["seed"])
     data_dir = os.path.join(params["data_root"], params["dataset_id"])
     feature_encoder = FeatureProcessor(**params)
@@ -116,7 +112,7 @@ def main() -> None:
         "examples_per_s": n_train * epochs / train_s if train_s > 0 else None,
         "valid": {k: float(v) for k, v in valid.items()},
         "trainable_parameters": int(n_params),
-        "n_test": int(len(pred)),
+        "n_test": len(pred),
         "versions": {
             "fuxictr": fuxictr.__version__,
             "torch": torch.__version__,

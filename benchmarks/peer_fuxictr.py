@@ -98,13 +98,19 @@ def ensure_venv(venv: Path, python: str = "python3.11") -> Path:
 
 
 # --------------------------------------------------------------------------- FuxiCTR configs
-def dataset_config(export: FuxiExport, root: Path, moon: bool, pretrain_usage: str) -> dict[str, Any]:
+def dataset_config(
+    export: FuxiExport, root: Path, moon: bool, pretrain_usage: str
+) -> dict[str, Any]:
     """One FuxiCTR dataset block (LongCTR layout, pre-encoded: ``rebuild_dataset: false``)."""
     v = export.vocab_sizes
     data = export.data_dir.resolve()
     item_id: dict[str, Any] = {
-        "name": "item_id", "active": True, "dtype": "int", "type": "categorical",
-        "source": "item", "vocab_size": v["item_id"],
+        "name": "item_id",
+        "active": True,
+        "dtype": "int",
+        "type": "categorical",
+        "source": "item",
+        "vocab_size": v["item_id"],
     }
     if moon:
         item_id.update(
@@ -118,17 +124,43 @@ def dataset_config(export: FuxiExport, root: Path, moon: bool, pretrain_usage: s
         {"name": "user_index", "active": True, "dtype": "int", "type": "meta"},
         {"name": "item_index", "active": True, "dtype": "int", "type": "meta"},
         {"name": "seq_len", "active": True, "dtype": "int", "type": "meta"},
-        {"name": "user_id", "active": True, "dtype": "int", "type": "categorical", "vocab_size": v["user_id"]},
-        {"name": "brand_id", "active": True, "dtype": "int", "type": "categorical", "vocab_size": v["brand_id"]},
-        {"name": "position", "active": True, "dtype": "int", "type": "categorical", "vocab_size": v["position"]},
         {
-            "name": "query_tokens", "active": True, "dtype": "int", "type": "sequence",
-            "max_len": 8, "vocab_size": v["query_tokens"],
+            "name": "user_id",
+            "active": True,
+            "dtype": "int",
+            "type": "categorical",
+            "vocab_size": v["user_id"],
+        },
+        {
+            "name": "brand_id",
+            "active": True,
+            "dtype": "int",
+            "type": "categorical",
+            "vocab_size": v["brand_id"],
+        },
+        {
+            "name": "position",
+            "active": True,
+            "dtype": "int",
+            "type": "categorical",
+            "vocab_size": v["position"],
+        },
+        {
+            "name": "query_tokens",
+            "active": True,
+            "dtype": "int",
+            "type": "sequence",
+            "max_len": 8,
+            "vocab_size": v["query_tokens"],
         },
         item_id,
         {
-            "name": "category_id", "active": True, "dtype": "int", "type": "categorical",
-            "source": "item", "vocab_size": v["category_id"],
+            "name": "category_id",
+            "active": True,
+            "dtype": "int",
+            "type": "categorical",
+            "source": "item",
+            "vocab_size": v["category_id"],
         },
     ]
     return {
@@ -225,14 +257,28 @@ def run_fuxictr(py: Path, cfg: Path, expid: str, out: Path, threads: int) -> dic
     """Run one experiment in FuxiCTR's venv; its result.json plus the test predictions."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONHASHSEED="0")
-    cmd = [str(py), str(HERE / "fuxictr_runner.py"), "--config", str(cfg), "--expid", expid,
-           "--out", str(out), "--threads", str(threads)]
+    cmd = [
+        str(py),
+        str(HERE / "fuxictr_runner.py"),
+        "--config",
+        str(cfg),
+        "--expid",
+        expid,
+        "--out",
+        str(out),
+        "--threads",
+        str(threads),
+    ]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "stdout.log", "w") as log:
-        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(cfg.parent))
+        done = subprocess.run(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(cfg.parent)
+        )
     if done.returncode != 0:
         tail = (out / "stdout.log").read_text()[-4000:]
-        raise SystemExit(f"peer_fuxictr: FuxiCTR run {expid} failed (log {out / 'stdout.log'}):\n{tail}")
+        raise SystemExit(
+            f"peer_fuxictr: FuxiCTR run {expid} failed (log {out / 'stdout.log'}):\n{tail}"
+        )
     result: dict[str, Any] = json.loads((out / "result.json").read_text())
     result["pred_test"] = np.load(out / "pred_test.npy")
     return result
@@ -274,8 +320,17 @@ def score(info: dict[str, Any], pred: np.ndarray) -> dict[str, Any]:
     rep = ranking_report(
         info["labels"], pred, info["users"], info["is_cold"], info["look_driven"], info["oracle"]
     )
-    keep = ("auc", "auc_cold", "auc_warm", "gauc", "logloss", "n_test", "n_cold", "oracle_auc",
-            "oracle_auc_cold")
+    keep = (
+        "auc",
+        "auc_cold",
+        "auc_warm",
+        "gauc",
+        "logloss",
+        "n_test",
+        "n_cold",
+        "oracle_auc",
+        "oracle_auc_cold",
+    )
     return {k: rep.get(k) for k in keep}
 
 
@@ -380,7 +435,12 @@ def main() -> None:
         embeddings=moon,
     )
     cfg = write_fuxictr_configs(
-        export, fx_root, din, args.seeds, patience=args.patience, max_epochs=args.max_epochs,
+        export,
+        fx_root,
+        din,
+        args.seeds,
+        patience=args.patience,
+        max_epochs=args.max_epochs,
         pretrain_usage=args.pretrain_usage,
     )
     ours_set = write_without_valid(
@@ -392,7 +452,9 @@ def main() -> None:
     fx_versions: dict[str, Any] = {}
     for seed in args.seeds:
         for model in ("din_ids", "din_moon"):
-            r = run_fuxictr(py, cfg, f"{model}_s{seed}", fx_root / "runs" / f"{model}_s{seed}", args.threads)
+            r = run_fuxictr(
+                py, cfg, f"{model}_s{seed}", fx_root / "runs" / f"{model}_s{seed}", args.threads
+            )
             fx_versions = r["versions"]
             runs["fuxictr"].setdefault(model, []).append(
                 {
@@ -409,16 +471,33 @@ def main() -> None:
                 }
             )
         ours = run_ours(
-            ours_set, args.embeddings, out / "ours" / f"s{seed}", experiments, args.world,
-            args.query_embeddings, seed,
+            ours_set,
+            args.embeddings,
+            out / "ours" / f"s{seed}",
+            experiments,
+            args.world,
+            args.query_embeddings,
+            seed,
         )
         for name, r in ours.items():
             rep = r["report"]
             runs["ours"].setdefault(name.removesuffix("_tiny"), []).append(
                 {
                     "seed": seed,
-                    **{k: rep.get(k) for k in ("auc", "auc_cold", "auc_warm", "gauc", "logloss",
-                                                "n_test", "n_cold", "oracle_auc", "oracle_auc_cold")},
+                    **{
+                        k: rep.get(k)
+                        for k in (
+                            "auc",
+                            "auc_cold",
+                            "auc_warm",
+                            "gauc",
+                            "logloss",
+                            "n_test",
+                            "n_cold",
+                            "oracle_auc",
+                            "oracle_auc_cold",
+                        )
+                    },
                     "epochs": r["epochs"],
                     "examples": r["examples"],
                     "train_seconds": r["train_seconds"],
@@ -437,6 +516,7 @@ def main() -> None:
         "tiny": args.tiny,
         "training_set": str(args.training_set),
         "embeddings": str(args.embeddings),
+        "query_embeddings": str(args.query_embeddings) if args.query_embeddings else None,
         "experiments": {"ours": list(experiments), "fuxictr": ["din_ids", "din_moon"]},
         "split": {
             **export.summary(),
@@ -452,7 +532,7 @@ def main() -> None:
             "pretrain_usage": args.pretrain_usage,
             "moon_dim": export.moon_dim,
             "features": "user_id, brand_id, position, query_tokens (mean-pooled); target + "
-                        "behaviours: item_id, category_id (DIN attention)",
+            "behaviours: item_id, category_id (DIN attention)",
         },
         "results": results,
         "ratio_ours_over_fuxictr_examples_per_s_din_ids": (
@@ -466,8 +546,12 @@ def main() -> None:
             "machine": platform.machine(),
             "processor": platform.processor(),
             "python": platform.python_version(),
-            "ours": {"torch": torch.__version__, "torchrec": torchrec.__version__,
-                     "numpy": np.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu"},
+            "ours": {
+                "torch": torch.__version__,
+                "torchrec": torchrec.__version__,
+                "numpy": np.__version__,
+                "device": "cuda" if torch.cuda.is_available() else "cpu",
+            },
             "fuxictr_venv": {**fx_versions, "path": str(args.venv)},
         },
         "wall_seconds": round(time.perf_counter() - started, 1),

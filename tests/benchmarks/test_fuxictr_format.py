@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fuxictr_format import export_training_set, split_rows, write_without_valid
+from fuxictr_format import FuxiExport, export_training_set, split_rows, write_without_valid
 
 from moon_rec.data.embeddings import MoonEmbeddings
 from moon_rec.data.errors import DataError
@@ -69,21 +70,28 @@ def _moon() -> MoonEmbeddings:
     return MoonEmbeddings(ids, vectors, {}, np.zeros((0, 4), np.float32), "v1", 4)
 
 
-def _read(path: Path) -> dict[str, list]:
+def _read(path: Path) -> dict[str, list[Any]]:
     return pq.read_table(path).to_pydict()
 
 
+Exported = tuple[Path, FuxiExport]
+
+
 @pytest.fixture
-def exported(tmp_path: Path):
+def exported(tmp_path: Path) -> Exported:
     ts_path = _training_set(tmp_path / "ts.parquet")
     export = export_training_set(
-        ts_path, tmp_path / "fx", max_len=2, query_token_buckets=256, valid_fraction=0.2,
+        ts_path,
+        tmp_path / "fx",
+        max_len=2,
+        query_token_buckets=256,
+        valid_fraction=0.2,
         embeddings=_moon(),
     )
     return ts_path, export
 
 
-def test_split_and_validation_slice(exported) -> None:
+def test_split_and_validation_slice(exported: Exported) -> None:
     _, export = exported
     # 10 train rows; the last 20% by ts is ts 8: both rows of request 8, never cut.
     assert export.rows["fit"].tolist() == list(range(8))
@@ -106,16 +114,22 @@ def test_split_rows_keeps_a_timestamp_whole() -> None:
         split_rows(np.array(["train", "valid"], dtype=object), np.array([1, 2]), 0.5)
 
 
-def test_column_mapping_and_vocabularies(exported) -> None:
+def test_column_mapping_and_vocabularies(exported: Exported) -> None:
     _, export = exported
     # fuxictr Tokenizer layout: 0 pad, 1..V fit vocabulary (sorted ids), V + 1 OOV.
     assert export.vocab_sizes["user_id"] == 3 + 2  # users 10, 11, 12 in the fit rows
     assert export.vocab_sizes["item_id"] == 5 + 2  # 100..103 as targets, 104 as behaviour
     assert export.vocab_sizes["position"] == 3 + 2  # positions 0, 1, 2
-    train, valid, test = (_read(export.data_dir / f"{n}.parquet") for n in ("train", "valid", "test"))
+    train, valid = (_read(export.data_dir / f"{n}.parquet") for n in ("train", "valid"))
     assert list(train) == [
-        "user_index", "item_index", "seq_len", "user_id", "brand_id", "position",
-        "query_tokens", "clicked",
+        "user_index",
+        "item_index",
+        "seq_len",
+        "user_id",
+        "brand_id",
+        "position",
+        "query_tokens",
+        "clicked",
     ]
     assert train["user_id"] == [1, 1, 2, 1, 3, 2, 1, 3]
     assert valid["user_id"] == [4, 4]  # user 13 is not in the fit rows: OOV
@@ -137,12 +151,12 @@ def test_column_mapping_and_vocabularies(exported) -> None:
     assert info["category_id"][6] == len(cat_vocab) + 1  # category 4 only in the validation slice
 
 
-def test_sequences_oldest_first_newest_kept(exported) -> None:
+def test_sequences_oldest_first_newest_kept(exported: Exported) -> None:
     _, export = exported
     seqs = _read(export.data_dir / "user_info.parquet")["full_item_seq"]
     train, test = (_read(export.data_dir / f"{n}.parquet") for n in ("train", "test"))
 
-    def seq(rows: dict, i: int) -> list[int]:
+    def seq(rows: dict[str, list[Any]], i: int) -> list[int]:
         return seqs[rows["user_index"][i]][: rows["seq_len"][i]]
 
     assert seq(train, 0) == [0] and train["seq_len"][0] == 1  # empty: the padding item
@@ -154,7 +168,7 @@ def test_sequences_oldest_first_newest_kept(exported) -> None:
     assert export.n_sequences == len(seqs) == len({tuple(s) for s in seqs})
 
 
-def test_moon_pretrained_items(exported) -> None:
+def test_moon_pretrained_items(exported: Exported) -> None:
     _, export = exported
     info = _read(export.data_dir / "item_info_moon.parquet")
     # vocab 1..5 kept; cold 105 and 200 have vectors: V + 1, V + 2; 201 has none: moved OOV
@@ -166,7 +180,7 @@ def test_moon_pretrained_items(exported) -> None:
     assert npz["value"].dtype == np.float32 and export.moon_dim == 4
 
 
-def test_our_training_set_less_the_slice(exported, tmp_path: Path) -> None:
+def test_our_training_set_less_the_slice(exported: Exported, tmp_path: Path) -> None:
     ts_path, export = exported
     ours = write_without_valid(ts_path, export.rows["valid"], tmp_path / "ours.parquet")
     t = read_training_set(ours)
@@ -179,12 +193,14 @@ def test_bad_input_is_named(tmp_path: Path) -> None:
     t = pq.read_table(ts_path)
     pq.write_table(t.drop(["hist_item_ids"]), tmp_path / "missing.parquet")
     with pytest.raises(DataError, match="hist_item_ids"):
-        export_training_set(tmp_path / "missing.parquet", tmp_path / "a", max_len=2,
-                            query_token_buckets=16)
+        export_training_set(
+            tmp_path / "missing.parquet", tmp_path / "a", max_len=2, query_token_buckets=16
+        )
     labels = t.column("clicked").to_pylist()
     labels[3] = 2
     bad = t.set_column(t.schema.get_field_index("clicked"), "clicked", pa.array(labels, pa.int8()))
     pq.write_table(bad, tmp_path / "label.parquet")
     with pytest.raises(DataError, match=r"label.parquet.*clicked.*row 3"):
-        export_training_set(tmp_path / "label.parquet", tmp_path / "b", max_len=2,
-                            query_token_buckets=16)
+        export_training_set(
+            tmp_path / "label.parquet", tmp_path / "b", max_len=2, query_token_buckets=16
+        )
