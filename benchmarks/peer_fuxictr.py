@@ -21,10 +21,15 @@ split, in the same run.
    ``sum`` by default: frozen vector projected + ID embedding). Its DIN takes the shapes of
    our DIN experiment (embedding dim, attention and MLP sizes, batch size, sequence
    length) and FuxiCTR's own defaults otherwise (Adam 1e-3, Dice attention activation).
+   Its features are our DIN's inputs: user_id, brand_id, position, our hashed query tokens
+   (a mean-pooled sequence feature), and item_id + category_id of the target and of each
+   behaviour (DIN's target attention).
 4. Ours: ``din_ids`` / ``cube_moon`` (``*_tiny`` with ``--tiny``) of
    configs/ranker/experiments.yaml through ``moon_rec.ranking.compare.compare_rankers``.
 5. Both libraries' test predictions are scored by the same code
    (``moon_rec.ranking.evaluate.ranking_report``): AUC overall and on cold items, logloss.
+   Every seed of ``--seeds`` trains all four models; the JSON has each seed and the mean
+   (and std) over seeds.
 
 Training examples per second = train rows x epochs run / training seconds. Included: the
 epochs' batches (each library's batch assembly from its in-memory data, forward, backward,
@@ -335,13 +340,16 @@ def score(info: dict[str, Any], pred: np.ndarray) -> dict[str, Any]:
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean (and std over seeds) of every numeric key, plus the per-seed runs."""
+    """Mean (and std over seeds, where they differ) of every numeric key, plus the per-seed
+    runs."""
     out: dict[str, Any] = {}
     for k in runs[0]:
+        if k in ("seed", "threads"):
+            continue
         vals = [r[k] for r in runs]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
             out[k] = float(np.mean(vals))
-            if len(vals) > 1:
+            if len(vals) > 1 and len(set(vals)) > 1:
                 out[f"{k}_std"] = float(np.std(vals, ddof=1))
     out["seeds"] = runs
     return out
