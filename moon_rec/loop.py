@@ -361,6 +361,21 @@ def untrained_encoder_step(layout: Layout, preset: str = "tiny", *, seed: int = 
                 f"--preset {preset} --seed {seed}")
 
 
+GIVEN_ENCODER = "given encoder"
+
+
+def given_encoder_step(layout: Layout) -> Step:
+    """An encoder checkpoint from elsewhere (``layout.encoder_checkpoint``) standing in for
+    the training step: nothing to run; its key is its path and its ``model_version``."""
+    from moon_rec.encoders.inference import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(layout.checkpoint)
+    meta = json.loads((ckpt / "moon_encoder.json").read_text())
+    return Step(GIVEN_ENCODER, ckpt, lambda: None,
+                {"path": str(ckpt), "model_version": meta.get("model_version")},
+                command=f"# encoder checkpoint {ckpt}")
+
+
 def recall_step(layout: Layout, stages: Sequence[str] = ("pretrain", "stage1", "stage2"),
                 *, threads: int = 2) -> Step:
     """Image-search recall (and the other intermediate metrics) of each encoder stage; the
@@ -609,12 +624,10 @@ def prepare_serving(
     if train_overrides:
         config = config.with_overrides(train_overrides)
     seq_len = config.max_seq_len
-    steps = []
-    enc_dep = UNTRAINED_ENCODER
     if encoder is None:
-        steps.append(untrained_encoder_step(layout))
+        steps, enc_dep = [untrained_encoder_step(layout)], UNTRAINED_ENCODER
     else:
-        enc_dep = "given encoder"
+        steps, enc_dep = [given_encoder_step(layout)], GIVEN_ENCODER
     steps += [
         embed_step(layout, encoder_dep=enc_dep, progress=progress),
         feature_tables_step(layout, seq_len=seq_len, deps=()),
@@ -622,9 +635,6 @@ def prepare_serving(
         training_set_step(layout, seq_len=seq_len),
         query_embeddings_step(layout, encoder_dep=enc_dep),
     ]
-    if encoder is not None:  # an outside checkpoint: its key is its files' identity
-        steps.insert(0, Step(enc_dep, layout.checkpoint, lambda: None,
-                             {"path": str(layout.checkpoint)}))
     run_steps(steps, out / "loop_state.json", label="serving loop")
     ranker = out / "ranker"
     train_ranker(layout.training_set, config, ranker, embeddings=layout.embeddings,
