@@ -18,8 +18,9 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from moon_rec.data.embeddings import load_moon_embeddings
 from moon_rec.ranking.config import load_ranker_config
-from moon_rec.ranking.data import load_moon_embeddings, load_training_set
+from moon_rec.ranking.data import load_training_set
 from moon_rec.ranking.features import RankerBatch
 from moon_rec.ranking.model import MoonRanker
 from moon_rec.ranking.modules import IdRemap
