@@ -5,6 +5,9 @@ Item embedding table (a parquet file, or a folder of parts such as ``moon embed`
 
     item_id          int64, not null
     emb_{d}          list<float32> [d] per Matryoshka size d, each an L2-normalised prefix
+    semantic_ids     list<int32> [L], optional: the item's semantic-ID code, one codeword
+                     per level, from the quantiser saved next to the snapshot
+                     (``moon_rec.retrieval.semantic_ids``); readers accept files without it
     model_version    string: the encoder version the vectors came from
     event_timestamp  timestamp[us, UTC]
 
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 EMBEDDING_PREFIX = "emb_"
 ITEM_KEY = "item_id"
 QUERY_KEY = "query_text"
+SEMANTIC_IDS = "semantic_ids"
 
 
 def emb_column(dim: int) -> str:
@@ -59,16 +63,38 @@ def matryoshka_prefix(vectors: np.ndarray, dim: int) -> np.ndarray:
     return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def embedding_schema(dims: Sequence[int], key: str = ITEM_KEY) -> pa.Schema:
+def embedding_schema(
+    dims: Sequence[int], key: str = ITEM_KEY, *, semantic_ids: bool = False
+) -> pa.Schema:
     """The embedding table's schema for Matryoshka sizes ``dims`` (``key``: ``item_id``
-    for items, ``query_text`` for queries)."""
+    for items, ``query_text`` for queries; ``semantic_ids``: with the code column)."""
     key_field = (pa.field(ITEM_KEY, pa.int64(), nullable=False) if key == ITEM_KEY
                  else pa.field(QUERY_KEY, pa.string()))
     return pa.schema(
         [key_field]
         + [pa.field(emb_column(d), pa.list_(pa.float32())) for d in dims]
+        + ([pa.field(SEMANTIC_IDS, pa.list_(pa.int32()))] if semantic_ids else [])
         + [pa.field("model_version", pa.string()), pa.field("event_timestamp", TIMESTAMP)]
     )
+
+
+def code_column(codes: np.ndarray) -> pa.Array:
+    """Semantic-ID codes [N, L] as a list<int32> column (``semantic_ids``)."""
+    n, levels = codes.shape
+    offsets = pa.array(np.arange(0, (n + 1) * levels, levels, dtype=np.int32))
+    return pa.ListArray.from_arrays(
+        offsets, pa.array(np.ascontiguousarray(codes, np.int32).reshape(-1), pa.int32())
+    )
+
+
+def with_semantic_ids(table: pa.Table, codes: np.ndarray) -> pa.Table:
+    """``table`` (embedding rows without codes) with the ``semantic_ids`` column of codes
+    [N, L] in its place in the schema."""
+    if codes.shape[0] != table.num_rows:
+        raise ValueError(f"{SEMANTIC_IDS}: {codes.shape[0]} codes for {table.num_rows} rows")
+    base = table.drop_columns([SEMANTIC_IDS]) if SEMANTIC_IDS in table.column_names else table
+    at = base.column_names.index("model_version")
+    return base.add_column(at, pa.field(SEMANTIC_IDS, pa.list_(pa.int32())), code_column(codes))
 
 
 def vector_column(m: np.ndarray) -> pa.Array:
@@ -86,6 +112,7 @@ def embedding_table(
     event_ts: datetime | Sequence[datetime] | pa.Array,
     *,
     key: str = ITEM_KEY,
+    semantic_ids: np.ndarray | None = None,
 ) -> pa.Table:
     """Rows of the embedding table.
 
@@ -96,6 +123,7 @@ def embedding_table(
         model_version: one version for every row.
         event_ts: one time for every row, or [N] times.
         key: ``item_id`` or ``query_text``.
+        semantic_ids: [N, L] int codes (items only), or None for no code column.
     """
     dims = tuple(sorted(prefixes))
     n = len(keys)
@@ -110,11 +138,12 @@ def embedding_table(
         ts = pa.array(list(event_ts), TIMESTAMP)
     key_arr = (pa.array(np.asarray(keys, np.int64), pa.int64()) if key == ITEM_KEY
                else pa.array(list(keys), pa.string()))
-    return pa.Table.from_arrays(
+    table = pa.Table.from_arrays(
         [key_arr, *(vector_column(prefixes[d]) for d in dims),
          pa.array([model_version] * n, pa.string()), ts],
         schema=embedding_schema(dims, key),
     )
+    return table if semantic_ids is None else with_semantic_ids(table, semantic_ids)
 
 
 def prefixes_of(vectors: np.ndarray, dims: Sequence[int]) -> dict[int, np.ndarray]:
@@ -128,7 +157,7 @@ def write_embedding_table(table: pa.Table, path: str | Path) -> Path:
 
     names = table.schema.names
     key = ITEM_KEY if ITEM_KEY in names else QUERY_KEY
-    want = embedding_schema(embedding_dims(names), key)
+    want = embedding_schema(embedding_dims(names), key, semantic_ids=SEMANTIC_IDS in names)
     if not table.schema.equals(want, check_metadata=False):
         raise DataError(f"not the embedding table's schema: {table.schema} (want {want})",
                         file=str(path))
@@ -194,6 +223,8 @@ class MoonEmbeddings:
         model_version: the encoder version the vectors came from.
         dim: C.
         n_bad_rows: rows zeroed because they held NaN/inf.
+        semantic_ids: [N, L] int32 codes of the items (rows of ``item_ids``), or None
+            when the files have no ``semantic_ids`` column.
     """
 
     item_ids: np.ndarray
@@ -203,6 +234,7 @@ class MoonEmbeddings:
     model_version: str
     dim: int
     n_bad_rows: int = 0
+    semantic_ids: np.ndarray | None = None
 
     def query_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(row index [N] (0 where absent), has_query [N] bool) of each query text."""
@@ -231,6 +263,25 @@ def _vectors(table: pa.Table, column: str, dim: int, file: str) -> tuple[np.ndar
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
         log.warning(msg)
     return vecs, n_bad
+
+
+def _codes(table: pa.Table, file: str) -> np.ndarray:
+    """The ``semantic_ids`` column as [N, L] int32; every row must hold L codes >= 0."""
+    col = table.column(SEMANTIC_IDS).combine_chunks()
+    lengths = pc.list_value_length(col).fill_null(-1).to_numpy(zero_copy_only=False)
+    levels = int(lengths[0]) if len(lengths) else 0
+    bad = np.flatnonzero(lengths != levels)
+    if bad.size or (levels <= 0 and len(lengths)):
+        row = int(bad[0]) if bad.size else 0
+        raise DataError(f"code of {int(lengths[row])} levels, expected {max(levels, 1)}",
+                        file=file, column=SEMANTIC_IDS, row=row)
+    flat = pc.list_flatten(col).fill_null(-1).to_numpy(zero_copy_only=False)
+    codes = flat.astype(np.int32).reshape(-1, levels) if levels else np.zeros((0, 0), np.int32)
+    neg = np.flatnonzero((codes < 0).any(axis=1))
+    if neg.size:
+        raise DataError("negative or null codeword", file=file, column=SEMANTIC_IDS,
+                        row=int(neg[0]))
+    return codes
 
 
 def single_version(table: pa.Table, file: str) -> str:
@@ -273,6 +324,10 @@ def load_moon_embeddings(
             raise DataError(f"missing column (available: {dims})", file=str(f), column=column)
     cols = [ITEM_KEY, column, "model_version"]
     has_ts = all("event_timestamp" in pq.read_schema(f).names for f in item_files)
+    # codes only when every item file has them (older snapshots have none)
+    has_codes = all(SEMANTIC_IDS in pq.read_schema(f).names for f in item_files)
+    if has_codes:
+        cols.append(SEMANTIC_IDS)
     table = read_parquet(item_files, [*cols, "event_timestamp"] if has_ts else cols)
     version = single_version(table, where)
     ids = table.column(ITEM_KEY).to_numpy(zero_copy_only=False)
@@ -282,6 +337,7 @@ def load_moon_embeddings(
         )
         raise DataError("null item_id", file=where, column=ITEM_KEY, row=row)
     vecs, n_bad = _vectors(table, column, dim, where)
+    codes = _codes(table, where) if has_codes else None
     # Keep one row per item: the latest event_timestamp (else the last row).
     ts = (
         table.column("event_timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False)
@@ -317,4 +373,5 @@ def load_moon_embeddings(
         model_version=version,
         dim=dim,
         n_bad_rows=n_bad,
+        semantic_ids=codes[keep] if codes is not None else None,
     )

@@ -7,8 +7,11 @@ stores (a known trap), so every path here is made absolute.
 
 Feature views (entity, fields):
     item_embedding    item: emb_32, emb_64, emb_128, emb_256 (Array(Float32), each an
-                      L2-normalised Matryoshka prefix), model_version (String); the view's
-                      ``model_version`` tag names the version the store is meant to serve.
+                      L2-normalised Matryoshka prefix), semantic_ids (Array(Int32), one
+                      codeword per level; when the embed job's snapshot has codes),
+                      model_version (String); the view's ``model_version`` tag names the
+                      version the store is meant to serve, ``semantic_ids`` the quantiser
+                      (``levels x codebook``).
     item_attributes   item: category_id, brand_id, spu_id (Int64), price (Float64),
                       launch_ts (UnixTimestamp), n_clicks, n_carts, n_buys, n_impressions,
                       n_impression_clicks (Int64; counts of events strictly before the
@@ -22,14 +25,15 @@ arrival) and ``behaviour_push`` (fresh behaviour).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.data_format import ParquetFormat
-from feast.types import Array, Float32, Float64, Int64, String, UnixTimestamp
+from feast.types import Array, Float32, Float64, Int32, Int64, String, UnixTimestamp
 
-from moon_rec.data.embeddings import emb_column
+from moon_rec.data.embeddings import SEMANTIC_IDS, emb_column
 from moon_rec.featurestore.layout import (
     BEHAVIOUR_PUSH,
     DEFAULT_SEQ_LEN,
@@ -68,7 +72,19 @@ __all__ = [
     "FeatureDefinitions",
     "build_definitions",
     "embeddings_model_version",
+    "embeddings_semantic_ids",
 ]
+
+
+def embeddings_semantic_ids(paths: FeatureDataPaths) -> dict[str, object] | None:
+    """The semantic-ID quantiser the embed job's manifest records (levels, codebook, dim,
+    ...), or None: a snapshot without codes, or no manifest."""
+    manifest = paths.embeddings_dir() / EMBEDDING_MANIFEST
+    try:
+        sid = json.loads(manifest.read_text()).get("semantic_ids")
+    except (FileNotFoundError, ValueError, AttributeError):
+        return None
+    return dict(sid) if isinstance(sid, dict) else None
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,7 @@ def build_definitions(
     model_version: str | None = None,
     seq_len: int = DEFAULT_SEQ_LEN,
     dims: tuple[int, ...] = EMBEDDING_DIMS,
+    semantic_ids: bool | None = None,
 ) -> FeatureDefinitions:
     """Build the entities, sources and feature views over ``paths``.
 
@@ -107,9 +124,15 @@ def build_definitions(
             read from the embed job's manifest.
         seq_len: L, the maximum behaviour sequence length (a tag of the behaviour view).
         dims: the Matryoshka sizes, one ``emb_{d}`` field each.
+        semantic_ids: give the embedding view a ``semantic_ids`` field; default: when the
+            embed job's manifest records a quantiser.
     """
     if model_version is None:
         model_version = embeddings_model_version(paths)
+    sid = embeddings_semantic_ids(paths)
+    if semantic_ids is None:
+        semantic_ids = sid is not None
+    sid_tag = f"{sid['levels']}x{sid['codebook']}" if semantic_ids and sid else ""
     item = Entity(
         name="item",
         join_keys=["item_id"],
@@ -140,10 +163,15 @@ def build_definitions(
         entities=[item],
         ttl=FEATURE_TTL,
         schema=[Field(name=emb_column(d), dtype=Array(Float32)) for d in dims]
+        + ([Field(name=SEMANTIC_IDS, dtype=Array(Int32))] if semantic_ids else [])
         + [Field(name="model_version", dtype=String)],
         source=emb_push,
         online=True,
-        tags={"model_version": model_version, "dims": ",".join(str(d) for d in dims)},
+        tags={
+            "model_version": model_version,
+            "dims": ",".join(str(d) for d in dims),
+            **({SEMANTIC_IDS: sid_tag} if semantic_ids else {}),
+        },
         description="MOON product (title + image) embeddings, one field per Matryoshka size",
     )
     item_attributes = FeatureView(

@@ -8,10 +8,19 @@ Output folder ``E`` (a snapshot: exactly one row per embedded catalog item):
                             (each prefix renormalised), model_version string,
                             event_timestamp timestamp[us, UTC]; catalog order, ``part_rows``
                             items per part
-    manifest.json           model_version, dims, counts, parts, the run's event time
+    manifest.json           model_version, dims, counts, parts, the run's event time, and
+                            ``semantic_ids``: the quantiser (levels, codebook, dim, file)
+    semantic_ids.npz        the semantic-ID quantiser of this model_version (see below)
     _index.parquet          item_id, content_hash, model_version (drives incremental runs)
     rejects.parquet         item_id, row, reason: rows that could not be embedded
                             (empty title, undecodable image); never silently dropped
+
+Semantic IDs: every row also carries ``semantic_ids`` (list<int32>, one codeword per
+level) from a residual k-means quantiser (``moon_rec.retrieval.semantic_ids``) fitted once
+per model_version on the snapshot's vectors and saved as ``semantic_ids.npz``; a later run
+with the same model_version and quantiser config loads it instead of refitting, so old and
+new items share one code space (and ``POST /items`` encodes with the same file). Codes are
+computed at assembly, from the vectors, for every row, so they always match the file.
 
 Incremental: an item whose content hash (title + image bytes) and model_version match the
 index keeps its row (and its old event_timestamp); only the others are embedded.
@@ -38,25 +47,39 @@ import re
 import shutil
 import sys
 import time
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
 from moon_rec import runtime
-from moon_rec.data.embeddings import emb_column, embedding_schema, vector_column
+from moon_rec.data.embeddings import (
+    emb_column,
+    embedding_schema,
+    vector_column,
+    with_semantic_ids,
+)
 from moon_rec.data.errors import DataError
 from moon_rec.data.images import decode_image, prepare_image
 from moon_rec.data.io import atomic_write_parquet
 from moon_rec.data.schemas import ITEMS, TIMESTAMP
 from moon_rec.data.validation import check_column, check_columns, first_duplicate_row, table_files
+from moon_rec.retrieval.semantic_ids import (
+    SEMANTIC_IDS_FILE,
+    SemanticIdConfig,
+    SemanticIdQuantiser,
+    fit_semantic_ids,
+    load_semantic_ids,
+)
 
 MANIFEST = "manifest.json"
 INDEX = "_index.parquet"
@@ -95,6 +118,8 @@ class EmbedJobConfig:
             (default): bf16 where the device computes it natively (CUDA, or a CPU with
             AVX512-BF16/AMX), else fp32. The resolved precision is part of the resumable
             plan and of the manifest.
+        semantic_ids: the semantic-ID quantiser (its ``dim`` must not exceed the encoder's
+            largest Matryoshka size); None writes no codes.
     """
 
     batch_size: int = 64
@@ -104,6 +129,7 @@ class EmbedJobConfig:
     max_chunks: int | None = None
     device: str | None = None
     precision: str = "auto"
+    semantic_ids: SemanticIdConfig | None = field(default_factory=SemanticIdConfig)
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -369,8 +395,11 @@ def _make_plan(
         dtype=np.int64,
     )
     key = hashlib.sha256()
+    sid = cfg.semantic_ids.model_dump() if cfg.semantic_ids is not None else None
     key.update(
-        json.dumps([model_version, list(dims), cfg.part_rows, cfg.batch_size, precision]).encode()
+        json.dumps(
+            [model_version, list(dims), cfg.part_rows, cfg.batch_size, precision, sid]
+        ).encode()
     )
     key.update(todo.tobytes())
     key.update("".join(h for i, h in zip(ids.tolist(), hashes, strict=True)).encode())
@@ -552,8 +581,14 @@ def _assemble(
     keep = [i for i in ids.tolist() if i not in rejected]
     parts: list[str] = []
     if not done_marker.is_file():
-        new_rows = _RowLocator([f for f in chunk_files if f.is_file()])
-        old_rows = _RowLocator(sorted(out.glob(PART_GLOB)))
+        new_files = [f for f in chunk_files if f.is_file()]
+        old_files = sorted(out.glob(PART_GLOB))
+        new_rows = _RowLocator(new_files)
+        old_rows = _RowLocator(old_files)
+        quantiser = None
+        if cfg.semantic_ids is not None and keep:
+            quantiser = _quantiser(out, final, model_version, cfg.semantic_ids,
+                                   _SnapshotVectors(keep, todo, new_files, old_files, dims))
         for k, s in enumerate(range(0, len(keep), cfg.part_rows)):
             name = f"part-{k:05d}.parquet"
             parts.append(name)
@@ -573,7 +608,11 @@ def _assemble(
             slot = np.empty(len(part_ids), dtype=np.int64)
             slot[np.flatnonzero(is_new)] = np.arange(len(new_ids))
             slot[np.flatnonzero(~is_new)] = len(new_ids) + np.arange(len(old_ids))
-            _write_parquet(both.take(pa.array(slot)), final / name)
+            rows = both.take(pa.array(slot))
+            if quantiser is not None:
+                vecs = _matrix(rows, emb_column(max(dims)), max(dims))
+                rows = with_semantic_ids(rows, quantiser.encode_codes(vecs))
+            _write_parquet(rows, final / name)
         _write_parquet(rejects.sort_by([("row", "ascending")]), final / REJECTS)
         hash_of = dict(zip(ids.tolist(), hashes, strict=True))
         index = pa.table(
@@ -599,10 +638,89 @@ def _assemble(
             "parts": parts,
             "latest_event_ts": newest.isoformat() if newest else None,
             "part_rows": cfg.part_rows,
+            "semantic_ids": quantiser.describe() if quantiser is not None else None,
         }
         runtime.atomic_write_json(final / MANIFEST, manifest)
         done_marker.write_text("ok\n")
     return _swap_in(out, final)
+
+
+def _matrix(table: pa.Table, column: str, dim: int) -> np.ndarray:
+    """A list<float32> column of equal-length vectors as [N, dim] float32."""
+    col = table.column(column).combine_chunks()
+    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False)
+    return np.asarray(flat, np.float32).reshape(-1, dim)
+
+
+def _sorted(a: np.ndarray) -> bool:
+    return bool(a.size < 2 or (a[1:] > a[:-1]).all())
+
+
+@dataclass
+class _SnapshotVectors:
+    """Where the new snapshot's vectors are: ``keep`` (catalog order) are its items, those
+    in ``todo`` in the new chunk files, the others in the old parts."""
+
+    keep: list[int]
+    todo: set[int]
+    new_files: list[Path]
+    old_files: list[Path]
+    dims: tuple[int, ...]
+
+    def sample(self, limit: int, seed: int) -> np.ndarray:
+        """Vectors [n, max dim] of at most ``limit`` items (a seeded sample), catalog order."""
+        ids = np.asarray(self.keep, np.int64)
+        if ids.size > limit:
+            ids = ids[np.sort(np.random.default_rng(seed).choice(ids.size, limit, replace=False))]
+        todo = np.fromiter(self.todo, np.int64, len(self.todo))
+        dim = max(self.dims)
+        column = emb_column(dim)
+        out = np.zeros((ids.size, dim), np.float32)
+        seen = np.zeros(ids.size, bool)
+        for files, new in ((self.new_files, True), (self.old_files, False)):
+            for f in files:
+                t = pq.read_table(f, columns=["item_id", column])
+                fid = t.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64)
+                take = np.isin(fid, ids) & (np.isin(fid, todo) == new)
+                if take.any():
+                    slot = np.searchsorted(ids, fid[take]) if _sorted(ids) else None
+                    if slot is None:  # catalog order is not id order: map through a dict
+                        pos = {int(i): k for k, i in enumerate(ids.tolist())}
+                        slot = np.array([pos[int(i)] for i in fid[take]], np.int64)
+                    out[slot] = _matrix(t, column, dim)[take]
+                    seen[slot] = True
+        if not seen.all():
+            first = int(ids[np.flatnonzero(~seen)[0]])
+            raise RuntimeError(f"embed job: no vector for item_id {first} (corrupt output?)")
+        return out
+
+
+def _quantiser(
+    out: Path,
+    final: Path,
+    model_version: str,
+    config: SemanticIdConfig,
+    vectors: _SnapshotVectors,
+) -> SemanticIdQuantiser:
+    """The snapshot's semantic-ID quantiser, saved in ``final``: the one this assembly
+    already saved (a resumed run), else the previous snapshot's when its model_version and
+    config match (incremental runs never refit), else a new fit on the snapshot."""
+    mine = final / SEMANTIC_IDS_FILE
+    if mine.is_file():
+        return load_semantic_ids(mine)
+    prev = out / SEMANTIC_IDS_FILE
+    if prev.is_file():
+        try:
+            q = load_semantic_ids(prev)
+        except DataError:
+            q = None  # unreadable: refit
+        if q is not None and q.model_version == model_version and q.config == config:
+            q.save(mine)
+            return q
+    seed = zlib.crc32(f"{model_version}\0{config.seed}\0sample".encode())
+    q = fit_semantic_ids(vectors.sample(config.max_train_points, seed), model_version, config)
+    q.save(mine)
+    return q
 
 
 def _swap_in(out: Path, final: Path) -> dict[str, Any]:
@@ -613,7 +731,9 @@ def _swap_in(out: Path, final: Path) -> dict[str, Any]:
     for p in out.glob(PART_GLOB):
         if p.name not in wanted:
             p.unlink()
-    for name in [*manifest["parts"], REJECTS, INDEX]:
+    if not manifest.get("semantic_ids"):  # no codes in this snapshot: no stale quantiser
+        (out / SEMANTIC_IDS_FILE).unlink(missing_ok=True)
+    for name in [*manifest["parts"], REJECTS, INDEX, SEMANTIC_IDS_FILE]:
         src = final / name
         if src.is_file():
             os.replace(src, out / name)
@@ -682,6 +802,11 @@ def run_embed_job(
         encoder = encoder.to(cfg.device)
     model_version = str(encoder.model_version)
     dims = tuple(int(d) for d in encoder.dims)
+    if cfg.semantic_ids is not None and cfg.semantic_ids.dim > max(dims):
+        raise ValueError(
+            f"semantic_ids.dim {cfg.semantic_ids.dim} exceeds the encoder's largest "
+            f"Matryoshka size {max(dims)}"
+        )
     precision = resolve_precision(cfg.precision, getattr(encoder, "device", "cpu"))
     plan = _make_plan(out, ids, hashes, model_version, cfg, dims, precision)
     mine = [j for j in range(len(plan.chunks)) if j % world_size == rank]

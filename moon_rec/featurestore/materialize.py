@@ -36,10 +36,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from feast.protos.feast.types.Value_pb2 import FloatList
+from feast.protos.feast.types.Value_pb2 import FloatList, Int32List
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from moon_rec.data.embeddings import emb_column
+from moon_rec.data.embeddings import SEMANTIC_IDS, emb_column
 from moon_rec.data.errors import DataError
 from moon_rec.featurestore.definitions import (
     EMBEDDING_DIMS,
@@ -138,15 +138,29 @@ def _list_matrix(col: pa.Array | pa.ChunkedArray, dim: int, name: str) -> np.nda
     return values.astype(np.float32, copy=False).reshape(-1, dim)
 
 
+def _code_values(col: pa.Array | pa.ChunkedArray) -> list[bytes]:
+    """A list<int32> column of semantic-ID codes -> N serialised
+    ``ValueProto(int32_list_val=...)`` (null rows: an empty ValueProto, Feast's null)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return [
+        ValueProto(int32_list_val=Int32List(val=v)).SerializeToString()
+        if v is not None
+        else ValueProto().SerializeToString()
+        for v in col.to_pylist()
+    ]
+
+
 def embedding_encoded(batch: pa.RecordBatch, dims: tuple[int, ...] = EMBEDDING_DIMS) -> EncodedRows:
     """One record batch of the embedding parquet -> rows in Feast's wire format.
 
     Args:
         batch: columns item_id int64 [N], emb_{d} list<float32> [N, d] per d in ``dims``,
-            model_version string [N], event_timestamp timestamp [N].
+            model_version string [N], event_timestamp timestamp [N]; optional
+            semantic_ids list<int32> [N, L].
     Returns:
-        ``EncodedRows`` with features emb_{d}... and model_version (bytes identical to
-        ``ValueProto.SerializeToString``), for a store's ``write_encoded``.
+        ``EncodedRows`` with features emb_{d}..., (semantic_ids) and model_version (bytes
+        identical to ``ValueProto.SerializeToString``), for a store's ``write_encoded``.
     """
     names = batch.schema.names
     for col in ("item_id", "model_version", TIMESTAMP_FIELD, *(emb_column(d) for d in dims)):
@@ -160,6 +174,8 @@ def embedding_encoded(batch: pa.RecordBatch, dims: tuple[int, ...] = EMBEDDING_D
     for d in dims:
         name = emb_column(d)
         values[name] = FloatVectorCodec(d).encode_bytes(_list_matrix(batch.column(name), d, name))
+    if SEMANTIC_IDS in names:
+        values[SEMANTIC_IDS] = _code_values(batch.column(SEMANTIC_IDS))
     version_col = batch.column("model_version")
     if version_col.null_count:
         raise DataError("null model_version", column="model_version")
@@ -289,6 +305,8 @@ def materialize_embeddings(
     provider = store._get_provider()  # the SDK's write path for the configured store
     report = MaterializeReport(view=ITEM_EMBEDDING_VIEW, files=files)
     columns = ["item_id", *(emb_column(d) for d in dims), "model_version", TIMESTAMP_FIELD]
+    if any(f.name == SEMANTIC_IDS for f in fv.features):  # the view carries the codes
+        columns.append(SEMANTIC_IDS)
     lo: datetime | None = None
     hi: datetime | None = None
     n_rows = 0

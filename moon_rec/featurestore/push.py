@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from moon_rec.data.embeddings import emb_column
+from moon_rec.data.embeddings import SEMANTIC_IDS, emb_column
 from moon_rec.data.errors import DataError
 from moon_rec.data.schemas import TIMESTAMP
 from moon_rec.featurestore.layout import (
@@ -22,6 +22,7 @@ from moon_rec.featurestore.layout import (
     EMBEDDING_DIMS,
     ITEM_ATTRIBUTES_PUSH,
     ITEM_EMBEDDING_PUSH,
+    ITEM_EMBEDDING_VIEW,
     TIMESTAMP_FIELD,
 )
 from moon_rec.featurestore.online import OnlineFeatureClient
@@ -36,7 +37,9 @@ def push_item_embeddings(
     """Push embedding rows (the embed job's format) of new or re-embedded items online.
 
     Args:
-        table: item_id, emb_{d} list<float32> per d, model_version, event_timestamp [N].
+        table: item_id, emb_{d} list<float32> per d, model_version, event_timestamp [N];
+            semantic_ids list<int32> [N, L] (``encode_codes`` of the snapshot's quantiser)
+            when the view carries codes.
     Returns:
         N, the rows pushed (rows older than what the store holds are skipped by it).
     """
@@ -46,9 +49,18 @@ def push_item_embeddings(
         raise DataError(f"missing columns {missing}", file="embedding push")
     if table.num_rows == 0:
         return 0
+    fv = mfs.store.get_feature_view(ITEM_EMBEDDING_VIEW)
+    with_codes = any(f.name == SEMANTIC_IDS for f in fv.features)
     frame = table.select(cols).to_pandas()
     for d in dims:  # Feast's converter wants lists, not numpy arrays
         frame[emb_column(d)] = [np.asarray(v, dtype=np.float32).tolist() for v in frame[emb_column(d)]]
+    if with_codes:  # the view carries semantic IDs: the rows' codes, or null without them
+        codes = (
+            table.column(SEMANTIC_IDS).to_pylist()
+            if SEMANTIC_IDS in table.column_names
+            else [None] * table.num_rows
+        )
+        frame[SEMANTIC_IDS] = [None if c is None else [int(x) for x in c] for c in codes]
     mfs.store.push(ITEM_EMBEDDING_PUSH, frame)
     return table.num_rows
 

@@ -92,7 +92,7 @@ def _reusable(
         return None
     if meta.get("training_set") != str(Path(training_set).resolve()):
         return None
-    if config.uses_moon:
+    if config.uses_embeddings:
         version = load_moon_embeddings(embeddings, config.moon_dim).model_version
         if meta.get("model_version") != version:
             return None

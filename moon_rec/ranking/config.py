@@ -112,6 +112,20 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(default=4096, gt=0)
 
 
+class SemanticIdFeatures(_Section):
+    """Semantic-ID sparse features: the target's and every behaviour's code (the embed
+    job's ``semantic_ids`` column), one trainable, sharded table per level.
+
+    Args:
+        levels: L, codewords per item (must equal the embeddings' code length).
+        codebook: K, codewords per level (every code must be < K); each level's table has
+            K + 1 rows, the last for items without a code.
+    """
+
+    levels: int = Field(default=3, gt=0)
+    codebook: int = Field(default=256, gt=1)
+
+
 class RankerConfig(_Section):
     """One ranker experiment.
 
@@ -132,6 +146,9 @@ class RankerConfig(_Section):
             TorchRec's default, +-sqrt(1 / rows), tiny for big tables, where dot-product
             interactions barely move off zero in one epoch). Training zeroes the rows of
             ids that never occur in the train split either way.
+        semantic_ids: None (default) or the semantic-ID features (see
+            :class:`SemanticIdFeatures`); they need embeddings with codes, for either
+            feature set.
         behaviour, over_arch, train: see their classes.
     """
 
@@ -144,6 +161,7 @@ class RankerConfig(_Section):
     id_policy: IdPolicy = "oov"
     id_table_rows: int = Field(default=0, ge=0)
     embedding_init_scale: float = Field(default=0.0, ge=0.0)
+    semantic_ids: SemanticIdFeatures | None = None
     behaviour: BehaviourConfig = Field(default_factory=BehaviourConfig)
     over_arch: OverArchConfig = Field(default_factory=OverArchConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -159,6 +177,11 @@ class RankerConfig(_Section):
     @property
     def uses_moon(self) -> bool:
         return self.feature_set == "ids+moon"
+
+    @property
+    def uses_embeddings(self) -> bool:
+        """Whether the ranker reads the embedding snapshot (MOON vectors or codes)."""
+        return self.uses_moon or self.semantic_ids is not None
 
     def to_dict(self) -> dict[str, Any]:
         """The nested dict of every field (JSON-safe; :meth:`from_dict` reads it back)."""
@@ -210,6 +233,9 @@ def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel]:
     for name in path:
         field = model.model_fields.get(name)
         sub = field.annotation if field is not None else None
+        # an optional section (``SemanticIdFeatures | None``): the model inside
+        sub = next((a for a in get_args(sub) if isinstance(a, type)
+                    and issubclass(a, BaseModel)), sub)
         if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
             break
         model = sub

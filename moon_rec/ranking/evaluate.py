@@ -23,8 +23,8 @@ from moon_rec.data.errors import DataError
 from moon_rec.metrics.ranking import auc, gauc, logloss
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.data import TrainingSet, load_training_set
-from moon_rec.ranking.model import ContentLookup, MoonRanker
-from moon_rec.ranking.modules import MoonContentArch, TableSizes
+from moon_rec.ranking.model import ContentLookup, MoonRanker, SemanticIdLookup
+from moon_rec.ranking.modules import FrozenContentTable, SemanticIdTable, TableSizes
 from moon_rec.ranking.train import META, WEIGHTS
 
 
@@ -37,14 +37,22 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
 
 
 def load_ranker(
-    model_dir: str | Path, device: str = "cpu", *, content: ContentLookup | None = None
+    model_dir: str | Path,
+    device: str = "cpu",
+    *,
+    content: ContentLookup | None = None,
+    semantic_ids: SemanticIdLookup | None = None,
 ) -> tuple[MoonRanker, dict[str, Any]]:
     """The trained, unsharded ranker of ``model_dir`` in eval mode, and its meta dict.
 
     Args:
         content: the ranker's content lookup (an ``nn.Module``, e.g. a serving-side center
-            of the same model_version); default: the content table saved with the weights.
-            Ignored by an ``ids`` ranker.
+            of the same model_version); default: the content table saved with the weights
+            (a ``FrozenContentTable``, unsharded: the same vectors the sharded training
+            table held). Ignored by an ``ids`` ranker.
+        semantic_ids: the item -> code lookup (an ``nn.Module``, e.g. over serving's
+            center, which also knows items added since training); default: the codes
+            saved with the weights. Ignored by a ranker without semantic IDs.
     """
     meta = read_meta(model_dir)
     weights = Path(model_dir) / WEIGHTS
@@ -59,12 +67,23 @@ def load_ranker(
         )
     if config.uses_moon and content is None:
         n = int(meta["content_rows"])
-        content = MoonContentArch(torch.zeros(n, dtype=torch.long), torch.zeros(n, config.moon_dim))
-    model = MoonRanker(config, TableSizes(**meta["tables"]), content)
+        content = FrozenContentTable(
+            torch.zeros(n, dtype=torch.long), torch.zeros(n, config.moon_dim)
+        )
+    given_sid = semantic_ids is not None and config.semantic_ids is not None
+    if config.semantic_ids is not None and semantic_ids is None:
+        n = int(meta.get("semantic_id_rows", 0))
+        semantic_ids = SemanticIdTable(
+            torch.zeros(n, dtype=torch.long),
+            torch.zeros(n, config.semantic_ids.levels, dtype=torch.int32),
+        )
+    model = MoonRanker(config, TableSizes(**meta["tables"]), content, semantic_ids)
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    if given:  # the saved content table is replaced by the given lookup
-        own = {k: v for k, v in model.state_dict().items() if k.startswith("content_arch.")}
-        state = {k: v for k, v in state.items() if not k.startswith("content_arch.")} | own
+    # a given lookup replaces the one saved with the weights
+    for prefix, replaced in (("content_arch.", given), ("semantic_id_table.", given_sid)):
+        if replaced:
+            own = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+            state = {k: v for k, v in state.items() if not k.startswith(prefix)} | own
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # written by another version of the architecture

@@ -9,6 +9,18 @@ ID-space interests and (``ids+moon``) a linear projection of the target's MOON e
 
 where the MOON dense features (``ids+moon`` only) are the target's MOON embedding at the
 configured Matryoshka size and its cosine with the query's MOON embedding.
+
+With ``semantic_ids``, the target's and every behaviour's semantic-ID embedding (sum over
+levels, :class:`SemanticIdArch`) is appended to their ID embeddings (item, category, code):
+the behaviour modules attend over it and the pairwise dots include user x code, so the
+ranker memorises user x look as it memorises user x item, and a new item (an OOV item id)
+still has its code's embedding.
+
+Content and codes are looked up by raw item id through collaborators passed in at
+construction: in training a :class:`FrozenContentTable` (sharded, frozen) and a
+:class:`SemanticIdTable` built from the embedding snapshot; in serving lookups over its
+in-memory center. Both give the same vectors for the same snapshot, so a model trained
+with the sharded table serves with the center unchanged.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from moon_rec.ranking.modules import (
     BehaviourInputs,
     OverArch,
     PairwiseDotArch,
+    SemanticIdArch,
     SparseArch,
     TableSizes,
     build_behaviour_module,
@@ -44,6 +57,16 @@ class ContentLookup(Protocol):
     def __call__(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+class SemanticIdLookup(Protocol):
+    """What the ranker reads semantic-ID codes through (``SemanticIdTable``, or a serving
+    lookup over its center). ``levels`` is L; calling it with raw item ids [...] returns
+    codes [..., L] int64 (-1 where the item has no code)."""
+
+    levels: int
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+
 class MoonRanker(nn.Module):
     """CTR ranker over ID embeddings, behaviour sequences and (optionally) MOON content.
 
@@ -51,8 +74,10 @@ class MoonRanker(nn.Module):
         config: the experiment config (feature set, behaviour module, sizes).
         tables: rows of the ID tables.
         content: the frozen MOON content lookup (required for ``ids+moon``, ignored for
-            ``ids``): a ``MoonContentArch`` in training, any ``ContentLookup`` (an
+            ``ids``): a ``FrozenContentTable`` in training, any ``ContentLookup`` (an
             ``nn.Module``) in serving.
+        semantic_ids: the item -> code lookup (required when ``config.semantic_ids`` is
+            set, ignored otherwise): a ``SemanticIdTable``, or any ``SemanticIdLookup``.
 
     Example::
 
@@ -67,24 +92,38 @@ class MoonRanker(nn.Module):
         config: RankerConfig,
         tables: TableSizes,
         content: ContentLookup | None = None,
+        semantic_ids: SemanticIdLookup | None = None,
     ) -> None:
         super().__init__()
         if config.uses_moon and content is None:
             raise ValueError("feature_set 'ids+moon' needs the MOON content table")
+        sid = config.semantic_ids
+        if sid is not None:
+            if semantic_ids is None:
+                raise ValueError("semantic_ids features need the item -> code lookup")
+            if semantic_ids.levels != sid.levels:
+                raise ValueError(
+                    f"semantic_ids.levels: {sid.levels}, but the codes have "
+                    f"{semantic_ids.levels} levels"
+                )
         self.config = config
         self.tables = tables
         self.sparse_arch = SparseArch(config, tables)
         self.content_arch: ContentLookup | None = content if config.uses_moon else None
+        self.semantic_id_table: SemanticIdLookup | None = semantic_ids if sid else None
+        self.semantic_id_arch = SemanticIdArch(config) if sid is not None else None
         content_dim = content.dim if (config.uses_moon and content is not None) else 0
         self.content_dim = content_dim
-        self.behaviour = build_behaviour_module(
-            config.behaviour, self.sparse_arch.target_dim, content_dim
+        # target / behaviour vectors: item and category IDs (and the semantic ID)
+        self.target_dim = self.sparse_arch.target_dim + (
+            config.embedding_dim if sid is not None else 0
         )
+        self.behaviour = build_behaviour_module(config.behaviour, self.target_dim, content_dim)
         moon_dense = content_dim + 1 if config.uses_moon else 0
         d = config.embedding_dim
         self.interaction: PairwiseDotArch | None = None
         n_vectors = (
-            self.sparse_arch.pooled_dim + self.sparse_arch.target_dim + self.behaviour.id_space_dim
+            self.sparse_arch.pooled_dim + self.target_dim + self.behaviour.id_space_dim
         ) // d
         # The target's MOON embedding, projected into the ID space, joins the dot products:
         # user . W content is a learned taste x style term that also works for cold items.
@@ -96,7 +135,7 @@ class MoonRanker(nn.Module):
             self.interaction = PairwiseDotArch(n_vectors)
         in_features = (
             self.sparse_arch.pooled_dim
-            + self.sparse_arch.target_dim
+            + self.target_dim
             + self.behaviour.output_dim
             + moon_dense
             + (self.interaction.output_dim if self.interaction is not None else 0)
@@ -110,23 +149,37 @@ class MoonRanker(nn.Module):
     def behaviour_inputs(self, batch: RankerBatch) -> tuple[torch.Tensor, BehaviourInputs]:
         """The pooled ID features [B, P*D] and the behaviour modules' inputs of ``batch``."""
         sparse = self.sparse_arch(batch.pooled, batch.sequence)
-        inputs = BehaviourInputs(sparse.target, sparse.behaviours, sparse.mask)
-        if self.content_arch is not None:
+        target, behaviours = sparse.target, sparse.behaviours
+        item_ids = None
+        if self.content_arch is not None or self.semantic_id_table is not None:
             seq = batch.sequence
-            target_ids = (
-                seq["item_id"].to_padded_dense(desired_length=1, padding_value=-1).squeeze(1)
+            # [B, 1 + L] raw ids: the target, then the behaviours (-1 at padding)
+            item_ids = torch.cat(
+                [
+                    seq["item_id"].to_padded_dense(desired_length=1, padding_value=-1),
+                    seq["hist_item_ids"].to_padded_dense(
+                        desired_length=self.config.max_seq_len, padding_value=-1
+                    ),
+                ],
+                dim=1,
             )
-            hist_ids = seq["hist_item_ids"].to_padded_dense(
-                desired_length=self.config.max_seq_len, padding_value=-1
-            )
-            target_content, _ = self.content_arch(target_ids)
-            hist_content, found = self.content_arch(hist_ids)
-            inputs.target_content = target_content
-            inputs.behaviour_content = hist_content
-            inputs.content_mask = found & sparse.mask
+        if self.semantic_id_table is not None and self.semantic_id_arch is not None:
+            assert item_ids is not None
+            codes = self.semantic_id_table(item_ids)  # [B, 1 + L, levels]
+            lengths = 1 + seq["hist_item_ids"].lengths().clamp(max=self.config.max_seq_len)
+            sid = self.semantic_id_arch(codes, lengths)
+            target = torch.cat([target, sid[:, 0]], dim=1)
+            behaviours = torch.cat([behaviours, sid[:, 1:]], dim=2)
+        inputs = BehaviourInputs(target, behaviours, sparse.mask)
+        if self.content_arch is not None:
+            assert item_ids is not None
+            content, found = self.content_arch(item_ids)  # one lookup: target + behaviours
+            inputs.target_content = content[:, 0]
+            inputs.behaviour_content = content[:, 1:]
+            inputs.content_mask = found[:, 1:] & sparse.mask
             inputs.query_content = batch.query_embedding
             inputs.query_mask = batch.has_query
-        return torch.cat([sparse.pooled, sparse.target], dim=1), inputs
+        return torch.cat([sparse.pooled, target], dim=1), inputs
 
     def forward(self, batch: RankerBatch) -> torch.Tensor:
         """

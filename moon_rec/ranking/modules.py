@@ -4,7 +4,15 @@
 - :class:`SparseArch` looks up ID embeddings: pooled features through an
   EmbeddingBagCollection, the target and the behaviour sequence through an
   EmbeddingCollection whose item/category tables are shared by target and behaviours.
-- :class:`MoonContentArch` is the frozen MOON content lookup (item_id -> vector), a buffer.
+- :class:`FrozenContentTable` is the frozen MOON content lookup (item_id -> vector) that
+  training uses: an EmbeddingCollection table initialised from the embedding snapshot,
+  sharded row-wise by the planner and never updated (no autograd path, no optimizer), so
+  no rank holds every vector. :class:`MoonContentArch` is the same lookup as one replicated buffer (for
+  small catalogs, benchmarks and tests); serving passes its own lookup over its center.
+  All three return the same (vectors, found) for the same snapshot.
+- :class:`SemanticIdTable` maps item_id -> semantic-ID code (the embed job's codes);
+  :class:`SemanticIdArch` embeds the codes of the target and every behaviour through one
+  trainable EmbeddingCollection table per level (sharded like the ID tables).
 - Behaviour modules share one interface: ``forward(BehaviourInputs) -> Tensor[B, output_dim]``:
   :class:`DinModule` (target attention on ID embeddings), :class:`CubeModule` (MOON's
   content-based user behaviour extractor) and :class:`SimModule` (top-k search by content
@@ -237,6 +245,219 @@ class SparseArch(nn.Module):
             behaviours=behaviours,
             mask=mask,
         )
+
+
+CONTENT_TABLE = "moon_content"
+CONTENT_FEATURE = "moon_item"
+
+
+class ItemRows(nn.Module):
+    """Raw item ids -> rows of a per-item table: ``item_ids`` [N] sorted unique; an id
+    that is not there gets row N (the table's empty last row) and ``found`` False.
+
+    Example::
+
+        rows = ItemRows(torch.tensor([3, 7]))
+        rows(torch.tensor([7, 5]))  # (tensor([1, 2]), tensor([True, False]))
+    """
+
+    item_ids: torch.Tensor
+
+    def __init__(self, item_ids: torch.Tensor) -> None:
+        super().__init__()
+        if item_ids.ndim != 1:
+            raise ValueError(f"item table: item_ids must be [N], got {tuple(item_ids.shape)}")
+        self.register_buffer("item_ids", item_ids.long().contiguous())
+
+    def __len__(self) -> int:
+        return int(self.item_ids.shape[0])
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows [...] int64 in [0, N], found [...] bool) of raw ids [...]."""
+        n = self.item_ids.shape[0]
+        if n == 0:
+            return torch.zeros_like(ids, dtype=torch.long), torch.zeros_like(ids, dtype=torch.bool)
+        pos = torch.searchsorted(self.item_ids, ids.contiguous()).clamp(max=n - 1)
+        found = self.item_ids[pos] == ids
+        return torch.where(found, pos, torch.full_like(pos, n)), found
+
+
+class FrozenContentTable(nn.Module):
+    """Frozen MOON content embeddings of items, looked up by raw item_id through a TorchRec
+    EmbeddingCollection table (``moon_content``, N + 1 rows: the snapshot's vectors and a
+    zero row for items without one).
+
+    The table's weight is initialised from the snapshot and has ``requires_grad`` False;
+    under DistributedModelParallel :func:`moon_rec.ranking.train.shard_model` shards it
+    row-wise and keeps it out of both optimizers, and the lookup runs under ``no_grad``,
+    so no gradient ever reaches the table's kernel and it never changes while the ID
+    tables train. (TorchRec 1.8 offers its dense kernel only to data-parallel, i.e.
+    replicated, tables, so the shards use the fused kernel, whose default optimizer,
+    EXACT_SGD, keeps no state and only runs in a backward that never comes.) Only the id -> row map (``rows``, 8
+    bytes per item) is replicated. Unsharded it computes what :class:`MoonContentArch`
+    computes on the same vectors (the lookup of a row of the same matrix).
+
+    Args:
+        item_ids: [N] int64 item ids, sorted ascending, unique.
+        vectors: [N, C] float32, L2-normalised rows (zero rows allowed).
+
+    Example::
+
+        table = FrozenContentTable(torch.tensor([3, 7]), torch.eye(2))
+        vec, found = table(torch.tensor([[7, 5]]))  # vec [1, 2, 2], found [[True, False]]
+    """
+
+    def __init__(self, item_ids: torch.Tensor, vectors: torch.Tensor) -> None:
+        super().__init__()
+        if item_ids.ndim != 1 or vectors.ndim != 2 or vectors.shape[0] != item_ids.shape[0]:
+            raise ValueError(
+                f"content table: item_ids {tuple(item_ids.shape)} and vectors "
+                f"{tuple(vectors.shape)} do not match"
+            )
+        self.rows = ItemRows(item_ids)
+        self.dim = int(vectors.shape[1])
+        self.embedding_collection = EmbeddingCollection(
+            tables=[
+                EmbeddingConfig(
+                    name=CONTENT_TABLE,
+                    embedding_dim=self.dim,
+                    num_embeddings=int(vectors.shape[0]) + 1,
+                    feature_names=[CONTENT_FEATURE],
+                )
+            ]
+        )
+        weight = self.embedding_collection.embeddings[CONTENT_TABLE].weight
+        with torch.no_grad():
+            weight[:-1].copy_(vectors.float())
+            weight[-1].zero_()
+        weight.requires_grad_(False)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            ids: raw item ids [B, ...] (negatives and unknowns allowed).
+
+        Returns:
+            (vectors [B, ..., C], found [B, ...] bool).
+        """
+        rows, found = self.rows(ids)
+        if ids.ndim == 0 or ids.numel() == 0:
+            flat = rows.reshape(-1)
+            weight = self.embedding_collection.embeddings[CONTENT_TABLE].weight
+            return weight[flat].reshape(*ids.shape, self.dim), found
+        b = ids.shape[0]
+        per = ids.numel() // b
+        kjt = KeyedJaggedTensor(
+            keys=[CONTENT_FEATURE],
+            values=rows.reshape(-1),
+            lengths=torch.full((b,), per, dtype=torch.int32, device=ids.device),
+        )
+        # No autograd path into the table: its kernel never runs a backward (and so never
+        # an optimizer update), whatever kernel the planner gives it.
+        with torch.no_grad():
+            vectors = self.embedding_collection(kjt)[CONTENT_FEATURE].values()
+        return vectors.reshape(*ids.shape, self.dim), found
+
+
+class SemanticIdTable(nn.Module):
+    """Semantic-ID codes of items, looked up by raw item_id (a replicated buffer: L int32
+    per item). Items without a code get -1 at every level.
+
+    Args:
+        item_ids: [N] int64, sorted ascending, unique.
+        codes: [N, L] int codes in [0, K).
+
+    Example::
+
+        table = SemanticIdTable(torch.tensor([3, 7]), torch.tensor([[0, 1], [2, 3]]))
+        table(torch.tensor([[7, 5]]))  # tensor([[[2, 3], [-1, -1]]])
+    """
+
+    codes: torch.Tensor
+
+    def __init__(self, item_ids: torch.Tensor, codes: torch.Tensor) -> None:
+        super().__init__()
+        if codes.ndim != 2 or codes.shape[0] != item_ids.shape[0]:
+            raise ValueError(
+                f"semantic-ID table: item_ids {tuple(item_ids.shape)} and codes "
+                f"{tuple(codes.shape)} do not match"
+            )
+        self.rows = ItemRows(item_ids)
+        self.levels = int(codes.shape[1])
+        padded = torch.cat([codes.int(), codes.new_full((1, self.levels), -1).int()], dim=0)
+        self.register_buffer("codes", padded.contiguous())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Codes [..., L] int64 of raw ids [...] (-1 where the item has none)."""
+        rows, _ = self.rows(ids)
+        return self.codes[rows].long()
+
+
+class SemanticIdArch(nn.Module):
+    """Embeddings of the semantic-ID codes of the target and of every behaviour: one
+    trainable EmbeddingCollection table per level (``sid_{l}``, K + 1 rows, the last for
+    "no code"), shared by target and behaviours; an item's vector is the sum over its
+    levels, so items with a common code prefix share what that prefix learned.
+
+    Args:
+        config: the ranker config (embedding_dim D, semantic_ids levels L / codebook K,
+            embedding_init_scale).
+
+    Example::
+
+        arch = SemanticIdArch(RankerConfig(semantic_ids={"levels": 2, "codebook": 8}))
+        out = arch(codes, lengths)  # codes [B, 1 + S, 2], lengths [B] -> [B, 1 + S, D]
+    """
+
+    def __init__(self, config: RankerConfig) -> None:
+        super().__init__()
+        if config.semantic_ids is None:
+            raise ValueError("SemanticIdArch needs config.semantic_ids")
+        self.levels = config.semantic_ids.levels
+        self.codebook = config.semantic_ids.codebook
+        self.dim = config.embedding_dim
+        scale = float(config.embedding_init_scale)
+        init = {"weight_init_min": -scale, "weight_init_max": scale} if scale > 0 else {}
+        self.features = [f"sid_{level}" for level in range(self.levels)]
+        self.embedding_collection = EmbeddingCollection(
+            tables=[
+                EmbeddingConfig(
+                    name=name,
+                    embedding_dim=self.dim,
+                    num_embeddings=self.codebook + 1,
+                    feature_names=[name],
+                    **init,
+                )
+                for name in self.features
+            ]
+        )
+
+    def forward(self, codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            codes: [B, T, L] int64 codes (-1 or >= K: "no code"), the target first, then
+                the behaviours; only the first ``lengths[b]`` positions of row b are real.
+            lengths: [B] int, real positions per row (1 + behaviours).
+
+        Returns:
+            [B, T, D] summed level embeddings, zeros past ``lengths``.
+        """
+        b, t, _ = codes.shape
+        mask = torch.arange(t, device=codes.device)[None, :] < lengths[:, None]
+        kept = codes[mask]  # [n, L], real positions only, row-major
+        kept = torch.where((kept >= 0) & (kept < self.codebook), kept,
+                           torch.full_like(kept, self.codebook))
+        kjt = KeyedJaggedTensor(
+            keys=self.features,
+            values=kept.t().reshape(-1),
+            lengths=lengths.int().repeat(self.levels),
+        )
+        out = self.embedding_collection(kjt)
+        total = sum(
+            (out[name].to_padded_dense(desired_length=t) for name in self.features),
+            codes.new_zeros((b, t, self.dim), dtype=torch.float32),
+        )
+        return total
 
 
 class MoonContentArch(nn.Module):

@@ -5,7 +5,9 @@ Writes, under ``out``: ``training_set.parquet`` (the issue-4 training-set format
 and ``world/impressions.parquet`` (with ``oracle_p_click``). Clicks follow a planted model:
 in look-driven categories the click logit has a strong user-taste x item-style term, and
 an item's MOON vector carries its style, so content similarities are informative; items of
-the last ``cold_fraction`` of ids launch in the test period only.
+the last ``cold_fraction`` of ids launch in the test period only. The item embeddings carry
+``semantic_ids`` (:data:`SYNTHETIC_SEMANTIC_IDS`: 2 levels x 16 codewords of ``emb_32``)
+and the quantiser sits next to them, as the embed job writes them.
 
 This is a stand-in for ``moon world generate`` + the training-set builder, not a world.
 """
@@ -22,9 +24,11 @@ import pyarrow.parquet as pq
 
 from moon_rec.data.embeddings import QUERY_KEY, embedding_table, prefixes_of, write_embedding_table
 from moon_rec.data.training_set import TRAINING_SET_SCHEMA
+from moon_rec.retrieval.semantic_ids import SEMANTIC_IDS_FILE, SemanticIdConfig, fit_semantic_ids
 
 DIMS: tuple[int, ...] = (32, 64, 128, 256)
 TS = pa.timestamp("us", tz="UTC")
+SYNTHETIC_SEMANTIC_IDS = SemanticIdConfig(levels=2, codebook=16, dim=32)
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,10 @@ def write_synthetic_ranker_inputs(
     pq.write_table(impressions, out / "world" / "impressions.parquet")
 
     now = datetime(2026, 6, 1, tzinfo=UTC)
-    items = embedding_table(np.arange(n_items), prefixes_of(full, DIMS), model_version, now)
+    quantiser = fit_semantic_ids(full, model_version, SYNTHETIC_SEMANTIC_IDS)
+    quantiser.save(out / "embeddings" / SEMANTIC_IDS_FILE)
+    items = embedding_table(np.arange(n_items), prefixes_of(full, DIMS), model_version, now,
+                            semantic_ids=quantiser.encode_codes(full))
     write_embedding_table(items, out / "embeddings" / "items.parquet")
     q_texts = [f"category {c} item" for c in range(n_categories)]
     q_vecs = np.stack(

@@ -1,9 +1,16 @@
 """Training the ranker: DistributedModelParallel, fused sparse optimizers, checkpoints.
 
 One process or ``torchrun --nproc_per_node N``: gloo on CPU, nccl on GPU (chosen from the
-device). Embedding tables are sharded table-wise by TorchRec's planner and use fused
+device). ID and semantic-ID tables are sharded table-wise by TorchRec's planner and use fused
 kernels with EXACT_ROWWISE_ADAGRAD (``RowWiseAdagrad`` applied in backward); the dense part
-is data-parallel with Adam. The global batch is split evenly over ranks, so one rank and
+is data-parallel with Adam. The MOON content table (``FrozenContentTable``) is its own
+EmbeddingCollection, sharded row-wise, initialised from the embedding snapshot and
+frozen: it is given no optimizer in backward, it is kept out of Adam, its weight has
+``requires_grad`` False, and its lookup runs under ``no_grad`` so its kernel never runs a
+backward (a fused table with lr 0 would still compute gradients and run an optimizer).
+TorchRec's advice for freezing is a separate collection with the dense kernel and no
+optimizer, but TorchRec 1.8 allows the dense kernel only for data-parallel (replicated)
+tables, which is what the content table must not be. The global batch is split evenly over ranks, so one rank and
 two ranks see the same examples per step.
 
 Model directory (``--out``):
@@ -46,7 +53,12 @@ from moon_rec.data.errors import DataError
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.data import TrainingSet, load_training_set
 from moon_rec.ranking.model import MoonRanker
-from moon_rec.ranking.modules import MoonContentArch, TableSizes
+from moon_rec.ranking.modules import (
+    CONTENT_TABLE,
+    FrozenContentTable,
+    SemanticIdTable,
+    TableSizes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +90,52 @@ def table_sizes(data: TrainingSet, config: RankerConfig) -> TableSizes:
     )
 
 
-def content_arch(embeddings: MoonEmbeddings | None, config: RankerConfig) -> MoonContentArch | None:
-    """The frozen content lookup of ``embeddings`` (None for the ``ids`` feature set)."""
+def content_arch(
+    embeddings: MoonEmbeddings | None, config: RankerConfig
+) -> FrozenContentTable | None:
+    """The frozen content table of ``embeddings`` (None for the ``ids`` feature set)."""
     if not config.uses_moon:
         return None
     if embeddings is None:
         raise DataError("feature_set 'ids+moon' needs --embeddings")
-    return MoonContentArch(
+    return FrozenContentTable(
         torch.from_numpy(embeddings.item_ids), torch.from_numpy(embeddings.item_vectors)
     )
+
+
+def semantic_id_table(
+    embeddings: MoonEmbeddings | None, config: RankerConfig
+) -> SemanticIdTable | None:
+    """The item -> code lookup of ``embeddings`` (None without ``config.semantic_ids``).
+
+    Raises:
+        DataError: no embeddings, embeddings without codes, or codes that do not fit the
+            config (levels, codebook).
+    """
+    sid = config.semantic_ids
+    if sid is None:
+        return None
+    if embeddings is None:
+        raise DataError("semantic_ids features need --embeddings (with a semantic_ids column)")
+    codes = embeddings.semantic_ids
+    if codes is None:
+        raise DataError(
+            "the embeddings have no semantic-ID codes (run `moon embed` with semantic IDs on)",
+            column="semantic_ids",
+        )
+    if codes.shape[1] != sid.levels:
+        raise DataError(
+            f"codes of {codes.shape[1]} levels, the config's semantic_ids.levels is "
+            f"{sid.levels}",
+            column="semantic_ids",
+        )
+    top = int(codes.max(initial=-1))
+    if top >= sid.codebook:
+        raise DataError(
+            f"codeword {top} does not fit semantic_ids.codebook {sid.codebook}",
+            column="semantic_ids",
+        )
+    return SemanticIdTable(torch.from_numpy(embeddings.item_ids), torch.from_numpy(codes))
 
 
 def build_model(
@@ -102,7 +151,9 @@ def build_model(
     start at zero: they are never trained, and at test time (cold items) random initial
     values would only add noise."""
     torch.manual_seed(seed)
-    model = MoonRanker(config, tables, content_arch(embeddings, config))
+    model = MoonRanker(
+        config, tables, content_arch(embeddings, config), semantic_id_table(embeddings, config)
+    )
     if data is not None:
         zero_unseen_rows(model, data)
     return model
@@ -142,6 +193,16 @@ def sharders(config: RankerConfig) -> list[ModuleSharder[torch.nn.Module]]:
     ]
 
 
+def _frozen_content(model: MoonRanker) -> FrozenContentTable | None:
+    arch = model.content_arch
+    return arch if isinstance(arch, FrozenContentTable) else None
+
+
+def is_frozen_parameter(name: str) -> bool:
+    """Whether the (DMP or plain) parameter ``name`` belongs to the frozen content table."""
+    return "content_arch." in f".{name}" and CONTENT_TABLE in name
+
+
 def shard_model(
     model: MoonRanker, config: RankerConfig, env: runtime.DistributedEnv
 ) -> tuple[DistributedModelParallel, CombinedOptimizer]:
@@ -152,18 +213,31 @@ def shard_model(
     they are copied back).
     """
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    # The dense part (and the frozen content buffer) goes to the device here; DMP builds the
-    # table shards on the device itself, so the tables are never copied there whole.
+    frozen = _frozen_content(model)
+    # The dense part (and small buffers: the content table's id -> row map, the semantic-ID
+    # codes) goes to the device here; DMP builds the table shards on the device itself, so
+    # the tables (the content table above all) are never copied there whole.
     for name, child in model.named_children():
-        if name != "sparse_arch":
+        if name == "content_arch" and frozen is not None:
+            frozen.rows.to(env.device)
+        elif name not in ("sparse_arch", "semantic_id_arch"):
             child.to(env.device)
-    sparse_params = list(model.sparse_arch.embedding_bag_collection.parameters()) + list(
-        model.sparse_arch.embedding_collection.parameters()
-    )
+    collections: list[torch.nn.Module] = [
+        model.sparse_arch.embedding_bag_collection,
+        model.sparse_arch.embedding_collection,
+    ]
+    if model.semantic_id_arch is not None:
+        collections.append(model.semantic_id_arch.embedding_collection)
+    sparse_params = [p for c in collections for p in c.parameters()]
     apply_optimizer_in_backward(RowWiseAdagrad, sparse_params, {"lr": config.train.sparse_lr})
     tables = [
         *model.sparse_arch.embedding_bag_collection.embedding_bag_configs(),
         *model.sparse_arch.embedding_collection.embedding_configs(),
+        *(
+            model.semantic_id_arch.embedding_collection.embedding_configs()
+            if model.semantic_id_arch is not None
+            else []
+        ),
     ]
     constraints = {
         t.name: ParameterConstraints(
@@ -171,6 +245,12 @@ def shard_model(
         )
         for t in tables
     }
+    if frozen is not None:
+        # row-wise: a catalog's vectors spread over every rank (fused: the only kernel
+        # TorchRec offers a sharded table; its lookup has no backward, see the docstring)
+        constraints[CONTENT_TABLE] = ParameterConstraints(
+            sharding_types=[ShardingType.ROW_WISE.value], compute_kernels=["fused"]
+        )
     with _quiet_torchrec():
         planner = EmbeddingShardingPlanner(
             topology=Topology(
@@ -186,10 +266,15 @@ def shard_model(
     with _quiet_torchrec():
         plan = planner.collective_plan(model, shard, dist.GroupMember.WORLD)
         dmp = DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=shard)
-    load_full_state(dmp.state_dict(), initial)
+    load_full_state(dmp.state_dict(), initial)  # the snapshot's vectors into the shards
+    trainable = {}
+    for name, param in in_backward_optimizer_filter(dmp.named_parameters()):
+        if is_frozen_parameter(name):
+            param.requires_grad_(False)  # the shards' weights are created trainable
+        else:
+            trainable[name] = param
     dense = KeyedOptimizerWrapper(
-        dict(in_backward_optimizer_filter(dmp.named_parameters())),
-        lambda params: torch.optim.Adam(params, lr=config.train.dense_lr),
+        trainable, lambda params: torch.optim.Adam(params, lr=config.train.dense_lr)
     )
     return dmp, CombinedOptimizer([dmp.fused_optimizer, dense])
 
@@ -271,6 +356,11 @@ def _meta(
         "model_version": embeddings.model_version if embeddings is not None else None,
         "moon_dim": config.moon_dim,
         "content_rows": int(embeddings.item_ids.shape[0]) if embeddings is not None else 0,
+        "semantic_id_rows": (
+            int(embeddings.item_ids.shape[0])
+            if embeddings is not None and config.semantic_ids is not None
+            else 0
+        ),
         "embedding_bad_rows": embeddings.n_bad_rows if embeddings is not None else 0,
         "training_set": str(Path(training_set).resolve()),
         "embeddings": str(Path(embeddings_path).resolve()) if embeddings_path else None,
@@ -317,8 +407,9 @@ def train_ranker(
         emb = None
         if embeddings is not None:
             emb = load_moon_embeddings(embeddings, config.moon_dim, queries=query_embeddings)
-        elif config.uses_moon:
-            raise DataError("feature_set 'ids+moon' needs --embeddings")
+        elif config.uses_embeddings:
+            what = "feature_set 'ids+moon'" if config.uses_moon else "semantic_ids"
+            raise DataError(f"{what} needs --embeddings")
         data.attach_queries(emb if config.uses_moon else None)
         q_vectors = emb.query_vectors if (emb is not None and config.uses_moon) else None
         train_rows = np.flatnonzero(~data.is_test)

@@ -40,7 +40,7 @@ def test_output_format_rejects_and_matryoshka(catalog: Path, tmp_path: Path) -> 
     m = run_embed_job(catalog, None, out, CFG, encoder=StandInEncoder())
     items = pq.read_table(catalog / "items.parquet")
     t = _read(out)
-    assert t.schema.equals(embedding_schema((32, 64, 128, 256)))
+    assert t.schema.equals(embedding_schema((32, 64, 128, 256), semantic_ids=True))
     good = [i for i in items.column("item_id").to_pylist() if i not in (7, 8)]
     assert t.column("item_id").to_pylist() == good  # catalog order, each item once
     assert m["n_items"] == 30 and m["n_rejects"] == 2 and len(m["parts"]) == 4
