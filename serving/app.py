@@ -8,14 +8,18 @@
     GET  /metrics    Prometheus text: request counts and latency histograms
 
 Images travel as base64 PNG/JPEG strings. Errors are JSON ``{"error", "field"}``: 422 for
-bad input (also malformed JSON and wrong types, FastAPI's validation, reshaped to name the
-field), 404 for unknown users / items, 503 while the online store is down. Endpoints are
-``async`` and run on the event loop thread: one request at a time per process, no thread
-hand-off on the hot path (scale out with processes).
+bad input (also malformed JSON, invalid UTF-8, integers too long to parse, nesting too
+deep and wrong types: FastAPI's validation, reshaped to name the field; ids are strict
+integers, so ``true`` or ``"281"`` is not an id), 413 for a body over the limit (refused
+before it is read), 404 for unknown users / items, 503 while the online store is down (the
+breaker; bad input never opens it). Endpoints are ``async`` and run on the event loop
+thread: one request at a time per process, no thread hand-off on the hot path (scale out
+with processes).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -31,11 +35,15 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moon_rec.data.errors import DataError
 from serving.service import MAX_ID, RankingService, ServiceError
 
-Id = Annotated[int, Field(ge=0, le=MAX_ID)]
+log = logging.getLogger(__name__)
+# strict: JSON true / "281" / 1.0 are not ids (lax mode would take them as 1 / 281 / 1)
+Id = Annotated[int, Field(ge=0, le=MAX_ID, strict=True)]
+Count = Annotated[int, Field(strict=True)]
 LAT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -52,7 +60,8 @@ class RankRequest(_Strict):
     item_ids: list[Id] | None = Field(
         None, description="candidates to score; omit to retrieve them by the query (ANN)"
     )
-    top_k: int = Field(10, ge=1, le=1000)
+    top_k: Count = Field(10, ge=1, le=1000,
+                         description="best candidates returned (each item once)")
 
 
 class ScoredItem(BaseModel):
@@ -75,9 +84,9 @@ class ItemRequest(_Strict):
     item_id: Id
     title: str = Field(min_length=1, max_length=1000)
     image: str = Field(min_length=1, max_length=10_000_000, description="base64 PNG/JPEG")
-    category_id: int = Field(-1, ge=-1, le=MAX_ID)
-    brand_id: int = Field(-1, ge=-1, le=MAX_ID)
-    spu_id: int | None = Field(None, ge=0, le=MAX_ID)
+    category_id: Count = Field(-1, ge=-1, le=MAX_ID)
+    brand_id: Count = Field(-1, ge=-1, le=MAX_ID)
+    spu_id: Count | None = Field(None, ge=0, le=MAX_ID)
     price: float | None = Field(None, ge=0, le=1e12, allow_inf_nan=False)
 
 
@@ -90,7 +99,7 @@ class ItemResponse(BaseModel):
 class SearchRequest(_Strict):
     query_text: str | None = Field(None, max_length=1000)
     query_image: str | None = Field(None, max_length=10_000_000)
-    k: int = Field(10, ge=1, le=1000)
+    k: Count = Field(10, ge=1, le=1000)
 
 
 class SearchResponse(BaseModel):
@@ -102,7 +111,10 @@ class BehaviourRequest(_Strict):
     user_id: Id
     item_id: Id
     action: Literal["click", "cart", "buy"] = "click"
-    ts: datetime | None = Field(None, description="event time (default: now)")
+    ts: datetime | None = Field(
+        None, description="event time (default: now); within the service's window around "
+        "now (by default 30 days back to 5 minutes ahead), else 422"
+    )
 
 
 class BehaviourResponse(BaseModel):
@@ -118,8 +130,19 @@ class ErrorResponse(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (404, 422, 503)
+    s: {"model": ErrorResponse} for s in (404, 413, 422, 503)
 }
+
+
+def _body_parse_reason(exc: BaseException | None) -> str:
+    """Why FastAPI could not parse a JSON body (it only says 400 "error parsing")."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 (byte {exc.start})"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, ValueError) and "digits" in str(exc):
+        return "an integer too long to parse"
+    return type(exc).__name__ if exc is not None else "unreadable"
 
 
 def _field(loc: Any) -> str:
@@ -129,10 +152,12 @@ def _field(loc: Any) -> str:
 
 def create_app(service: RankingService) -> FastAPI:
     """The FastAPI app over ``service``."""
+    max_body = int(service.config.max_body_bytes)
     app = FastAPI(
         title="moon_rec ranking service",
         version="1",
         description=__doc__,
+        max_body_size=max_body,  # 413 before reading a larger body
     )
     registry = CollectorRegistry()
     requests = Counter(
@@ -163,6 +188,25 @@ def create_app(service: RankingService) -> FastAPI:
     @app.exception_handler(DataError)
     async def _data_error(request: Request, exc: DataError) -> JSONResponse:
         return JSONResponse({"error": str(exc), "field": exc.column}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:
+            return JSONResponse({"error": f"body: larger than {max_body} bytes",
+                                 "field": "body"}, status_code=413)
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            why = _body_parse_reason(exc.__cause__)
+            return JSONResponse({"error": f"body: malformed JSON: {why}", "field": "body"},
+                                status_code=422)
+        return JSONResponse({"error": str(exc.detail), "field": None},
+                            status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        # a bug, never the store (the guard turns store faults into 503): no traceback out
+        log.exception("internal error on %s", request.url.path)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}", "field": None},
+                            status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -220,7 +264,8 @@ def create_app(service: RankingService) -> FastAPI:
 
     @app.get("/healthz", responses={503: {"model": ErrorResponse}})
     async def healthz() -> JSONResponse:
-        """Liveness + the store: 200 when the online store answers, else 503."""
+        """Liveness + the store: 200 while the store answers, else 503 (the breaker's
+        state and the background health probe; never waits on a store call)."""
         ok = service.check_store()
         body = {"status": "ok" if ok else "store unavailable", "store": ok, **service.info()}
         return JSONResponse(body, status_code=200 if ok else 503)
