@@ -19,6 +19,7 @@ with processes).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import datetime
@@ -150,6 +151,66 @@ def _field(loc: Any) -> str:
     return ".".join(parts) or "body"
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is a 413 ``{"error", "field"}``,
+    decided from ``content-length`` before anything is read, or (a chunked body) as soon
+    as the bytes received pass the limit; the app never sees such a body."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _reject(self, send: Any) -> None:
+        body = json.dumps({"error": f"body: larger than {self.max_bytes} bytes",
+                           "field": "body"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_bytes
+            except ValueError:
+                too_big = False  # the server rejects a malformed header itself
+            if too_big:
+                await self._reject(send)
+                return
+            await self.app(scope, receive, send)
+            return
+        # no length: read it here, counting, then hand the app what was read
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._reject(send)
+                return
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
 def create_app(service: RankingService) -> FastAPI:
     """The FastAPI app over ``service``."""
     max_body = int(service.config.max_body_bytes)
@@ -157,8 +218,8 @@ def create_app(service: RankingService) -> FastAPI:
         title="moon_rec ranking service",
         version="1",
         description=__doc__,
-        max_body_size=max_body,  # 413 before reading a larger body
     )
+    app.add_middleware(BodyLimit, max_bytes=max_body)
     registry = CollectorRegistry()
     requests = Counter(
         "moon_requests", "requests by endpoint and status", ["endpoint", "status"],
@@ -191,9 +252,6 @@ def create_app(service: RankingService) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 413:
-            return JSONResponse({"error": f"body: larger than {max_body} bytes",
-                                 "field": "body"}, status_code=413)
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             why = _body_parse_reason(exc.__cause__)
             return JSONResponse({"error": f"body: malformed JSON: {why}", "field": "body"},
