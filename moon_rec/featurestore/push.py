@@ -17,12 +17,15 @@ Sequence order: most recent first, by event time; events of equal time keep the 
 they were acknowledged in (the later one first), and none is ever dropped for a tie. Feast
 keeps ``hist_ts`` in whole seconds, so the exact microseconds of the events are kept
 beside the row (the store's extra bytes, checked against ``hist_ts`` when read back) and
-order the events within a second. The row is stamped after both the stored row and the
-newest event; the sequence keeps the newest L events (the view's ``max_len`` tag).
+order the events within a second. Each event also carries a random id there, so an
+append that is applied twice (a transaction whose reply was lost, then retried) adds the
+event once. The row is stamped after both the stored row and the newest event; the
+sequence keeps the newest L events (the view's ``max_len`` tag).
 """
 
 from __future__ import annotations
 
+import secrets
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,17 +54,19 @@ from moon_rec.featurestore.store import MoonFeatureStore
 
 # the latest event time whose row stamp (+1 us) is still a datetime (9999-12-31 ...)
 MAX_EVENT_US = epoch_micros(datetime.max.replace(tzinfo=UTC)) - 1
-_TIMES_MAGIC = b"MTS1"
+_EXTRA_MAGIC = b"MTS2"  # then n int64 microsecond times, then n int64 event ids
 
 
 @dataclass(frozen=True)
 class BehaviourEvent:
-    """One behaviour of a user's sequence (``ts_us``: microseconds since the epoch)."""
+    """One behaviour of a user's sequence (``ts_us``: microseconds since the epoch;
+    ``event_id``: random, nonzero, to apply an append once; 0 where unknown)."""
 
     ts_us: int
     item_id: int
     category_id: int
     action: str
+    event_id: int = 0
 
 
 def decode_sequence(row: OnlineRow | None) -> list[BehaviourEvent]:
@@ -82,12 +87,14 @@ def decode_sequence(row: OnlineRow | None) -> list[BehaviourEvent]:
     secs = list(v["hist_ts"].unix_timestamp_list_val.val) if "hist_ts" in v else []
     n = min(len(items), len(cats), len(actions), len(secs))
     times = [s * 1_000_000 for s in secs[:n]]
+    ids = [0] * n
     extra = row.extra
-    if extra is not None and extra[:4] == _TIMES_MAGIC and len(extra) == 4 + 8 * n:
-        exact = list(struct.unpack(f"<{n}q", extra[4:]))
+    if extra is not None and extra[:4] == _EXTRA_MAGIC and len(extra) == 4 + 16 * n:
+        packed = struct.unpack(f"<{2 * n}q", extra[4:])
+        exact, stored_ids = list(packed[:n]), list(packed[n:])
         if all(u // 1_000_000 == s for u, s in zip(exact, secs, strict=False)):
-            times = exact
-    return [BehaviourEvent(times[j], items[j], cats[j], actions[j]) for j in range(n)]
+            times, ids = exact, stored_ids
+    return [BehaviourEvent(times[j], items[j], cats[j], actions[j], ids[j]) for j in range(n)]
 
 
 def encode_sequence(events: Sequence[BehaviourEvent], stamp_us: int) -> OnlineRow:
@@ -103,7 +110,9 @@ def encode_sequence(events: Sequence[BehaviourEvent], stamp_us: int) -> OnlineRo
         "hist_ts": ValueProto(unix_timestamp_list_val=Int64List(val=secs)),
         "seq_len": ValueProto(int64_val=len(events)),
     }
-    extra = _TIMES_MAGIC + struct.pack(f"<{len(events)}q", *(e.ts_us for e in events))
+    extra = _EXTRA_MAGIC + struct.pack(
+        f"<{2 * len(events)}q", *(e.ts_us for e in events), *(e.event_id for e in events)
+    )
     return OnlineRow(values, stamp_us, extra)
 
 
@@ -111,8 +120,11 @@ def merge_events(
     stored: Sequence[BehaviourEvent], new: Sequence[BehaviourEvent], cap: int
 ) -> list[BehaviourEvent]:
     """``stored`` (most recent first) plus ``new`` (in acknowledgement order), most recent
-    first by event time, the later-acknowledged first among equal times; the newest ``cap``."""
-    merged = sorted([*reversed(new), *stored], key=lambda e: -e.ts_us)  # stable
+    first by event time, the later-acknowledged first among equal times; the newest
+    ``cap``. A new event whose id is already stored (an append applied twice) is skipped."""
+    seen = {e.event_id for e in stored if e.event_id}
+    fresh = [e for e in new if not (e.event_id and e.event_id in seen)]
+    merged = sorted([*reversed(fresh), *stored], key=lambda e: -e.ts_us)  # stable
     return merged[:cap]
 
 
@@ -247,11 +259,13 @@ class OnlineWriter:
                 row=int(late[0]),
             )
         uniq = np.unique(users)
+        # event ids are drawn here, once: a retried transaction re-applies the same events
         per_user: list[list[BehaviourEvent]] = []
         for user in uniq.tolist():
             per_user.append([
                 BehaviourEvent(int(ts_us[i]), int(item_ids[i]),
-                               int(categories.get(int(item_ids[i]), -1)), str(actions[i]))
+                               int(categories.get(int(item_ids[i]), -1)), str(actions[i]),
+                               secrets.randbits(63) | 1)
                 for i in np.flatnonzero(users == user).tolist()
             ])
         join_key = self.behaviour_view.entity_columns[0].name
