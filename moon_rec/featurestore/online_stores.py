@@ -671,6 +671,9 @@ class MoonRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     """Immediate retries of a call that failed on its connection (a restarted server
     leaves dead pooled connections: the retry reconnects), with no back-off (redis-py's
     default backs off for seconds)."""
+    bulk_timeout_s: float = 120.0
+    """Read / write timeout of bulk writes (materialization: many script calls streamed
+    before the first reply is read), on a client of their own."""
     update_attempts: int = 200
     """Attempts of one ``update_rows`` transaction that concurrent writers keep
     invalidating before ``StoreContention``."""
@@ -688,6 +691,21 @@ class MoonRedisOnlineStore(RedisOnlineStore):
     """
 
     _script_sha: str | None = None
+    _bulk: Any = None
+
+    def _bulk_client(self, cfg: RedisOnlineStoreConfig) -> Any:
+        """A client for bulk writes: the same server, a long timeout (a streamed load must
+        not fail because the server took a while to drain it)."""
+        if self._bulk is None:
+            from redis import Redis
+
+            nodes, kwargs = self._parse_connection_string(cfg.connection_string)
+            kwargs["socket_timeout"] = float(getattr(cfg, "bulk_timeout_s", 120.0))
+            kwargs.setdefault("socket_connect_timeout",
+                              float(getattr(cfg, "connect_timeout_s", 0.25)))
+            kwargs["host"], kwargs["port"] = nodes[0]["host"], nodes[0]["port"]
+            self._bulk = Redis(**kwargs)
+        return self._bulk
 
     def _get_client(self, online_store_config: RedisOnlineStoreConfig) -> Any:
         """Feast's client, with short timeouts and one immediate retry (see the config)."""
@@ -720,7 +738,8 @@ class MoonRedisOnlineStore(RedisOnlineStore):
         if cfg.redis_type != RedisType.redis or cfg.skip_dedup:
             super().online_write_batch(config, table, data, progress)
             return
-        client = self._get_client(cfg)
+        step = max(1, int(getattr(cfg, "script_batch", 500)))
+        client = self._bulk_client(cfg) if len(data) > step else self._get_client(cfg)
         # register_script: a pipeline checks SCRIPT EXISTS and loads it first, so a server
         # restarted since the last call (which forgot every script) gets it back
         script = client.register_script(_REDIS_NEWEST_WINS)
@@ -730,7 +749,6 @@ class MoonRedisOnlineStore(RedisOnlineStore):
         project = config.project.encode("utf-8")
         fields: dict[str, bytes] = {}
         ttl = int(cfg.key_ttl_seconds or 0)
-        step = max(1, int(getattr(cfg, "script_batch", 500)))
         calls: list[tuple[list[bytes], list[Any]]] = []
         for s in range(0, len(data), step):
             keys: list[bytes] = []
@@ -888,7 +906,7 @@ class MoonRedisOnlineStore(RedisOnlineStore):
             return
         from redis.exceptions import NoScriptError
 
-        client = self._get_client(cfg)
+        client = self._bulk_client(cfg)
         fv_name = _versioned_fv_name(table, config)
         project = config.project.encode("utf-8")
         raw_keys = [

@@ -41,8 +41,8 @@ def test_every_event_is_kept_in_event_time_order(make_store: Any) -> None:
     now = datetime.now(UTC).replace(microsecond=500_000)
     hour, ms = timedelta(hours=1), timedelta(milliseconds=10)
     # the case: now, an hour ago, 10 ms before that (one second, or two)
-    for item, ts in ((1, now), (2, now - hour), (3, now - hour - ms)):
-        writer.append_behaviour(_events(7, [item], [ts]), {})
+    for item, when in ((1, now), (2, now - hour), (3, now - hour - ms)):
+        writer.append_behaviour(_events(7, [item], [when]), {})
     assert _history(mfs, 7)[0] == [1, 2, 3]
     # within one second, ordered by the microseconds kept beside the row
     writer.append_behaviour(_events(7, [4], [now - hour + ms]), {})
@@ -50,8 +50,8 @@ def test_every_event_is_kept_in_event_time_order(make_store: Any) -> None:
     # equal times: all kept, the later-acknowledged first
     writer.append_behaviour(_events(8, [5, 6], [now, now]), {})
     writer.append_behaviour(_events(8, [7], [now]), {})
-    items, ts = _history(mfs, 8)
-    assert items == [7, 6, 5] and len(set(ts)) == 1
+    items, times = _history(mfs, 8)
+    assert items == [7, 6, 5] and len(set(times)) == 1
     # an event far in the future stays the newest, later events still append
     writer.append_behaviour(_events(9, [1], [datetime(3000, 1, 1, tzinfo=UTC)]), {})
     writer.append_behaviour(_events(9, [2, 3], [now, now - ms]), {})
