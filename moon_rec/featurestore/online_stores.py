@@ -73,6 +73,7 @@ _TS_US = "event_ts_us"
 # bytes a read-modify-write keeps beside a row (Feast's readers never select it; plain
 # writes leave it as it was, so whoever reads it back validates it against the row)
 _EXTRA = "moon_extra"
+_LOCK_INIT = threading.Lock()  # creates the stores' write locks
 
 _LIST_KINDS = frozenset(
     f"{t}_list_val"
@@ -583,9 +584,6 @@ class MoonSqliteOnlineStore(SqliteOnlineStore):
         if not rows:
             return [], int(after)
         return [int(r[0]) for r in rows], int(rows[-1][1])
-
-
-_LOCK_INIT = threading.Lock()
 
 
 # -- Redis ------------------------------------------------------------------------------
