@@ -1,9 +1,17 @@
 """The catalog the service ranks and searches: the embedding center and its ANN index.
 
-Loaded from the embed job's snapshot (the same rows ``materialize`` wrote online) at
-start-up; items missing from it are read from the online store on first use (pushed by
-another process) and added; a background thread reloads the center when the embed job
-writes a new snapshot of the served model_version.
+The store and the snapshot are the truth, and every process converges on them:
+
+- start-up: the embed job's snapshot (the same rows ``materialize`` wrote online), then
+  every item of the store's item change log (items written online since, by any process)
+  re-read from the online store;
+- while serving: a thread reads the change log on every ``sync_s`` seconds and re-reads
+  the items written since (by this process or another: the store's newest-wins row
+  replaces whatever this process holds), and reloads the center when the embed job writes
+  a new snapshot of the served model_version (then the whole log is applied again);
+- items still missing are read from the online store on first use.
+
+So ``/search`` and ranking see the same items in every process and after a restart.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from moon_rec.featurestore.layout import (
     FeatureDataPaths,
     embeddings_model_version,
 )
+from moon_rec.featurestore.push import ItemChangeLog
 from moon_rec.retrieval.ann import AnnConfig, AnnIndex
 from serving.center import EmbeddingCenter
 from serving.store_guard import StoreGuard
@@ -51,6 +60,7 @@ class Catalog:
         gate: decides whether a new snapshot can be served.
         guard: every online-store read goes through it.
         client: the online client (``moon_rec.featurestore.online.OnlineFeatureClient``).
+        changes: the store's item change log.
         ann_kind: ``auto`` or an ``moon_rec.retrieval.ann`` kind.
     """
 
@@ -61,6 +71,7 @@ class Catalog:
         gate: VersionGate,
         guard: StoreGuard,
         client: Any,
+        changes: ItemChangeLog,
         ann_kind: str = "auto",
     ) -> None:
         self.center = center
@@ -68,12 +79,16 @@ class Catalog:
         self.gate = gate
         self.guard = guard
         self.client = client
+        self.changes = changes
         self.ann_kind = ann_kind
         self.ann = build_ann(center, ann_kind)
         self.stale_reason: str | None = None
         self._snapshot_key = self._snapshot_state()
+        self._cursor = 0  # of the change log
+        self._write = threading.RLock()  # center + ANN change together
         self._stop = threading.Event()
-        self._refresher: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self.sync()
 
     @property
     def dim(self) -> int:
@@ -111,8 +126,32 @@ class Catalog:
         self, ids: np.ndarray, vectors: np.ndarray, category: np.ndarray, brand: np.ndarray
     ) -> None:
         """Add or replace items [N] (vectors [N, dim]) in the center and the ANN index."""
-        self.center.upsert(ids, vectors, category, brand)
-        self.ann.add(vectors, ids)
+        with self._write:
+            self.center.upsert(ids, vectors, category, brand)
+            self.ann.add(vectors, ids)
+
+    def _load_from_store(self, ids: np.ndarray) -> int:
+        """Re-read items ``ids`` from the online store into the catalog; returns how many
+        were found (of the served model_version)."""
+        emb = self.client.item_embeddings(ids, self.dim, on_mismatch="missing")
+        ok = emb.found
+        if not ok.any():
+            return 0
+        attrs = self.client.item_attributes(ids[ok])
+        self.upsert(ids[ok], emb.vectors[ok], attrs["category_id"], attrs["brand_id"])
+        return int(ok.sum())
+
+    def sync(self, batch: int = 512) -> int:
+        """Apply the item change log after the cursor: every item written online since
+        (by any process) is re-read from the store. Returns the items re-read."""
+        done = 0
+        while True:
+            ids, cursor = self.changes.read(self._cursor, limit=batch)
+            if ids:
+                done += self._load_from_store(np.asarray(ids, np.int64))
+            self._cursor = cursor
+            if len(ids) < batch:
+                return done
 
     # -- refresh -------------------------------------------------------------------------
     def _snapshot_state(self) -> str:
@@ -136,27 +175,39 @@ class Catalog:
             return False
         fresh = EmbeddingCenter.from_parquet(self.paths.embeddings_dir(),
                                              self.paths.item_features, self.dim)
-        self.center.replace_base(fresh)
-        self.ann = build_ann(self.center, self.ann_kind)
+        with self._write:
+            self.center.replace_base(fresh)
+            self.ann = build_ann(self.center, self.ann_kind)
+            self._cursor = 0  # the store's rows of logged items are newer than a snapshot's
+        self.sync()
         self._snapshot_key = key
         self.stale_reason = None
         log.info("embedding center refreshed: %d items", len(self.center))
         return True
 
-    def start_refresher(self, period_s: float) -> None:
-        """Check for a new snapshot every ``period_s`` seconds in a thread (0: never)."""
-        if period_s <= 0 or self._refresher is not None:
-            return
-
+    def _every(self, period_s: float, name: str, fn: Any) -> None:
         def loop() -> None:
             while not self._stop.wait(period_s):
+                if not self.guard.healthy:
+                    continue  # the guard's probe watches the store meanwhile
                 try:
-                    self.refresh()
-                except Exception:  # keep serving the loaded center
-                    log.exception("embedding refresh failed")
+                    fn()
+                except Exception:  # keep serving what is loaded
+                    log.exception("%s failed", name)
 
-        self._refresher = threading.Thread(target=loop, name="center-refresh", daemon=True)
-        self._refresher.start()
+        t = threading.Thread(target=loop, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def start_refresher(self, refresh_s: float, sync_s: float = 0.0) -> None:
+        """Check for a new snapshot every ``refresh_s`` seconds and read the change log
+        every ``sync_s`` seconds, in threads (0: never)."""
+        if self._threads:
+            return
+        if refresh_s > 0:
+            self._every(refresh_s, "center-refresh", self.refresh)
+        if sync_s > 0:
+            self._every(sync_s, "center-sync", self.sync)
 
     def close(self) -> None:
         self._stop.set()

@@ -13,20 +13,34 @@ import binascii
 import io
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from moon_rec.data.errors import DataError
+from serving.config import IMAGE_FORMATS
 from serving.errors import BadInput
 
 
-def decode_image_field(data: str | bytes | None, field: str, size: int) -> np.ndarray | None:
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image field may be: at most ``max_pixels`` (width x height, read from the
+    header before anything is decoded) in one of ``formats`` (PIL names)."""
+
+    max_pixels: int = 4096 * 4096
+    formats: tuple[str, ...] = IMAGE_FORMATS
+
+
+def decode_image_field(
+    data: str | bytes | None, field: str, size: int, limits: ImageLimits | None = None
+) -> np.ndarray | None:
     """A base64 (str) or raw (bytes) PNG/JPEG -> (size, size, 3) uint8; DataError naming
-    ``field`` when it is not a decodable image."""
+    ``field`` when it is not a decodable image of ``limits``."""
     if data is None:
         return None
+    limits = limits or ImageLimits()
     if isinstance(data, str):
         try:
             raw = base64.b64decode(data, validate=True)
@@ -39,12 +53,23 @@ def decode_image_field(data: str | bytes | None, field: str, size: int) -> np.nd
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(raw)) as src:
+        with Image.open(io.BytesIO(raw), formats=list(limits.formats)) as src:
+            w, h = src.size  # from the header: nothing decoded yet
+            if w * h > limits.max_pixels:
+                raise DataError(
+                    f"image of {w}x{h} pixels, at most {limits.max_pixels} pixels", column=field
+                )
             rgb = src.convert("RGB")
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.array(rgb, dtype=np.uint8)  # writable, as torch.from_numpy wants
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError as exc:
+        raise DataError(
+            f"not a decodable {'/'.join(limits.formats)} image", column=field
+        ) from exc
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"not a decodable PNG/JPEG image ({exc})", column=field) from exc
     return np.ascontiguousarray(arr)
 
@@ -57,15 +82,20 @@ class QueryEncoder:
         dim: the Matryoshka size the ranker reads.
         cache_size: text-query vectors kept (LRU; 0 disables the cache).
         lock: the model lock shared with the ranker.
+        limits: what an image field may be.
 
     Example::
 
-        qe = QueryEncoder(encoder, dim=64, cache_size=10_000, lock=threading.Lock())
+        qe = QueryEncoder(encoder, dim=64, cache_size=10_000, lock=threading.Lock(),
+                          limits=ImageLimits())
         vec = qe.query_vector("red dress", None)  # [64] float32, or None for no query
     """
 
-    def __init__(self, encoder: Any, dim: int, cache_size: int, lock: threading.Lock) -> None:
+    def __init__(
+        self, encoder: Any, dim: int, cache_size: int, lock: threading.Lock, limits: ImageLimits
+    ) -> None:
         self.encoder = encoder
+        self.limits = limits
         self.dim = int(dim)
         self.cache_size = int(cache_size)
         self._lock = lock
@@ -82,7 +112,7 @@ class QueryEncoder:
     def decode_image(self, data: str | bytes | None, field: str) -> np.ndarray | None:
         """``data`` decoded to the encoder's image size; ``BadInput`` naming ``field``."""
         try:
-            return decode_image_field(data, field, self.image_size)
+            return decode_image_field(data, field, self.image_size, self.limits)
         except DataError as exc:
             raise BadInput(f"{field}: {exc.reason}", field) from exc
 

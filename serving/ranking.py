@@ -30,8 +30,8 @@ from serving.store_guard import StoreGuard
 
 @dataclass
 class RankResult:
-    """Scores of one request: ``item_ids`` and ``scores`` in candidate order, ``top_k``
-    best first, with the versions that produced them."""
+    """Scores of one request: ``item_ids`` and ``scores`` in candidate order (as given),
+    ``top_k`` best first with each item once, and the versions that produced them."""
 
     item_ids: list[int]
     scores: list[float]
@@ -157,11 +157,14 @@ class RequestRanker:
         )
         with self._lock, torch.inference_mode():
             scores = torch.sigmoid(self.model(batch)).numpy().astype(np.float64)
-        order = np.argsort(-scores, kind="stable")[:top_k]
+        # best first, each item once (a candidate listed twice scores the same twice)
+        order = np.argsort(-scores, kind="stable")
+        _, first = np.unique(cands[order], return_index=True)
+        best = order[np.sort(first)][:top_k]
         return RankResult(
             item_ids=cands.tolist(),
             scores=scores.tolist(),
-            top_k=[{"item_id": int(cands[i]), "score": float(scores[i])} for i in order],
+            top_k=[{"item_id": int(cands[i]), "score": float(scores[i])} for i in best],
             retrieved=retrieved,
             model_version=self.versions.model,
             embedding_version=self.versions.embedding,

@@ -8,9 +8,10 @@
 - ``serving.store_guard.StoreGuard``: every online-store call behind one circuit breaker
   (``StoreUnavailable``, 503, while the store is down; a background probe closes it);
 - ``serving.catalog.Catalog``: the in-memory embedding center and its ANN index, loaded
-  from the snapshot and refreshed by a background thread;
+  from the snapshot and the store's item change log, kept in step by background threads;
 - ``serving.query_encoder.QueryEncoder``: MOON vectors of queries and new products;
-- ``serving.writer.Writer``: new items and behaviour pushed to the online store;
+- ``serving.writer.Writer``: new items and behaviour written to the online store (through
+  ``moon_rec.featurestore.push.OnlineWriter``: views resolved once, atomic appends);
 - ``serving.ranking.RequestRanker``: rank and search, with the trained ranker built on the
   catalog's center as its content lookup (new items are rankable at once).
 
@@ -32,6 +33,7 @@ import torch
 from moon_rec.encoders import MoonEncoder
 from moon_rec.featurestore.layout import ITEM_EMBEDDING_VIEW, embeddings_model_version
 from moon_rec.featurestore.online import OnlineFeatureClient
+from moon_rec.featurestore.push import OnlineWriter
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.evaluate import load_ranker, read_meta
 from moon_rec.ranking.train import WEIGHTS
@@ -45,7 +47,7 @@ from serving.errors import (
     StoreUnavailable,
     VersionMismatch,
 )
-from serving.query_encoder import QueryEncoder, decode_image_field
+from serving.query_encoder import ImageLimits, QueryEncoder, decode_image_field
 from serving.ranking import RankResult, RequestRanker, ServedVersions
 from serving.repo import open_repo_store
 from serving.store_guard import StoreGuard
@@ -113,18 +115,23 @@ class RankingService:
         )
         self.embedding_version = self.gate.embedding_version
         self.client = OnlineFeatureClient(self.mfs, expected_model_version=self.embedding_version)
+        self.online = OnlineWriter(self.mfs)  # the feature views, resolved once
         self.guard = StoreGuard(lambda: self.client.user_sequences([0]),
-                                retry_s=self.config.store_retry_s)
+                                retry_s=self.config.store_retry_s,
+                                health_s=self.config.health_s)
         center = load_center(self.mfs.paths, self.dim, self.gate)
         self.catalog = Catalog(center, self.mfs.paths, self.gate, self.guard, self.client,
-                               self.config.ann_kind)
+                               self.online.changes, self.config.ann_kind)
         # the ranker's content lookup is the center: new items are rankable at once
         content = CenterContentArch(center) if self.ranker_config.uses_moon else None
         self.model, _ = load_ranker(model_dir, content=content)
         self.model_version = f"ranker-{file_version(model_dir / WEIGHTS)}"
         lock = threading.Lock()  # one model / encoder call at a time
-        self.query_encoder = QueryEncoder(self.encoder, self.dim, self.config.query_cache, lock)
-        self.writer = Writer(self.mfs, self.client, self.guard, self.catalog, self.query_encoder)
+        limits = ImageLimits(self.config.max_image_pixels, tuple(self.config.image_formats))
+        self.query_encoder = QueryEncoder(self.encoder, self.dim, self.config.query_cache, lock,
+                                          limits)
+        self.writer = Writer(self.online, self.guard, self.catalog, self.query_encoder,
+                             self.config)
         self.ranker = RequestRanker(
             self.model, self.catalog, self.client, self.guard, self.query_encoder, self.config,
             ServedVersions(self.model_version, self.embedding_version), lock,
@@ -158,14 +165,17 @@ class RankingService:
         return self.catalog.refresh()
 
     def start_refresher(self) -> None:
-        self.catalog.start_refresher(self.config.refresh_s)
+        """Start the background threads: snapshot refresh and change-log sync of the
+        catalog, and the store health monitor (what /healthz reports)."""
+        self.catalog.start_refresher(self.config.refresh_s, self.config.sync_s)
+        self.guard.start_monitor()
 
     def close(self) -> None:
         self.catalog.close()
         self.guard.close()
 
     def check_store(self) -> bool:
-        """True when the online store answers (False at once while the breaker is open)."""
+        """The store's health as last seen (the breaker's state); never waits on it."""
         return self.guard.check()
 
     # -- requests --------------------------------------------------------------------------

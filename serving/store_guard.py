@@ -1,28 +1,81 @@
 """The store guard: every online-store call of the service goes through one circuit breaker.
 
-A failing store call becomes ``StoreUnavailable`` (503) and opens the breaker: requests
-then fail fast (no wait on the store client's own retries) while a background probe
-calls the store every ``retry_s`` seconds; the first probe that succeeds closes it.
-Errors about the request (``DataError``, ``ServiceError``, ``ModelVersionMismatch``)
-pass through unchanged and never open it.
+Only store faults open it: a connection refused or reset, a timeout, a locked or
+unreadable database, a server that is loading or read-only (``is_store_fault``). Such a
+call becomes ``StoreUnavailable`` (503) and opens the breaker: requests then fail fast (no
+wait on the store) while a background probe calls the store every ``retry_s`` seconds;
+the first probe that succeeds closes it. Anything else raised by a call is about the
+request or a bug, never the store's health: it passes through unchanged and the breaker
+stays as it is (``DataError`` / ``ServiceError`` become 4xx in the app).
+
+Health is known without waiting: a monitor thread probes the store every ``health_s``
+seconds while the breaker is closed, so ``healthy`` is never older than that and
+``/healthz`` reads it instead of calling the store.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from moon_rec.data.errors import DataError
-from moon_rec.featurestore.online import ModelVersionMismatch
-from serving.errors import ServiceError, StoreUnavailable
+from serving.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# not store faults: the request (or the data it names) is at fault
-_PASS_THROUGH: tuple[type[BaseException], ...] = (DataError, ModelVersionMismatch, ServiceError)
+
+def _fault_types() -> tuple[type[BaseException], ...]:
+    """The exception types that mean the store (not the request) failed."""
+    types: list[type[BaseException]] = [
+        ConnectionError, TimeoutError, socket.timeout, sqlite3.OperationalError,
+        sqlite3.InterfaceError,
+    ]
+    try:
+        from redis import exceptions as r
+
+        types += [r.ConnectionError, r.TimeoutError, r.BusyLoadingError, r.ReadOnlyError,
+                  r.NoScriptError, r.MasterDownError, r.TryAgainError]
+    except ImportError:  # pragma: no cover - redis is a dependency of the profiles
+        pass
+    try:
+        from sqlalchemy import exc as sa
+
+        types += [sa.OperationalError, sa.InterfaceError, sa.DisconnectionError,
+                  sa.TimeoutError]
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import psycopg
+
+        types += [psycopg.OperationalError, psycopg.InterfaceError]
+    except ImportError:  # pragma: no cover
+        pass
+    from moon_rec.featurestore.online_stores import StoreContention
+
+    types.append(StoreContention)
+    return tuple(types)
+
+
+_FAULTS: tuple[type[BaseException], ...] | None = None
+
+
+def is_store_fault(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is a store fault."""
+    global _FAULTS
+    if _FAULTS is None:
+        _FAULTS = _fault_types()
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 5:  # Feast and SQLAlchemy wrap driver errors
+        if isinstance(cur, _FAULTS):
+            return True
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return False
 
 
 class StoreGuard:
@@ -31,6 +84,7 @@ class StoreGuard:
     Args:
         probe: a cheap store call (e.g. a one-row read) that raises while the store is down.
         retry_s: seconds between probes while the breaker is open.
+        health_s: seconds between health probes while it is closed (0: none).
 
     Example::
 
@@ -38,28 +92,33 @@ class StoreGuard:
         seq = guard.call("user features", client.user_sequences, [user_id])
     """
 
-    def __init__(self, probe: Callable[[], Any], retry_s: float = 1.0) -> None:
+    def __init__(self, probe: Callable[[], Any], retry_s: float = 1.0,
+                 health_s: float = 1.0) -> None:
         self._probe_fn = probe
         self.retry_s = retry_s
+        self.health_s = health_s
         self.healthy = True
         self.error = ""
         self.calls = 0  # successful store calls
+        self.trips = 0  # times the breaker opened
         self._lock = threading.Lock()
         self._probe: threading.Thread | None = None
+        self._monitor: threading.Thread | None = None
         self._stop = threading.Event()
 
     def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)``; a store failure raises ``StoreUnavailable`` naming
-        ``what`` and opens the breaker; while it is open, raises at once."""
+        """``fn(*args, **kwargs)``; a store fault raises ``StoreUnavailable`` naming
+        ``what`` and opens the breaker; while it is open, raises at once. Other errors
+        pass through and leave the breaker alone."""
         if not self.healthy:
             raise StoreUnavailable(
                 f"online store unavailable ({what}): {self.error}; probing it in the background"
             )
         try:
             out = fn(*args, **kwargs)
-        except _PASS_THROUGH:
-            raise
         except Exception as exc:
+            if not is_store_fault(exc):
+                raise
             self.error = f"{type(exc).__name__}: {str(exc)[:200]}"
             self.trip()
             raise StoreUnavailable(f"online store unavailable ({what}): {self.error}") from exc
@@ -70,6 +129,8 @@ class StoreGuard:
     def trip(self) -> None:
         """Open the breaker and start the background probe (if not running)."""
         with self._lock:
+            if self.healthy:
+                self.trips += 1
             self.healthy = False
             if self._probe is not None and self._probe.is_alive():
                 return
@@ -89,16 +150,32 @@ class StoreGuard:
             log.warning("online store is back")
             return
 
+    def start_monitor(self) -> None:
+        """Probe the store every ``health_s`` seconds while the breaker is closed; a
+        failing probe opens it (so ``healthy`` is fresh without a request)."""
+        if self.health_s <= 0 or self._monitor is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(self.health_s):
+                if not self.healthy:
+                    continue  # the probe thread is on it
+                try:
+                    self._probe_fn()
+                except Exception as exc:
+                    if is_store_fault(exc):
+                        self.error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                        self.trip()
+                    else:
+                        log.exception("store health probe failed")
+
+        self._monitor = threading.Thread(target=loop, name="store-health", daemon=True)
+        self._monitor.start()
+
     def check(self) -> bool:
-        """True when the store answers the probe call (False at once while open)."""
-        if not self.healthy:
-            return False
-        try:
-            self.call("health", self._probe_fn)
-        except StoreUnavailable:
-            return False
-        return True
+        """The breaker's state: True while closed. Never calls the store."""
+        return self.healthy
 
     def close(self) -> None:
-        """Stop the background probe."""
+        """Stop the background threads."""
         self._stop.set()

@@ -1,27 +1,30 @@
-"""The writer: new items and behaviour events, pushed to the online store.
+"""The writer: new items and behaviour events, written to the online store.
 
-- items: title + image -> MOON product embedding (``QueryEncoder``) -> Feast push of the
-  embedding and the attributes -> the catalog (center + ANN), rankable at once;
-- behaviour: ``moon_rec.featurestore.push.push_behaviour`` (the next rank reads it).
+- items: title + image -> MOON product embedding (``QueryEncoder``) -> the embedding and
+  attribute rows (newest wins in the store) -> the item change log (other processes pick
+  the item up from it) -> the catalog (center + ANN), rankable at once;
+- behaviour: the event time is checked against a window around now (422 naming ``ts``
+  outside it), then appended atomically to the user's stored sequence
+  (``moon_rec.featurestore.push.OnlineWriter.append_behaviour``): every acknowledged event
+  is kept, whatever the number of serving processes.
+
+The feature views are resolved once (``OnlineWriter``), not read from the registry per
+write.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from moon_rec.featurestore.layout import TIMESTAMP_FIELD
-from moon_rec.featurestore.push import (
-    push_behaviour,
-    push_item_attributes,
-    push_item_embeddings,
-)
+from moon_rec.featurestore.push import OnlineWriter
 from moon_rec.featurestore.tables import ITEM_FEATURE_SCHEMA
 from serving.catalog import Catalog
-from serving.config import ACTIONS
+from serving.config import ACTIONS, ServiceConfig
 from serving.errors import BadInput, NotFound
 from serving.query_encoder import QueryEncoder
 from serving.store_guard import StoreGuard
@@ -31,21 +34,26 @@ class Writer:
     """Items and behaviour into the online store and the catalog.
 
     Args:
-        mfs: the feature store (``moon_rec.featurestore.store.MoonFeatureStore``).
-        client: the online client (reads current sequences and item categories).
+        online: writes through feature views resolved once.
         guard: every store call goes through it.
-        catalog: new items are added to it.
+        catalog: new items are added to it (and logged for the other processes).
         encoder: embeds new items.
+        config: the behaviour time window.
     """
 
     def __init__(
-        self, mfs: Any, client: Any, guard: StoreGuard, catalog: Catalog, encoder: QueryEncoder
+        self,
+        online: OnlineWriter,
+        guard: StoreGuard,
+        catalog: Catalog,
+        encoder: QueryEncoder,
+        config: ServiceConfig,
     ) -> None:
-        self.mfs = mfs
-        self.client = client
+        self.online = online
         self.guard = guard
         self.catalog = catalog
         self.encoder = encoder
+        self.config = config
 
     def add_item(
         self,
@@ -58,11 +66,12 @@ class Writer:
         spu_id: int | None = None,
         price: float | None = None,
     ) -> dict[str, Any]:
-        """Embed a new (or changed) item, push it online and into the catalog."""
+        """Embed a new (or changed) item, write it online and into the catalog."""
         if not title or not title.strip():
             raise BadInput("title: empty title", "title")
         img = self.encoder.decode_image(image, "image")
-        assert img is not None
+        if img is None:
+            raise BadInput("image: missing", "image")
         vecs = self.encoder.product_vectors(title, img)
         now = datetime.now(UTC)
         cols: dict[str, Any] = {"item_id": pa.array([item_id], pa.int64())}
@@ -78,26 +87,46 @@ class Writer:
             },
             schema=ITEM_FEATURE_SCHEMA,
         )
-        self.guard.call("push item", push_item_embeddings, self.mfs, pa.table(cols))
-        self.guard.call("push item attributes", push_item_attributes, self.mfs, attrs)
+        self.guard.call("write item", self.online.item_embeddings, pa.table(cols))
+        self.guard.call("write item attributes", self.online.item_attributes, attrs)
+        self.guard.call("log item", self.online.changes.record, [item_id])
         vec = vecs[self.catalog.dim]
         self.catalog.upsert(np.array([item_id]), vec[None, :], np.array([category_id]),
                             np.array([brand_id]))
         return {"item_id": item_id, "embedding_version": self.encoder.model_version,
                 "event_timestamp": now.isoformat()}
 
+    def check_event_time(self, ts: datetime | None) -> datetime:
+        """``ts`` (naive means UTC; None means now) inside the accepted window around
+        now, else ``BadInput`` naming ``ts``."""
+        now = datetime.now(UTC)
+        if ts is None:
+            return now
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=UTC)
+        cfg = self.config
+        earliest = now - timedelta(seconds=cfg.behaviour_max_age_s)
+        latest = now + timedelta(seconds=cfg.behaviour_max_ahead_s)
+        if not earliest <= ts <= latest:
+            raise BadInput(
+                f"ts: {ts.isoformat()} is outside the accepted window "
+                f"[{earliest.isoformat(timespec='seconds')}, "
+                f"{latest.isoformat(timespec='seconds')}] (now - "
+                f"{cfg.behaviour_max_age_s:g} s .. now + {cfg.behaviour_max_ahead_s:g} s)",
+                "ts",
+            )
+        return ts
+
     def add_behaviour(
         self, user_id: int, item_id: int, action: str, ts: datetime | None = None
     ) -> dict[str, Any]:
-        """Append one behaviour event to the user's online sequence."""
+        """Append one behaviour event to the user's online sequence (atomically)."""
         if action not in ACTIONS:
             raise BadInput(f"action: {action!r} not in {ACTIONS}", "action")
-        _, _, found = self.catalog.ensure_items(np.array([item_id], np.int64))
+        ts = self.check_event_time(ts)
+        cat, _, found = self.catalog.ensure_items(np.array([item_id], np.int64))
         if not found[0]:
             raise NotFound(f"item_id: unknown item {item_id}", "item_id")
-        ts = ts or datetime.now(UTC)
-        if ts.tzinfo is None:
-            ts = ts.replace(tzinfo=UTC)
         events = pa.table(
             {
                 "user_id": pa.array([user_id], pa.int64()),
@@ -106,5 +135,6 @@ class Writer:
                 "action": pa.array([action]),
             }
         )
-        self.guard.call("push behaviour", push_behaviour, self.mfs, events, client=self.client)
+        self.guard.call("write behaviour", self.online.append_behaviour, events,
+                        {item_id: int(cat[0])})
         return {"user_id": user_id, "item_id": item_id, "action": action, "ts": ts.isoformat()}

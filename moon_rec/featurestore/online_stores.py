@@ -19,15 +19,28 @@ Select it in ``feature_store.yaml`` with::
 
 ``MoonRedisOnlineStore`` keeps Feast's Redis layout and rule but does the compare-and-write
 atomically in a server-side script, one call per few hundred entities (faster, and no
-race between concurrent writers).
+race between concurrent writers); the script is re-loaded when a restarted server has
+forgotten it (NOSCRIPT), and the client has short timeouts and one immediate retry, so a
+dead server fails a call in well under a second instead of after seconds of back-off.
+
+Both stores also offer ``update_rows``: an atomic read-modify-write of entity rows across
+any number of processes (SQLite: one ``BEGIN IMMEDIATE`` transaction; Redis: WATCH /
+MULTI / EXEC, retried on conflict), for state that is appended to rather than replaced
+(behaviour sequences: ``moon_rec.featurestore.push``), and an entity change log
+(``log_changes`` / ``read_changes``: which int64 entities were written since a cursor,
+each once), so that every process serving from the store can catch up with rows another
+process wrote (new items in ``serving``'s embedding center).
 """
 
 from __future__ import annotations
 
 import itertools
 import operator
+import random
 import sqlite3
 import struct
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -57,6 +70,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TS_US = "event_ts_us"
+# bytes a read-modify-write keeps beside a row (Feast's readers never select it; plain
+# writes leave it as it was, so whoever reads it back validates it against the row)
+_EXTRA = "moon_extra"
+_LOCK_INIT = threading.Lock()  # creates the stores' write locks
 
 _LIST_KINDS = frozenset(
     f"{t}_list_val"
@@ -115,6 +132,31 @@ class EncodedRows:
                 (key, {n: c[i] for n, c in zip(names, cols, strict=True)}, ts, self.created)
             )
         return rows
+
+
+@dataclass
+class OnlineRow:
+    """One entity's row of a feature view, as ``update_rows`` reads and writes it.
+
+    Attributes:
+        values: feature name -> value (the features present in the store).
+        event_us: the row's event time, microseconds since the epoch (0: unknown).
+        extra: bytes kept beside the row for the writer (None: none); see ``_EXTRA``.
+    """
+
+    values: dict[str, ValueProto]
+    event_us: int
+    extra: bytes | None = None
+
+
+RowUpdate = Callable[[int, "OnlineRow | None"], OnlineRow]
+"""``update(i, stored)`` -> the new row of the i-th key; ``stored`` is None for an entity
+without a row. It may be called more than once per key (a retried transaction), so it
+must not have side effects."""
+
+
+class StoreContention(RuntimeError):
+    """A read-modify-write lost to concurrent writers too many times in a row."""
 
 
 def serialized_int64_keys(join_key: str, ids: np.ndarray, version: int) -> list[bytes]:
@@ -215,18 +257,32 @@ class MoonSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
     """SQLite page cache per connection, MiB (the default 2 MiB thrashes on bulk loads)."""
     page_size: int = 16384
     """Page size of a new database file (rows of 256 floats fit a 16 KiB page well)."""
+    busy_timeout_s: float = 2.0
+    """How long a write waits for another process's write lock before it fails."""
 
 
 class MoonSqliteOnlineStore(SqliteOnlineStore):
     """Feast's SQLite online store whose writes never replace newer data with older."""
 
     _checked_tables: set[str] | None = None
+    _write_lock: threading.Lock | None = None
+
+    def _lock(self) -> threading.Lock:
+        """One write transaction at a time on the shared connection (threads of one
+        process share it; a commit by one would end another's transaction)."""
+        if self._write_lock is None:
+            with _LOCK_INIT:
+                if self._write_lock is None:
+                    self._write_lock = threading.Lock()
+        return self._write_lock
 
     def _get_conn(self, config: RepoConfig) -> sqlite3.Connection:
         fresh = self._conn is None
         conn = super()._get_conn(config)
         if fresh:
             cfg = config.online_store
+            busy_ms = int(1000 * float(getattr(cfg, "busy_timeout_s", 5.0)))
+            conn.execute(f"PRAGMA busy_timeout={busy_ms}")
             empty = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
             if empty:  # the page size can only be chosen before the first table
                 conn.execute(f"PRAGMA page_size={int(getattr(cfg, 'page_size', 4096))}")
@@ -244,6 +300,8 @@ class MoonSqliteOnlineStore(SqliteOnlineStore):
         cols = {r[1] for r in conn.execute(f"PRAGMA table_info({_quote_id(table_name)})")}
         if _TS_US not in cols:
             conn.execute(f"ALTER TABLE {_quote_id(table_name)} ADD COLUMN {_TS_US} INTEGER")
+        if _EXTRA not in cols:
+            conn.execute(f"ALTER TABLE {_quote_id(table_name)} ADD COLUMN {_EXTRA} BLOB")
         self._checked_tables.add(table_name)
 
     def update(
@@ -333,7 +391,7 @@ class MoonSqliteOnlineStore(SqliteOnlineStore):
         # Sorted keys turn random b-tree inserts into mostly sequential ones. The sort is
         # stable, so rows of one entity keep their order and newest-wins stays exact.
         rows.sort(key=lambda r: r[0])
-        with conn:
+        with self._lock(), conn:
             conn.executemany(sql, rows)
         if progress:
             progress(len(data))
@@ -396,8 +454,136 @@ class MoonSqliteOnlineStore(SqliteOnlineStore):
             )
         # entity-major, features in the given order (as online_write_batch writes them)
         rows = itertools.chain.from_iterable(zip(*per_feature, strict=False))
-        with conn:
+        with self._lock(), conn:
             conn.executemany(sql, rows)
+
+    def update_rows(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        keys: Sequence[EntityKeyProto],
+        update: RowUpdate,
+    ) -> None:
+        """Atomically replace the rows of ``keys`` by ``update(i, stored row)``.
+
+        One ``BEGIN IMMEDIATE`` transaction holds the database's write lock from the read
+        to the commit, so concurrent writers in any number of processes are serialised
+        (each waits up to ``busy_timeout_s``) and none overwrites another's update. The
+        new rows are written whatever their event time (the update decides it). A key
+        repeated in ``keys`` sees its own earlier update.
+        """
+        if not keys:
+            return
+        conn = self._get_conn(config)
+        table_name = _table_id(
+            config.project, table, config.registry.enable_online_feature_view_versioning
+        )
+        self._ensure_ts_column(conn, table_name)
+        q = _quote_id(table_name)
+        serialize = _key_serializer(config.entity_key_serialization_version)
+        bkeys = [serialize(k) for k in keys]
+        write = (
+            f"INSERT INTO {q} (entity_key, feature_name, value, value_text, event_ts, "
+            f"created_ts, {_TS_US}, {_EXTRA}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
+            "value_text = excluded.value_text, event_ts = excluded.event_ts, "
+            f"created_ts = excluded.created_ts, {_TS_US} = excluded.{_TS_US}, "
+            f"{_EXTRA} = excluded.{_EXTRA}"
+        )
+        with self._lock():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                stored: dict[bytes, OnlineRow] = {}
+                distinct = list(dict.fromkeys(bkeys))
+                for s in range(0, len(distinct), 500):
+                    part = distinct[s : s + 500]
+                    cur = conn.execute(
+                        f"SELECT entity_key, feature_name, value, {_TS_US}, {_EXTRA} FROM {q} "
+                        f"WHERE entity_key IN ({','.join('?' * len(part))})",
+                        part,
+                    )
+                    for ek, name, value, us, extra in cur:
+                        row = stored.get(ek)
+                        if row is None:
+                            row = stored[ek] = OnlineRow({}, 0, None)
+                        row.values[name] = ValueProto.FromString(value)
+                        row.event_us = max(row.event_us, int(us or 0))
+                        if row.extra is None and extra is not None:
+                            row.extra = bytes(extra)
+                out: list[tuple[Any, ...]] = []
+                for i, ek in enumerate(bkeys):
+                    new = update(i, stored.get(ek))
+                    stored[ek] = new
+                    seconds = _feast_seconds(from_epoch_micros(new.event_us))
+                    for name, val in new.values.items():
+                        kind = val.WhichOneof("val")
+                        text = extract_text_and_num(val, False)[0] if kind not in _LIST_KINDS else None
+                        out.append((ek, name, val.SerializeToString(), text, seconds, None,
+                                    new.event_us, new.extra))
+                conn.executemany(write, out)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+
+    # -- the change log ----------------------------------------------------------------
+    @staticmethod
+    def _changes_table(config: RepoConfig) -> str:
+        return _quote_id(f"{config.project}_moon_changes")
+
+    def _ensure_changes(self, conn: sqlite3.Connection, config: RepoConfig) -> str:
+        q = self._changes_table(config)
+        if self._checked_tables is None:
+            self._checked_tables = set()
+        if q not in self._checked_tables:
+            with self._lock(), conn:
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {q} (view TEXT, entity_id INTEGER, "
+                    "seq INTEGER, PRIMARY KEY(view, entity_id))"
+                )
+                conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS {_quote_id(f'{config.project}_moon_changes_seq')}"
+                    f" ON {q} (view, seq)"
+                )
+            self._checked_tables.add(q)
+        return q
+
+    def log_changes(self, config: RepoConfig, table: FeatureView, ids: Sequence[int]) -> int:
+        """Record that the rows of entity ``ids`` of ``table`` were written; returns the
+        sequence number given to them (all processes share one increasing sequence)."""
+        conn = self._get_conn(config)
+        q = self._ensure_changes(conn, config)
+        with self._lock():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                seq = int(conn.execute(
+                    f"SELECT COALESCE(MAX(seq), 0) FROM {q} WHERE view = ?", (table.name,)
+                ).fetchone()[0]) + 1
+                conn.executemany(
+                    f"INSERT INTO {q} (view, entity_id, seq) VALUES (?, ?, ?) "
+                    "ON CONFLICT(view, entity_id) DO UPDATE SET seq = excluded.seq",
+                    [(table.name, int(i), seq) for i in ids],
+                )
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        return seq
+
+    def read_changes(
+        self, config: RepoConfig, table: FeatureView, after: int, limit: int = 10_000
+    ) -> tuple[list[int], int]:
+        """(entity ids written after sequence number ``after``, each once, oldest first;
+        the cursor to read on from), at most ``limit`` ids."""
+        conn = self._get_conn(config)
+        q = self._ensure_changes(conn, config)
+        rows = conn.execute(
+            f"SELECT entity_id, seq FROM {q} WHERE view = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (table.name, int(after), int(limit)),
+        ).fetchall()
+        if not rows:
+            return [], int(after)
+        return [int(r[0]) for r in rows], int(rows[-1][1])
 
 
 # -- Redis ------------------------------------------------------------------------------
@@ -457,6 +643,14 @@ end
 return written
 """
 
+# The change log: one increasing sequence per view, and a sorted set of entity ids scored
+# by the sequence number of their last write. KEYS: the set, the counter; ARGV: the ids.
+_REDIS_LOG_CHANGES = """
+local seq = redis.call('INCR', KEYS[2])
+for i = 1, #ARGV do redis.call('ZADD', KEYS[1], seq, ARGV[i]) end
+return seq
+"""
+
 
 class MoonRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     """``RedisOnlineStoreConfig`` whose writes run as one atomic server-side script."""
@@ -466,6 +660,21 @@ class MoonRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     )
     script_batch: int = 500
     """Entities per script call (a call blocks the server while it runs)."""
+    socket_timeout_s: float = 0.5
+    """Read / write timeout of a server call (Redis answers in well under a millisecond
+    on loopback; a hung server fails the call after this instead of blocking a request)."""
+    connect_timeout_s: float = 0.25
+    """Timeout of opening a connection."""
+    retries: int = 1
+    """Immediate retries of a call that failed on its connection (a restarted server
+    leaves dead pooled connections: the retry reconnects), with no back-off (redis-py's
+    default backs off for seconds)."""
+    bulk_timeout_s: float = 120.0
+    """Read / write timeout of bulk writes (materialization: many script calls streamed
+    before the first reply is read), on a client of their own."""
+    update_attempts: int = 200
+    """Attempts of one ``update_rows`` transaction that concurrent writers keep
+    invalidating before ``StoreContention``."""
 
 
 class MoonRedisOnlineStore(RedisOnlineStore):
@@ -480,6 +689,38 @@ class MoonRedisOnlineStore(RedisOnlineStore):
     """
 
     _script_sha: str | None = None
+    _bulk: Any = None
+
+    def _bulk_client(self, cfg: RedisOnlineStoreConfig) -> Any:
+        """A client for bulk writes: the same server, a long timeout (a streamed load must
+        not fail because the server took a while to drain it)."""
+        if self._bulk is None:
+            from redis import Redis
+
+            nodes, kwargs = self._parse_connection_string(cfg.connection_string)
+            kwargs["socket_timeout"] = float(getattr(cfg, "bulk_timeout_s", 120.0))
+            kwargs.setdefault("socket_connect_timeout",
+                              float(getattr(cfg, "connect_timeout_s", 0.25)))
+            kwargs["host"], kwargs["port"] = nodes[0]["host"], nodes[0]["port"]
+            self._bulk = Redis(**kwargs)
+        return self._bulk
+
+    def _get_client(self, online_store_config: RedisOnlineStoreConfig) -> Any:
+        """Feast's client, with short timeouts and one immediate retry (see the config)."""
+        cfg = online_store_config
+        if self._client is None and cfg.redis_type == RedisType.redis:
+            from redis import Redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            nodes, kwargs = self._parse_connection_string(cfg.connection_string)
+            kwargs.setdefault("socket_timeout", float(getattr(cfg, "socket_timeout_s", 0.5)))
+            kwargs.setdefault("socket_connect_timeout",
+                              float(getattr(cfg, "connect_timeout_s", 0.25)))
+            kwargs.setdefault("retry", Retry(NoBackoff(), int(getattr(cfg, "retries", 1))))
+            kwargs["host"], kwargs["port"] = nodes[0]["host"], nodes[0]["port"]
+            self._client = Redis(**kwargs)
+        return super()._get_client(cfg)
 
     def online_write_batch(
         self,
@@ -489,39 +730,163 @@ class MoonRedisOnlineStore(RedisOnlineStore):
         progress: Callable[[int], Any] | None,
     ) -> None:
         """Write ``data`` where the incoming event time is strictly later than the stored."""
+        from redis.exceptions import NoScriptError
+
         cfg = config.online_store
         if cfg.redis_type != RedisType.redis or cfg.skip_dedup:
             super().online_write_batch(config, table, data, progress)
             return
-        client = self._get_client(cfg)
-        if self._script_sha is None:
-            self._script_sha = client.script_load(_REDIS_NEWEST_WINS)
+        step = max(1, int(getattr(cfg, "script_batch", 500)))
+        client = self._bulk_client(cfg) if len(data) > step else self._get_client(cfg)
+        # register_script: a pipeline checks SCRIPT EXISTS and loads it first, so a server
+        # restarted since the last call (which forgot every script) gets it back
+        script = client.register_script(_REDIS_NEWEST_WINS)
         fv_name = _versioned_fv_name(table, config)
         ts_field = f"_ts:{fv_name}"
         serialize = _key_serializer(config.entity_key_serialization_version)
         project = config.project.encode("utf-8")
         fields: dict[str, bytes] = {}
         ttl = int(cfg.key_ttl_seconds or 0)
-        step = max(1, int(getattr(cfg, "script_batch", 500)))
-        with client.pipeline(transaction=False) as pipe:
-            for s in range(0, len(data), step):
-                keys: list[bytes] = []
-                argv: list[Any] = [ts_field, ttl]
-                for entity_key, values, ts, _ in data[s : s + step]:
-                    keys.append(serialize(entity_key) + project)
-                    micros = epoch_micros(ts)
-                    sec, nanos = divmod(micros, 1_000_000)
-                    stamp = Timestamp(seconds=sec, nanos=nanos * 1000)
-                    argv += [sec, nanos * 1000, stamp.SerializeToString(), len(values)]
-                    for name, val in values.items():
-                        f = fields.get(name)
-                        if f is None:
-                            f = fields[name] = _mmh3(f"{fv_name}:{name}")
-                        argv += [f, val.SerializeToString()]
-                pipe.evalsha(self._script_sha, len(keys), *keys, *argv)
-            pipe.execute()
+        calls: list[tuple[list[bytes], list[Any]]] = []
+        for s in range(0, len(data), step):
+            keys: list[bytes] = []
+            argv: list[Any] = [ts_field, ttl]
+            for entity_key, values, ts, _ in data[s : s + step]:
+                keys.append(serialize(entity_key) + project)
+                micros = epoch_micros(ts)
+                sec, nanos = divmod(micros, 1_000_000)
+                stamp = Timestamp(seconds=sec, nanos=nanos * 1000)
+                argv += [sec, nanos * 1000, stamp.SerializeToString(), len(values)]
+                for name, val in values.items():
+                    f = fields.get(name)
+                    if f is None:
+                        f = fields[name] = _mmh3(f"{fv_name}:{name}")
+                    argv += [f, val.SerializeToString()]
+            calls.append((keys, argv))
+        for attempt in range(2):
+            try:
+                with client.pipeline(transaction=False) as pipe:
+                    for keys, argv in calls:
+                        script(keys=keys, args=argv, client=pipe)
+                    pipe.execute()
+                break
+            except NoScriptError:
+                # the server restarted between the check and the call: newest-wins makes
+                # a repeated write a no-op, so send everything again
+                if attempt:
+                    raise
+        self._script_sha = script.sha
         if progress:
             progress(len(data))
+
+    def update_rows(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        keys: Sequence[EntityKeyProto],
+        update: RowUpdate,
+    ) -> None:
+        """Atomically replace the rows of ``keys`` by ``update(i, stored row)``.
+
+        Per entity: WATCH the key, read its fields, compute the new row, and write it in
+        MULTI / EXEC, which fails when another client changed the key in between; then
+        it is read again and retried (``update_attempts``), so no concurrent update is
+        overwritten. The new row is written whatever its event time. Feast's layout: the
+        features' murmur3 fields, ``_ts:<view>``, plus ``_moon_extra:<view>``.
+        """
+        from redis.exceptions import WatchError
+
+        cfg = config.online_store
+        client = self._get_client(cfg)
+        fv_name = _versioned_fv_name(table, config)
+        ts_field = f"_ts:{fv_name}".encode()
+        extra_field = f"_moon_extra:{fv_name}".encode()
+        names = [f.name for f in table.features]
+        name_fields = [_mmh3(f"{fv_name}:{n}") for n in names]
+        field_of = dict(zip(names, name_fields, strict=True))
+        serialize = _key_serializer(config.entity_key_serialization_version)
+        project = config.project.encode("utf-8")
+        ttl = int(cfg.key_ttl_seconds or 0)
+        attempts = max(1, int(getattr(cfg, "update_attempts", 200)))
+        for i, entity_key in enumerate(keys):
+            key = serialize(entity_key) + project
+            for attempt in range(attempts):
+                try:
+                    with client.pipeline(transaction=True) as pipe:
+                        pipe.watch(key)
+                        got = pipe.hmget(key, [ts_field, extra_field, *name_fields])
+                        stored = None
+                        values = {
+                            n: ValueProto.FromString(v)
+                            for n, v in zip(names, got[2:], strict=True)
+                            if v is not None
+                        }
+                        if values:
+                            us = 0
+                            if got[0]:
+                                t = Timestamp.FromString(got[0])
+                                us = t.seconds * 1_000_000 + t.nanos // 1000
+                            stored = OnlineRow(values, us, got[1])
+                        new = update(i, stored)
+                        sec, micros = divmod(new.event_us, 1_000_000)
+                        mapping: dict[bytes, bytes] = {
+                            ts_field: Timestamp(seconds=sec, nanos=micros * 1000).SerializeToString()
+                        }
+                        for n, v in new.values.items():
+                            mapping[field_of.get(n) or _mmh3(f"{fv_name}:{n}")] = (
+                                v.SerializeToString()
+                            )
+                        if new.extra is not None:
+                            mapping[extra_field] = new.extra
+                        pipe.multi()
+                        pipe.hset(key, mapping=mapping)
+                        if ttl > 0:
+                            pipe.expire(key, ttl)
+                        pipe.execute()
+                    break
+                except WatchError:
+                    time.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))
+            else:
+                raise StoreContention(
+                    f"{fv_name}: {attempts} attempts to update one row lost to concurrent writers"
+                )
+
+    # -- the change log ----------------------------------------------------------------
+    @staticmethod
+    def _changes_keys(config: RepoConfig, table: FeatureView) -> tuple[bytes, bytes]:
+        base = f"moon:changes:{config.project}:{table.name}".encode()
+        return base, base + b":seq"
+
+    def log_changes(self, config: RepoConfig, table: FeatureView, ids: Sequence[int]) -> int:
+        """Record that the rows of entity ``ids`` of ``table`` were written; returns the
+        sequence number given to them (all processes share one increasing sequence)."""
+        client = self._get_client(config.online_store)
+        log_script = client.register_script(_REDIS_LOG_CHANGES)  # reloads after NOSCRIPT
+        return int(log_script(keys=list(self._changes_keys(config, table)),
+                              args=[str(int(i)) for i in ids]))
+
+    def read_changes(
+        self, config: RepoConfig, table: FeatureView, after: int, limit: int = 10_000
+    ) -> tuple[list[int], int]:
+        """(entity ids written after sequence number ``after``, each once, oldest first;
+        the cursor to read on from), at most ``limit`` ids."""
+        client = self._get_client(config.online_store)
+        key, _ = self._changes_keys(config, table)
+        got = client.zrangebyscore(key, f"({int(after)}", "+inf", start=0, num=int(limit),
+                                   withscores=True)
+        if not got:
+            return [], int(after)
+        return [int(m) for m, _ in got], int(got[-1][1])
+
+    def teardown(
+        self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[Entity]
+    ) -> None:
+        """Feast's teardown, plus this project's change logs."""
+        super().teardown(config, tables, entities)
+        client = self._get_client(config.online_store)
+        keys = [k for t in tables for k in self._changes_keys(config, t)]
+        if keys:
+            client.delete(*keys)
 
     def write_encoded(self, config: RepoConfig, table: FeatureView, batch: EncodedRows) -> None:
         """``online_write_batch`` for rows already serialised (same keys, bytes and rule).
@@ -537,9 +902,9 @@ class MoonRedisOnlineStore(RedisOnlineStore):
         n = len(batch)
         if n == 0:
             return
-        client = self._get_client(cfg)
-        sha = client.script_load(_REDIS_NEWEST_WINS)  # idempotent: survives a server restart
-        self._script_sha = sha
+        from redis.exceptions import NoScriptError
+
+        client = self._bulk_client(cfg)
         fv_name = _versioned_fv_name(table, config)
         project = config.project.encode("utf-8")
         raw_keys = [
@@ -567,32 +932,46 @@ class MoonRedisOnlineStore(RedisOnlineStore):
         us = batch.event_us.tolist()
         step = max(1, int(getattr(cfg, "script_batch", 500)))
         pool = client.connection_pool
-        conn = pool.get_connection()
-        try:
-            calls = 0
-            for s in range(0, n, step):
-                e = min(n, s + step)
-                m = e - s
-                parts = [
-                    f"*{3 + m + 2 + 4 * m + 2 * len(batch.values) * m}\r\n".encode(),
-                    b"$7\r\nEVALSHA\r\n",
-                    _bulk(sha.encode() if isinstance(sha, str) else sha),
-                    _bulk(str(m).encode()),
-                    keys[s:e].tobytes(),
-                    head,
-                ]
-                for i in range(s, e):
-                    parts.append(stamps[us[i]])
-                    parts.append(body[i])
-                conn.send_packed_command(parts)
-                calls += 1
-            for _ in range(calls):
-                conn.read_response()
-        except BaseException:
-            conn.disconnect()  # replies may be left unread
-            raise
-        finally:
-            pool.release(conn)
+
+        def send(sha: bytes) -> None:
+            conn = pool.get_connection()
+            try:
+                calls = 0
+                for s in range(0, n, step):
+                    e = min(n, s + step)
+                    m = e - s
+                    parts = [
+                        f"*{3 + m + 2 + 4 * m + 2 * len(batch.values) * m}\r\n".encode(),
+                        b"$7\r\nEVALSHA\r\n",
+                        _bulk(sha),
+                        _bulk(str(m).encode()),
+                        keys[s:e].tobytes(),
+                        head,
+                    ]
+                    for i in range(s, e):
+                        parts.append(stamps[us[i]])
+                        parts.append(body[i])
+                    conn.send_packed_command(parts)
+                    calls += 1
+                for _ in range(calls):
+                    conn.read_response()
+            except BaseException:
+                conn.disconnect()  # replies may be left unread
+                raise
+            finally:
+                pool.release(conn)
+
+        for attempt in range(2):
+            # loaded on every call (idempotent), and again when the server restarted
+            # mid-stream: newest-wins makes the repeated writes no-ops
+            sha = client.script_load(_REDIS_NEWEST_WINS)
+            self._script_sha = sha
+            try:
+                send(sha.encode() if isinstance(sha, str) else sha)
+                return
+            except NoScriptError:
+                if attempt:
+                    raise
 
 
 def _bulk(b: bytes) -> bytes:

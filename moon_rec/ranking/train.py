@@ -566,7 +566,7 @@ def _resume(
     """Load the checkpoint at ``path``; returns its step. Weights and the dense optimizer
     load at any world size; the fused (sparse) optimizer state needs the same world size,
     else it restarts (with a warning)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("config", "training_set", "model_version"):
         if state.get(key) != meta[key]:
             raise ValueError(
@@ -579,7 +579,7 @@ def _resume(
     dense.load_state_dict(state["dense_optimizer"])
     fused_path = _fused_file(path, env)
     fused_state = (
-        torch.load(fused_path, map_location="cpu", weights_only=False)
+        torch.load(fused_path, map_location="cpu", weights_only=True)
         if fused_path.is_file()
         else None
     )

@@ -237,6 +237,20 @@ def _save_state(out: Path, encoder: MoonEncoder, trainer: dict[str, Any]) -> Non
         torch.save(trainer, tmp / "trainer.pt")
 
 
+def _load_trainer_state(path: Path) -> dict[str, Any]:
+    """The trainer state saved by ``_save_state``: tensors, plain values and numeric numpy
+    arrays (the pairs, mined neighbours), loaded with ``weights_only=True`` (no code runs
+    from the file; only numpy's array reconstruction is allowed besides torch's types)."""
+    from numpy._core.multiarray import _reconstruct
+
+    allowed: list[Any] = [_reconstruct, np.ndarray, np.dtype]
+    allowed += [type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8",
+                                            "float16", "float32", "float64")]
+    with torch.serialization.safe_globals(allowed):
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    return state
+
+
 def _finished(out: Path, stage: str, config: TrainConfig) -> dict[str, Any] | None:
     """The summary of a finished identical run in ``out``, or None."""
     path = out / "summary.json"
@@ -366,8 +380,7 @@ def train_stage(
     trainer_state: dict[str, Any] | None = None
     if state_dir is not None:
         encoder = MoonEncoder.from_pretrained(state_dir / "encoder")
-        trainer_state = torch.load(state_dir / "trainer.pt", weights_only=False,
-                                   map_location="cpu")
+        trainer_state = _load_trainer_state(state_dir / "trainer.pt")
         pairs = PairSet(**{k: np.asarray(v) for k, v in trainer_state["pairs"].items()})
     else:
         if init is not None:

@@ -91,18 +91,22 @@ def copy_store(
 
 
 class RedisServer:
-    """A private redis-server on a free loopback port, persisting to ``dir`` on SAVE."""
+    """A private redis-server on a free loopback port, persisting to ``dir`` on SAVE, or
+    (``aof``) to an append-only file synced on every write, so a kill -9 loses no
+    acknowledged write."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, aof: bool = False) -> None:
         from serving.server import free_port
 
-        self.dir, self.port = directory, free_port()
+        self.dir, self.port, self.aof = directory, free_port(), aof
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        persist = (["--appendonly", "yes", "--appendfsync", "always"] if self.aof
+                   else ["--appendonly", "no"])
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-             str(self.dir), "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no"],
+             str(self.dir), "--dbfilename", "dump.rdb", "--save", "", *persist],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         for _ in range(200):
@@ -119,6 +123,10 @@ class RedisServer:
     def crash(self) -> None:
         """Snapshot to disk, then kill -9 (the data comes back on start)."""
         self.cli("save")
+        self.kill()
+
+    def kill(self) -> None:
+        """kill -9, no snapshot first."""
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
@@ -171,3 +179,54 @@ def production_repo(
     # every project of the shared SQL registry)
     with contextlib.suppress(Exception):
         open_repo_store(repo).teardown()
+
+
+class ServeProcess:
+    """``moon serve`` in a subprocess on a free loopback port (its output in ``log``)."""
+
+    def __init__(self, loop: ServingLoop, repo: Path, log: Path, *extra: str) -> None:
+        import os
+        import sys
+
+        from serving.server import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        cmd = [sys.executable, "-m", "moon_rec.cli", "serve", "--model", str(loop.ranker),
+               "--repo", str(repo), "--encoder", str(loop.encoder), "--port", str(self.port),
+               "--allow-unknown-users", *extra]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 300.0) -> ServeProcess:
+        from serving.server import wait_healthy
+
+        wait_healthy(self.url, self.proc, timeout=timeout, log=self.log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+
+
+def publish_wide(
+    loop: ServingLoop, root: Path, profile: str, seq_len: int = 128
+) -> Path:
+    """The loop's data published to a fresh project of ``profile`` whose behaviour
+    sequences hold ``seq_len`` events (room to count 100 appended events); returns the
+    repo folder. The production profile goes to ``MOON_REDIS`` (set by the caller)."""
+    from moon_rec.featurestore.layout import FeatureDataPaths
+    from serving.loop import publish_store
+
+    paths = FeatureDataPaths.from_json((loop.repo / "paths.json").read_text())
+    return publish_store(paths, root / "state", root / "repo", profile=profile,
+                         project=f"t_{uuid.uuid4().hex[:12]}", seq_len=seq_len)

@@ -138,6 +138,17 @@ def test_search_and_rank_without_candidates(
         ("/search", {"query_text": "dress", "k": 100000}, 422, "k"),
         ("/behaviors", {"user_id": "U", "item_id": 10**12}, 404, "item_id"),
         ("/behaviors", {"user_id": "U", "item_id": "I", "action": "like"}, 422, "action"),
+        # strict ids: JSON true / "281" are not ids (issue 14, 12)
+        ("/rank", {"user_id": "U", "item_ids": [True, False]}, 422, "item_ids.0"),
+        ("/rank", {"user_id": "U", "item_ids": ["281"]}, 422, "item_ids.0"),
+        ("/rank", {"user_id": True, "item_ids": [1]}, 422, "user_id"),
+        ("/rank", {"user_id": "U", "item_ids": [1], "top_k": 2.5}, 422, "top_k"),
+        ("/search", {"query_text": "dress", "k": "3"}, 422, "k"),
+        # event times outside the window (issue 14, 2 and 3)
+        ("/behaviors", {"user_id": "U", "item_id": "I", "ts": "3000-01-01T00:00:00Z"}, 422,
+         "ts"),
+        ("/behaviors", {"user_id": "U", "item_id": "I", "ts": "9999-12-31T23:59:59.999999Z"},
+         422, "ts"),
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_field(
@@ -163,10 +174,64 @@ def test_malformed_json_and_wrong_content(live: tuple[httpx.Client, Any]) -> Non
         r = client.post("/rank", content=content, headers={"content-type": "application/json"})
         assert r.status_code == 422, (content, r.text)
         assert r.json()["error"]
+    # invalid UTF-8, an integer too long to parse, nesting too deep: 422 {"error", "field"}
+    for content, why in ((b'{"user_id": 1, "query_text": "\xff\xfe"}', "UTF-8"),
+                         (b'{"user_id": ' + b"9" * 5000 + b"}", "integer"),
+                         (b"[" * 100_000 + b"]" * 100_000, "nested")):
+        r = client.post("/rank", content=content, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (content[:40], r.text)
+        assert set(r.json()) == {"error", "field"} and r.json()["field"] == "body"
+        assert why in r.json()["error"]
     r = client.post("/rank", content=b'{"user_id": 1,', headers={"content-type": "application/json"})
     assert r.json()["field"] == "body" and "malformed JSON" in r.json()["error"]
     r = client.post("/rank", content=b"user_id=1", headers={"content-type": "text/plain"})
     assert 400 <= r.status_code < 500
+
+
+def test_duplicate_candidates_appear_once_in_top_k(
+    live: tuple[httpx.Client, Any], world_ids: dict[str, Any]
+) -> None:
+    client, _ = live
+    a, b, c = world_ids["items"][:3]
+    cands = [a, a, b, c, b]
+    r = client.post("/rank", json={"user_id": world_ids["user"], "item_ids": cands,
+                                   "top_k": 10})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["item_ids"] == cands and body["scores"][0] == body["scores"][1]
+    top = [t["item_id"] for t in body["top_k"]]
+    assert sorted(top) == sorted({a, b, c})
+
+
+def test_no_checkpoint_load_runs_pickled_code(serving_loop: ServingLoop, tmp_path: Path) -> None:
+    """Ranker and encoder checkpoints load with ``weights_only=True`` (issue 14, 13)."""
+    import pickle
+    import shutil
+
+    import torch
+
+    from moon_rec.ranking.evaluate import load_ranker
+    from moon_rec.ranking.train import WEIGHTS
+    from moon_rec.training.trainer import _load_trainer_state
+
+    root = Path(__file__).resolve().parents[2]
+    for path in [*(root / "moon_rec").rglob("*.py"), *(root / "serving").rglob("*.py")]:
+        assert "weights_only=False" not in path.read_text(), path
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self) -> Any:
+            return (Path.touch, (marker,))
+
+    model = tmp_path / "ranker"
+    shutil.copytree(serving_loop.ranker, model)
+    torch.save({"x": Payload()}, model / WEIGHTS)
+    with pytest.raises(pickle.UnpicklingError):
+        load_ranker(model)
+    torch.save({"step": 1, "x": Payload()}, tmp_path / "trainer.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        _load_trainer_state(tmp_path / "trainer.pt")
+    assert not marker.exists()
 
 
 @pytest.mark.services
