@@ -1,6 +1,6 @@
 """Benchmark: a bounded loopback load test of ``moon serve`` with writes interleaved.
 
-Setup: a serving loop (``--loop DIR`` written by ``python -m serving.loop``, or the tiny
+Setup: a serving loop (``--loop DIR`` written by ``moon_rec.loop.prepare_serving``, or the tiny
 world built here), ``--processes`` ``moon serve`` processes on one store (the embedded
 SQLite store unless ``--profile production``), all on loopback.
 
@@ -150,14 +150,14 @@ def main() -> None:
 
     from moon_rec.data.images import encode_png
     from moon_rec.featurestore.online import OnlineFeatureClient
-    from serving.loop import ServingLoop
+    from moon_rec.loop import ServingArtifacts
     from serving.repo import open_repo_store
     from serving.server import free_port, wait_healthy
 
     work = args.work or Path(tempfile.mkdtemp(prefix="moon_serving_load_"))
     t0 = time.perf_counter()
     if args.loop is not None:
-        loop = ServingLoop.load(args.loop)
+        loop = ServingArtifacts.load(args.loop)
     else:
         from benchmarks.serving_rank import build_loop
 

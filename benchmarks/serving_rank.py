@@ -2,7 +2,7 @@
 HTTP on loopback, and against a naive Feast-per-request path measured in the same run;
 then a bounded loopback load test with several concurrent clients.
 
-Setup: the tiny world (or ``--loop DIR`` from ``python -m serving.loop``) through the whole
+Setup: the tiny world (or ``--loop DIR`` from ``moon_rec.loop.prepare_serving``) through the whole
 loop with the ``cube_moon`` ranker (moon_dim 64, max_seq_len 50; one short epoch: latency
 does not depend on training), the embedded store (SQLite) unless ``--profile production``.
 The benchmark user gets 50 behaviours pushed first, so every request scores 100 candidates
@@ -55,13 +55,13 @@ def _stats(samples: list[float]) -> dict[str, float]:
 
 def build_loop(out: Path, world: Path | None, profile: str) -> Any:
     from moon_rec.data.world import generate_world, make_config
-    from serving.loop import prepare_serving_loop
+    from moon_rec.loop import prepare_serving
 
     if world is None:
         world = out / "world"
         if not (world / "world.json").is_file():
             generate_world(make_config("tiny", 1), world, progress=False)
-    return prepare_serving_loop(
+    return prepare_serving(
         world, out / "loop", experiment="cube_moon", profile=profile,
         train_overrides={"train": {"epochs": 1, "batch_size": 1024}},
     )
@@ -242,7 +242,7 @@ def main() -> None:
 
     from moon_rec import runtime
     from moon_rec.featurestore.push import push_behaviour
-    from serving.loop import ServingLoop
+    from moon_rec.loop import ServingArtifacts
     from serving.server import free_port, wait_healthy
     from serving.service import RankingService, ServiceConfig
 
@@ -250,7 +250,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="moon_serving_bench_"))
     t0 = time.perf_counter()
     if args.loop is not None:
-        loop = ServingLoop.load(args.loop)
+        loop = ServingArtifacts.load(args.loop)
     else:
         loop = build_loop(work, args.world, args.profile)
     setup_s = time.perf_counter() - t0

@@ -593,6 +593,24 @@ class ServingArtifacts:
     def query_embeddings(self) -> Path:
         return self.layout.query_embeddings
 
+    RECORD = "serving_artifacts.json"
+
+    def save(self) -> Path:
+        """Record where everything is in ``root/serving_artifacts.json``; returns it."""
+        path = self.layout.file(self.RECORD)
+        _write_json(path, {"root": str(self.layout.root), "world": str(self.layout.world),
+                           "encoder": str(self.encoder), "ranker": str(self.ranker),
+                           "profile": self.profile, "project": self.project})
+        return path
+
+    @classmethod
+    def load(cls, root: str | Path) -> ServingArtifacts:
+        """What ``prepare_serving`` made in ``root`` (from its record)."""
+        d = json.loads((Path(root) / cls.RECORD).read_text())
+        layout = Layout.at(d["root"], world=d["world"], encoder_checkpoint=d["encoder"])
+        return cls(layout=layout, ranker=Path(d["ranker"]), profile=d["profile"],
+                   project=d["project"])
+
 
 def prepare_serving(
     world: str | Path,
@@ -639,4 +657,6 @@ def prepare_serving(
     ranker = out / "ranker"
     train_ranker(layout.training_set, config, ranker, embeddings=layout.embeddings,
                  query_embeddings=layout.query_embeddings, progress=progress, resume=False)
-    return ServingArtifacts(layout=layout, ranker=ranker, profile=profile, project=project)
+    made = ServingArtifacts(layout=layout, ranker=ranker, profile=profile, project=project)
+    made.save()
+    return made

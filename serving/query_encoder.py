@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from moon_rec.data.errors import DataError
+from moon_rec.data.images import prepare_image
 from serving.config import IMAGE_FORMATS
 from serving.errors import BadInput
 
@@ -59,10 +60,9 @@ def decode_image_field(
                 raise DataError(
                     f"image of {w}x{h} pixels, at most {limits.max_pixels} pixels", column=field
                 )
-            rgb = src.convert("RGB")
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.array(rgb, dtype=np.uint8)  # writable, as torch.from_numpy wants
+            # the project's one image preparation (pad to square, resize): a photo posted
+            # here gets the vector it gets through moon data import + moon embed
+            arr = prepare_image(np.asarray(src.convert("RGB"), dtype=np.uint8), size)
     except UnidentifiedImageError as exc:
         raise DataError(
             f"not a decodable {'/'.join(limits.formats)} image", column=field

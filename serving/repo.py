@@ -9,7 +9,7 @@ from moon_rec.featurestore.store import MoonFeatureStore
 
 def open_repo_store(repo: str | Path, fs_yaml: str | Path | None = None) -> MoonFeatureStore:
     """A ``MoonFeatureStore`` over a Feast repository folder (``feature_repo/`` or one
-    written by ``serving.loop.write_feast_repo``); data paths from ``REPO/paths.json``,
+    written by ``moon_rec.featurestore.repo.write_feast_repo``); data paths from ``REPO/paths.json``,
     else ``moon_rec.featurestore.repo.resolve_data_paths``."""
     from feast import FeatureStore
 

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from moon_rec import runtime
 from moon_rec.encoders import MoonEncoder
 from moon_rec.featurestore.layout import ITEM_EMBEDDING_VIEW, embeddings_model_version
 from moon_rec.featurestore.online import OnlineFeatureClient
@@ -91,7 +91,7 @@ class RankingService:
         config: ServiceConfig | None = None,
     ) -> None:
         self.config = config or ServiceConfig()
-        torch.set_num_threads(max(1, self.config.threads))
+        runtime.set_threads(self.config.threads)
         model_dir = Path(model_dir)
         self.meta = read_meta(model_dir)
         self.ranker_config = RankerConfig.from_dict(self.meta["config"])

@@ -253,7 +253,6 @@ def merge_overrides(base: dict[str, Any], override: dict[str, Any]) -> dict[str,
     return out
 
 
-_merge = merge_overrides  # the name serving/loop.py imports
 
 
 def list_experiments(path: str | Path) -> list[str]:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from serving.loop import ServingLoop
+from moon_rec.loop import ServingArtifacts
 
 TRAIN = {"train": {"epochs": 1, "batch_size": 512}}
 
@@ -31,10 +31,10 @@ def _one_thread() -> None:
 
 
 @pytest.fixture(scope="session")
-def serving_loop(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> ServingLoop:
-    from serving.loop import prepare_serving_loop
+def serving_loop(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> ServingArtifacts:
+    from moon_rec.loop import prepare_serving
 
-    return prepare_serving_loop(
+    return prepare_serving(
         tiny_world, tmp_path_factory.mktemp("serving") / "loop", train_overrides=TRAIN
     )
 
@@ -57,7 +57,7 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def make_service(loop: ServingLoop, repo: Path | None = None, **config: Any) -> Any:
+def make_service(loop: ServingArtifacts, repo: Path | None = None, **config: Any) -> Any:
     from serving.service import RankingService, ServiceConfig
 
     return RankingService(
@@ -67,7 +67,7 @@ def make_service(loop: ServingLoop, repo: Path | None = None, **config: Any) -> 
 
 
 def copy_store(
-    loop: ServingLoop, dest: Path, model_version: str | None = None, embeddings: bool = False
+    loop: ServingArtifacts, dest: Path, model_version: str | None = None, embeddings: bool = False
 ) -> Path:
     """An isolated copy of the embedded store (SQLite + registry) with its own repo folder;
     ``model_version`` re-applies the definitions with another embedding tag; ``embeddings``
@@ -75,8 +75,8 @@ def copy_store(
     from dataclasses import replace
 
     from moon_rec.featurestore.layout import FeatureDataPaths
+    from moon_rec.featurestore.repo import write_feast_repo
     from moon_rec.featurestore.store import open_store
-    from serving.loop import write_feast_repo
 
     state = dest / "state"
     shutil.copytree(loop.state, state)
@@ -149,7 +149,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="session")
 def production_repo(
-    serving_loop: ServingLoop, redis_server: RedisServer,
+    serving_loop: ServingArtifacts, redis_server: RedisServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Path]:
     """The loop's data published to the production profile (private Redis, SQL registry
@@ -157,7 +157,7 @@ def production_repo(
     import os
 
     from moon_rec.featurestore.layout import FeatureDataPaths
-    from serving.loop import publish_store
+    from moon_rec.featurestore.repo import publish_store
 
     old = os.environ.get("MOON_REDIS")
     os.environ["MOON_REDIS"] = f"127.0.0.1:{redis_server.port}"
@@ -165,8 +165,8 @@ def production_repo(
     paths = FeatureDataPaths.from_json((serving_loop.repo / "paths.json").read_text())
     project = f"t_{uuid.uuid4().hex[:12]}"
     try:
-        repo = publish_store(paths, root / "state", root / "repo", profile="production",
-                             project=project, seq_len=20)
+        repo, _ = publish_store(paths, root / "state", root / "repo", profile="production",
+                                project=project, seq_len=20)
     finally:
         if old is None:
             os.environ.pop("MOON_REDIS", None)
@@ -184,7 +184,7 @@ def production_repo(
 class ServeProcess:
     """``moon serve`` in a subprocess on a free loopback port (its output in ``log``)."""
 
-    def __init__(self, loop: ServingLoop, repo: Path, log: Path, *extra: str) -> None:
+    def __init__(self, loop: ServingArtifacts, repo: Path, log: Path, *extra: str) -> None:
         import os
         import sys
 
@@ -219,14 +219,15 @@ class ServeProcess:
 
 
 def publish_wide(
-    loop: ServingLoop, root: Path, profile: str, seq_len: int = 128
+    loop: ServingArtifacts, root: Path, profile: str, seq_len: int = 128
 ) -> Path:
     """The loop's data published to a fresh project of ``profile`` whose behaviour
     sequences hold ``seq_len`` events (room to count 100 appended events); returns the
     repo folder. The production profile goes to ``MOON_REDIS`` (set by the caller)."""
     from moon_rec.featurestore.layout import FeatureDataPaths
-    from serving.loop import publish_store
+    from moon_rec.featurestore.repo import publish_store
 
     paths = FeatureDataPaths.from_json((loop.repo / "paths.json").read_text())
-    return publish_store(paths, root / "state", root / "repo", profile=profile,
-                         project=f"t_{uuid.uuid4().hex[:12]}", seq_len=seq_len)
+    repo, _ = publish_store(paths, root / "state", root / "repo", profile=profile,
+                            project=f"t_{uuid.uuid4().hex[:12]}", seq_len=seq_len)
+    return repo

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from conftest import copy_store, make_service
 
+from moon_rec.loop import ServingArtifacts
 from serving.center import EmbeddingCenter
-from serving.loop import ServingLoop
 
 
 def test_lookup_upsert_and_merge() -> None:
@@ -33,7 +33,7 @@ def test_lookup_upsert_and_merge() -> None:
 
 
 def test_refresh_reloads_same_version_and_flags_another(
-    serving_loop: ServingLoop, tmp_path: Path
+    serving_loop: ServingArtifacts, tmp_path: Path
 ) -> None:
     repo = copy_store(serving_loop, tmp_path, embeddings=True)
     service = make_service(serving_loop, repo)

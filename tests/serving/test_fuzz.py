@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from serving.loop import ServingLoop
+from moon_rec.loop import ServingArtifacts
 
 EXAMPLES = 30
 
 
 @pytest.fixture(scope="module")
-def api(serving_loop: ServingLoop, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def api(serving_loop: ServingArtifacts, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from serving.app import create_app
 
     repo = copy_store(serving_loop, tmp_path_factory.mktemp("fuzz"))

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from conftest import make_service
 
-from serving.loop import ServingLoop
+from moon_rec.loop import ServingArtifacts
 
 
-def test_request_batch_matches_the_training_batch(serving_loop: ServingLoop) -> None:
+def test_request_batch_matches_the_training_batch(serving_loop: ServingArtifacts) -> None:
     from moon_rec.data.embeddings import load_moon_embeddings
     from moon_rec.ranking.data import load_training_set
     from moon_rec.ranking.features import request_batch

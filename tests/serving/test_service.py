@@ -15,14 +15,14 @@ import pytest
 from conftest import RedisServer, b64, copy_store, make_service
 
 from moon_rec.data.images import encode_png
-from serving.loop import ServingLoop
+from moon_rec.loop import ServingArtifacts
 
 PROFILES = ["embedded", pytest.param("production", marks=pytest.mark.services)]
 
 
 @pytest.fixture(scope="module", params=PROFILES)
 def live(
-    request: pytest.FixtureRequest, serving_loop: ServingLoop
+    request: pytest.FixtureRequest, serving_loop: ServingArtifacts
 ) -> Iterator[tuple[httpx.Client, Any]]:
     from serving.app import create_app
     from serving.server import BackgroundServer
@@ -203,7 +203,7 @@ def test_duplicate_candidates_appear_once_in_top_k(
     assert sorted(top) == sorted({a, b, c})
 
 
-def test_no_checkpoint_load_runs_pickled_code(serving_loop: ServingLoop, tmp_path: Path) -> None:
+def test_no_checkpoint_load_runs_pickled_code(serving_loop: ServingArtifacts, tmp_path: Path) -> None:
     """Ranker and encoder checkpoints load with ``weights_only=True`` (issue 14, 13)."""
     import pickle
     import shutil
@@ -236,7 +236,7 @@ def test_no_checkpoint_load_runs_pickled_code(serving_loop: ServingLoop, tmp_pat
 
 @pytest.mark.services
 def test_store_down_is_503_and_recovers(
-    serving_loop: ServingLoop, production_repo: Path, redis_server: RedisServer,
+    serving_loop: ServingArtifacts, production_repo: Path, redis_server: RedisServer,
     world_ids: dict[str, Any],
 ) -> None:
     from serving.app import create_app
@@ -270,7 +270,7 @@ def test_store_down_is_503_and_recovers(
 
 
 def test_refuses_to_start_on_another_embedding_version(
-    serving_loop: ServingLoop, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    serving_loop: ServingArtifacts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from moon_rec.cli import main
     from serving.service import VersionMismatch

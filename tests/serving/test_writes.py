@@ -45,7 +45,7 @@ import pytest
 from conftest import RedisServer, ServeProcess, b64, copy_store, make_service, publish_wide
 
 from moon_rec.data.images import encode_png
-from serving.loop import ServingLoop
+from moon_rec.loop import ServingArtifacts
 
 PROFILES = ["embedded", pytest.param("production", marks=pytest.mark.services)]
 SEQ_LEN = 256
@@ -59,7 +59,7 @@ class Cluster:
     repo: Path
     procs: list[ServeProcess]
     redis: RedisServer | None
-    loop: ServingLoop
+    loop: ServingArtifacts
     root: Path
 
     def online(self) -> Any:
@@ -76,7 +76,7 @@ class Cluster:
 
 @pytest.fixture(scope="module", params=PROFILES)
 def cluster(
-    request: pytest.FixtureRequest, serving_loop: ServingLoop,
+    request: pytest.FixtureRequest, serving_loop: ServingArtifacts,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp(f"writes_{request.param}")
@@ -420,7 +420,7 @@ def test_redis_kill_and_restart_recovers_writes_within_2s_with_none_lost(
 
 
 def test_writes_reuse_one_registry_view(
-    serving_loop: ServingLoop, world_ids: dict[str, Any], tmp_path: Path,
+    serving_loop: ServingArtifacts, world_ids: dict[str, Any], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """10: after start-up, item and behaviour writes read nothing from the registry."""
