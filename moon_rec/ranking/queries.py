@@ -28,7 +28,6 @@ from moon_rec.data.embeddings import (
     parquet_files,
     write_embedding_table,
 )
-from moon_rec.data.errors import DataError
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -51,8 +50,6 @@ def write_query_embeddings(
     ``out``."""
     from moon_rec.encoders import MoonEncoder, matryoshka
 
-    if not parquet_files(training_set):
-        raise DataError("no training set here", file=str(training_set))
     encoder = MoonEncoder.from_pretrained(checkpoint).eval()
     texts = distinct_queries(training_set)
     parts = [
