@@ -30,6 +30,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import shlex
 import shutil
 import time
 import uuid
@@ -433,7 +434,7 @@ def text_tower_encoder_step(layout: Layout, text_tower: str | Path, preset: str 
         train_all(layout.world, config.model_copy(update={"encoder": encoder}), layout.encoder,
                   stages=tuple(stages), progress=True)
 
-    flags = " ".join(f"--set {o}" for o in overrides)
+    flags = " ".join(f"--set {shlex.quote(o)}" for o in overrides)
     cmds = []
     for i, stage in enumerate(stages):
         start = (f"--text-tower {tower}" if i == 0

@@ -190,8 +190,10 @@ def write_report(layout: Layout, *, preset: str, seed: int, experiments: list[st
             head = (f"A text-only world: no photos, so image-search recall (R@K) is n/a. "
                     f"{final.get('n_items')} catalog items embedded from title + attributes "
                     f"by encoder `{final.get('model_version')}`.")
-        head += (" Text R@10: held-out query texts ("
-                 f"{final.get('n_text_queries')}). Next-item R@10: "
+        n_text = final.get("n_text_queries")
+        head += (f" Text R@10: {n_text} held-out query texts." if n_text
+                 else " Text R@10: n/a (no query texts).")
+        head += (" Next-item R@10: "
                  f"{final.get('n_next_item_targets')} held-out liked items, each searched "
                  "with the mean of its user's last 10 train-period items, those left out "
                  "(moon_rec/retrieval/recall.py).")
@@ -203,7 +205,10 @@ def write_report(layout: Layout, *, preset: str, seed: int, experiments: list[st
             _plot_recall(stages, figs / "recall.png")
             md += ["![recall per dim](report/recall.png)", ""]
 
-    if compare:
+    if compare:  # compare.json keeps its rows sorted by name: baseline first, then as run
+        order = [compare["baseline"], *experiments, *compare["rows"]]
+        compare = {**compare, "rows": {n: compare["rows"][n] for n in dict.fromkeys(order)
+                                       if n in compare["rows"]}}
         _plot_rankers(compare, figs / "rankers.png")
         base = compare["rows"][compare["baseline"]]
         if base.get("oracle_auc") is not None:
