@@ -2,9 +2,19 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-ART ?= artifacts
 PRESET ?= small
 SEED ?= 0
+# WORLD=movielens: MovieLens-100k + all-MiniLM-L6-v2, both fetched into DOWNLOADS when absent
+# (GroupLens terms: research use, no redistribution; never commit the data or the weights).
+WORLD ?= synthetic
+DOWNLOADS ?= artifacts/downloads
+MOVIELENS ?= $(DOWNLOADS)/movielens
+TEXT_TOWER ?= $(DOWNLOADS)/all-MiniLM-L6-v2
+ifeq ($(WORLD),movielens)
+ART ?= artifacts/movielens
+else
+ART ?= artifacts
+endif
 
 .PHONY: install demo test lint typecheck clean
 
@@ -12,7 +22,14 @@ install:
 	bash scripts/install.sh
 
 demo: install
+ifeq ($(WORLD),movielens)
+	bash scripts/fetch_movielens.sh $(MOVIELENS)
+	bash scripts/fetch_minilm.sh $(TEXT_TOWER)
+	$(PY) -m pipelines.demo --world movielens --movielens-path $(MOVIELENS) \
+	  --text-tower $(TEXT_TOWER) --seed $(SEED) --artifacts $(ART)
+else
 	$(PY) -m pipelines.demo --preset $(PRESET) --seed $(SEED) --artifacts $(ART)
+endif
 
 test: install
 	$(VENV)/bin/ruff check .

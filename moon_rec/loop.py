@@ -3,6 +3,11 @@
     world -> encoder -> recall -> embed -> feature tables -> Feast (apply, materialize,
     repo folder) -> point-in-time training set -> query embeddings -> rankers
 
+The world is generated (``main_steps``: ``world_steps`` + the from-scratch encoder) or
+imported (``imported_main_steps``: ``import_steps``, MovieLens-100k, + an encoder
+post-trained from a pretrained text tower, pretraining skipped); the steps after the encoder
+are the same.
+
 Every user of the whole loop composes these steps: the demo (``pipelines/demo.py``, which
 adds its serving exercise and report), the serving tests and benchmarks
 (``prepare_serving``), and the studies (``moon_rec.studies.jobs``, for the training set).
@@ -25,6 +30,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import shlex
 import shutil
 import time
 import uuid
@@ -269,7 +275,9 @@ def _write_json(path: Path, obj: Any) -> None:
 GENERATE_WORLD = "generate world"
 VALIDATE_WORLD = "validate world"
 CONTACT_SHEET = "contact sheet"
+IMPORT_WORLD = "import world"
 TRAIN_ENCODER = "train encoder (pretrain, stage 1, stage 2)"
+POSTTRAIN_ENCODER = "post-train encoder from a text tower (stage 1, stage 2)"
 UNTRAINED_ENCODER = "untrained encoder"
 RECALL = "image-search recall per Matryoshka dim"
 EMBED = "embed the catalog"
@@ -285,6 +293,37 @@ def encoder_preset(preset: str) -> str:
     return preset if (CONFIGS / "encoder" / f"{preset}.yaml").is_file() else "small"
 
 
+def folder_digest(path: Path) -> str:
+    """A hash of the names and bytes of every regular file under ``path`` (hidden ones
+    skipped): the identity of an input from outside the loop (a download, a checkpoint)."""
+    h = hashlib.sha256()
+    files = sorted(f for f in path.rglob("*") if f.is_file()
+                   and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    for f in files:
+        h.update(str(f.relative_to(path)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _validate_step(layout: Layout, world_dep: str) -> Step:
+    world = layout.world
+
+    def validate() -> None:
+        from moon_rec.data.validation import validate_world
+
+        report = validate_world(world, full_images=True)
+        _write_json(layout.file("world_valid.json"), {
+            "world": str(world), "valid": True,
+            "tables": {n: {"rows": t.n_rows, "files": [str(f) for f in t.files]}
+                       for n, t in report.tables.items()}})
+
+    return Step(VALIDATE_WORLD, layout.file("world_valid.json"), validate, deps=(world_dep,),
+                code=("moon_rec.data.validation",),
+                command=f"moon world validate {world} --json")
+
+
 def world_steps(layout: Layout, preset: str, seed: int) -> list[Step]:
     """Generate the synthetic world, validate it, draw its contact sheet."""
     from moon_rec.data.world import make_config
@@ -297,15 +336,6 @@ def world_steps(layout: Layout, preset: str, seed: int) -> list[Step]:
 
         generate_world(cfg, world, progress=True)
 
-    def validate() -> None:
-        from moon_rec.data.validation import validate_world
-
-        report = validate_world(world, full_images=True)
-        _write_json(layout.file("world_valid.json"), {
-            "world": str(world), "valid": True,
-            "tables": {n: {"rows": t.n_rows, "files": [str(f) for f in t.files]}
-                       for n, t in report.tables.items()}})
-
     def sheet() -> None:
         from moon_rec.data.contact_sheet import contact_sheet
 
@@ -315,9 +345,7 @@ def world_steps(layout: Layout, preset: str, seed: int) -> list[Step]:
         Step(GENERATE_WORLD, world / "world.json", generate, {"world": cfg.to_dict()},
              clean=(world,), code=("moon_rec.data.world",),
              command=f"moon world generate --preset {preset} --seed {seed} --out {world}"),
-        Step(VALIDATE_WORLD, layout.file("world_valid.json"), validate, deps=(GENERATE_WORLD,),
-             code=("moon_rec.data.validation",),
-             command=f"moon world validate {world} --json"),
+        _validate_step(layout, GENERATE_WORLD),
         Step(CONTACT_SHEET, layout.file("contact_sheet.png"), sheet, deps=(GENERATE_WORLD,),
              code=("moon_rec.data.contact_sheet",),
              command=f"moon world show {world} --out {layout.file('contact_sheet.png')}"),
@@ -341,6 +369,84 @@ def encoder_step(layout: Layout, preset: str, *, threads: int = 2,
                 clean=(layout.encoder,), code=("moon_rec.training.trainer",),
                 command=f"moon encoder train --world {layout.world} --out {layout.encoder} "
                 f"--preset {preset} --threads {threads}")
+
+
+IMPORT_SOURCES = ("movielens",)
+
+
+def import_steps(layout: Layout, source: str, path: str | Path, *,
+                 split_quantile: float = 0.8) -> list[Step]:
+    """Import a world from outside data instead of generating one, then validate it.
+
+    Args:
+        source: ``movielens`` (MovieLens-100k: the widedeep parquet files or a GroupLens
+            ``ml-100k`` folder; ``moon data import movielens``).
+        path: the folder of the source files (``scripts/fetch_movielens.sh`` fetches them).
+        split_quantile: the time split (the first q of the ratings are the train period).
+    """
+    if source not in IMPORT_SOURCES:
+        raise ValueError(f"unknown import source {source!r} ({', '.join(IMPORT_SOURCES)})")
+    src = Path(path).resolve()
+    world = layout.world
+
+    def run() -> None:
+        from moon_rec.data.movielens import import_movielens
+
+        import_movielens(src, world, split_quantile=split_quantile, overwrite=True)
+
+    def params() -> dict[str, Any]:
+        # the source files' identity; a missing folder is the import's error to name
+        return {"source": source, "path": str(src), "split_quantile": split_quantile,
+                "files": folder_digest(src) if src.is_dir() else None}
+
+    return [
+        Step(IMPORT_WORLD, world / "world.json", run, params(), clean=(world,),
+             code=("moon_rec.data.movielens",),
+             command=f"moon data import {source} --path {src} --out {world} "
+             f"--split-quantile {split_quantile} --overwrite"),
+        _validate_step(layout, IMPORT_WORLD),
+    ]
+
+
+def text_tower_encoder_step(layout: Layout, text_tower: str | Path, preset: str = "movielens",
+                            *, stages: Sequence[str] = ("stage1", "stage2"), threads: int = 2,
+                            overrides: Sequence[str] = (),
+                            deps: Sequence[str] = (IMPORT_WORLD,)) -> Step:
+    """Post-train an encoder whose text tower starts from a pretrained model folder
+    (``text_tower``, e.g. all-MiniLM-L6-v2), pretraining skipped: ``stages`` of
+    ``configs/encoder/<preset>.yaml`` (plus ``key=value`` ``overrides``) in a row, each from
+    the previous one; the last is ``layout.checkpoint`` (``stage2`` by default)."""
+    recipe = CONFIGS / "encoder" / f"{preset}.yaml"
+    tower = Path(text_tower).resolve()
+    sets = [f"threads={threads}", *overrides]
+
+    def train() -> None:
+        from moon_rec.encoders import EncoderConfig
+        from moon_rec.training.config import load_config
+        from moon_rec.training.trainer import train_all
+
+        if not tower.is_dir():
+            raise StepFailed(f"text tower {tower}: no such folder (scripts/fetch_minilm.sh "
+                             "fetches all-MiniLM-L6-v2)")
+        config = load_config(preset, None, sets)
+        encoder = EncoderConfig.model_validate(
+            {**config.encoder.model_dump(), "text_tower": str(tower)})
+        train_all(layout.world, config.model_copy(update={"encoder": encoder}), layout.encoder,
+                  stages=tuple(stages), progress=True)
+
+    flags = " ".join(f"--set {shlex.quote(o)}" for o in overrides)
+    cmds = []
+    for i, stage in enumerate(stages):
+        start = (f"--text-tower {tower}" if i == 0
+                 else f"--init {layout.encoder / stages[i - 1]}")
+        cmds.append(f"moon encoder posttrain --stage {stage.removeprefix('stage')} --world "
+                    f"{layout.world} --out {layout.encoder / stage} --preset {preset} {start} "
+                    f"--threads {threads}" + (f" {flags}" if flags else ""))
+    return Step(POSTTRAIN_ENCODER, layout.encoder / stages[-1] / "summary.json", train,
+                {"recipe": recipe.read_text(), "sets": sets, "stages": list(stages),
+                 "text_tower": folder_digest(tower) if tower.is_dir() else str(tower)},
+                tuple(deps), clean=(layout.encoder,), code=("moon_rec.training.trainer",),
+                command=" && ".join(cmds))
 
 
 def untrained_encoder_step(layout: Layout, preset: str = "tiny", *, seed: int = 0,
@@ -377,7 +483,7 @@ def given_encoder_step(layout: Layout) -> Step:
 
 
 def recall_step(layout: Layout, stages: Sequence[str] = ("pretrain", "stage1", "stage2"),
-                *, threads: int = 2) -> Step:
+                *, threads: int = 2, encoder_dep: str = TRAIN_ENCODER) -> Step:
     """Image-search recall (and the other intermediate metrics) of each encoder stage; the
     last stage with the untrained and colour-histogram baselines (``recall.json``)."""
 
@@ -396,7 +502,7 @@ def recall_step(layout: Layout, stages: Sequence[str] = ("pretrain", "stage1", "
     cmds = [f"moon eval recall --world {layout.world} --checkpoint {layout.encoder / s} "
             f"--out {layout.recall_stages / (s + '.json')}"
             + ("" if s == stages[-1] else " --no-baselines") for s in stages]
-    return Step(RECALL, layout.recall, run, {"stages": list(stages)}, (TRAIN_ENCODER,),
+    return Step(RECALL, layout.recall, run, {"stages": list(stages)}, (encoder_dep,),
                 code=("moon_rec.retrieval.recall",), command=" && ".join(cmds))
 
 
@@ -504,9 +610,16 @@ def query_embeddings_step(layout: Layout, *, encoder_dep: str = TRAIN_ENCODER) -
 
 
 def rankers_step(layout: Layout, experiments: Sequence[str], *, seed: int | None = None,
-                 world: bool = True, progress: bool = True) -> Step:
+                 world: bool = True, queries: bool = True, progress: bool = True) -> Step:
     """Train and compare ranker experiments of ``configs/ranker/experiments.yaml`` (the
-    first is the baseline) into ``layout.rankers`` (``compare.json``)."""
+    first is the baseline) into ``layout.rankers`` (``compare.json``).
+
+    Args:
+        world: read the world's oracle click probabilities (a synthetic world) for the
+            oracle AUC and gap closed; False for a world without them (MovieLens).
+        queries: feed the query-text embeddings; False for a world without query texts
+            (their table is empty: every ``s_q`` is 0 either way).
+    """
 
     def run() -> None:
         from moon_rec.ranking.compare import compare_rankers
@@ -514,18 +627,20 @@ def rankers_step(layout: Layout, experiments: Sequence[str], *, seed: int | None
         compare_rankers(layout.training_set, layout.embeddings, RANKER_EXPERIMENTS,
                         layout.rankers, experiments=tuple(experiments),
                         world=layout.world if world else None,
-                        query_embeddings=layout.query_embeddings, seed=seed, progress=progress)
+                        query_embeddings=layout.query_embeddings if queries else None,
+                        seed=seed, progress=progress)
 
     seed_arg = "" if seed is None else f" --seed {seed}"
+    q_arg = f" --query-embeddings {layout.query_embeddings}" if queries else ""
+    w_arg = f" --world {layout.world}" if world else ""
     return Step(RANKERS, layout.rankers / "compare.json", run,
-                {"experiments": list(experiments), "seed": seed,
-                 "config": RANKER_EXPERIMENTS.read_text()},
-                (TRAINING_SET, QUERY_EMBEDDINGS, EMBED), clean=(layout.rankers,),
-                code=("moon_rec.ranking.compare",),
+                {"experiments": list(experiments), "seed": seed, "world": world,
+                 "queries": queries, "config": RANKER_EXPERIMENTS.read_text()},
+                (TRAINING_SET, *((QUERY_EMBEDDINGS,) if queries else ()), EMBED),
+                clean=(layout.rankers,), code=("moon_rec.ranking.compare",),
                 command=f"moon ranker compare --training-set {layout.training_set} --embeddings "
-                f"{layout.embeddings} --query-embeddings {layout.query_embeddings} --world "
-                f"{layout.world} --out {layout.rankers} --experiments {' '.join(experiments)}"
-                f"{seed_arg}")
+                f"{layout.embeddings}{q_arg}{w_arg} --out {layout.rankers} --experiments "
+                f"{' '.join(experiments)}{seed_arg}")
 
 
 def ranker_experiments(preset: str) -> list[str]:
@@ -533,6 +648,8 @@ def ranker_experiments(preset: str) -> list[str]:
     (smoke runs, tests) skips SIM, which only pays off on long sequences."""
     if preset == "tiny":
         return ["din_ids_tiny", "cube_moon_tiny"]
+    if preset == "movielens":
+        return ["din_ids_movielens", "cube_moon_movielens"]
     return ["din_ids", "cube_moon", "sim_moon"]
 
 
@@ -550,6 +667,32 @@ def main_steps(layout: Layout, preset: str, seed: int, experiments: Sequence[str
         training_set_step(layout),
         query_embeddings_step(layout),
         rankers_step(layout, experiments, seed=seed),
+    ]
+
+
+def imported_main_steps(layout: Layout, source: str, path: str | Path,
+                        text_tower: str | Path, experiments: Sequence[str], *, seed: int = 0,
+                        threads: int = 2, encoder_preset: str = "movielens",
+                        encoder_overrides: Sequence[str] = (),
+                        split_quantile: float = 0.8) -> list[Step]:
+    """The whole loop on an imported world (``import_steps``: MovieLens-100k) with an
+    encoder post-trained from a pretrained text tower (``text_tower_encoder_step``,
+    pretraining skipped), then the same steps as ``main_steps``: recall (the intermediate
+    metrics; the image ones "n/a" in a text-only world), embed, feature store, training set,
+    query embeddings (an empty table: MovieLens has no query texts) and rankers (no oracle
+    AUC: a real world has no ground truth)."""
+    stages = ("stage1", "stage2")
+    return [
+        *import_steps(layout, source, path, split_quantile=split_quantile),
+        text_tower_encoder_step(layout, text_tower, encoder_preset, stages=stages,
+                                threads=threads, overrides=encoder_overrides),
+        recall_step(layout, stages, threads=threads, encoder_dep=POSTTRAIN_ENCODER),
+        embed_step(layout, encoder_dep=POSTTRAIN_ENCODER),
+        feature_tables_step(layout, deps=(IMPORT_WORLD,)),
+        feature_store_step(layout),
+        training_set_step(layout),
+        query_embeddings_step(layout, encoder_dep=POSTTRAIN_ENCODER),
+        rankers_step(layout, experiments, seed=seed, world=False, queries=False),
     ]
 
 

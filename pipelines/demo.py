@@ -1,7 +1,15 @@
 """The main job: the MOON loop end to end on the embedded default (SQLite online store,
-DuckDB offline store, synthetic world).
+DuckDB offline store), on a synthetic world or on MovieLens-100k.
 
     python -m pipelines.demo --preset small --seed 0 --artifacts artifacts     # make demo
+    python -m pipelines.demo --world movielens --movielens-path P --text-tower T \
+        --artifacts artifacts/movielens                          # make demo WORLD=movielens
+
+On MovieLens (``scripts/fetch_movielens.sh P``; the text tower all-MiniLM-L6-v2 from
+``scripts/fetch_minilm.sh T``) the world is imported instead of generated, the encoder is
+post-trained from the pretrained text tower (``configs/encoder/movielens.yaml``, no
+pretraining), and the rankers are the ``*_movielens`` experiments; a real world has no
+oracle, so the report gives AUC overall and on cold movies instead of the gap closed.
 
 The loop's steps are ``moon_rec.loop.main_steps`` (world, encoder, recall, embed, feature
 store, training set, query embeddings, rankers); the demo adds two of its own: it serves
@@ -32,6 +40,7 @@ from moon_rec.loop import (
     Layout,
     Step,
     StepFailed,
+    imported_main_steps,
     main_steps,
     ranker_experiments,
     run_steps,
@@ -41,27 +50,54 @@ from pipelines.demo_serving import exercise_service
 
 SERVE = "serve: rank, add a new item, rank it"
 REPORT = "report"
+WORLDS = ("synthetic", "movielens")
+DOWNLOADS = Path("artifacts") / "downloads"
+MOVIELENS_PATH = DOWNLOADS / "movielens"
+TEXT_TOWER = DOWNLOADS / "all-MiniLM-L6-v2"
 
 
-def build_steps(preset: str, seed: int, art: Path) -> list[Step]:
-    """The whole demo, in order (see the module docstring)."""
+def build_steps(preset: str, seed: int, art: Path, *, world: str = "synthetic",
+                movielens_path: Path = MOVIELENS_PATH, text_tower: Path = TEXT_TOWER,
+                experiments: list[str] | None = None,
+                encoder_overrides: tuple[str, ...] = ()) -> list[Step]:
+    """The whole demo, in order (see the module docstring).
+
+    Args:
+        preset: the synthetic world's preset (ignored for ``movielens``).
+        world: ``synthetic`` (generated) or ``movielens`` (imported from ``movielens_path``,
+            the encoder post-trained from ``text_tower``).
+        experiments: the rankers (default ``ranker_experiments``: the baseline first, the
+            served MOON ranker second).
+        encoder_overrides: ``key=value`` overrides of the MovieLens encoder recipe.
+    """
+    if world not in WORLDS:
+        raise ValueError(f"--world {world!r}: one of {', '.join(WORLDS)}")
     layout = Layout.at(art)
-    experiments = ranker_experiments(preset)
+    name = "movielens" if world == "movielens" else preset
+    experiments = experiments or ranker_experiments(name)
     threads = max(1, min(2, os.cpu_count() or 1))  # the demo owns the machine
     model = layout.rankers / experiments[1]
     serving = layout.file("serving.json")
+    if world == "movielens":
+        steps = imported_main_steps(layout, "movielens", movielens_path, text_tower, experiments,
+                                    seed=seed, threads=threads,
+                                    encoder_overrides=encoder_overrides)
+        report_deps: tuple[str, ...] = (RECALL, SERVE)  # no photos: no contact sheet
+    else:
+        steps = main_steps(layout, preset, seed, experiments, threads=threads)
+        report_deps = (RECALL, SERVE, CONTACT_SHEET)
     return [
-        *main_steps(layout, preset, seed, experiments, threads=threads),
+        *steps,
         Step(SERVE, serving, lambda: exercise_service(layout, model, serving),
              {"model": experiments[1]}, (RANKERS, FEATURE_STORE),
              code=("pipelines.demo_serving", "serving.cli"),
              command=f"moon serve --model {model} --repo {layout.serving_repo} "
              f"--encoder {layout.checkpoint} --port <free>"),
         Step(REPORT, layout.file("report.md"),
-             lambda: print(write_report(layout, preset=preset, seed=seed,
+             lambda: print(write_report(layout, preset=name, seed=seed,
                                         experiments=experiments)),
-             {}, (RECALL, SERVE, CONTACT_SHEET), code=("pipelines.demo_report",),
-             command=f"python -m pipelines.demo_report --artifacts {art} --preset {preset} "
+             {}, report_deps, code=("pipelines.demo_report",),
+             command=f"python -m pipelines.demo_report --artifacts {art} --preset {name} "
              f"--seed {seed}"),
     ]
 
@@ -69,21 +105,40 @@ def build_steps(preset: str, seed: int, art: Path) -> list[Step]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small", help="world preset (tiny for a smoke run)")
+    parser.add_argument("--world", choices=WORLDS, default="synthetic",
+                        help="a generated synthetic world, or MovieLens-100k imported")
+    parser.add_argument("--preset", default="small",
+                        help="synthetic world preset (tiny for a smoke run)")
+    parser.add_argument("--movielens-path", type=Path, default=MOVIELENS_PATH,
+                        help="the MovieLens-100k files (scripts/fetch_movielens.sh DIR)")
+    parser.add_argument("--text-tower", type=Path, default=TEXT_TOWER,
+                        help="the pretrained text model folder of the MovieLens encoder "
+                        "(scripts/fetch_minilm.sh DIR)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--artifacts", type=Path, default=None,
+                        help="where everything goes (default: artifacts, or "
+                        "artifacts/movielens for --world movielens)")
     parser.add_argument("--force", action="append", default=[], metavar="STEP",
                         help="re-run this step (by name) even if up to date")
     parser.add_argument("--dry-run", action="store_true", help="print the steps' commands")
     args = parser.parse_args(argv)
     # torchrec / fbgemm deprecation chatter would bury the step lines
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    art: Path = args.artifacts
-    steps = build_steps(args.preset, args.seed, art)
+    art: Path = args.artifacts or (
+        Path("artifacts") / "movielens" if args.world == "movielens" else Path("artifacts"))
+    steps = build_steps(args.preset, args.seed, art, world=args.world,
+                        movielens_path=args.movielens_path, text_tower=args.text_tower)
     if args.dry_run:
         for i, s in enumerate(steps, 1):
             print(f"[{i:2d}] {s.name}\n     $ {s.command}\n     -> {s.output}")
         return 0
+    if args.world == "movielens":
+        for folder, script in ((args.movielens_path, "fetch_movielens.sh"),
+                               (args.text_tower, "fetch_minilm.sh")):
+            if not folder.is_dir():
+                print(f"demo: error: {folder}: no such folder (fetch it with "
+                      f"scripts/{script} {folder})", file=sys.stderr)
+                return 2
     try:
         run_steps(steps, art / "demo_state.json", force=args.force, label="demo")
     except (StepFailed, ValueError, FileNotFoundError) as exc:

@@ -1,6 +1,7 @@
 """The demo's serving step: start ``moon serve`` (a real process on a free loopback port)
 over the demo's feature store, rank requests of the test period, add a brand-new item
-through ``POST /items`` and rank it at once, and time ``/rank`` over HTTP.
+through ``POST /items`` and rank it at once, and time ``/rank`` over HTTP. In a text-only
+world (MovieLens) the new item has no photo: it is posted with its title and attributes.
 
 Writes ``serving.json``: versions, latency p50/p99 (ms) of /rank with 100 candidates, the
 new item's rank, and a few example responses.
@@ -43,7 +44,7 @@ def exercise_service(layout: Layout, model_dir: Path, out: Path, *, n_requests: 
            "--allow-unknown-users"]
     rng = np.random.default_rng(seed)
     items = read_table(world, "items", columns=["item_id", "title", "category_id", "brand_id",
-                                                 "image", "price"])
+                                                 "image", "price", "attributes"])
     item_ids = items.column("item_id").to_numpy()
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -81,23 +82,32 @@ def exercise_service(layout: Layout, model_dir: Path, out: Path, *, n_requests: 
                     if i >= 10:
                         latencies.append((time.perf_counter() - t0) * 1000)
                 example = first
-                # a brand-new item: a copy of a catalog photo under a new id and title
+                # a brand-new item: a copy of a catalog item (its photo, or in a text-only
+                # world its attributes) under a new id and title
                 src = int(rng.integers(len(item_ids)))
                 new_id = int(item_ids.max()) + 1
                 png = items.column("image")[src].as_py()
                 title = f"new arrival {items.column('title')[src].as_py()}"
-                r = http.post("/items", json={
-                    "item_id": new_id, "title": title, "image": base64.b64encode(png).decode(),
+                body = {
+                    "item_id": new_id, "title": title,
                     "category_id": int(items.column("category_id")[src].as_py()),
                     "brand_id": int(items.column("brand_id")[src].as_py()),
                     "price": float(items.column("price")[src].as_py()),
-                })
+                }
+                if png is not None:
+                    body["image"] = base64.b64encode(png).decode()
+                else:
+                    body["attributes"] = items.column("attributes")[src].as_py()
+                r = http.post("/items", json=body)
                 if r.status_code != 200:
                     raise StepFailed(f"/items answered {r.status_code}: {r.text}")
                 j = int(rng.integers(len(users)))
                 others = rng.choice(item_ids, size=min(n_candidates, len(item_ids)) - 1,
                                     replace=False).tolist()
-                ranked = rank(int(users[j]), title, [new_id, *others], top_k=len(others) + 1)
+                # the title as the query where the world's requests have query texts (a
+                # world without them, MovieLens, trained its rankers without any)
+                query = title if any(q for q in queries) else ""
+                ranked = rank(int(users[j]), query, [new_id, *others], top_k=len(others) + 1)
                 order = [s["item_id"] for s in ranked["top_k"]]
                 searched = http.post("/search", json={"query_text": title, "k": 10}).json()
         finally:

@@ -84,7 +84,11 @@ class RankResponse(BaseModel):
 class ItemRequest(_Strict):
     item_id: Id
     title: str = Field(min_length=1, max_length=1000)
-    image: str = Field(min_length=1, max_length=10_000_000, description="base64 PNG/JPEG")
+    image: str | None = Field(None, min_length=1, max_length=10_000_000,
+                              description="base64 PNG/JPEG; none: a text-only item, embedded "
+                              "from title + attributes")
+    attributes: str | None = Field(None, max_length=10_000,
+                                   description="attribute text (used without an image)")
     category_id: Count = Field(-1, ge=-1, le=MAX_ID)
     brand_id: Count = Field(-1, ge=-1, le=MAX_ID)
     spu_id: Count | None = Field(None, ge=0, le=MAX_ID)
@@ -301,7 +305,8 @@ def create_app(service: RankingService) -> FastAPI:
     async def add_item(req: ItemRequest) -> ItemResponse:
         """Embed a new item (title + image), push it online and into the center."""
         out = service.add_item(req.item_id, req.title, req.image, category_id=req.category_id,
-                               brand_id=req.brand_id, spu_id=req.spu_id, price=req.price)
+                               brand_id=req.brand_id, spu_id=req.spu_id, price=req.price,
+                               attributes=req.attributes)
         return ItemResponse(**out)
 
     @app.post("/search", response_model=SearchResponse, responses=ERRORS)

@@ -126,10 +126,9 @@ class QueryEncoder:
                 x = self.encoder.encode_text([text or ""])
             elif kind == "image":
                 x = self.encoder.encode_image(images_to_tensor([image], self.image_size))
-            else:
-                x = self.encoder.encode_product(
-                    [text or ""], images_to_tensor([image], self.image_size)
-                )
+            else:  # no image: a text-only product
+                pixels = None if image is None else images_to_tensor([image], self.image_size)
+                x = self.encoder.encode_product([text or ""], pixels)
             full = x.float()
         return {d: matryoshka(full, d)[0].numpy() for d in self.encoder.dims}
 
@@ -161,6 +160,7 @@ class QueryEncoder:
             return self.encode("image", "query_image", image=img)[self.dim]
         return None
 
-    def product_vectors(self, title: str, image: np.ndarray) -> dict[int, np.ndarray]:
-        """Matryoshka size -> [d] product embedding of a new item (title + decoded image)."""
+    def product_vectors(self, title: str, image: np.ndarray | None) -> dict[int, np.ndarray]:
+        """Matryoshka size -> [d] product embedding of a new item (title + decoded image;
+        image None: a text-only product, ``title`` being its ``product_text``)."""
         return self.encode("product", "title", text=title, image=image)

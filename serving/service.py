@@ -202,7 +202,8 @@ class RankingService:
         """``RequestRanker.search``: (item ids, cosine scores) nearest to the query."""
         return self.ranker.search(query_text, query_image, k)
 
-    def add_item(self, item_id: int, title: str, image: str | bytes, **attrs: Any) -> dict[str, Any]:
+    def add_item(self, item_id: int, title: str, image: str | bytes | None,
+                 **attrs: Any) -> dict[str, Any]:
         """``Writer.add_item``: embed a new item, push it online and into the catalog."""
         return self.writer.add_item(item_id, title, image, **attrs)
 

@@ -59,20 +59,24 @@ class Writer:
         self,
         item_id: int,
         title: str,
-        image: str | bytes,
+        image: str | bytes | None,
         *,
         category_id: int = -1,
         brand_id: int = -1,
         spu_id: int | None = None,
         price: float | None = None,
+        attributes: str | None = None,
     ) -> dict[str, Any]:
-        """Embed a new (or changed) item, write it online and into the catalog."""
+        """Embed a new (or changed) item, push it online and into the catalog; without an
+        image, a text-only product of ``product_text(title, attributes)`` (as the batch
+        embed job embeds a text-only catalog)."""
+        from moon_rec.encoders import product_text
+
         if not title or not title.strip():
             raise BadInput("title: empty title", "title")
         img = self.encoder.decode_image(image, "image")
-        if img is None:
-            raise BadInput("image: missing", "image")
-        vecs = self.encoder.product_vectors(title, img)
+        text = title if img is not None else product_text(title, attributes)
+        vecs = self.encoder.product_vectors(text, img)
         now = datetime.now(UTC)
         cols: dict[str, Any] = {"item_id": pa.array([item_id], pa.int64())}
         for d, v in vecs.items():

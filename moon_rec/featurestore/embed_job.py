@@ -24,6 +24,14 @@ computed at assembly, from the vectors, for every row, so they always match the 
 
 Incremental: an item whose content hash (title + image bytes) and model_version match the
 index keeps its row (and its old event_timestamp); only the others are embedded.
+
+A text-only catalog (every ``image`` null, such as MovieLens) is embedded from each item's
+``product_text(title, attributes)`` with no image (``encode_product(texts, None)``), as
+training and evaluation encode it; in a catalog with photos a missing photo is a reject.
+
+Incremental: an item whose content hash (title + image bytes; with no image, title +
+attributes) and model_version match the index keeps its row (and its old event_timestamp);
+only the others are embedded.
 Resumable: the items to embed are cut into chunks of ``part_rows`` in catalog order; each
 chunk is written atomically under ``E/.work/<plan>/`` and skipped when present, and the
 snapshot is assembled from chunks and the previous snapshot only once all exist, then
@@ -98,7 +106,7 @@ class ProductEncoder(Protocol):
     @property
     def model_version(self) -> str: ...
 
-    def encode_product(self, titles: list[str], images: torch.Tensor) -> torch.Tensor: ...
+    def encode_product(self, titles: list[str], images: torch.Tensor | None) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -203,8 +211,24 @@ def iter_items(world: str | Path, columns: list[str]) -> Iterator[pa.RecordBatch
         yield b
 
 
-def content_hashes(world: str | Path) -> tuple[np.ndarray, list[str]]:
-    """(item_id [N] int64, content hash [N]) of the catalog, in catalog order.
+def _item_columns(world: str | Path) -> list[str]:
+    """The columns the job reads (``attributes`` where the catalog has it)."""
+    names = pq.read_schema(_items_files(world)[0]).names
+    return ["item_id", "title", *(["attributes"] if "attributes" in names else []), "image"]
+
+
+def _attributes(b: pa.RecordBatch) -> list[str | None]:
+    if "attributes" in b.schema.names:
+        return list(b.column("attributes").to_pylist())
+    return [None] * b.num_rows
+
+
+def catalog_scan(world: str | Path) -> tuple[np.ndarray, list[str], bool]:
+    """(item_id [N] int64, content hash [N], text-only) of the catalog, in catalog order.
+
+    The hash covers the title and the image bytes, and for an item without an image its
+    attributes too (what its ``product_text`` is made of). Text-only: the catalog has items
+    and none has an image.
 
     Raises:
         DataError: naming the file, ``item_id`` and the row (within its file) of the first
@@ -214,19 +238,25 @@ def content_hashes(world: str | Path) -> tuple[np.ndarray, list[str]]:
     ids: list[np.ndarray] = []
     hashes: list[str] = []
     rows_per_file: list[tuple[Path, int]] = []
-    for f, row, b in _item_batches(world, ["item_id", "title", "image"]):
+    n_images = 0
+    for f, row, b in _item_batches(world, _item_columns(world)):
         check_column(b.column("item_id"), id_spec, str(f), row, full_images=False)
         ids.append(b.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64))
         if row == 0:
             rows_per_file.append((f, 0))
         rows_per_file[-1] = (f, row + b.num_rows)
-        for title, image in zip(
-            b.column("title").to_pylist(), b.column("image").to_pylist(), strict=True
+        n_images += b.num_rows - b.column("image").null_count
+        for title, attributes, image in zip(
+            b.column("title").to_pylist(), _attributes(b), b.column("image").to_pylist(),
+            strict=True,
         ):
             h = hashlib.sha256()
             h.update((title or "").encode())
             h.update(b"\0")
             h.update(image or b"")
+            if image is None:
+                h.update(b"\0attributes\0")
+                h.update((attributes or "").encode())
             hashes.append(h.hexdigest()[:32])
     all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
     dup = first_duplicate_row(all_ids)
@@ -237,7 +267,14 @@ def content_hashes(world: str | Path) -> tuple[np.ndarray, list[str]]:
                 raise DataError(f"duplicate item_id {int(all_ids[dup])}", file=str(file),
                                 column="item_id", row=local)
             local -= n
-    return all_ids, hashes
+    return all_ids, hashes, len(all_ids) > 0 and n_images == 0
+
+
+def content_hashes(world: str | Path) -> tuple[np.ndarray, list[str]]:
+    """(item_id [N] int64, content hash [N]) of the catalog, in catalog order
+    (``catalog_scan`` without the text-only flag)."""
+    ids, hashes, _text_only = catalog_scan(world)
+    return ids, hashes
 
 
 def _decode_rgb(data: bytes | None, *, where: str) -> np.ndarray:
@@ -304,14 +341,17 @@ def _longest_padding(encoder: Any) -> Iterator[None]:
 def embed_rows(
     encoder: ProductEncoder,
     titles: list[str],
-    images: list[np.ndarray],
+    images: list[np.ndarray] | None,
     batch_size: int,
     precision: str = "fp32",
 ) -> dict[int, np.ndarray]:
     """Product embeddings [N, d] per Matryoshka size d (each prefix renormalised).
 
     Args:
-        images: (S, S, 3) uint8 arrays at the encoder's image size.
+        titles: [N] product texts: titles beside photos, ``product_text(title,
+            attributes)`` for text-only products.
+        images: (S, S, 3) uint8 arrays at the encoder's image size; None: text-only
+            products (``encode_product(titles, None)``).
         precision: ``fp32`` or ``bf16`` (autocast; outputs are float32 either way).
     """
     from moon_rec.encoders.base import images_to_tensor, matryoshka
@@ -322,7 +362,10 @@ def embed_rows(
     out = {d: np.empty((n, d), np.float32) for d in dims}
     if n == 0:
         return out
-    if all(a.shape == (size, size, 3) for a in images):
+    pixels: torch.Tensor | None
+    if images is None:
+        pixels = None
+    elif all(a.shape == (size, size, 3) for a in images):
         # one vectorised conversion, the same values as images_to_tensor's
         pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().float()
         pixels /= 255.0
@@ -336,7 +379,8 @@ def embed_rows(
         _longest_padding(encoder),
     ):
         for s in range(0, n, batch_size):
-            x = encoder.encode_product(titles[s : s + batch_size], pixels[s : s + batch_size])
+            batch = None if pixels is None else pixels[s : s + batch_size]
+            x = encoder.encode_product(titles[s : s + batch_size], batch)
             x = x.float()
             for d in dims:
                 out[d][s : s + x.shape[0]] = matryoshka(x, d).cpu().numpy()
@@ -432,6 +476,7 @@ class _ChunkInput:
     item_ids: list[int]
     rows: list[int]
     titles: list[str | None]
+    attributes: list[str | None]
     images: list[bytes | None]
 
 
@@ -443,7 +488,7 @@ def _iter_chunk_inputs(world: str | Path, plan: _Plan, wanted: set[int]) -> Iter
     chunk_of = {int(i): j for j, c in enumerate(plan.chunks) if j in wanted for i in c.tolist()}
     open_: _ChunkInput | None = None
     row = 0
-    for b in iter_items(world, ["item_id", "title", "image"]):
+    for b in iter_items(world, _item_columns(world)):
         bids = b.column("item_id").to_pylist()
         pick = [k for k, i in enumerate(bids) if i in chunk_of]
         if pick:
@@ -456,13 +501,15 @@ def _iter_chunk_inputs(world: str | Path, plan: _Plan, wanted: set[int]) -> Iter
                 for k in pick:
                     bt[k] = b.column("title")[k].as_py()
                     bi[k] = b.column("image")[k].as_py()
+            ba = _attributes(b)
             for k in pick:
                 j = chunk_of[bids[k]]
                 if open_ is None or open_.index != j:
-                    open_ = _ChunkInput(j, [], [], [], [])
+                    open_ = _ChunkInput(j, [], [], [], [], [])
                 open_.item_ids.append(bids[k])
                 open_.rows.append(row + k)
                 open_.titles.append(bt[k])
+                open_.attributes.append(ba[k])
                 open_.images.append(bi[k])
                 if len(open_.item_ids) == len(plan.chunks[j]):
                     yield open_
@@ -478,18 +525,26 @@ def _embed_chunk(
     cfg: EmbedJobConfig,
     event_ts: datetime,
     precision: str = "fp32",
+    text_only: bool = False,
 ) -> tuple[pa.Table, pa.Table]:
-    """Embed one chunk; returns (embedding rows, rejects with reasons)."""
+    """Embed one chunk; returns (embedding rows, rejects with reasons). ``text_only``: the
+    catalog has no photos, each product is its ``product_text(title, attributes)``."""
+    from moon_rec.encoders.base import product_text
+
     titles: list[str] = []
     images: list[np.ndarray] = []
     ok_ids: list[int] = []
     rejects: list[tuple[int, int, str]] = []
     size = _image_size(encoder)
-    for item, row, title, data in zip(
-        chunk.item_ids, chunk.rows, chunk.titles, chunk.images, strict=True
+    for item, row, title, attributes, data in zip(
+        chunk.item_ids, chunk.rows, chunk.titles, chunk.attributes, chunk.images, strict=True
     ):
         if title is None or not str(title).strip():
             rejects.append((item, row, "empty title"))
+            continue
+        if text_only:
+            ok_ids.append(item)
+            titles.append(product_text(str(title), attributes))
             continue
         try:
             img = prepare_image(_decode_rgb(data, where=f"items row {row}"), size)
@@ -499,7 +554,7 @@ def _embed_chunk(
         ok_ids.append(item)
         titles.append(str(title))
         images.append(img)
-    vecs = embed_rows(encoder, titles, images, cfg.batch_size, precision)
+    vecs = embed_rows(encoder, titles, None if text_only else images, cfg.batch_size, precision)
     dims = tuple(encoder.dims)
     table = pa.table(
         {
@@ -786,7 +841,7 @@ def run_embed_job(
     cfg = cfg or EmbedJobConfig()
     out = Path(out)
     # the catalog's files, columns and ids are checked before anything is written
-    ids, hashes = content_hashes(world)
+    ids, hashes, text_only = catalog_scan(world)
     out.mkdir(parents=True, exist_ok=True)
     rank, world_size = _dist()
     # finish a swap that a kill interrupted, before looking at the index
@@ -829,7 +884,7 @@ def run_embed_job(
         for chunk in _iter_chunk_inputs(world, plan, pending):
             if cfg.max_chunks is not None and embedded >= cfg.max_chunks:
                 return {"interrupted": True, "chunks_done": embedded, "plan": plan.plan_id}
-            table, rej = _embed_chunk(chunk, encoder, cfg, plan.event_ts, precision)
+            table, rej = _embed_chunk(chunk, encoder, cfg, plan.event_ts, precision, text_only)
             j = chunk.index
             _write_parquet(rej, plan.dir / f"chunk-{j:05d}.rejects.parquet")
             # written last: its presence marks the chunk done

@@ -4,7 +4,10 @@ The batch embed job writes item embeddings only; the ranker also needs the query
 This job encodes the distinct non-empty ``query_text`` values of a training set with the
 same encoder checkpoint and writes them in the agreed format: ``query_text`` string,
 ``emb_{d}`` list<float32> per Matryoshka size (prefix renormalised), ``model_version``,
-``event_timestamp``.
+``event_timestamp``. A training set without query texts (MovieLens: no search queries) gets
+an empty table of that format: no impression has a query, so the ranker's query-target
+similarity ``s_q`` is 0 throughout (``has_query`` False), as it is for any query-less
+impression.
 
     moon ranker embed-queries --training-set T --checkpoint C --out Q.parquet
 """
@@ -25,7 +28,6 @@ from moon_rec.data.embeddings import (
     parquet_files,
     write_embedding_table,
 )
-from moon_rec.data.errors import DataError
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -44,19 +46,19 @@ def write_query_embeddings(
     training_set: str | Path, checkpoint: str | Path, out: str | Path, batch_size: int = 256
 ) -> Path:
     """Encode the training set's query texts with the encoder at ``checkpoint``; write
-    ``out`` (a parquet file, atomically). Returns ``out``."""
+    ``out`` (a parquet file, atomically; no rows when it has no query texts). Returns
+    ``out``."""
     from moon_rec.encoders import MoonEncoder, matryoshka
 
     encoder = MoonEncoder.from_pretrained(checkpoint).eval()
     texts = distinct_queries(training_set)
-    if not texts:
-        raise DataError("no query texts", file=str(training_set), column="query_text")
     parts = [
         encoder.encode_text(texts[i : i + batch_size]).float().cpu()
         for i in range(0, len(texts), batch_size)
     ]
-    full = torch.cat(parts)
-    prefixes = {d: matryoshka(full, d).numpy().astype(np.float32) for d in encoder.dims}
+    full = torch.cat(parts) if parts else torch.zeros((0, encoder.embed_dim))
+    prefixes = {d: matryoshka(full, d).numpy().astype(np.float32).reshape(len(texts), d)
+                for d in encoder.dims}
     table = embedding_table(texts, prefixes, encoder.model_version, datetime.now(UTC),
                             key=QUERY_KEY)
     return write_embedding_table(table, Path(out))

@@ -7,6 +7,15 @@
   every Matryoshka dim (renormalised prefixes).
 - Text-query recall@10: held-out behaviours (ts >= train_end_ts) with a query text, the
   item clicked / carted / bought as the truth, the same product index.
+- Next-item recall@10 (``next_item_recall``; every world, MovieLens included, which has no
+  query texts): for each user with behaviours on both sides of train_end_ts, the query is
+  the L2-normalised mean product embedding of the user's last ``history`` (10) distinct
+  train-period behaviour items (most recent last behaviour first); the catalog (cold items
+  included) is ranked by cosine with it, leaving out every item the user had a
+  train-period behaviour on; each distinct item of the user's test-period behaviours
+  that is not among those is one target, a hit when it is in the top 10. The value is
+  hits / targets over all users' targets (at most ``max_users`` users, a seeded sample).
+  A behaviour is any logged engagement (click, cart, buy; MovieLens: a rating >= 4).
 - Category linear probe: logistic regression from product embeddings to category, on a
   seeded 80/20 split of the catalog; test accuracy.
 - Image-title alignment: mean cosine of a catalog photo with its own title minus that with
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +49,7 @@ from moon_rec.encoders.inference import (
     embed_texts,
     resolve_checkpoint,
 )
-from moon_rec.retrieval.index import ExactIndex
+from moon_rec.retrieval.index import ExactIndex, normalize
 from moon_rec.training.data import WorldData, load_world
 
 KS: tuple[int, ...] = (1, 10, 100)
@@ -168,6 +178,82 @@ def heldout_text_pairs(data: WorldData) -> tuple[list[str], np.ndarray]:
     return texts, np.asarray(items, np.int64)
 
 
+@dataclass(frozen=True)
+class NextItemQueries:
+    """The next-item recall task of a world (see the module docstring).
+
+    Args:
+        history_rows: per user, the catalog rows of the query's history items.
+        excluded_rows: per user, the catalog rows left out of the ranking (every item of
+            the user's train-period behaviours).
+        target_ids: per user, the item ids to find (test-period behaviour items not
+            excluded); every user has at least one.
+    """
+
+    history_rows: list[np.ndarray]
+    excluded_rows: list[np.ndarray]
+    target_ids: list[np.ndarray]
+
+    @property
+    def n_targets(self) -> int:
+        return int(sum(len(t) for t in self.target_ids))
+
+
+def next_item_queries(data: WorldData, *, history: int = 10, max_users: int = 5000,
+                      seed: int = 0) -> NextItemQueries:
+    """The users, histories and targets of ``next_item_recall`` (module docstring)."""
+    train = data.beh_us < data.train_end_us
+    users = np.intersect1d(data.beh_user[train], data.beh_user[~train])
+    if len(users) > max_users:
+        rng = np.random.default_rng([seed, 23])
+        users = np.sort(rng.choice(users, max_users, replace=False))
+    keep = np.flatnonzero(np.isin(data.beh_user, users))
+    order = keep[np.lexsort((data.beh_us[keep], data.beh_user[keep]))]
+    rows = data.rows_of(data.beh_item[order]) if len(order) else np.zeros(0, np.int64)
+    is_train = train[order]
+    starts = np.flatnonzero(np.r_[True, data.beh_user[order][1:] != data.beh_user[order][:-1]])
+    hist, excl, targets = [], [], []
+    for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(order)], strict=True):
+        u_rows, u_train = rows[a:b], is_train[a:b]
+        past = u_rows[u_train]
+        recent: list[int] = []  # distinct, the most recent last behaviour first
+        for r in past[::-1].tolist():
+            if r not in recent:
+                recent.append(r)
+                if len(recent) == history:
+                    break
+        seen = np.unique(past)
+        new = np.setdiff1d(np.unique(u_rows[~u_train]), seen)
+        if len(new) and recent:
+            hist.append(np.asarray(recent, np.int64))
+            excl.append(seen)
+            targets.append(data.item_id[new])
+    return NextItemQueries(hist, excl, targets)
+
+
+def next_item_recall(task: NextItemQueries, item_ids: np.ndarray, item_emb: np.ndarray,
+                     k: int = 10, batch_size: int = 1024) -> float | None:
+    """Next-item recall@k (module docstring) of product embeddings ``item_emb`` [N, D]
+    (row-aligned with ``item_ids`` [N], the world's catalog rows); None without targets."""
+    if task.n_targets == 0:
+        return None
+    emb = normalize(np.asarray(item_emb, np.float32))
+    index = ExactIndex(emb, item_ids)
+    hits = 0
+    n = len(item_ids)
+    for s in range(0, len(task.target_ids), batch_size):
+        sl = slice(s, s + batch_size)
+        queries = np.stack([emb[h].mean(0) for h in task.history_rows[sl]])
+        depth = min(n, k + max(len(e) for e in task.excluded_rows[sl]))
+        _scores, ranked = index.search(queries, depth)
+        for row, excluded, truth in zip(ranked, task.excluded_rows[sl], task.target_ids[sl],
+                                        strict=True):
+            left_out = set(item_ids[excluded].tolist())
+            top = [i for i in row.tolist() if i >= 0 and i not in left_out][:k]
+            hits += int(np.isin(truth, top).sum())
+    return hits / task.n_targets
+
+
 # -- evaluation ---------------------------------------------------------------------------
 
 
@@ -193,6 +279,8 @@ def evaluate_encoder(encoder: MoonEncoder, data: WorldData, *, batch_size: int =
         result["text_recall@10"] = recall_at_k(ranked, truth, (10,))["recall@10"]
     else:
         result["text_recall@10"] = None
+    result["next_item_recall@10"] = next_item_recall(next_item_queries(data, seed=seed),
+                                                     data.item_id, item_emb)
     result["probe_acc"] = category_probe(
         np.asarray(matryoshka(torch.from_numpy(item_emb), encoder.dims[-1])), data.category_id, seed)
     result["image_title_align"] = image_title_alignment(encoder, data, seed=seed,
@@ -207,7 +295,8 @@ def evaluate_color_histogram(data: WorldData, *, bins: int = 8, seed: int = 0) -
     t0 = time.time()
     if data.images is None:
         return {"model_version": f"color_histogram_{bins}", **image_search_na((bins ** 3,)),
-                "text_recall@10": None, "probe_acc": None, "seconds": 0.0}
+                "text_recall@10": None, "next_item_recall@10": None, "probe_acc": None,
+                "seconds": 0.0}
     q = data.eval_query_mask
     item_h = color_histogram(data.images, bins)
     query_h = color_histogram(data.query_images[torch.from_numpy(q)], bins)
@@ -215,6 +304,8 @@ def evaluate_color_histogram(data: WorldData, *, bins: int = 8, seed: int = 0) -
     result: dict[str, Any] = {"model_version": f"color_histogram_{bins}"}
     result.update(ImageSearchRecall(data.item_id, item_h, (d,))(query_h, data.query_item_id[q]))
     result["text_recall@10"] = None
+    result["next_item_recall@10"] = next_item_recall(next_item_queries(data, seed=seed),
+                                                     data.item_id, item_h)
     result["probe_acc"] = category_probe(item_h, data.category_id, seed)
     result["seconds"] = round(time.time() - t0, 2)
     return result
@@ -234,6 +325,7 @@ def evaluate_checkpoint(
     result["n_items"] = int(data.n_items)
     result["n_image_queries"] = int(data.eval_query_mask.sum())
     result["n_text_queries"] = len(heldout_text_pairs(data)[0])
+    result["n_next_item_targets"] = next_item_queries(data).n_targets
     result["world"] = str(data.root)
     if baselines:
         tower = encoder.config.text_tower

@@ -334,7 +334,7 @@ class Study:
             assert rec is not None, f"encoder point {v.name} missing"
             ckpt = self.out / rec["result"]["checkpoint"]
             enc = MoonEncoder.from_pretrained(ckpt).eval()
-            item_emb = embed_products(enc, self.data.title, self.data.images)
+            item_emb = embed_products(enc, self.data.product_titles, self.data.images)
             metrics = evaluate_encoder(enc, self.data, seed=self.config.seed, item_emb=item_emb)
             edir = self.embeddings_dir(v.name)
             write_item_embeddings(self.data.item_id, item_emb, enc.dims, enc.model_version,

@@ -109,3 +109,25 @@ def test_main_steps_name_their_commands(tmp_path: Path) -> None:
         assert s.command.startswith("moon "), s.name
         assert set(s.deps) <= set(names[: names.index(s.name)]), s.name
         assert s.code, s.name
+
+
+def test_imported_main_steps_name_their_commands(tmp_path: Path) -> None:
+    """The MovieLens loop: import instead of generate, a text-tower post-training encoder
+    step, then the same steps; rankers without oracle world and without query vectors."""
+    from moon_rec.loop import IMPORT_WORLD, POSTTRAIN_ENCODER, RANKERS, imported_main_steps
+
+    steps = imported_main_steps(Layout.at(tmp_path / "art"), "movielens", tmp_path / "ml",
+                                tmp_path / "tower", ranker_experiments("movielens"))
+    names = [s.name for s in steps]
+    assert names[0] == IMPORT_WORLD and POSTTRAIN_ENCODER in names
+    assert len(names) == len(set(names))
+    for s in steps:
+        assert s.command.startswith("moon "), s.name
+        assert set(s.deps) <= set(names[: names.index(s.name)]), s.name
+        assert s.code, s.name
+    by = {s.name: s for s in steps}
+    assert "--text-tower" in by[POSTTRAIN_ENCODER].command
+    assert "pretrain" not in by[POSTTRAIN_ENCODER].command
+    assert "--world" not in by[RANKERS].command and "--query-" not in by[RANKERS].command
+    with pytest.raises(ValueError, match="unknown import source"):
+        imported_main_steps(Layout.at(tmp_path), "netflix", tmp_path, tmp_path, ["a", "b"])

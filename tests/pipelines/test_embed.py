@@ -300,3 +300,57 @@ def test_embed_rows_equals_the_public_encode_product(tiny_world: Path, backbone:
     assert enc.tokenizer is tok  # the job's padding proxy is gone afterwards
     for d in cfg.dims:
         np.testing.assert_allclose(got[d], matryoshka(ref, d).numpy(), atol=1e-5)
+
+
+def test_text_only_catalog_embeds_product_text(tmp_path: Path) -> None:
+    """A text-only catalog (MovieLens: every image null) is embedded from
+    ``product_text(title, attributes)`` with no image, as training encodes it; a changed
+    attribute text re-embeds that item only; an empty title is still a reject."""
+    import torch
+    from movielens_data import write_grouplens_fixture
+
+    from moon_rec.data.movielens import import_movielens
+    from moon_rec.encoders import EncoderConfig, MoonTokenizer, build_encoder, product_text
+    from moon_rec.encoders.base import matryoshka
+
+    world = tmp_path / "world"
+    import_movielens(write_grouplens_fixture(tmp_path / "ml", n_movies=20, n_users=6), world)
+    items = pq.read_table(world / "items.parquet")
+    texts = [product_text(t, a) for t, a in zip(items.column("title").to_pylist(),
+                                                 items.column("attributes").to_pylist(),
+                                                 strict=True)]
+    assert texts[0].startswith(items.column("title")[0].as_py() + ". year: ")
+    cfg = EncoderConfig(hidden_size=32, num_heads=2, vision_layers=1, text_layers=1,
+                        patch_size=16, embed_dim=64, dims=(16, 64), max_text_len=32)
+    enc = build_encoder(cfg, MoonTokenizer.train(texts, vocab_size=200)).eval()
+    job = EmbedJobConfig(batch_size=8, part_rows=8, progress=False, event_ts=T0,
+                         precision="fp32")
+    out = tmp_path / "emb"
+    m = run_embed_job(world, None, out, job, encoder=enc)
+    assert m["n_items"] == 20 and m["n_rejects"] == 0
+    with torch.inference_mode():
+        ref = enc.encode_product(texts, None)
+        with_title_only = enc.encode_product(items.column("title").to_pylist(), None)
+    t = _read(out)
+    assert t.column("item_id").to_pylist() == items.column("item_id").to_pylist()
+    for d in (16, 64):
+        got = np.array(t.column(f"emb_{d}").to_pylist(), dtype=np.float32)
+        np.testing.assert_allclose(got, matryoshka(ref, d).numpy(), atol=1e-5)
+    got = np.array(t.column("emb_64").to_pylist(), dtype=np.float32)
+    assert not np.allclose(got, with_title_only.numpy(), atol=1e-3)  # attributes count
+
+    # incremental: a changed attribute text is a changed product; an empty title a reject
+    attrs = items.column("attributes").to_pylist()
+    titles = items.column("title").to_pylist()
+    attrs[3] = "year: 1999; genres: Comedy"
+    titles[5] = "  "
+    changed = items.set_column(items.schema.get_field_index("attributes"), "attributes",
+                               pa.array(attrs, pa.string()))
+    changed = changed.set_column(changed.schema.get_field_index("title"), "title",
+                                 pa.array(titles, pa.string()))
+    pq.write_table(changed, world / "items.parquet")
+    m = run_embed_job(world, None, out, job, encoder=enc)
+    assert m["n_embedded"] == 1 and m["n_rejects"] == 1 and m["n_items"] == 19
+    rej = pq.read_table(out / "rejects.parquet").to_pylist()
+    assert [(r["item_id"], r["reason"]) for r in rej] == [(items.column("item_id")[5].as_py(),
+                                                          "empty title")]

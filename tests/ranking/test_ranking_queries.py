@@ -48,3 +48,29 @@ def test_query_embeddings_round_trip(
         load_moon_embeddings(ranker_data.embeddings / "items.parquet", 32, queries=out)
     data = load_training_set(ranker_data.training_set, 5, 64)
     assert len(data) > 0
+
+
+def test_no_query_texts_give_an_empty_table(
+    ranker_data: SyntheticPaths, checkpoint: Path, tmp_path: Path
+) -> None:
+    """MovieLens has no search queries: every query_text is empty, and the job writes an
+    empty table of the query-embedding format (so every s_q is 0) instead of failing."""
+    import pyarrow as pa
+
+    from moon_rec.data.embeddings import QUERY_KEY, embedding_schema
+    from moon_rec.data.embeddings import parquet_files as files
+
+    table = pa.concat_tables([pq.read_table(f) for f in files(ranker_data.training_set)])
+    blank = table.set_column(table.schema.get_field_index("query_text"), "query_text",
+                             pa.array([""] * table.num_rows, pa.string()))
+    pq.write_table(blank, tmp_path / "no_queries.parquet")
+    assert distinct_queries(tmp_path / "no_queries.parquet") == []
+    out = write_query_embeddings(tmp_path / "no_queries.parquet", checkpoint,
+                                 tmp_path / "queries.parquet")
+    got = pq.read_table(out)
+    assert got.num_rows == 0
+    assert got.schema.equals(embedding_schema((32, 64), QUERY_KEY), check_metadata=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no parquet files"):
+        write_query_embeddings(empty, checkpoint, tmp_path / "q2.parquet")

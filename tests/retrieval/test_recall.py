@@ -12,7 +12,8 @@ import torch
 from moon_rec.cli import main
 from moon_rec.encoders import EncoderConfig, MoonTokenizer, build_encoder
 from moon_rec.retrieval import ExactIndex, ImageSearchRecall, color_histogram, recall_at_k
-from moon_rec.retrieval.recall import category_probe
+from moon_rec.retrieval.recall import category_probe, next_item_queries, next_item_recall
+from moon_rec.training.data import WorldData
 
 
 def test_recall_at_k_by_hand() -> None:
@@ -93,6 +94,10 @@ def test_eval_recall_cli_json(tiny_world: Path, untrained_checkpoint: Path, caps
     assert r["baselines"]["untrained"]["model_version"] == r["model_version"]
     assert r["baselines"]["untrained"]["recall@10"] == r["recall@10"]
     assert r["n_image_queries"] > 0
+    # next-item recall: every world, the colour histogram too (a photo world)
+    assert r["n_next_item_targets"] > 0
+    for rec in (r, r["baselines"]["color_histogram"]):
+        assert 0.0 <= rec["next_item_recall@10"] <= 1.0
 
 
 def test_eval_recall_bad_checkpoint(tiny_world: Path, tmp_path: Path, capsys) -> None:
@@ -132,6 +137,7 @@ def test_text_only_world_reports_image_metrics_as_na(tiny_world: Path, untrained
     assert r["image_title_align"] is None
     assert isinstance(r["text_recall@10"], float) and 0.0 <= r["text_recall@10"] <= 1.0
     assert 0.0 <= r["probe_acc"] <= 1.0
+    assert 0.0 <= r["next_item_recall@10"] <= 1.0
     emb = embed_products(encoder, data.product_titles[:5], None)
     with torch.no_grad():
         want = encoder.encode_text(data.product_titles[:5]).numpy()
@@ -142,6 +148,51 @@ def test_text_only_world_reports_image_metrics_as_na(tiny_world: Path, untrained
     out = json.loads(capsys.readouterr().out)
     assert out["recall@10"] is None and out["image_title_align"] is None
     assert out["baselines"]["color_histogram"]["recall@10"] is None
+    assert out["baselines"]["color_histogram"]["next_item_recall@10"] is None
     assert main(["eval", "recall", "--world", str(world), "--checkpoint",
                  str(untrained_checkpoint)]) == 0
     assert "n/a" in capsys.readouterr().out
+
+
+def _world_of(item_emb_ids: list[int], behaviours: list[tuple[int, int, int]],
+              train_end: int) -> WorldData:
+    """A text-only WorldData of the given items and (user, item, ts) behaviours."""
+    n = len(item_emb_ids)
+    z = np.zeros(0, np.int64)
+    return WorldData(
+        root=Path("by-hand"), train_end_us=train_end, image_size=0,
+        item_id=np.asarray(item_emb_ids, np.int64), category_id=np.zeros(n, np.int64),
+        spu_id=np.asarray(item_emb_ids, np.int64), launch_us=np.zeros(n, np.int64),
+        title=[f"item {i}" for i in item_emb_ids], attributes=[""] * n, images=None,
+        query_id=z, query_item_id=z, query_us=z,
+        query_images=torch.zeros((0, 3, 1, 1), dtype=torch.uint8),
+        beh_user=np.array([b[0] for b in behaviours], np.int64),
+        beh_item=np.array([b[1] for b in behaviours], np.int64),
+        beh_us=np.array([b[2] for b in behaviours], np.int64),
+        beh_action=np.array(["click"] * len(behaviours), dtype=object),
+        beh_text=[""] * len(behaviours), beh_image_query=np.full(len(behaviours), -1),
+        exposure={})
+
+
+def test_next_item_recall_by_hand() -> None:
+    """User 1 liked 10 then 11 before the split and 12 (and 10 again) after: the mean of
+    10 and 11 is nearest to 12 among the items it did not like yet (10 and 11 are left
+    out; the repeat of 10 is no target). User 2 liked 13, then 15: 14 is nearer than 15.
+    User 3 has no test behaviour, user 4 no train behaviour: neither counts."""
+    ids = [10, 11, 12, 13, 14, 15]
+    emb = np.array([[1, 0, 0], [0.8, 0.6, 0], [0.95, 0.3, 0],
+                    [0, 0, 1], [0, 0.3, 0.95], [0, 0.6, 0.8]], np.float32)
+    beh = [(1, 10, 1), (1, 11, 2), (1, 12, 200), (1, 10, 201),
+           (2, 13, 5), (2, 15, 300), (3, 14, 7), (4, 11, 150)]
+    data = _world_of(ids, beh, train_end=100)
+    task = next_item_queries(data)
+    assert task.n_targets == 2
+    assert [t.tolist() for t in task.target_ids] == [[12], [15]]
+    assert [data.item_id[h].tolist() for h in task.history_rows] == [[11, 10], [13]]
+    assert next_item_recall(task, data.item_id, emb, k=1) == 0.5
+    assert next_item_recall(task, data.item_id, emb, k=2) == 1.0
+    # history 1: user 1 searches with 11 alone, whose nearest free item is still 12
+    assert next_item_queries(data, history=1).history_rows[0].tolist() == [1]
+    # no user with behaviours on both sides: n/a
+    assert next_item_recall(next_item_queries(_world_of(ids, beh[6:], 100)),
+                            data.item_id, emb) is None
