@@ -26,15 +26,17 @@ finished chunks); a step whose key changed starts clean.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
 import json
 import shlex
 import shutil
+import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,12 +165,34 @@ class StepFailed(RuntimeError):
     """A step failed; the message names the step and why."""
 
 
+@contextlib.contextmanager
+def _repo_first() -> Iterator[None]:
+    """The repository root first on ``sys.path``: the project's packages, not a same-named
+    folder elsewhere on the path (pytest puts ``tests/`` there, and ``tests/pipelines``
+    would pass for a ``pipelines`` namespace package)."""
+    root = str(REPO_ROOT)
+    sys.path.insert(0, root)
+    try:
+        yield
+    finally:
+        sys.path.remove(root)
+
+
+def _find_spec(name: str) -> Any:
+    with _repo_first():
+        try:
+            return importlib.util.find_spec(name)
+        except ModuleNotFoundError:
+            return None
+
+
 @functools.cache
 def _import_graph(packages: tuple[str, ...]) -> Any:
     import grimp
 
-    present = [p for p in packages if importlib.util.find_spec(p) is not None]
-    return grimp.build_graph(*present, include_external_packages=False, cache_dir=None)
+    present = [p for p in packages if _find_spec(p) is not None]
+    with _repo_first():
+        return grimp.build_graph(*present, include_external_packages=False, cache_dir=None)
 
 
 def code_modules(entry: Sequence[str], packages: tuple[str, ...] = PROJECT_PACKAGES) -> list[str]:
@@ -187,7 +211,7 @@ def code_digest(entry: Sequence[str], packages: tuple[str, ...] = PROJECT_PACKAG
     """A hash of the source of ``code_modules(entry, packages)``."""
     h = hashlib.sha256()
     for m in code_modules(entry, packages):
-        spec = importlib.util.find_spec(m)
+        spec = _find_spec(m)
         origin = spec.origin if spec is not None else None
         h.update(m.encode())
         if origin and origin.endswith(".py"):

@@ -213,7 +213,11 @@ def iter_items(world: str | Path, columns: list[str]) -> Iterator[pa.RecordBatch
 
 def _item_columns(world: str | Path) -> list[str]:
     """The columns the job reads (``attributes`` where the catalog has it)."""
-    names = pq.read_schema(_items_files(world)[0]).names
+    first = _items_files(world)[0]
+    try:
+        names = pq.read_schema(first).names
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"not a readable parquet file ({exc})", file=str(first)) from exc
     return ["item_id", "title", *(["attributes"] if "attributes" in names else []), "image"]
 
 
