@@ -316,16 +316,19 @@ class FrozenContentTable(nn.Module):
             )
         self.rows = ItemRows(item_ids)
         self.dim = int(vectors.shape[1])
-        self.embedding_collection = EmbeddingCollection(
-            tables=[
-                EmbeddingConfig(
-                    name=CONTENT_TABLE,
-                    embedding_dim=self.dim,
-                    num_embeddings=int(vectors.shape[0]) + 1,
-                    feature_names=[CONTENT_FEATURE],
-                )
-            ]
-        )
+        # The table's random init is overwritten below; fork the RNG so building it leaves
+        # every other module's init as it was (same seeds, same rankers as before).
+        with torch.random.fork_rng(devices=[]):
+            self.embedding_collection = EmbeddingCollection(
+                tables=[
+                    EmbeddingConfig(
+                        name=CONTENT_TABLE,
+                        embedding_dim=self.dim,
+                        num_embeddings=int(vectors.shape[0]) + 1,
+                        feature_names=[CONTENT_FEATURE],
+                    )
+                ]
+            )
         weight = self.embedding_collection.embeddings[CONTENT_TABLE].weight
         with torch.no_grad():
             weight[:-1].copy_(vectors.float())
