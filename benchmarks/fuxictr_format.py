@@ -49,24 +49,12 @@ import pyarrow.parquet as pq
 
 from moon_rec.data.embeddings import MoonEmbeddings, parquet_files, read_parquet
 from moon_rec.data.errors import DataError
-from moon_rec.data.training_set import write_training_set
+from moon_rec.data.training_set import REQUIRED_COLUMNS, write_training_set
+from moon_rec.ranking.data import MAX_QUERY_TOKENS
 from moon_rec.ranking.features import query_tokens
 
-MAX_QUERY_TOKENS = 8  # as moon_rec.ranking.data
-EXPORT_COLUMNS: tuple[str, ...] = (
-    "request_id",
-    "user_id",
-    "item_id",
-    "ts",
-    "query_text",
-    "position",
-    "clicked",
-    "category_id",
-    "brand_id",
-    "hist_item_ids",
-    "hist_category_ids",
-    "split",
-)
+# the training set's own required columns (its owner, moon_rec.data.training_set) plus ts
+EXPORT_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, "ts")
 MISSING = -1  # a null category / brand becomes this raw value (FuxiCTR's fill_na: a token)
 
 

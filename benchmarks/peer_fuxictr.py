@@ -70,6 +70,11 @@ DEFAULT_VENV = ROOT / ".peer" / "fuxictr-venv"
 EXPERIMENTS_FILE = ROOT / "configs" / "ranker" / "experiments.yaml"
 
 
+# the ranking-report keys both libraries' rows print
+REPORT_KEYS: tuple[str, ...] = ("auc", "auc_cold", "auc_warm", "gauc", "logloss", "n_test",
+                                "n_cold", "oracle_auc", "oracle_auc_cold")
+
+
 # --------------------------------------------------------------------------- environment
 def venv_stamp() -> str:
     """What the venv was built from: the python minor version and the pins."""
@@ -325,18 +330,7 @@ def score(info: dict[str, Any], pred: np.ndarray) -> dict[str, Any]:
     rep = ranking_report(
         info["labels"], pred, info["users"], info["is_cold"], info["look_driven"], info["oracle"]
     )
-    keep = (
-        "auc",
-        "auc_cold",
-        "auc_warm",
-        "gauc",
-        "logloss",
-        "n_test",
-        "n_cold",
-        "oracle_auc",
-        "oracle_auc_cold",
-    )
-    return {k: rep.get(k) for k in keep}
+    return {k: rep.get(k) for k in REPORT_KEYS}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -494,17 +488,7 @@ def main() -> None:
                     "seed": seed,
                     **{
                         k: rep.get(k)
-                        for k in (
-                            "auc",
-                            "auc_cold",
-                            "auc_warm",
-                            "gauc",
-                            "logloss",
-                            "n_test",
-                            "n_cold",
-                            "oracle_auc",
-                            "oracle_auc_cold",
-                        )
+                        for k in REPORT_KEYS
                     },
                     "epochs": r["epochs"],
                     "examples": r["examples"],
