@@ -99,6 +99,9 @@ class ItemResponse(BaseModel):
     item_id: int
     embedding_version: str
     event_timestamp: str
+    semantic_ids: list[int] | None = Field(
+        None, description="the item's semantic-ID code (one codeword per level, from the "
+        "embed job's quantiser); null when the embeddings have no semantic IDs")
 
 
 class SearchRequest(_Strict):

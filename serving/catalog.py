@@ -12,6 +12,11 @@ The store and the snapshot are the truth, and every process converges on them:
 - items still missing are read from the online store on first use.
 
 So ``/search`` and ranking see the same items in every process and after a restart.
+
+Semantic IDs: the center holds each item's code (the snapshot's ``semantic_ids`` column,
+the store's rows for items written since), and the catalog holds the quantiser the embed
+job saved beside the snapshot (``semantic_ids.npz``), which codes new items; a refreshed
+snapshot brings its own quantiser with it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ from moon_rec.featurestore.layout import (
 )
 from moon_rec.featurestore.push import ItemChangeLog
 from moon_rec.retrieval.ann import AnnConfig, AnnIndex
+from moon_rec.retrieval.semantic_ids import (
+    SEMANTIC_IDS_FILE,
+    SemanticIdQuantiser,
+    load_semantic_ids,
+)
 from serving.center import EmbeddingCenter
 from serving.store_guard import StoreGuard
 from serving.version_gate import VersionGate
@@ -44,6 +54,23 @@ def load_center(paths: FeatureDataPaths, dim: int, gate: VersionGate) -> Embeddi
     return center
 
 
+def read_quantiser(paths: FeatureDataPaths) -> SemanticIdQuantiser | None:
+    """The semantic-ID quantiser saved beside the snapshot at ``paths`` (None: none)."""
+    file = paths.embeddings_dir() / SEMANTIC_IDS_FILE
+    return load_semantic_ids(file) if file.is_file() else None
+
+
+def load_quantiser(
+    paths: FeatureDataPaths, center: EmbeddingCenter, gate: VersionGate
+) -> SemanticIdQuantiser | None:
+    """The snapshot's quantiser (``read_quantiser``); ``VersionMismatch`` when the gate
+    refuses it for the snapshot's ``center`` (another model_version, codes that do not
+    fit the ranker, codes without a quantiser)."""
+    quantiser = read_quantiser(paths)
+    gate.check_quantiser(quantiser, paths.embeddings_dir(), center.levels)
+    return quantiser
+
+
 def build_ann(center: EmbeddingCenter, kind: str = "auto") -> AnnIndex:
     """An ANN index over every item of ``center`` (``auto``: chosen by catalog size)."""
     ids, vecs = center.all_items()
@@ -55,7 +82,10 @@ class Catalog:
     """The center + ANN index, kept in step with the store and the snapshot.
 
     Args:
-        center: the loaded center (``load_center``); the ranker's content lookup reads it.
+        center: the loaded center (``load_center``); the ranker's content (and
+            semantic-ID) lookup reads it.
+        quantiser: the snapshot's semantic-ID quantiser (``load_quantiser``; None: the
+            snapshot has no codes).
         paths: the offline data locations (the snapshot's folder is watched).
         gate: decides whether a new snapshot can be served.
         guard: every online-store read goes through it.
@@ -67,6 +97,7 @@ class Catalog:
     def __init__(
         self,
         center: EmbeddingCenter,
+        quantiser: SemanticIdQuantiser | None,
         paths: FeatureDataPaths,
         gate: VersionGate,
         guard: StoreGuard,
@@ -75,6 +106,7 @@ class Catalog:
         ann_kind: str = "auto",
     ) -> None:
         self.center = center
+        self.quantiser = quantiser
         self.paths = paths
         self.gate = gate
         self.guard = guard
@@ -97,6 +129,13 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.center)
 
+    def encode_codes(self, vectors: np.ndarray) -> np.ndarray | None:
+        """Semantic-ID codes [N, L] of item vectors [N, D] (``SemanticIdQuantiser
+        .encode_codes`` of the snapshot's quantiser, as the embed job codes its rows);
+        None when the snapshot has no quantiser."""
+        quantiser = self.quantiser  # one reference: a refresh may swap it
+        return None if quantiser is None else quantiser.encode_codes(vectors)
+
     # -- reads ---------------------------------------------------------------------------
     def ensure_items(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(category [N], brand [N], found [N]) of item ``ids`` [N]; items missing from the
@@ -106,12 +145,12 @@ class Catalog:
             return cat, brand, found
         missing = np.unique(ids[~found])
         emb = self.guard.call("item embeddings", self.client.item_embeddings, missing,
-                              self.dim, on_mismatch="missing")
+                              self.dim, on_mismatch="missing", levels=self.center.levels)
         if emb.found.any():
             attrs = self.guard.call("item attributes", self.client.item_attributes, missing)
             ok = emb.found
             self.upsert(missing[ok], emb.vectors[ok], attrs["category_id"][ok],
-                        attrs["brand_id"][ok])
+                        attrs["brand_id"][ok], None if emb.codes is None else emb.codes[ok])
             _, cat, brand, found = self.center.lookup(ids)
         return cat, brand, found
 
@@ -123,22 +162,30 @@ class Catalog:
 
     # -- writes --------------------------------------------------------------------------
     def upsert(
-        self, ids: np.ndarray, vectors: np.ndarray, category: np.ndarray, brand: np.ndarray
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        category: np.ndarray,
+        brand: np.ndarray,
+        codes: np.ndarray | None = None,
     ) -> None:
-        """Add or replace items [N] (vectors [N, dim]) in the center and the ANN index."""
+        """Add or replace items [N] (vectors [N, dim], semantic-ID codes [N, L] or None)
+        in the center and the ANN index."""
         with self._write:
-            self.center.upsert(ids, vectors, category, brand)
+            self.center.upsert(ids, vectors, category, brand, codes)
             self.ann.add(vectors, ids)
 
     def _load_from_store(self, ids: np.ndarray) -> int:
         """Re-read items ``ids`` from the online store into the catalog; returns how many
         were found (of the served model_version)."""
-        emb = self.client.item_embeddings(ids, self.dim, on_mismatch="missing")
+        emb = self.client.item_embeddings(ids, self.dim, on_mismatch="missing",
+                                          levels=self.center.levels)
         ok = emb.found
         if not ok.any():
             return 0
         attrs = self.client.item_attributes(ids[ok])
-        self.upsert(ids[ok], emb.vectors[ok], attrs["category_id"], attrs["brand_id"])
+        self.upsert(ids[ok], emb.vectors[ok], attrs["category_id"], attrs["brand_id"],
+                    None if emb.codes is None else emb.codes[ok])
         return int(ok.sum())
 
     def sync(self, batch: int = 512) -> int:
@@ -161,10 +208,11 @@ class Catalog:
             return ""
 
     def refresh(self) -> bool:
-        """Reload the center when the embed job wrote a new snapshot. A snapshot of the
-        served model_version replaces the base (items added online are kept); one of
-        another version is not loaded (``stale_reason`` says why) because this ranker
-        cannot use it. Returns True when the center was reloaded."""
+        """Reload the center (and the quantiser) when the embed job wrote a new
+        snapshot. A snapshot of the served model_version replaces the base (items added
+        online are kept); one of another version, or whose codes this ranker cannot read,
+        is not loaded (``stale_reason`` says why). Returns True when the center was
+        reloaded."""
         key = self._snapshot_state()
         if key == self._snapshot_key:
             return False
@@ -175,8 +223,19 @@ class Catalog:
             return False
         fresh = EmbeddingCenter.from_parquet(self.paths.embeddings_dir(),
                                              self.paths.item_features, self.dim)
+        quantiser = read_quantiser(self.paths)
+        problem = self.gate.quantiser_problem(quantiser, self.paths.embeddings_dir(),
+                                              fresh.levels)
+        if problem is None and fresh.levels != self.center.levels:
+            problem = (f"a snapshot with {fresh.levels}-level semantic-ID codes was written; "
+                       f"this service holds {self.center.levels}-level codes: restart it")
+        if problem is not None:
+            self.stale_reason = problem
+            self._snapshot_key = key
+            return False
         with self._write:
             self.center.replace_base(fresh)
+            self.quantiser = quantiser
             self.ann = build_ann(self.center, self.ann_kind)
             self._cursor = 0  # the store's rows of logged items are newer than a snapshot's
         self.sync()

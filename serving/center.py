@@ -1,5 +1,6 @@
-"""The in-memory embedding center: every item's MOON embedding (one Matryoshka size) and
-the item attributes the ranker reads (category_id, brand_id), in process memory.
+"""The in-memory embedding center: every item's MOON embedding (one Matryoshka size), its
+semantic-ID code (when the snapshot has codes) and the item attributes the ranker reads
+(category_id, brand_id), in process memory.
 
 MOON's infrastructure splits memory (a lookup service holding representations) from
 computation (the ranking model); here both live in the ranking process, and a request
@@ -9,7 +10,7 @@ source (the embed job's snapshot, the same rows ``materialize`` wrote online) an
 features, misses are looked up online (items pushed by another process), and new items
 are written to both.
 
-Layout: a sorted base (ids, vectors, categories, brands) plus a small sorted delta of
+Layout: a sorted base (ids, vectors, codes, categories, brands) plus a small sorted delta of
 items added since; the delta is merged into the base when it grows past ``merge_at``.
 Readers take one immutable ``_Snapshot``; writers build a new one and swap the reference,
 so lookups never lock.
@@ -37,11 +38,12 @@ class _Part:
     vectors: np.ndarray  # [N + 1, C] float32, last row zeros (not found)
     category: np.ndarray  # [N] int64 (-1 unknown)
     brand: np.ndarray  # [N] int64
+    codes: np.ndarray  # [N + 1, L] int32 semantic-ID codes (-1: none), last row -1; L may be 0
 
     @classmethod
-    def empty(cls, dim: int) -> _Part:
+    def empty(cls, dim: int, levels: int = 0) -> _Part:
         z = np.zeros(0, np.int64)
-        return cls(z, np.zeros((1, dim), np.float32), z, z)
+        return cls(z, np.zeros((1, dim), np.float32), z, z, np.full((1, levels), -1, np.int32))
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -60,20 +62,31 @@ class _Part:
 class _Snapshot:
     base: _Part
     delta: _Part
-    base_t: tuple[torch.Tensor, torch.Tensor]  # ids, vectors as tensors (zero-copy)
-    delta_t: tuple[torch.Tensor, torch.Tensor]
+    base_t: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ids, vectors, codes (zero-copy)
+    delta_t: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _part(ids: np.ndarray, vecs: np.ndarray, cat: np.ndarray, brand: np.ndarray) -> _Part:
+def _part(
+    ids: np.ndarray, vecs: np.ndarray, cat: np.ndarray, brand: np.ndarray, codes: np.ndarray
+) -> _Part:
     order = np.argsort(ids, kind="stable")
-    dim = vecs.shape[1]
+    dim, levels = vecs.shape[1], codes.shape[1]
     padded = np.concatenate([vecs[order], np.zeros((1, dim), np.float32)]).astype(np.float32)
+    padded_codes = np.concatenate([codes[order], np.full((1, levels), -1, np.int32)])
     return _Part(ids[order].astype(np.int64), padded, cat[order].astype(np.int64),
-                 brand[order].astype(np.int64))
+                 brand[order].astype(np.int64), padded_codes.astype(np.int32))
 
 
-def _tensors(p: _Part) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(p.ids), torch.from_numpy(p.vectors)
+def _tensors(p: _Part) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(p.ids), torch.from_numpy(p.vectors), torch.from_numpy(p.codes)
+
+
+def _hits(t_ids: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows [...] (N where absent), hit [...]) of raw ``ids`` in sorted ``t_ids`` [N > 0]."""
+    n = int(t_ids.shape[0])
+    pos = torch.searchsorted(t_ids, ids.contiguous()).clamp(max=n - 1)
+    hit = t_ids[pos] == ids
+    return torch.where(hit, pos, torch.full_like(pos, n)), hit
 
 
 class EmbeddingCenter:
@@ -83,14 +96,18 @@ class EmbeddingCenter:
         dim: the Matryoshka size held (the ranker's ``moon_dim``).
         model_version: the encoder version of every vector held.
         merge_at: delta size that triggers a merge into the base.
+        levels: L, semantic-ID codewords per item (0: the center holds no codes).
     """
 
-    def __init__(self, dim: int, model_version: str, merge_at: int = 4096) -> None:
+    def __init__(
+        self, dim: int, model_version: str, merge_at: int = 4096, levels: int = 0
+    ) -> None:
         self.dim = int(dim)
         self.model_version = model_version
         self.merge_at = merge_at
+        self.levels = int(levels)
         self._write = threading.Lock()
-        self._snap = self._make(_Part.empty(dim), _Part.empty(dim))
+        self._snap = self._make(_Part.empty(dim, self.levels), _Part.empty(dim, self.levels))
 
     @staticmethod
     def _make(base: _Part, delta: _Part) -> _Snapshot:
@@ -105,12 +122,17 @@ class EmbeddingCenter:
     def from_parquet(
         cls, embeddings: str | Path, item_features: str | Path | None, dim: int
     ) -> EmbeddingCenter:
-        """Load the embed job's snapshot (``emb_{dim}``) and the latest category / brand
-        of each item from the item-features parquet (-1 where absent)."""
+        """Load the embed job's snapshot (``emb_{dim}``, and the ``semantic_ids`` codes
+        when it has them) and the latest category / brand of each item from the
+        item-features parquet (-1 where absent)."""
         from moon_rec.data.embeddings import load_moon_embeddings
 
         emb = load_moon_embeddings(embeddings, dim)
-        center = cls(dim, emb.model_version)
+        codes = emb.semantic_ids
+        levels = 0 if codes is None else int(codes.shape[1])
+        if codes is None:
+            codes = np.zeros((len(emb.item_ids), 0), np.int32)
+        center = cls(dim, emb.model_version, levels=levels)
         cat = np.full(len(emb.item_ids), -1, np.int64)
         brand = np.full(len(emb.item_ids), -1, np.int64)
         if item_features is not None and Path(item_features).is_file():
@@ -119,7 +141,7 @@ class EmbeddingCenter:
             hit = (f_ids[pos] == emb.item_ids) if len(f_ids) else np.zeros(len(cat), bool)
             cat[hit], brand[hit] = f_cat[pos[hit]], f_brand[pos[hit]]
         center._snap = cls._make(
-            _part(emb.item_ids, emb.item_vectors, cat, brand), _Part.empty(dim)
+            _part(emb.item_ids, emb.item_vectors, cat, brand, codes), _Part.empty(dim, levels)
         )
         return center
 
@@ -139,6 +161,14 @@ class EmbeddingCenter:
         cat[use_d], brand[use_d] = s.delta.category[rd[use_d]], s.delta.brand[rd[use_d]]
         return vecs, cat, brand, fb | fd
 
+    def codes(self, ids: np.ndarray) -> np.ndarray:
+        """Semantic-ID codes [N, L] int32 of item ``ids`` [N] (-1 where absent)."""
+        s = self._snap
+        ids = np.asarray(ids, dtype=np.int64)
+        rb, _ = s.base.rows(ids)
+        rd, fd = s.delta.rows(ids)
+        return np.where(fd[:, None], s.delta.codes[rd], s.base.codes[rb])
+
     def all_items(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids [N], vectors [N, C]) of every item (delta rows replace base rows)."""
         s = self._snap
@@ -152,13 +182,10 @@ class EmbeddingCenter:
         s = self._snap
         out = None
         found = torch.zeros(ids.shape, dtype=torch.bool)
-        for t_ids, t_vecs in (s.base_t, s.delta_t):  # delta last: it wins
-            n = int(t_ids.shape[0])
-            if n == 0:
+        for t_ids, t_vecs, _ in (s.base_t, s.delta_t):  # delta last: it wins
+            if int(t_ids.shape[0]) == 0:
                 continue
-            pos = torch.searchsorted(t_ids, ids.contiguous()).clamp(max=n - 1)
-            hit = t_ids[pos] == ids
-            rows = torch.where(hit, pos, torch.full_like(pos, n))
+            rows, hit = _hits(t_ids, ids)
             v = t_vecs[rows]
             out = v if out is None else torch.where(hit.unsqueeze(-1), v, out)
             found |= hit
@@ -166,15 +193,41 @@ class EmbeddingCenter:
             out = torch.zeros((*ids.shape, self.dim), dtype=torch.float32)
         return out, found
 
+    def torch_codes(self, ids: torch.Tensor) -> torch.Tensor:
+        """The SemanticIdLookup contract: codes [..., L] int64 of raw ids [...] (-1 where
+        the item is absent or has no code)."""
+        s = self._snap
+        out = torch.full((*ids.shape, self.levels), -1, dtype=torch.long)
+        for t_ids, _, t_codes in (s.base_t, s.delta_t):  # delta last: it wins
+            if int(t_ids.shape[0]) == 0:
+                continue
+            rows, hit = _hits(t_ids, ids)
+            out = torch.where(hit.unsqueeze(-1), t_codes[rows].long(), out)
+        return out
+
     # -- writes ------------------------------------------------------------------------
     def upsert(
-        self, ids: np.ndarray, vectors: np.ndarray, category: np.ndarray, brand: np.ndarray
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        category: np.ndarray,
+        brand: np.ndarray,
+        codes: np.ndarray | None = None,
     ) -> None:
-        """Add or replace items (their vectors must be of this center's model_version)."""
+        """Add or replace items [N] (their vectors [N, dim] must be of this center's
+        model_version; ``codes`` [N, L] their semantic-ID codes, None or -1 rows: none)."""
         ids = np.asarray(ids, np.int64)
         vectors = np.asarray(vectors, np.float32).reshape(len(ids), self.dim)
         if not np.isfinite(vectors).all():
             raise DataError("embedding with NaN/inf", column="embedding")
+        if codes is None:
+            codes = np.full((len(ids), self.levels), -1, np.int32)
+        codes = np.asarray(codes, np.int32)
+        if codes.shape != (len(ids), self.levels):
+            raise DataError(
+                f"codes of shape {codes.shape}, the center holds {self.levels} levels",
+                column="semantic_ids",
+            )
         with self._write:
             s = self._snap
             old = s.delta
@@ -187,6 +240,7 @@ class EmbeddingCenter:
                 np.concatenate([old.vectors[:-1][keep], vectors[sel]]),
                 np.concatenate([old.category[keep], np.asarray(category, np.int64)[sel]]),
                 np.concatenate([old.brand[keep], np.asarray(brand, np.int64)[sel]]),
+                np.concatenate([old.codes[:-1][keep], codes[sel]]),
             )
             base = s.base
             if len(delta) >= self.merge_at:
@@ -196,23 +250,30 @@ class EmbeddingCenter:
                     np.concatenate([base.vectors[:-1][bk], delta.vectors[:-1]]),
                     np.concatenate([base.category[bk], delta.category]),
                     np.concatenate([base.brand[bk], delta.brand]),
+                    np.concatenate([base.codes[:-1][bk], delta.codes[:-1]]),
                 )
-                delta = _Part.empty(self.dim)
+                delta = _Part.empty(self.dim, self.levels)
             self._snap = self._make(base, delta)
 
     def replace_base(self, other: EmbeddingCenter) -> None:
         """Take ``other``'s items as the new base, keeping this center's delta items that
-        ``other`` lacks (a refreshed snapshot of the same model_version)."""
-        if other.model_version != self.model_version or other.dim != self.dim:
+        ``other`` lacks (a refreshed snapshot of the same model_version, size and code
+        levels)."""
+        if (other.model_version, other.dim, other.levels) != (
+            self.model_version, self.dim, self.levels
+        ):
             raise ValueError(
-                f"cannot refresh a center of {self.model_version} with {other.model_version}"
+                f"cannot refresh a center of {self.model_version} ({self.dim} dims, "
+                f"{self.levels} code levels) with {other.model_version} ({other.dim} dims, "
+                f"{other.levels} code levels)"
             )
         with self._write:
             s = self._snap
             d = s.delta
             keep = ~np.isin(d.ids, other._snap.base.ids)
             delta = _Part(d.ids[keep], np.concatenate([d.vectors[:-1][keep], d.vectors[-1:]]),
-                          d.category[keep], d.brand[keep])
+                          d.category[keep], d.brand[keep],
+                          np.concatenate([d.codes[:-1][keep], d.codes[-1:]]))
             self._snap = self._make(other._snap.base, delta)
 
 
@@ -227,6 +288,25 @@ class CenterContentArch(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.center.torch_lookup(ids)
+
+
+class CenterSemanticIds(nn.Module):
+    """The ranker's semantic-ID lookup (``SemanticIdTable``'s interface) served from an
+    ``EmbeddingCenter``: the codes of the snapshot's items (those training read) and of
+    items added since (``POST /items``, other processes), visible to the model at once.
+
+    Example::
+
+        model, _ = load_ranker(ranker_dir, semantic_ids=CenterSemanticIds(center))
+    """
+
+    def __init__(self, center: EmbeddingCenter) -> None:
+        super().__init__()
+        self.center = center
+        self.levels = center.levels
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.center.torch_codes(ids)
 
 
 def latest_item_attributes(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

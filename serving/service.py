@@ -8,12 +8,16 @@
 - ``serving.store_guard.StoreGuard``: every online-store call behind one circuit breaker
   (``StoreUnavailable``, 503, while the store is down; a background probe closes it);
 - ``serving.catalog.Catalog``: the in-memory embedding center and its ANN index, loaded
-  from the snapshot and the store's item change log, kept in step by background threads;
+  from the snapshot and the store's item change log, kept in step by background threads,
+  and the snapshot's semantic-ID quantiser (start-up refuses one of another
+  model_version, or whose codes do not fit a ranker trained with semantic IDs);
 - ``serving.query_encoder.QueryEncoder``: MOON vectors of queries and new products;
-- ``serving.writer.Writer``: new items and behaviour written to the online store (through
+- ``serving.writer.Writer``: new items (vectors and semantic-ID code in one row) and
+  behaviour written to the online store (through
   ``moon_rec.featurestore.push.OnlineWriter``: views resolved once, atomic appends);
 - ``serving.ranking.RequestRanker``: rank and search, with the trained ranker built on the
-  catalog's center as its content lookup (new items are rankable at once).
+  catalog's center as its content and semantic-ID lookup (new items are rankable at once,
+  with their codes).
 
 Errors: ``BadInput`` (422) / ``NotFound`` (404) name the field; ``StoreUnavailable`` (503).
 """
@@ -37,8 +41,8 @@ from moon_rec.featurestore.push import OnlineWriter
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.evaluate import load_ranker, read_meta
 from moon_rec.ranking.train import WEIGHTS
-from serving.catalog import Catalog, load_center
-from serving.center import CenterContentArch, EmbeddingCenter
+from serving.catalog import Catalog, load_center, load_quantiser
+from serving.center import CenterContentArch, CenterSemanticIds, EmbeddingCenter
 from serving.config import ACTIONS, MAX_ID, ServiceConfig
 from serving.errors import (
     BadInput,
@@ -108,7 +112,7 @@ class RankingService:
         except Exception as exc:
             raise StoreUnavailable(f"cannot read the feature registry of {repo}: {exc}") from exc
         self.gate = VersionGate(model_dir, self.meta.get("model_version"),
-                                self.encoder.model_version)
+                                self.encoder.model_version, self.ranker_config.semantic_ids)
         self.gate.check_start(
             encoder_path=enc_path, registry_tag=tag,
             snapshot=(embeddings_model_version(self.mfs.paths), self.mfs.paths.embeddings_dir()),
@@ -120,11 +124,14 @@ class RankingService:
                                 retry_s=self.config.store_retry_s,
                                 health_s=self.config.health_s)
         center = load_center(self.mfs.paths, self.dim, self.gate)
-        self.catalog = Catalog(center, self.mfs.paths, self.gate, self.guard, self.client,
-                               self.online.changes, self.config.ann_kind)
-        # the ranker's content lookup is the center: new items are rankable at once
+        quantiser = load_quantiser(self.mfs.paths, center, self.gate)
+        self.catalog = Catalog(center, quantiser, self.mfs.paths, self.gate, self.guard,
+                               self.client, self.online.changes, self.config.ann_kind)
+        # the ranker's content and code lookups are the center: new items are rankable at
+        # once, with their vectors and codes
         content = CenterContentArch(center) if self.ranker_config.uses_moon else None
-        self.model, _ = load_ranker(model_dir, content=content)
+        codes = CenterSemanticIds(center) if self.ranker_config.semantic_ids else None
+        self.model, _ = load_ranker(model_dir, content=content, semantic_ids=codes)
         self.model_version = f"ranker-{file_version(model_dir / WEIGHTS)}"
         lock = threading.Lock()  # one model / encoder call at a time
         limits = ImageLimits(self.config.max_image_pixels, tuple(self.config.image_formats))
@@ -220,6 +227,8 @@ class RankingService:
             "behaviour_module": self.ranker_config.behaviour.module,
             "feature_set": self.ranker_config.feature_set,
             "moon_dim": self.dim,
+            "semantic_ids": (self.catalog.quantiser.describe()
+                             if self.catalog.quantiser is not None else None),
             "items_in_center": len(self.catalog),
             "ann": self.catalog.ann.config.kind,
             "stale_reason": self.stale_reason,

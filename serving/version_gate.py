@@ -5,6 +5,10 @@ another it scores garbage without any error. The gate names the version the rank
 (its meta, else the encoder's), checks the encoder, the feature registry's embedding tag
 and the embed job's snapshot against it at start-up (``VersionMismatch`` naming both
 versions), and later tells whether a new snapshot can be loaded by this ranker.
+
+The same holds for semantic-ID codes: new items are coded with the quantiser saved beside
+the snapshot, which must have been fitted on vectors of the served version, and a ranker
+trained with semantic IDs needs one whose codes fit its tables (levels, codebook).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import hashlib
 from pathlib import Path
 
 from moon_rec.featurestore.layout import UNKNOWN_MODEL_VERSION
+from moon_rec.ranking.config import SemanticIdFeatures
+from moon_rec.retrieval.semantic_ids import SEMANTIC_IDS_FILE, SemanticIdQuantiser
 from serving.errors import VersionMismatch
 
 
@@ -33,6 +39,7 @@ class VersionGate:
         wanted: the ranker's embedding model_version (its meta), or None to take the
             encoder's.
         encoder_version: the loaded MOON encoder's model_version.
+        semantic_ids: the ranker's semantic-ID features (None: it reads no codes).
 
     Example::
 
@@ -41,10 +48,17 @@ class VersionGate:
         gate.embedding_version  # the version every vector served must have
     """
 
-    def __init__(self, ranker_dir: Path, wanted: str | None, encoder_version: str) -> None:
+    def __init__(
+        self,
+        ranker_dir: Path,
+        wanted: str | None,
+        encoder_version: str,
+        semantic_ids: SemanticIdFeatures | None = None,
+    ) -> None:
         self.ranker_dir = ranker_dir
         self.encoder_version = encoder_version
         self.embedding_version: str = wanted or encoder_version
+        self.semantic_ids = semantic_ids
 
     def check_start(
         self, *, encoder_path: Path, registry_tag: str | None, snapshot: tuple[str, Path]
@@ -87,3 +101,53 @@ class VersionGate:
             f"a snapshot of model_version {version} was written; this ranker serves "
             f"{self.embedding_version}: deploy a ranker trained on it"
         )
+
+    def quantiser_problem(
+        self, quantiser: SemanticIdQuantiser | None, where: Path, code_levels: int
+    ) -> str | None:
+        """Why the semantic-ID quantiser of the snapshot folder ``where`` (None: it has
+        none) cannot code this service's items (None: it can): fitted on another
+        model_version, not the one of the snapshot's codes (``code_levels`` levels in its
+        ``semantic_ids`` column, 0: none), or codes that do not fit the ranker's tables."""
+        file = where / SEMANTIC_IDS_FILE
+        sid = self.semantic_ids
+        if quantiser is None:
+            if sid is None and code_levels == 0:
+                return None
+            return (
+                (f"the ranker {self.ranker_dir} reads semantic-ID codes" if sid is not None
+                 else "the snapshot's items have semantic-ID codes")
+                + f", but the embedding snapshot {where} has no quantiser "
+                f"({SEMANTIC_IDS_FILE}) to code new items with: run `moon embed` with "
+                "semantic IDs on"
+            )
+        if quantiser.model_version != self.embedding_version:
+            return (
+                f"{file} is a semantic-ID quantiser fitted on MOON embeddings of "
+                f"model_version {quantiser.model_version}, the service serves "
+                f"{self.embedding_version}: it would code new items in another code space"
+            )
+        if quantiser.levels != code_levels:
+            return (
+                f"{file} codes items with {quantiser.levels} levels, the snapshot's "
+                f"semantic_ids column has {code_levels}"
+            )
+        if sid is None:
+            return None
+        # codewords past the fit's item count are never assigned (semantic_ids.py)
+        used = min(quantiser.codebook, quantiser.n_train)
+        if quantiser.levels != sid.levels or used > sid.codebook:
+            return (
+                f"{file} codes items with {quantiser.levels} levels of {used} codewords, the "
+                f"ranker {self.ranker_dir} was trained with semantic_ids.levels {sid.levels}"
+                f", semantic_ids.codebook {sid.codebook}"
+            )
+        return None
+
+    def check_quantiser(
+        self, quantiser: SemanticIdQuantiser | None, where: Path, code_levels: int
+    ) -> None:
+        """Raise ``VersionMismatch`` when ``quantiser_problem`` finds one (at start-up)."""
+        problem = self.quantiser_problem(quantiser, where, code_levels)
+        if problem is not None:
+            raise VersionMismatch(f"refusing to start: {problem}")

@@ -1,8 +1,10 @@
 """The writer: new items and behaviour events, written to the online store.
 
-- items: title + image -> MOON product embedding (``QueryEncoder``) -> the embedding and
-  attribute rows (newest wins in the store) -> the item change log (other processes pick
-  the item up from it) -> the catalog (center + ANN), rankable at once;
+- items: title + image -> MOON product embedding (``QueryEncoder``) -> its semantic-ID
+  code (the snapshot's quantiser, as the embed job codes its rows) -> the embedding row
+  (vectors and code in one row, one write; newest wins in the store) and the attribute
+  row -> the item change log (other processes pick the item up from it) -> the catalog
+  (center + ANN), rankable at once;
 - behaviour: the event time is checked against a window around now (422 naming ``ts``
   outside it), then appended atomically to the user's stored sequence
   (``moon_rec.featurestore.push.OnlineWriter.append_behaviour``): every acknowledged event
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from moon_rec.data.embeddings import embedding_table
 from moon_rec.featurestore.layout import TIMESTAMP_FIELD
 from moon_rec.featurestore.push import OnlineWriter
 from moon_rec.featurestore.tables import ITEM_FEATURE_SCHEMA
@@ -67,9 +70,11 @@ class Writer:
         price: float | None = None,
         attributes: str | None = None,
     ) -> dict[str, Any]:
-        """Embed a new (or changed) item, push it online and into the catalog; without an
-        image, a text-only product of ``product_text(title, attributes)`` (as the batch
-        embed job embeds a text-only catalog)."""
+        """Embed a new (or changed) item, code it, push it online and into the catalog;
+        without an image, a text-only product of ``product_text(title, attributes)`` (as
+        the batch embed job embeds a text-only catalog). Returns the item_id, the
+        embedding version, the event time and ``semantic_ids`` (the code, [L] ints, or
+        None when the snapshot has no quantiser)."""
         from moon_rec.encoders import product_text
 
         if not title or not title.strip():
@@ -77,12 +82,11 @@ class Writer:
         img = self.encoder.decode_image(image, "image")
         text = title if img is not None else product_text(title, attributes)
         vecs = self.encoder.product_vectors(text, img)
+        # the largest prefix, as the embed job codes its rows (emb_{max dim})
+        codes = self.catalog.encode_codes(vecs[max(vecs)][None, :])
         now = datetime.now(UTC)
-        cols: dict[str, Any] = {"item_id": pa.array([item_id], pa.int64())}
-        for d, v in vecs.items():
-            cols[f"emb_{d}"] = pa.array([v.tolist()], pa.list_(pa.float32()))
-        cols["model_version"] = pa.array([self.encoder.model_version])
-        cols[TIMESTAMP_FIELD] = pa.array([now], pa.timestamp("us", tz="UTC"))
+        row = embedding_table([item_id], {d: v[None, :] for d, v in vecs.items()},
+                              self.encoder.model_version, now, semantic_ids=codes)
         attrs = pa.Table.from_pydict(
             {
                 "item_id": [item_id], TIMESTAMP_FIELD: [now], "category_id": [category_id],
@@ -91,14 +95,15 @@ class Writer:
             },
             schema=ITEM_FEATURE_SCHEMA,
         )
-        self.guard.call("write item", self.online.item_embeddings, pa.table(cols))
+        self.guard.call("write item", self.online.item_embeddings, row)
         self.guard.call("write item attributes", self.online.item_attributes, attrs)
         self.guard.call("log item", self.online.changes.record, [item_id])
         vec = vecs[self.catalog.dim]
         self.catalog.upsert(np.array([item_id]), vec[None, :], np.array([category_id]),
-                            np.array([brand_id]))
+                            np.array([brand_id]), codes)
         return {"item_id": item_id, "embedding_version": self.encoder.model_version,
-                "event_timestamp": now.isoformat()}
+                "event_timestamp": now.isoformat(),
+                "semantic_ids": None if codes is None else codes[0].tolist()}
 
     def check_event_time(self, ts: datetime | None) -> datetime:
         """``ts`` (naive means UTC; None means now) inside the accepted window around

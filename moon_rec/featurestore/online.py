@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from moon_rec.data.embeddings import emb_column
+from moon_rec.data.embeddings import SEMANTIC_IDS, emb_column
 from moon_rec.featurestore.layout import (
     ITEM_ATTRIBUTES_VIEW,
     ITEM_EMBEDDING_VIEW,
@@ -39,11 +39,15 @@ class EmbeddingLookup:
         vectors: float32 [N, dim]; zero rows where not found.
         found: bool [N].
         model_versions: the stored version per row (None where not found).
+        codes: int32 [N, L] semantic-ID codes when asked for (``levels``), -1 rows where
+            not found or stored without a code (or with a code of another length); None
+            when not asked for.
     """
 
     vectors: np.ndarray
     found: np.ndarray
     model_versions: list[str | None]
+    codes: np.ndarray | None = None
 
 
 @dataclass
@@ -96,6 +100,11 @@ class OnlineFeatureClient:
         self.max_len = int(
             self.store.get_feature_view(USER_BEHAVIOUR_VIEW).tags.get("max_len", "50")
         )
+        # the view carries codes when the embed job's snapshot had them
+        self.has_codes = any(
+            f.name == SEMANTIC_IDS
+            for f in self.store.get_feature_view(ITEM_EMBEDDING_VIEW).features
+        )
 
     def _get(
         self, features: list[str], key: str, ids: Sequence[int] | np.ndarray
@@ -109,16 +118,21 @@ class OnlineFeatureClient:
         dim: int = 256,
         *,
         on_mismatch: Literal["raise", "missing"] = "raise",
+        levels: int = 0,
     ) -> EmbeddingLookup:
         """Embeddings of ``item_ids`` [N] at Matryoshka size ``dim`` -> ``EmbeddingLookup``.
 
         Args:
             on_mismatch: ``raise`` ``ModelVersionMismatch`` when a stored row has another
                 version than expected, or treat such rows as ``missing``.
+            levels: L > 0 also reads the rows' semantic-ID codes (read in the same row
+                as the vectors), [N, L]; 0 reads none.
         """
         name = emb_column(dim)
+        read_codes = levels > 0 and self.has_codes
         got = self._get(
-            [f"{ITEM_EMBEDDING_VIEW}:{name}", f"{ITEM_EMBEDDING_VIEW}:model_version"],
+            [f"{ITEM_EMBEDDING_VIEW}:{name}", f"{ITEM_EMBEDDING_VIEW}:model_version"]
+            + ([f"{ITEM_EMBEDDING_VIEW}:{SEMANTIC_IDS}"] if read_codes else []),
             "item_id",
             item_ids,
         )
@@ -142,7 +156,14 @@ class OnlineFeatureClient:
                 f"{versions[i]!r}, expected {self.expected_model_version!r} "
                 f"({len(bad)} of {n} rows differ)"
             )
-        return EmbeddingLookup(vectors=vectors, found=found, model_versions=versions)
+        codes = None
+        if levels > 0:
+            codes = np.full((n, levels), -1, np.int32)
+            for i, code in enumerate(got[SEMANTIC_IDS] if read_codes else []):
+                if found[i] and code is not None and len(code) == levels:
+                    codes[i] = code
+        return EmbeddingLookup(vectors=vectors, found=found, model_versions=versions,
+                               codes=codes)
 
     def item_attributes(self, item_ids: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
         """Attributes and counts [N] each (``found`` [N] bool; -1 / NaN where missing)."""

@@ -1,4 +1,5 @@
-"""The embedding center: lookups, upserts, merges, the model's content lookup, refresh."""
+"""The embedding center: lookups, upserts, merges, the model's content and semantic-ID
+lookups, refresh."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import copy_store, make_service
 
+from moon_rec.data.errors import DataError
 from moon_rec.loop import ServingArtifacts
-from serving.center import EmbeddingCenter
+from serving.center import CenterSemanticIds, EmbeddingCenter
 
 
 def test_lookup_upsert_and_merge() -> None:
@@ -30,6 +33,24 @@ def test_lookup_upsert_and_merge() -> None:
     assert sorted(ids.tolist()) == [3, 5, 9] and all_vecs.shape == (3, 4)
     t, f = c.torch_lookup(torch.tensor([[9, 1], [5, 3]]))
     assert t.shape == (2, 2, 4) and f.tolist() == [[True, False], [True, True]]
+
+
+def test_codes_follow_their_items() -> None:
+    c = EmbeddingCenter(2, "v1", merge_at=4, levels=2)
+    c.upsert(np.array([5, 3]), np.eye(2), np.array([1, 2]), np.array([0, 0]),
+             np.array([[1, 2], [3, 4]]))
+    c.upsert(np.array([7]), np.eye(2)[:1], np.array([1]), np.array([0]))  # no code
+    assert c.codes(np.array([3, 7, 9])).tolist() == [[3, 4], [-1, -1], [-1, -1]]
+    lookup = CenterSemanticIds(c)
+    assert lookup.levels == 2
+    assert lookup(torch.tensor([[5, 9]])).tolist() == [[[1, 2], [-1, -1]]]
+    # a merge into the base keeps them; a re-written item takes its new code
+    c.upsert(np.array([3, 8]), np.eye(2), np.array([2, 2]), np.array([0, 0]),
+             np.array([[6, 0], [2, 2]]))
+    assert len(c._snap.delta) == 0
+    assert lookup(torch.tensor([3, 5, 7, 8])).tolist() == [[6, 0], [1, 2], [-1, -1], [2, 2]]
+    with pytest.raises(DataError, match="semantic_ids"):
+        c.upsert(np.array([1]), np.eye(2)[:1], np.array([1]), np.array([0]), np.zeros((1, 3)))
 
 
 def test_refresh_reloads_same_version_and_flags_another(
