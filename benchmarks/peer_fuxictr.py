@@ -399,6 +399,15 @@ def main() -> None:
     parser.add_argument("--query-embeddings", type=Path, default=None, help="ours: s_q of CUBE")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--tiny", action="store_true", help="the *_tiny experiments")
+    parser.add_argument(
+        "--experiments",
+        nargs=2,
+        metavar=("DIN", "CUBE"),
+        default=None,
+        help="our DIN and CUBE experiment ids (default din_ids cube_moon, *_tiny with --tiny;"
+        " MovieLens: din_ids_movielens cube_moon_movielens); FuxiCTR's DIN takes the shapes"
+        " of the first",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--valid-fraction", type=float, default=0.1)
@@ -419,7 +428,11 @@ def main() -> None:
     load_start = os.getloadavg()
     started = time.perf_counter()
     suffix = "_tiny" if args.tiny else ""
-    experiments = (f"din_ids{suffix}", f"cube_moon{suffix}")
+    experiments: tuple[str, str] = (
+        (args.experiments[0], args.experiments[1])
+        if args.experiments
+        else (f"din_ids{suffix}", f"cube_moon{suffix}")
+    )
     din = load_ranker_config(EXPERIMENTS_FILE, experiments[0])
     cube = load_ranker_config(EXPERIMENTS_FILE, experiments[1])
     out: Path = args.out
@@ -483,7 +496,8 @@ def main() -> None:
         )
         for name, r in ours.items():
             rep = r["report"]
-            runs["ours"].setdefault(name.removesuffix("_tiny"), []).append(
+            role = "din_ids" if name == experiments[0] else "cube_moon"
+            runs["ours"].setdefault(role, []).append(
                 {
                     "seed": seed,
                     **{

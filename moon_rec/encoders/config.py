@@ -52,6 +52,9 @@ class EncoderConfig(BaseModel):
             vision tower only). The Matryoshka head (a projection to ``embed_dim``) sits on
             top. Read once, when a fresh encoder is built: a checkpoint carries its copy of
             the tower, so the path is provenance and is not part of ``model_version``.
+        text_tower_init: ``pretrained`` (default) loads the tower's weights; ``random``
+            builds the same architecture from its ``config.json`` with fresh weights (and
+            its tokenizer): the trained-from-scratch ablation of a pretrained tower.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -74,6 +77,7 @@ class EncoderConfig(BaseModel):
     spatial_merge_size: int = 2
     seed: int = 0
     text_tower: str | None = None
+    text_tower_init: Literal["pretrained", "random"] = "pretrained"
 
     @field_validator("dims")
     @classmethod

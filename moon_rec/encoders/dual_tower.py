@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModel,
     PreTrainedModel,
     SiglipConfig,
@@ -42,8 +43,10 @@ from moon_rec.encoders.config import EncoderConfig
 from moon_rec.encoders.tokenizer import TEXT_TOWER_DIR, MoonTokenizer, TextTokenizer
 
 
-def load_text_tower(path: str | Path) -> PreTrainedModel:
-    """A pretrained `transformers` text model from a local folder (offline).
+def load_text_tower(path: str | Path, init: str = "pretrained") -> PreTrainedModel:
+    """A pretrained `transformers` text model from a local folder (offline); with
+    ``init="random"`` the same architecture (the folder's ``config.json``) with fresh
+    weights, seeded by the caller's torch RNG.
 
     Raises:
         FileNotFoundError: no such folder, or no ``config.json`` in it.
@@ -52,6 +55,11 @@ def load_text_tower(path: str | Path) -> PreTrainedModel:
     if not (p / "config.json").is_file():
         why = "no such folder" if not p.is_dir() else "not a transformers model folder (no config.json)"
         raise FileNotFoundError(f"text tower {p}: {why}")
+    if init == "random":
+        fresh: PreTrainedModel = AutoModel.from_config(
+            AutoConfig.from_pretrained(str(p), local_files_only=True)
+        )
+        return fresh
     model: PreTrainedModel = AutoModel.from_pretrained(str(p), local_files_only=True)
     return model
 
@@ -185,7 +193,7 @@ class DualTowerEncoder(MoonEncoder):
             if backbone is None:
                 backbone = SiglipModel(siglip_config(config, tokenizer.vocab_size))
             return cls(config, tokenizer, backbone)
-        tower = load_text_tower(config.text_tower)
+        tower = load_text_tower(config.text_tower, config.text_tower_init)
         limit = getattr(tower.config, "max_position_embeddings", None)
         if limit is not None and config.max_text_len > limit:
             raise ValueError(f"max_text_len {config.max_text_len} exceeds the text tower's "

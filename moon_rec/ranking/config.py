@@ -146,6 +146,11 @@ class RankerConfig(_Section):
             TorchRec's default, +-sqrt(1 / rows), tiny for big tables, where dot-product
             interactions barely move off zero in one epoch). Training zeroes the rows of
             ids that never occur in the train split either way.
+        item_id_dropout: in training, the probability that an impression's target item id
+            is replaced by the item table's OOV row (DropoutNet-style cold-start training):
+            the ranker then learns what an unseen item looks like (the OOV row, trained
+            as "a new item") and to score it from its content, codes, category and brand,
+            which is how cold items reach it at test time and at serving. 0: off.
         semantic_ids: None (default) or the semantic-ID features (see
             :class:`SemanticIdFeatures`); they need embeddings with codes, for either
             feature set.
@@ -161,6 +166,7 @@ class RankerConfig(_Section):
     id_policy: IdPolicy = "oov"
     id_table_rows: int = Field(default=0, ge=0)
     embedding_init_scale: float = Field(default=0.0, ge=0.0)
+    item_id_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     semantic_ids: SemanticIdFeatures | None = None
     behaviour: BehaviourConfig = Field(default_factory=BehaviourConfig)
     over_arch: OverArchConfig = Field(default_factory=OverArchConfig)

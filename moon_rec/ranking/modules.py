@@ -160,6 +160,8 @@ class SparseArch(nn.Module):
         self.max_seq_len = config.max_seq_len
         self.embedding_dim = d
         self.remap = IdRemap(tables.feature_rows(), config.id_policy)
+        self.item_id_dropout = float(config.item_id_dropout)
+        self.item_oov_row = tables.item - 1
         scale = float(config.embedding_init_scale)
         init = {"weight_init_min": -scale, "weight_init_max": scale} if scale > 0 else {}
         self.embedding_bag_collection = EmbeddingBagCollection(
@@ -227,7 +229,7 @@ class SparseArch(nn.Module):
             SparseFeatures (see there for shapes).
         """
         bags = self.embedding_bag_collection(self.remap(pooled)).to_dict()
-        seq = self.embedding_collection(self.remap(sequence))
+        seq = self.embedding_collection(self._drop_item_ids(self.remap(sequence)))
         length = self.max_seq_len
         target = torch.cat(
             [seq[k].to_padded_dense(desired_length=1).squeeze(1) for k in SEQUENCE_FEATURES[:2]],
@@ -244,6 +246,24 @@ class SparseArch(nn.Module):
             target=target,
             behaviours=behaviours,
             mask=mask,
+        )
+
+    def _drop_item_ids(self, sequence: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """In training, each target item row (``item_id``, the KJT's first key: one value
+        per impression) becomes the OOV row with probability ``item_id_dropout``. Only
+        the ID lookup changes: content and codes are looked up by the raw ids."""
+        if not (self.training and self.item_id_dropout > 0):
+            return sequence
+        values = sequence.values()
+        b = sequence.stride()
+        drop = torch.rand(b, device=values.device) < self.item_id_dropout
+        target = torch.where(drop, torch.full_like(values[:b], self.item_oov_row), values[:b])
+        return KeyedJaggedTensor(
+            keys=sequence.keys(),
+            values=torch.cat([target, values[b:]]),
+            lengths=sequence.lengths(),
+            offsets=sequence.offsets(),
+            stride=b,
         )
 
 

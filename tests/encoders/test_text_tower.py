@@ -266,3 +266,18 @@ def test_cli_posttrain_with_text_tower_flag(tiny_bert: Path, tmp_path: Path,
                  str(tmp_path / "run")]) == 0
     table = capsys.readouterr().out
     assert "n/a" in table and "color_histogram" in table
+
+
+def test_random_init_is_the_same_tower_with_fresh_weights(
+    encoder: DualTowerEncoder, tiny_bert: Path
+) -> None:
+    """text_tower_init=random: the trained-from-scratch ablation keeps the architecture and
+    the tokenizer, not the weights."""
+    fresh = _build(tower_config(tiny_bert, text_tower_init="random", seed=7))
+    pre, new = _tower(encoder).state_dict(), _tower(fresh).state_dict()
+    assert pre.keys() == new.keys()
+    assert all(pre[k].shape == new[k].shape for k in pre)
+    assert not torch.equal(pre["embeddings.word_embeddings.weight"],
+                           new["embeddings.word_embeddings.weight"])
+    assert fresh.tokenizer.fingerprint() == encoder.tokenizer.fingerprint()
+    assert fresh.model_version != encoder.model_version

@@ -244,3 +244,32 @@ def test_sim_profile_reads_the_whole_sequence() -> None:
     torch.testing.assert_close(out[:, profile], full[:, profile])
     kept = sim.cube(sim.search(inputs))
     assert not torch.allclose(kept[:, profile], full[:, profile])
+
+
+def test_item_id_dropout_replaces_target_rows_in_training_only() -> None:
+    """item_id_dropout swaps target item ids for the OOV row in training mode only, and
+    never touches the behaviours or the other features."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from moon_rec.ranking.config import RankerConfig
+    from moon_rec.ranking.modules import SparseArch, TableSizes
+
+    tables = TableSizes(user=10, item=20, category=5, brand=5, query_token=64, position=8)
+    arch = SparseArch(RankerConfig(item_id_dropout=0.5, max_seq_len=3), tables)
+    b = 400
+    targets = torch.randint(0, 19, (b,))
+    hist = torch.randint(0, 19, (2 * b,))
+    seq = KeyedJaggedTensor.from_lengths_sync(
+        keys=["item_id", "category_id", "hist_item_ids", "hist_category_ids"],
+        values=torch.cat([targets, torch.zeros(b, dtype=torch.long), hist, hist % 5]),
+        lengths=torch.cat([torch.ones(2 * b), torch.full((2 * b,), 2)]).int(),
+    )
+    arch.eval()
+    assert torch.equal(arch._drop_item_ids(seq).values(), seq.values())
+    arch.train()
+    torch.manual_seed(0)
+    out = arch._drop_item_ids(seq).values()
+    dropped = out[:b] == tables.item - 1
+    assert 0.4 < dropped.float().mean() < 0.6
+    assert torch.equal(out[:b][~dropped], targets[~dropped])
+    assert torch.equal(out[b:], seq.values()[b:])
