@@ -248,9 +248,10 @@ class MoonEncoder(nn.Module, ABC):
     def model_version(self) -> str:
         """Short hash of config + tokenizer + weights: identical models have identical
         versions. The text tower's source path is left out (a checkpoint carries its copy
-        of the tower; where it first came from does not change the model)."""
+        of the tower; where it first came from, and whether its weights started pretrained or
+        random, does not change the model: its weights are hashed)."""
         h = hashlib.sha256()
-        h.update(self.config.model_dump_json(exclude={"text_tower"}).encode())
+        h.update(self.config.model_dump_json(exclude={"text_tower", "text_tower_init"}).encode())
         h.update(self.tokenizer.fingerprint().encode())
         for name, t in sorted(self.state_dict().items()):
             h.update(name.encode())
