@@ -191,8 +191,14 @@ def write_report(layout: Layout, *, preset: str, seed: int, experiments: list[st
                     f"{final.get('n_items')} catalog items embedded from title + attributes "
                     f"by encoder `{final.get('model_version')}`.")
         n_text = final.get("n_text_queries")
-        head += (f" Text R@10: {n_text} held-out query texts." if n_text
-                 else " Text R@10: n/a (no query texts).")
+        if not n_text:
+            head += " Text R@10: n/a (no query texts)."
+        elif final.get("text_recall_queries") == "titles":
+            head += (f" Text R@10: no search logs, so known-item title search: {n_text} "
+                     "titles (less their year), each should find its own item.")
+        else:
+            head += f" Text R@10: {n_text} held-out query texts."
+
         head += (" Next-item R@10: "
                  f"{final.get('n_next_item_targets')} held-out liked items, each searched "
                  "with the mean of its user's last 10 train-period items, those left out "

@@ -6,7 +6,10 @@
   catalog by cosine; a hit when the photographed item is in the top K. K = 1, 10, 100, at
   every Matryoshka dim (renormalised prefixes).
 - Text-query recall@10: held-out behaviours (ts >= train_end_ts) with a query text, the
-  item clicked / carted / bought as the truth, the same product index.
+  item clicked / carted / bought as the truth, the same product index. A world without
+  search logs (MovieLens) gets known-item title search instead: each catalog item's title
+  alone, a trailing "(year)" removed, is the query and that item the truth
+  (``text_recall_queries`` says which: ``searches`` or ``titles``).
 - Next-item recall@10 (``next_item_recall``; every world, MovieLens included, which has no
   query texts): for each user with behaviours on both sides of train_end_ts, the query is
   the L2-normalised mean product embedding of the user's last ``history`` (10) distinct
@@ -31,6 +34,7 @@ metrics are computed as usual.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -178,6 +182,21 @@ def heldout_text_pairs(data: WorldData) -> tuple[list[str], np.ndarray]:
     return texts, np.asarray(items, np.int64)
 
 
+_YEAR_SUFFIX = re.compile(r"\s*\(\d{4}\)\s*$")
+
+
+def title_queries(data: WorldData) -> tuple[list[str], np.ndarray]:
+    """(query texts, item ids) of known-item title search: every item with a title, its
+    title less a trailing "(year)" (``Toy Story (1995)`` -> ``Toy Story``)."""
+    texts, items = [], []
+    for title, item in zip(data.title, data.item_id.tolist(), strict=True):
+        q = _YEAR_SUFFIX.sub("", str(title or "")).strip()
+        if q:
+            texts.append(q)
+            items.append(int(item))
+    return texts, np.asarray(items, np.int64)
+
+
 @dataclass(frozen=True)
 class NextItemQueries:
     """The next-item recall task of a world (see the module docstring).
@@ -274,6 +293,10 @@ def evaluate_encoder(encoder: MoonEncoder, data: WorldData, *, batch_size: int =
         result.update(ImageSearchRecall(data.item_id, item_emb, encoder.dims)(
             query_emb, data.query_item_id[q]))
     texts, truth = heldout_text_pairs(data)
+    result["text_recall_queries"] = "searches" if texts else None
+    if not texts and data.text_only:
+        texts, truth = title_queries(data)
+        result["text_recall_queries"] = "titles" if texts else None
     if texts:
         _s, ranked = ExactIndex(item_emb, data.item_id).search(embed_texts(encoder, texts), 10)
         result["text_recall@10"] = recall_at_k(ranked, truth, (10,))["recall@10"]
@@ -324,7 +347,11 @@ def evaluate_checkpoint(
     result = evaluate_encoder(encoder, data, batch_size=batch_size)
     result["n_items"] = int(data.n_items)
     result["n_image_queries"] = int(data.eval_query_mask.sum())
-    result["n_text_queries"] = len(heldout_text_pairs(data)[0])
+    result["n_text_queries"] = len(
+        (title_queries if result["text_recall_queries"] == "titles" else heldout_text_pairs)(
+            data
+        )[0]
+    )
     result["n_next_item_targets"] = next_item_queries(data).n_targets
     result["world"] = str(data.root)
     if baselines:
