@@ -16,7 +16,14 @@ else
 ART ?= artifacts
 endif
 
-.PHONY: install demo test lint typecheck clean
+# make study: the exchange-rate and scaling studies (configs/studies/$(PRESET).yaml), resumable;
+# on the demo's world and training set when they exist, else on a world of its own.
+STUDY_OUT ?= $(ART)/studies/$(PRESET)
+STUDY_REPORT ?= docs/studies/$(PRESET)
+STUDY_WORLD ?= $(if $(wildcard $(ART)/world/world.json),$(ART)/world,)
+STUDY_TRAINING_SET ?= $(if $(STUDY_WORLD),$(wildcard $(ART)/training_set.parquet),)
+
+.PHONY: install demo study test lint typecheck clean
 
 install:
 	bash scripts/install.sh
@@ -30,6 +37,11 @@ ifeq ($(WORLD),movielens)
 else
 	$(PY) -m pipelines.demo --preset $(PRESET) --seed $(SEED) --artifacts $(ART)
 endif
+
+study: install
+	HF_HUB_OFFLINE=1 $(PY) -m moon_rec.cli study all --preset $(PRESET) \
+	  --out $(STUDY_OUT) --report-out $(STUDY_REPORT) $(if $(STUDY_WORLD),--world $(STUDY_WORLD),) \
+	  $(if $(STUDY_TRAINING_SET),--training-set $(STUDY_TRAINING_SET),)
 
 test: install
 	$(VENV)/bin/ruff check .

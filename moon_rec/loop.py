@@ -376,23 +376,67 @@ def world_steps(layout: Layout, preset: str, seed: int) -> list[Step]:
     ]
 
 
+def snapshot_dir(stage_dir: Path, step: int) -> Path:
+    """Where ``encoder_step`` keeps the encoder of ``step`` of a stage (``snapshots``)."""
+    return stage_dir / "snapshots" / f"step-{step:06d}"
+
+
 def encoder_step(layout: Layout, preset: str, *, threads: int = 2,
-                 deps: Sequence[str] = (GENERATE_WORLD,)) -> Step:
-    """Pretrain, then post-train stages 1 and 2 (``configs/encoder/<preset>.yaml``)."""
+                 deps: Sequence[str] = (GENERATE_WORLD,), overrides: Sequence[str] = (),
+                 snapshots: dict[str, Sequence[int]] | None = None,
+                 progress: bool = True) -> Step:
+    """Pretrain, then post-train stages 1 and 2 (``configs/encoder/<preset>.yaml``).
+
+    Args:
+        overrides: ``key.sub=value`` overrides of the recipe.
+        snapshots: stage -> steps whose encoder is kept in
+            ``layout.encoder/<stage>/snapshots/step-NNNNNN`` (``snapshot_dir``): versions
+            along training for the studies.
+        progress: the trainer's progress bars.
+    """
     recipe = CONFIGS / "encoder" / f"{preset}.yaml"
+    keep = {s: sorted(set(v)) for s, v in (snapshots or {}).items() if v}
+    unknown = sorted(set(keep) - {"pretrain", "stage1", "stage2"})
+    if unknown:
+        raise ValueError(f"snapshots of unknown stages {unknown} (pretrain, stage1, stage2)")
+    params: dict[str, Any] = {"recipe": recipe.read_text(), "threads": threads}
+    # only when asked for, so the key of the plain step (the demo's) stays what it was
+    if overrides:
+        params["overrides"] = list(overrides)
+    if keep:
+        params["snapshots"] = keep
 
     def train() -> None:
-        from moon_rec.training.config import load_config
-        from moon_rec.training.trainer import train_all
+        from moon_rec.training.config import STAGES, load_config
+        from moon_rec.training.data import load_world
+        from moon_rec.training.trainer import train_all, train_stage
 
-        train_all(layout.world, load_config(preset, None, [f"threads={threads}"]),
-                  layout.encoder, progress=True)
+        cfg = load_config(preset, None, [f"threads={threads}", *overrides])
+        if not keep:
+            train_all(layout.world, cfg, layout.encoder, progress=progress)
+            return
+        # train_all's chain with a snapshot hook per stage (train_all itself takes none)
+        data = load_world(layout.world)
+        prev: Path | None = None
+        for stage in STAGES:
+            out = layout.encoder / stage
+            steps = set(keep.get(stage, ()))
 
+            def on_step(step: int, encoder: Any, out: Path = out, steps: set[int] = steps) -> None:
+                if step in steps and not (snapshot_dir(out, step) / "moon_encoder.json").is_file():
+                    encoder.save_pretrained(snapshot_dir(out, step))  # atomic
+
+            train_stage(data, stage, cfg, out, init=prev, progress=progress,
+                        on_step=on_step if steps else None)
+            prev = out
+
+    sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
     return Step(TRAIN_ENCODER, layout.encoder / "stage2" / "summary.json", train,
-                {"recipe": recipe.read_text(), "threads": threads}, tuple(deps),
+                params, tuple(deps),
                 clean=(layout.encoder,), code=("moon_rec.training.trainer",),
                 command=f"moon encoder train --world {layout.world} --out {layout.encoder} "
-                f"--preset {preset} --threads {threads}")
+                f"--preset {preset} --threads {threads}{sets}"
+                + (f"  # keeping snapshots {keep}" if keep else ""))
 
 
 IMPORT_SOURCES = ("movielens",)

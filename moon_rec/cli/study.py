@@ -1,4 +1,4 @@
-"""``moon study exchange-rate | scaling`` and ``moon report``.
+"""``moon study all | exchange-rate | scaling`` and ``moon report``.
 
 Both studies write into one study directory (``--out``), share its points (an encoder
 version trained for one is reused by the other) and resume: a finished point is never
@@ -16,8 +16,10 @@ from pathlib import Path
 DEFAULT_OUT = Path("artifacts") / "studies"
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--world", required=True, type=Path, help="world directory")
+def _common(p: argparse.ArgumentParser, world_required: bool = True) -> None:
+    p.add_argument("--world", required=world_required, type=Path,
+                   help="world directory" + ("" if world_required else
+                                             " (default: generate OUT/shared/world)"))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help=f"study directory (default {DEFAULT_OUT})")
     p.add_argument("--preset", default=None, help="configs/studies/<preset>.yaml")
@@ -36,14 +38,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     ssub = study.add_subparsers(dest="study_command", metavar="STUDY")
     ssub.required = True
 
+    everything = ssub.add_parser(
+        "all", help="the exchange-rate study, the three scaling axes and the report",
+        description="Everything `make study` runs, resumable, with one progress bar: the full "
+        "encoder recipe (the loop's encoder step, keeping snapshots) and the variant runs, "
+        "every version's intermediate metrics and ranker AUC over the ranker seeds, the "
+        "ID-only reference, the seq_len sweep; then the statistics and the report.")
+    _common(everything, world_required=False)
+    everything.add_argument("--report-out", type=Path, default=None,
+                            help="report folder (default OUT/report)")
+    everything.set_defaults(func=_all)
+
     ex = ssub.add_parser(
         "exchange-rate", help="intermediate metrics vs ranker AUC over encoder versions",
-        description="Train encoder versions of spread-out quality (untrained, pretrained, "
-        "snapshots along post-training, text-only / image-only, fewer/more negatives), measure "
-        "image-search recall@10, text-query recall@10, category probe and image-title "
-        "alignment, train the study's ranker on each version's embeddings, and report per "
-        "metric the exchange rate against the weakest version, its spread, Spearman and "
-        "Kendall correlation with AUC, and the best guide.")
+        description="Encoder versions of spread-out quality (untrained, snapshots along the "
+        "full recipe, its stages, variants: text-only, image-only, no hard negatives, queue "
+        "sizes, no Matryoshka; given encoders), their candidate metrics (image-search recall@K "
+        "per Matryoshka size, text-query recall, category probe, image-title alignment, style "
+        "probe) and ranker AUC over several seeds; per metric the exchange rate, Spearman and "
+        "Kendall with bootstrap intervals, overall and on cold items, and the best guide.")
     _common(ex)
     ex.set_defaults(func=_exchange)
 
@@ -71,6 +84,16 @@ def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from moon_rec.studies.jobs import study_config
 
     return study_config(args.world, args.preset, args.config, args.overrides)
+
+
+def _all(args: argparse.Namespace) -> int:
+    from moon_rec.studies.jobs import run_all
+
+    summary = run_all(args.world, args.out, _config(args), training_set=args.training_set,
+                      progress=not args.quiet, report=not args.no_report,
+                      report_out=args.report_out)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
 
 
 def _exchange(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
-"""Studies: the exchange rate of intermediate metrics against ranker AUC, and scaling laws
-(training pairs, negatives, behaviour-sequence length), with plots and a report."""
+"""Studies: the exchange rate of intermediate metrics against ranker AUC (with bootstrap
+intervals and the best guide), and scaling laws (training pairs, negatives,
+behaviour-sequence length), with plots and a report; ``make study`` runs them all."""
 
 from moon_rec._lazy import lazy_exports
 
@@ -12,6 +13,7 @@ _EXPORTS: dict[str, str] = {
     "encoder_versions": "moon_rec.studies.runs",
     "fit_power_law": "moon_rec.studies.scaling",
     "load_study_config": "moon_rec.studies.config",
+    "metric_info": "moon_rec.studies.config",
     "run_exchange_study": "moon_rec.studies.exchange",
     "run_scaling_study": "moon_rec.studies.scaling",
 }

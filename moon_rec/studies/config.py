@@ -1,97 +1,178 @@
 """Study configuration: YAML presets (configs/studies/<preset>.yaml), strict keys.
 
-The budgets of every run in a study (encoder steps, batch, snapshots, variants, ranker
-epochs, rows, seeds) are data, recorded with each point, so a point is reproducible from its
-config and seed. Structure::
+Everything a study's points depend on (the encoder recipe and its snapshots, the variant
+runs, the ranker budget and seeds, the bootstrap) is data, recorded with each point, so a
+point is reproducible from its config and seed. Structure::
 
     preset: tiny
     seed: 0
     threads: 1
-    metrics: [recall@10, text_recall@10, probe_acc, image_title_align]
+    metrics: [recall@10, ..., style_r2]       # the candidate intermediate metrics
+    bootstrap_resamples: 1000
     encoder: {EncoderBudget}
     ranker: {RankerBudget}
+
+The candidate metrics (``metric_info`` names each and says whether a real catalog can
+compute it): image-search recall@K (K = 1, 10, 100) at the full dimension (``recall@K``)
+and per smaller Matryoshka prefix (``recall@K_dD``), text-query recall@10
+(``text_recall@10``), the category probe (``probe_acc``), image-title alignment
+(``image_title_align``) and the style probe (``style_r2``: linear R^2 of the hidden style
+from 64-dim vectors, which needs the synthetic world's ground truth).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moon_rec._yaml_config import load_yaml_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESET_DIR = ROOT / "configs" / "studies"
-METRICS: tuple[str, ...] = ("recall@10", "text_recall@10", "probe_acc", "image_title_align")
+KS: tuple[int, ...] = (1, 10, 100)
+DIMS: tuple[int, ...] = (32, 64, 128, 256)
+STYLE_PROBE_DIM = 64
+OTHER_METRICS: tuple[str, ...] = ("text_recall@10", "probe_acc", "image_title_align", "style_r2")
+METRICS: tuple[str, ...] = (
+    *(f"recall@{k}" for k in KS),
+    *(f"recall@{k}_d{d}" for d in DIMS[:-1] for k in KS),
+    *OTHER_METRICS,
+)
+_RECALL = re.compile(r"^recall@(\d+)(?:_d(\d+))?$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class MetricInfo(NamedTuple):
+    """A candidate metric: its label, whether a real catalog can compute it (no oracle),
+    and what it needs."""
+
+    label: str
+    real_catalog: bool
+    needs: str
+
+
+def metric_info(name: str) -> MetricInfo:
+    """The label and data needs of a candidate metric name (see the module docstring)."""
+    m = _RECALL.match(name)
+    if m:
+        dim = f", {m.group(2)}-d" if m.group(2) else ""
+        return MetricInfo(f"image-search recall@{m.group(1)}{dim}", True,
+                          "catalog photos + users' photo queries (image_queries)")
+    known = {
+        "text_recall@10": MetricInfo("text-query recall@10", True,
+                                     "held-out behaviours with a query text"),
+        "probe_acc": MetricInfo("category probe accuracy", True, "the catalog's categories"),
+        "image_title_align": MetricInfo("image-title alignment (cos gap)", True,
+                                        "catalog photos and titles"),
+        "style_r2": MetricInfo(f"style probe R^2 ({STYLE_PROBE_DIM}-d)", False,
+                               "the synthetic world's oracle_style (ground truth)"),
+    }
+    if name not in known:
+        raise ValueError(f"unknown candidate metric {name!r} (known: recall@K, recall@K_dD, "
+                         f"{', '.join(known)})")
+    return known[name]
+
+
+class EncoderVariant(BaseModel):
+    """A training run besides the recipe that moves the metrics apart: one stage of the
+    recipe, started from one of its checkpoints, with some of the stage's settings replaced.
+
+    Args:
+        init: the checkpoint it starts from: ``untrained`` or a recipe stage's final encoder.
+        stage: the recipe stage whose settings it runs (``stage1``, ``stage2``).
+        steps: its optimiser steps (default: the stage's).
+        update: ``StageConfig`` fields replaced (e.g. ``{mix: {text_product: 1.0}}``,
+            ``{hard_negatives: 0}``, ``{matryoshka_weights: [0, 0, 0, 1]}``).
+        group: how the report groups it (colours, axes).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    init: Literal["untrained", "pretrain", "stage1", "stage2"] = "pretrain"
+    stage: Literal["stage1", "stage2"] = "stage1"
+    steps: int | None = Field(default=None, gt=0)
+    update: dict[str, Any] = Field(default_factory=dict)
+    group: str = "variant"
+
+    @field_validator("update")
+    @classmethod
+    def _stage_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from moon_rec.training.config import StageConfig
+
+        unknown = sorted(set(v) - set(StageConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown stage settings {unknown}")
+        return v
 
 
 class EncoderBudget(BaseModel):
     """The encoder versions of the studies.
 
-    One pretraining run, then post-training (stage 1) runs initialised from it:
-    ``main`` (``main_steps``, snapshots kept at ``snapshots``: the tokens axis and the
-    "checkpoints along training" versions), ``text_only`` / ``image_only`` (pairs of one
-    query modality only) and one run per ``queue_sizes`` entry (the negatives axis:
-    negatives per query = batch_size - 1 in-batch + queue_size temporal), each
-    ``variant_steps`` long. Plus the untrained encoder (same architecture and tokenizer).
+    The **recipe**: the full encoder recipe (configs/encoder/<preset>.yaml: pretrain,
+    stage 1, stage 2) trained once by the loop's encoder step (``moon_rec.loop``) in the
+    study's ``shared/`` layout, keeping ``snapshots``; every snapshot and every stage's
+    final encoder is a version (``pretrain``, ``stage1`` = "stage 1 only", ``stage2`` = the
+    full recipe, ``stage1_s00100``, ...), plus the ``untrained`` encoder of the same
+    architecture. The **variants**: ``variants`` and one stage-2 run per ``queue_sizes``
+    entry (``queue_qNNNNN``, started from ``stage1``: the negatives axis). **Given**
+    encoders: checkpoints from elsewhere (e.g. a look-preserving encoder) by name.
 
     Args:
-        preset: configs/encoder/<preset>.yaml, the architecture and base recipe.
-        overrides: ``key.sub=value`` overrides of that recipe (applied first).
-        pretrain_steps / pretrain_batch_size: the pretraining run.
-        batch_size: pairs per step of every post-training run.
-        main_steps: steps of the main post-training run.
-        snapshots: steps of the main run kept as encoder versions.
-        variant_steps: steps of each variant run.
-        text_only_mix / image_only_mix: the pair mix of the one-modality variants.
-        queue_sizes: temporal-queue sizes of the negatives axis.
+        preset: configs/encoder/<preset>.yaml, the recipe.
+        overrides: ``key.sub=value`` overrides of that recipe.
+        snapshots: stage -> steps kept as versions (stage 1's are the tokens axis).
+        variants: name -> ``EncoderVariant``.
+        queue_sizes: temporal-queue sizes of the stage-2 negatives runs.
+        given: name -> an encoder checkpoint folder (``MoonEncoder.from_pretrained``).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     preset: str = "tiny"
     overrides: list[str] = Field(default_factory=list)
-    pretrain_steps: int = 40
-    pretrain_batch_size: int = 32
-    batch_size: int = 32
-    main_steps: int = 100
-    snapshots: list[int] = Field(default_factory=lambda: [10, 25, 50, 100])
-    variant_steps: int = 50
-    text_only_mix: dict[str, float] = Field(default_factory=lambda: {"text_product": 1.0})
-    image_only_mix: dict[str, float] = Field(
-        default_factory=lambda: {"photo_product": 1.0, "aug_product": 1.0})
-    queue_sizes: list[int] = Field(default_factory=lambda: [0, 32, 128, 512])
+    snapshots: dict[str, list[int]] = Field(default_factory=lambda: {"stage1": [10, 25, 50]})
+    variants: dict[str, EncoderVariant] = Field(default_factory=dict)
+    queue_sizes: list[int] = Field(default_factory=list)
+    given: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> EncoderBudget:
-        if any(s <= 0 or s > self.main_steps for s in self.snapshots):
-            raise ValueError(f"snapshots must lie in 1..main_steps={self.main_steps}")
+        unknown = sorted(set(self.snapshots) - {"pretrain", "stage1", "stage2"})
+        if unknown:
+            raise ValueError(f"snapshots of unknown stages {unknown} (pretrain, stage1, stage2)")
+        if any(s <= 0 for steps in self.snapshots.values() for s in steps):
+            raise ValueError("snapshot steps must be > 0")
         if any(q < 0 for q in self.queue_sizes):
             raise ValueError("queue_sizes must be >= 0")
-        for k in ("pretrain_steps", "pretrain_batch_size", "batch_size", "main_steps",
-                  "variant_steps"):
-            if getattr(self, k) <= 0:
-                raise ValueError(f"{k} must be > 0")
+        reserved = {"untrained", "pretrain", "stage1", "stage2"}
+        for name in [*self.variants, *self.given]:
+            if not _NAME.match(name) or name in reserved or re.match(r"^(stage\d|pretrain)_s\d+$|"
+                                                                      r"^queue_q\d+$", name):
+                raise ValueError(f"version name {name!r}: lower-case letters, digits, _; "
+                                 "not a recipe or queue name")
+        both = set(self.variants) & set(self.given)
+        if both:
+            raise ValueError(f"{sorted(both)} both a variant and a given encoder")
         return self
 
 
 class RankerBudget(BaseModel):
-    """The downstream ranker of every point: one experiment, a reduced budget fixed across
-    versions.
+    """The downstream ranker of every point: one experiment, the same budget and seeds for
+    every version.
 
     Args:
         config / experiment: the ranker YAML (relative to the repository) and its block.
         epochs / batch_size: override the experiment's (None keeps them).
-        seeds: ranker seeds of every encoder version (the AUC is their mean).
-        noise_versions / noise_seeds: extra seeds for a few versions only: the seed-to-seed
-            AUC spread (the noise floor) at a fraction of the cost of more seeds everywhere.
+        seeds: ranker seeds of every version (its AUC is their mean, its noise their std).
         max_train_requests / max_test_requests: keep a seeded subset of requests of each
-            split (0: all); the same subset for every point.
-        reference_experiment: an ID-only experiment trained once on the same ranker set
-            (seed: the first of ``seeds``), the floor the content features lift.
+            split (0: all, the full training set); the same subset for every point.
+        reference_experiment: an ID-only experiment trained on the same ranker set and
+            seeds, the floor the content features lift.
         seq_lens: the behaviour-sequence lengths of the seq_len axis.
-        seq_len_version: the encoder version the seq_len axis uses (``main`` = the main
-            run's last snapshot).
+        seq_len_version: the encoder version the seq_len axis uses.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -100,19 +181,19 @@ class RankerBudget(BaseModel):
     experiment: str = "cube_moon_tiny"
     epochs: int | None = None
     batch_size: int | None = None
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    noise_versions: list[str] = Field(default_factory=list)
-    noise_seeds: list[int] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     max_train_requests: int = 0
     max_test_requests: int = 0
     reference_experiment: str | None = None
-    seq_lens: list[int] = Field(default_factory=lambda: [2, 5, 10, 20])
-    seq_len_version: str = "main"
+    seq_lens: list[int] = Field(default_factory=lambda: [1, 2, 5, 10, 20, 50])
+    seq_len_version: str = "stage2"
 
     @model_validator(mode="after")
     def _check(self) -> RankerBudget:
         if not self.seeds:
             raise ValueError("seeds must not be empty")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be distinct")
         if any(s <= 0 for s in self.seq_lens):
             raise ValueError("seq_lens must be > 0")
         return self
@@ -123,7 +204,12 @@ class RankerBudget(BaseModel):
 
 
 class StudyConfig(BaseModel):
-    """A study: encoder versions, downstream ranker, metrics."""
+    """A study: encoder versions, downstream ranker, candidate metrics, bootstrap.
+
+    Args:
+        metrics: the candidate intermediate metrics (``metric_info`` names).
+        bootstrap_resamples / confidence: the intervals (``moon_rec.metrics.exchange``).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -131,9 +217,17 @@ class StudyConfig(BaseModel):
     seed: int = 0
     threads: int = 1
     metrics: list[str] = Field(default_factory=lambda: list(METRICS))
+    bootstrap_resamples: int = Field(default=1000, ge=100)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     encoder: EncoderBudget = Field(default_factory=EncoderBudget)
     ranker: RankerBudget = Field(default_factory=RankerBudget)
 
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]) -> list[str]:
+        for m in v:
+            metric_info(m)
+        return v
 
 
 def load_study_config(preset: str | None = None, path: str | Path | None = None,

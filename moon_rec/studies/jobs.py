@@ -1,5 +1,6 @@
 """Batch job: the exchange-rate and scaling-law studies, then their report.
 
+    moon study all --out S [--world W] [--preset small]     # make study: everything
     moon study exchange-rate --world W --out S [--preset small]
     moon study scaling --world W --out S --axis tokens|negatives|seq_len
     moon report --study S
@@ -26,9 +27,11 @@ def default_preset(world: str | Path) -> str:
     return str(preset) if preset and (PRESET_DIR / f"{preset}.yaml").is_file() else "tiny"
 
 
-def study_config(world: str | Path, preset: str | None = None, path: str | Path | None = None,
+def study_config(world: str | Path | None, preset: str | None = None,
+                 path: str | Path | None = None,
                  overrides: list[str] | None = None) -> StudyConfig:
-    if path is None and preset is None:
+    """The study config: ``path`` or ``preset`` (default: the world's preset, else tiny)."""
+    if path is None and preset is None and world is not None:
         preset = default_preset(world)
     return load_study_config(preset, path, overrides)
 
@@ -46,6 +49,17 @@ def ensure_training_set(world: str | Path, out: str | Path,
     run_steps([feature_tables_step(layout, deps=()), training_set_step(layout)],
               layout.file("loop_state.json"), label="study inputs")
     return layout.training_set
+
+
+def ensure_world(out: str | Path, preset: str, seed: int) -> Path:
+    """The study's own synthetic world (``out/shared/world``), generated and validated once
+    by the loop's world steps: for a study run without ``--world``."""
+    from moon_rec.loop import Layout, run_steps, world_steps
+
+    layout = Layout.at(Path(out) / "shared")
+    run_steps(world_steps(layout, preset, seed), layout.file("world_state.json"),
+              label="study world")
+    return layout.world
 
 
 def _study(world: str | Path, out: str | Path, config: StudyConfig,
@@ -66,8 +80,9 @@ def run_exchange_rate(world: str | Path, out: str | Path, config: StudyConfig, *
     result = run_exchange_study(_study(world, out, config, training_set, progress))
     summary = {"best": result.get("best"), "baseline": result.get("baseline"),
                "ranking": result.get("ranking"), "seconds": round(time.time() - t0, 1),
-               "metrics": {m: {k: s.get(k) for k in ("rate_median", "rate_rel_spread", "slope",
-                                                     "spearman", "kendall")}
+               "conclusion": result.get("conclusion"), "noise": result.get("noise"),
+               "metrics": {m: {k: s.get(k) for k in ("slope", "slope_ci", "spearman",
+                                                     "spearman_ci", "kendall", "kendall_ci")}
                            for m, s in (result.get("metrics") or {}).items()}}
     if report:
         summary["report"] = build(out)
@@ -85,12 +100,48 @@ def run_scaling(world: str | Path, out: str | Path, config: StudyConfig, axis: s
                                with_auc=with_auc)
     summary: dict[str, Any] = {"axis": axis, "seconds": round(time.time() - t0, 1),
                                "rows": result["rows"],
-                               "fits": {k: {p: f.get(p) for p in ("ok", "a", "b", "c", "ci",
-                                                                  "x_flat", "gain_next_doubling",
-                                                                  "error")}
+                               "fits": {k: {p: f.get(p) for p in ("ok", "identified", "reason",
+                                                                  "a", "b", "c", "ci", "x_flat",
+                                                                  "gain_next_doubling", "error")}
                                         for k, f in result["fits"].items()}}
     if report:
         summary["report"] = build(out)
+    return summary
+
+
+def run_all(world: str | Path | None, out: str | Path, config: StudyConfig, *,
+            training_set: str | Path | None = None, progress: bool = True,
+            report: bool = True, report_out: str | Path | None = None) -> dict[str, Any]:
+    """``make study``: the exchange-rate study (its versions are also the tokens and
+    negatives axes) and the seq_len axis in one resumable sweep, then the analyses and the
+    report. Without ``world``, the study generates its own (``ensure_world``)."""
+    from moon_rec.studies.exchange import analyse_exchange, exchange_points
+    from moon_rec.studies.points import run_sweep
+    from moon_rec.studies.scaling import AXES, analyse_axis, scaling_points
+
+    t0 = time.time()
+    if world is None:
+        world = ensure_world(out, config.preset, config.seed)
+    study = _study(world, out, config, training_set, progress)
+    study.prepare_ranker_set()
+    for name in ("exchange-rate", *(f"scaling-{a}" for a in AXES)):
+        study.write_manifest(name)
+    points = exchange_points(study) + scaling_points(study, "seq_len")
+    run_sweep(study.store, points, desc="study", progress=progress)
+    if report:  # the report re-analyses the points and writes the JSON tables
+        paths = build(out, report_out)
+        ex = json.loads((Path(out) / "exchange_rate.json").read_text())
+        axes = {a: json.loads((Path(out) / f"scaling_{a}.json").read_text()) for a in AXES}
+    else:
+        ex = analyse_exchange(study)
+        axes = {a: analyse_axis(study, a) for a in AXES}
+    summary: dict[str, Any] = {
+        "seconds": round(time.time() - t0, 1), "versions": len(ex["versions"]),
+        "best": ex.get("best"), "conclusion": ex.get("conclusion"), "noise": ex.get("noise"),
+        "fits": {a: {k: {p: f.get(p) for p in ("identified", "reason", "c", "ci")}
+                     for k, f in res["fits"].items()} for a, res in axes.items()}}
+    if report:
+        summary["report"] = paths
     return summary
 
 

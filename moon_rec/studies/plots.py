@@ -2,27 +2,33 @@
 
 - ``exchange_rate.png``: one panel per candidate metric, metric (x) against ranker AUC (y),
   one dot per encoder version (error bar: the seeds' standard deviation), the least-squares
-  line (its slope is the fitted exchange rate), the weakest version ringed, and the rate,
-  Spearman and Kendall in the panel title.
+  line (its slope is the exchange rate), the ID-only reference, and the rate, Spearman and
+  Kendall with their bootstrap intervals in the panel title.
 - ``scaling_<axis>.png``: quality against the axis (log x), the power-law fit with its
-  confidence band, and where returns flatten.
+  confidence band, where returns flatten, and whether the fit is identified.
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-METRIC_LABELS: dict[str, str] = {
-    "recall@10": "image-search recall@10",
-    "text_recall@10": "text-query recall@10",
-    "probe_acc": "category probe accuracy",
-    "image_title_align": "image-title alignment (cos gap)",
-}
-GROUP_COLORS: dict[str, str] = {"baseline": "#7f7f7f", "tokens": "#1f77b4",
-                                "modality": "#d62728", "negatives": "#2ca02c"}
+from moon_rec.studies.config import metric_info
+
+GROUP_COLORS: dict[str, str] = {"baseline": "#7f7f7f", "pretrain": "#8c564b",
+                                "stage1": "#1f77b4", "stage2": "#17becf",
+                                "modality": "#d62728", "objective": "#ff7f0e",
+                                "negatives": "#2ca02c", "variant": "#bcbd22",
+                                "given": "#9467bd"}
+
+
+def _ci(v: Any, ci: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
 
 
 def _plt() -> Any:
@@ -44,53 +50,52 @@ def plot_exchange(result: dict[str, Any], path: str | Path) -> Path:
     metrics = list(result["candidate_metrics"])
     summaries = result.get("metrics") or {}
     rows = {n: r for n, r in result["versions"].items() if r.get("auc") is not None}
-    ncol = 2
-    nrow = (len(metrics) + 1) // 2
-    fig, axes = plt.subplots(nrow, ncol, figsize=(11, 4.6 * nrow), squeeze=False)
+    ncol = 4
+    nrow = max(1, (len(metrics) + ncol - 1) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.9 * nrow), squeeze=False)
+    ref = result.get("reference") or {}
     for ax, m in zip(axes.flat, metrics, strict=False):
         s = summaries.get(m, {})
+        label = metric_info(m).label
         names = [n for n, r in rows.items() if r.get(m) is not None]
         for n in names:
             r = rows[n]
-            ax.errorbar(r[m], r["auc"], yerr=r.get("auc_std") or 0.0, fmt="o", ms=6,
-                        color=GROUP_COLORS.get(r.get("group", ""), "k"), capsize=3)
-            ax.annotate(n, (r[m], r["auc"]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7, color="#333333")
-        base = result.get("baseline")
-        if base in rows and rows[base].get(m) is not None:
-            ax.plot(rows[base][m], rows[base]["auc"], "o", ms=13, mfc="none", mec="k")
-        ref = (result.get("reference") or {}).get("auc")
-        if ref is not None:
-            ax.axhline(ref, color="#9467bd", ls=":", lw=1.2)
+            ax.errorbar(r[m], r["auc"], yerr=r.get("auc_std") or 0.0, fmt="o", ms=5,
+                        color=GROUP_COLORS.get(r.get("group", ""), "k"), capsize=2)
+            ax.annotate(n, (r[m], r["auc"]), textcoords="offset points", xytext=(3, 3),
+                        fontsize=5.5, color="#333333")
+        if ref.get("auc") is not None:
+            ax.axhline(ref["auc"], color="#9467bd", ls=":", lw=1.2)
         if s.get("slope") is not None and names:
             xs = np.linspace(min(rows[n][m] for n in names), max(rows[n][m] for n in names), 50)
             ax.plot(xs, s["slope"] * xs + s["intercept"], "--", color="k", lw=1)
-        ax.set_title(f"{METRIC_LABELS.get(m, m)}\nrate median {_fmt(s.get('rate_median'))} "
-                     f"AUC/unit, fitted {_fmt(s.get('slope'))}; "
-                     f"Spearman {_fmt(s.get('spearman'), 2)}, Kendall {_fmt(s.get('kendall'), 2)}",
-                     fontsize=9)
-        ax.set_xlabel(f"{METRIC_LABELS.get(m, m)} (higher is better)")
-        ax.set_ylabel("ranker test AUC")
+        ax.set_title(f"{label}{'' if metric_info(m).real_catalog else ' (oracle)'}\n"
+                     f"rate {_ci(s.get('slope'), s.get('slope_ci'), 3)}\n"
+                     f"Spearman {_ci(s.get('spearman'), s.get('spearman_ci'))}, "
+                     f"Kendall {_ci(s.get('kendall'), s.get('kendall_ci'))}", fontsize=7.5)
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_ylabel("ranker test AUC", fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
-    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=g)
-               for g, c in GROUP_COLORS.items()]
-    handles.append(plt.Line2D([], [], marker="o", ls="", ms=11, mfc="none", mec="k",
-                              label="baseline (weakest)"))
-    handles.append(plt.Line2D([], [], ls="--", color="k", label="least-squares (fitted rate)"))
-    if (result.get("reference") or {}).get("auc") is not None:
+    groups = sorted({r.get("group", "") for r in rows.values()})
+    handles = [plt.Line2D([], [], marker="o", ls="", color=GROUP_COLORS.get(g, "k"), label=g)
+               for g in groups]
+    handles.append(plt.Line2D([], [], ls="--", color="k", label="least squares (the rate)"))
+    if ref.get("auc") is not None:
         handles.append(plt.Line2D([], [], ls=":", color="#9467bd",
-                                  label=f"ID-only ({result['reference']['experiment']})"))
-    fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=8, frameon=False)
-    best = str(result.get("best"))
-    fig.suptitle(f"Exchange rate: intermediate metric vs ranker AUC "
-                 f"({len(rows)} encoder versions; best guide: {METRIC_LABELS.get(best, best)})",
-                 fontsize=11)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.96))
+                                  label=f"ID-only ({ref['experiment']})"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8,
+               frameon=False)
+    best = result.get("best")
+    fig.suptitle(f"Exchange rate: intermediate metric vs ranker AUC ({len(rows)} encoder "
+                 f"versions, seeds {result.get('seeds')}; best guide: "
+                 f"{metric_info(best).label if best else '-'})", fontsize=11)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
@@ -127,14 +132,15 @@ def plot_scaling(result: dict[str, Any], path: str | Path) -> Path:
                 ax.axvline(xf, color="grey", ls="--", lw=1,
                            label=f"flat (<{fit['flat_gain']} per doubling): {xf:,.0f}")
             title += f"\ngain of the next doubling: {fit['gain_next_doubling']:+.4f}"
-            if fit.get("note"):
-                title += f"\n({fit['note']})"
+            title += ("\nidentified" if fit.get("identified")
+                      else "\n" + textwrap.fill(f"not identified: {fit.get('reason')}", 70))
             # the y range follows the points and the curve; a wide band is clipped
-            lo_y, hi_y = min(y.min(), yc.min()), max(y.max(), yc.max())
+            lo_y, hi_y = min((y - err).min(), yc.min()), max((y + err).max(), yc.max())
             pad = 0.3 * (hi_y - lo_y) + 1e-4
             ax.set_ylim(lo_y - pad, hi_y + pad)
         elif fit:
-            title += f"\n(no fit: {fit.get('error')})"
+            title += "\n" + textwrap.fill(
+                f"not identified: {fit.get('reason') or fit.get('error')}", 70)
         ax.set_xscale("log")
         # the measured x values as plain ticks (log minor labels overlap)
         from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator

@@ -5,21 +5,29 @@ config records everything it depends on.
 Study directory layout (``out``)::
 
     study.json                  the study config, world, ranker set, versions
-    shared/ranker_set.parquet   the ranker training set (the seeded request subset), made
-                                once: IDs and behaviour sequences do not depend on the encoder
-    encoders/<run>/             encoder training runs (moon_rec.training run directories);
-                                encoders/main/snapshots/step-NNNNNN/ the kept snapshots
+    shared/                     the loop's layout of the study (moon_rec.loop.Layout):
+      training_set.parquet        the full ranker training set (feature tables + Feast)
+      encoder/<stage>/            the recipe run (the loop's encoder step), with
+      encoder/<stage>/snapshots/step-NNNNNN/   the kept snapshots
+      ranker_set.parquet          the ranker set (the training set, or a seeded subset)
+    encoders/<version>/         variant runs (moon_rec.training run directories) and the
+                                untrained encoder
     embeddings/<version>/       items.parquet + queries.parquet (the ranker's content input)
-    rankers/<point>/            ranker model directories
+    rankers/<kind>/<point>/     ranker model directories (weights deleted after evaluation)
     points/<kind>/<name>.json   one finished point each (see points.py)
 
-The cheap path to an AUC per encoder version: the training set is built once, and only the
-item/query embedding input changes between versions; the ranker's budget (experiment,
-epochs, request subset, seeds) is fixed by the study config.
+The recipe is trained once, by the loop's encoder step (``run_steps`` with its key: a
+finished recipe is never retrained, a killed one resumes from its last checkpoint); the
+versions are its snapshots, its stages' final encoders, short variant runs started from
+them, and encoders given from elsewhere. The ranker set is built once: only the item/query
+embedding input changes between versions; the ranker's budget (experiment, epochs, seeds)
+is fixed by the study config.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,10 +39,11 @@ import pyarrow.parquet as pq
 
 from moon_rec import runtime
 from moon_rec.data.embeddings import embedding_table, prefixes_of, write_embedding_table
-from moon_rec.studies.config import StudyConfig
+from moon_rec.studies.config import STYLE_PROBE_DIM, StudyConfig
 from moon_rec.studies.points import Point, PointStore
 
 TS = pa.timestamp("us", tz="UTC")
+RECIPE_STAGES: tuple[str, ...] = ("pretrain", "stage1", "stage2")
 
 
 @dataclass(frozen=True)
@@ -42,59 +51,114 @@ class EncoderVersion:
     """One encoder version of the studies.
 
     Args:
-        name: e.g. ``untrained``, ``pretrain``, ``main_s00100``, ``text_only``, ``neg_q0128``.
-        run: the training run that makes it (``untrained``, ``pretrain``, ``main``,
-            ``text_only``, ``image_only``, ``neg_qNNNN``).
-        step: the main run's snapshot step (None: the run's final encoder).
-        pairs_seen: post-training pairs seen (steps x batch), 0 before post-training.
-        negatives: negatives per query in post-training (in-batch + queue), 0 before.
-        group: ``baseline``, ``tokens``, ``modality`` or ``negatives``.
+        name: ``untrained``, ``pretrain``, ``stage1``, ``stage2`` (the recipe stages' final
+            encoders), ``stage1_s00100`` (a snapshot), ``queue_q01024``, a variant's or a
+            given encoder's name.
+        source: ``untrained``, ``recipe``, ``variant`` or ``given``.
+        stage: the recipe stage it comes from (a variant: the stage it runs).
+        step: the snapshot's step (None: a stage's final encoder).
+        group: ``baseline``, ``pretrain``, ``stage1`` (the tokens axis), ``stage2``,
+            ``negatives``, a variant's group, ``given``.
+        pairs_seen: post-training pairs seen (steps x batch of stages 1 and 2; None: unknown).
+        negatives: negatives per query of its last post-training stage (in-batch + hard +
+            queue; 0 before post-training; None: unknown).
+        init: a variant's starting checkpoint.
     """
 
     name: str
-    run: str
+    source: str
+    stage: str | None
     step: int | None
-    pairs_seen: int
-    negatives: int
     group: str
+    pairs_seen: int | None
+    negatives: int | None
+    init: str | None = None
+
+
+def recipe_config(config: StudyConfig) -> Any:
+    """The recipe's TrainConfig (configs/encoder/<preset>.yaml with the overrides)."""
+    from moon_rec.training.config import load_config
+
+    return load_config(config.encoder.preset, None,
+                       [f"threads={config.threads}", *config.encoder.overrides])
+
+
+def _negatives(sc: Any) -> int:
+    return int(sc.batch_size - 1 + sc.batch_size * sc.hard_negatives + sc.queue_size)
+
+
+def variant_stage_config(config: StudyConfig, name: str, recipe: Any | None = None) -> Any:
+    """A variant's StageConfig: the recipe stage with the variant's steps and settings."""
+    recipe = recipe or recipe_config(config)
+    e = config.encoder
+    if name.startswith("queue_q"):
+        stage, steps, update = "stage2", None, {"queue_size": int(name[7:])}
+    else:
+        v = e.variants[name]
+        stage, steps, update = v.stage, v.steps, dict(v.update)
+    sc = recipe.stage(stage)
+    if steps is not None:
+        update.update(steps=steps, checkpoint_every=max(1, steps // 2))
+    return sc.model_copy(update=update), stage
 
 
 def encoder_versions(config: StudyConfig) -> list[EncoderVersion]:
-    """Every encoder version of a study config, weakest-looking first."""
+    """Every encoder version of a study config: the untrained encoder, the recipe's
+    snapshots and stages, the variants, the given encoders."""
+    recipe = recipe_config(config)
     e = config.encoder
-    bs = e.batch_size
-    out = [EncoderVersion("untrained", "untrained", None, 0, 0, "baseline"),
-           EncoderVersion("pretrain", "pretrain", None, 0, 0, "baseline")]
-    out += [EncoderVersion(f"main_s{s:05d}", "main", s, s * bs, bs - 1, "tokens")
-            for s in sorted(set(e.snapshots))]
-    out += [EncoderVersion("text_only", "text_only", None, e.variant_steps * bs, bs - 1,
-                           "modality"),
-            EncoderVersion("image_only", "image_only", None, e.variant_steps * bs, bs - 1,
-                           "modality")]
-    out += [EncoderVersion(f"neg_q{q:04d}", f"neg_q{q:04d}", None, e.variant_steps * bs,
-                           bs - 1 + q, "negatives") for q in sorted(set(e.queue_sizes))]
+    pre = {"pretrain": 0, "stage1": 0,
+           "stage2": recipe.stage1.steps * recipe.stage1.batch_size}
+    negs = {"pretrain": 0, "stage1": _negatives(recipe.stage1),
+            "stage2": _negatives(recipe.stage2)}
+    out = [EncoderVersion("untrained", "untrained", None, None, "baseline", 0, 0)]
+    for stage in RECIPE_STAGES:
+        sc = recipe.stage(stage)
+        per_step = 0 if stage == "pretrain" else sc.batch_size
+        for s in sorted(set(e.snapshots.get(stage, ()))):
+            if s < sc.steps:  # the last step is the stage's final encoder
+                out.append(EncoderVersion(f"{stage}_s{s:05d}", "recipe", stage, s, stage,
+                                          pre[stage] + s * per_step, negs[stage]))
+        out.append(EncoderVersion(stage, "recipe", stage, None, stage,
+                                  pre[stage] + sc.steps * per_step, negs[stage]))
+    named = [(n, v.group, v.init) for n, v in e.variants.items()]
+    named += [(f"queue_q{q:05d}", "negatives", "stage1") for q in sorted(set(e.queue_sizes))]
+    for name, group, init in named:
+        sc, stage = variant_stage_config(config, name, recipe)
+        before = {"untrained": 0, "pretrain": 0, "stage1": pre["stage2"],
+                  "stage2": pre["stage2"] + recipe.stage2.steps * recipe.stage2.batch_size}[init]
+        out.append(EncoderVersion(name, "variant", stage, None, group,
+                                  before + sc.steps * sc.batch_size, _negatives(sc), init))
+    out += [EncoderVersion(n, "given", None, None, "given", None, None) for n in e.given]
     return out
 
 
 def version_by_name(config: StudyConfig, name: str) -> EncoderVersion:
     versions = {v.name: v for v in encoder_versions(config)}
-    if name == "main":  # the main run's last snapshot
-        name = f"main_s{max(config.encoder.snapshots):05d}"
     if name not in versions:
         raise ValueError(f"unknown encoder version {name!r} (known: {', '.join(versions)})")
     return versions[name]
 
 
+def has_style_truth(world: str | Path) -> bool:
+    """Whether the world's items carry the synthetic ``oracle_style`` (the style probe's
+    ground truth); a real catalog does not."""
+    from moon_rec.data.validation import table_files
+
+    files = table_files(world, "items")
+    return bool(files) and "oracle_style" in pq.read_schema(files[0]).names
+
+
 class Study:
-    """One study directory: the world, the config, the shared ranker set, the points.
+    """One study directory: the world, the config, the recipe, the ranker set, the points.
 
     Args:
         world: the world directory.
         out: the study directory.
         config: the study config.
         training_set: the full ranker training set (``moon features training-set``); the
-            study keeps a seeded subset of its requests in ``shared/ranker_set.parquet``.
-        progress: show the sweep's progress bar.
+            study keeps it, or a seeded subset of its requests, in ``shared/ranker_set``.
+        progress: progress bars (sweep and encoder training).
     """
 
     def __init__(self, world: str | Path, out: str | Path, config: StudyConfig,
@@ -106,6 +170,7 @@ class Study:
         self.progress = progress
         self.store = PointStore(self.out)
         self._data: Any = None
+        self._recipe_done = False
         self.out.mkdir(parents=True, exist_ok=True)
 
     # -- shared inputs ------------------------------------------------------------------
@@ -124,15 +189,13 @@ class Study:
         return self.out / "shared" / "ranker_set.parquet"
 
     def prepare_ranker_set(self) -> dict[str, Any]:
-        """Write ``shared/ranker_set.parquet`` once: the training set restricted to a seeded
-        subset of requests per split (``ranker.max_*_requests``; 0 keeps all)."""
+        """Write ``shared/ranker_set.parquet`` once: the training set, or a seeded subset
+        of requests per split (``ranker.max_*_requests``; 0 keeps all)."""
         info_path = self.out / "shared" / "ranker_set.json"
         r = self.config.ranker
         want = {"source": str(self.training_set), "max_train_requests": r.max_train_requests,
                 "max_test_requests": r.max_test_requests, "seed": self.config.seed}
         if self.ranker_set.is_file() and info_path.is_file():
-            import json
-
             info: dict[str, Any] = json.loads(info_path.read_text())
             if info.get("selection") == want:
                 return info
@@ -160,8 +223,6 @@ class Study:
         return info
 
     def write_manifest(self, study: str, extra: dict[str, Any] | None = None) -> None:
-        import json
-
         path = self.out / "study.json"
         manifest: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
         manifest.update({"world": str(self.world.resolve()), "config": self.config.model_dump(),
@@ -170,150 +231,160 @@ class Study:
             "updated_at": datetime.now(UTC).isoformat(timespec="seconds"), **(extra or {})}
         runtime.atomic_write_json(path, manifest, default=str)
 
-    # -- encoder runs -------------------------------------------------------------------
+    # -- the recipe (the loop's encoder step) -------------------------------------------
 
     @property
-    def recipe_path(self) -> Path:
-        return self.out / "encoder_recipe.yaml"
+    def layout(self) -> Any:
+        """The loop layout of the study's shared artefacts (``shared/``)."""
+        from moon_rec.loop import Layout
 
-    def recipe(self) -> dict[str, Any]:
-        """The encoder recipe of the study, frozen at its first use: a copy of
-        configs/encoder/<preset>.yaml in the study directory, so that edits of the preset
-        while a study runs (or between resumes) do not change its versions."""
-        import yaml
+        return Layout.at(self.out / "shared", world=self.world)
 
-        from moon_rec.training.config import PRESET_DIR as ENCODER_PRESETS
+    def recipe_step(self) -> Any:
+        """The loop's encoder step for the study's recipe, keeping the snapshots."""
+        from moon_rec.loop import encoder_step
 
-        if not self.recipe_path.is_file():
-            src = ENCODER_PRESETS / f"{self.config.encoder.preset}.yaml"
-            if not src.is_file():
-                raise ValueError(f"unknown encoder preset {self.config.encoder.preset!r}")
-            runtime.atomic_write_text(self.recipe_path, src.read_text())
-        raw: dict[str, Any] = yaml.safe_load(self.recipe_path.read_text()) or {}
-        return raw
-
-    def run_recipe(self, run: str) -> tuple[list[str], dict[str, Any]]:
-        """(``key=value`` overrides of the recipe, stage-1 updates) of a training run."""
         e = self.config.encoder
-        ov = [*e.overrides, f"seed={self.config.seed}", f"threads={self.config.threads}",
-              f"pretrain.steps={e.pretrain_steps}", f"pretrain.batch_size={e.pretrain_batch_size}",
-              f"pretrain.checkpoint_every={max(1, e.pretrain_steps // 2)}"]
-        if run != "pretrain":  # the pretraining run's config does not depend on stage 1's
-            steps = e.main_steps if run == "main" else e.variant_steps
-            ov += [f"stage1.batch_size={e.batch_size}", f"stage1.steps={steps}",
-                   f"stage1.checkpoint_every={max(1, steps // 2)}",
-                   f"stage1.warmup_steps={max(1, min(steps // 10, 50))}"]
-        update: dict[str, Any] = {}
-        if run == "text_only":
-            update = {"mix": dict(e.text_only_mix)}
-        elif run == "image_only":
-            update = {"mix": dict(e.image_only_mix)}
-        elif run.startswith("neg_q"):
-            update = {"queue_size": int(run[5:])}
-        return ov, update
+        return encoder_step(self.layout, e.preset, threads=self.config.threads, deps=(),
+                            overrides=e.overrides, snapshots=dict(e.snapshots),
+                            progress=self.progress)
 
-    def train_config(self, run: str) -> Any:
-        """The moon_rec.training TrainConfig of a training run of this study."""
-        from moon_rec.training.config import load_config
+    @functools.cached_property
+    def recipe_key(self) -> str:
+        """The recipe step's key (its recipe, snapshots, threads and trainer code): part of
+        every recipe-derived point's config, so a retrained recipe recomputes them."""
+        from moon_rec.loop import step_key
 
-        self.recipe()
-        ov, update = self.run_recipe(run)
-        cfg = load_config(path=self.recipe_path, overrides=ov)
-        return cfg.model_copy(update={"stage1": cfg.stage1.model_copy(update=update)})
+        return step_key(self.recipe_step(), {})
 
-    def run_dir(self, run: str) -> Path:
-        return self.out / "encoders" / run
+    @functools.cached_property
+    def recipe(self) -> Any:
+        """The recipe's TrainConfig (``recipe_config``)."""
+        return recipe_config(self.config)
 
-    def snapshot_dir(self, step: int) -> Path:
-        return self.run_dir("main") / "snapshots" / f"step-{step:06d}"
+    @functools.cached_property
+    def versions(self) -> dict[str, EncoderVersion]:
+        """name -> version, in ``encoder_versions`` order."""
+        return {v.name: v for v in encoder_versions(self.config)}
 
-    def _finished(self, run: str, cfg: Any) -> dict[str, Any] | None:
-        """The summary of ``run`` when it finished with this recipe. Keys the trainer's
-        config gained since (new options at their defaults) do not count as a change."""
-        import json
+    def version(self, name: str) -> EncoderVersion:
+        if name not in self.versions:
+            raise ValueError(f"unknown encoder version {name!r} "
+                             f"(known: {', '.join(self.versions)})")
+        return self.versions[name]
 
-        path = self.run_dir(run) / "summary.json"
-        if not (path.is_file() and (self.run_dir(run) / "encoder" / "moon_encoder.json").is_file()):
-            return None
-        summary: dict[str, Any] = json.loads(path.read_text())
-        old = {k: v for k, v in (summary.get("config") or {}).items() if k != "threads"}
-        new = {k: v for k, v in cfg.model_dump(mode="json").items() if k != "threads"}
-        return summary if old and _contained(old, new) else None
+    def _rel(self, path: Path) -> str:
+        """``path`` relative to the study directory when inside it (a study folder can move)."""
+        try:
+            return str(path.resolve().relative_to(self.out.resolve()))
+        except ValueError:
+            return str(path)
 
-    def _train(self, run: str) -> dict[str, Any]:
-        """Train ``run`` (resumes; returns at once when finished) and return its summary."""
-        from moon_rec.training.trainer import train_stage
+    def train_recipe(self) -> dict[str, Any]:
+        """Run (or find, or resume) the recipe; returns the loop's state record."""
+        from moon_rec.loop import run_steps
 
-        cfg = self.train_config(run)
-        done = self._finished(run, cfg)
-        if done is not None and (run != "main" or all(
-                (self.snapshot_dir(s) / "moon_encoder.json").is_file()
-                for s in self.config.encoder.snapshots)):
-            return done
-        if run == "pretrain":
-            return train_stage(self.data, "pretrain", cfg, self.run_dir(run), progress=False)
-        self._train("pretrain")
-        on_step = None
-        if run == "main":
-            snaps = set(self.config.encoder.snapshots)
+        state = run_steps([self.recipe_step()], self.out / "shared" / "encoder_state.json",
+                          label="study recipe")
+        self._recipe_done = True
+        return state
 
-            def on_step(step: int, encoder: Any) -> None:
-                if step in snaps and not (self.snapshot_dir(step) / "moon_encoder.json").is_file():
-                    encoder.save_pretrained(self.snapshot_dir(step))  # atomic
+    def stage_dir(self, stage: str) -> Path:
+        return self.layout.encoder / stage
 
-        summary = train_stage(self.data, "stage1", cfg, self.run_dir(run),
-                              init=self.run_dir("pretrain"), progress=False, on_step=on_step)
-        if run == "main" and not all((self.snapshot_dir(s) / "moon_encoder.json").is_file()
-                                     for s in self.config.encoder.snapshots):
-            # finished before the snapshots were asked for: train again, keeping them
-            summary = train_stage(self.data, "stage1", cfg, self.run_dir(run),
-                                  init=self.run_dir("pretrain"), progress=False,
-                                  on_step=on_step, resume=False)
-        return summary
+    def checkpoint(self, v: EncoderVersion) -> Path:
+        """Where version ``v``'s encoder is (once its point ran)."""
+        from moon_rec.loop import snapshot_dir
+
+        if v.source == "untrained":
+            return self.out / "encoders" / "untrained" / "encoder"
+        if v.source == "recipe":
+            assert v.stage is not None
+            d = self.stage_dir(v.stage)
+            return snapshot_dir(d, v.step) if v.step is not None else d / "encoder"
+        if v.source == "variant":
+            return self.out / "encoders" / v.name / "encoder"
+        return Path(self.config.encoder.given[v.name]).resolve()
+
+    def _init_dir(self, init: str) -> Path:
+        if init == "untrained":
+            return self._untrained()
+        if not self._recipe_done:
+            self.train_recipe()
+        return self.stage_dir(init) / "encoder"
 
     def _untrained(self) -> Path:
         from moon_rec.training.trainer import build_untrained_encoder
 
-        path = self.run_dir("untrained") / "encoder"
+        path = self.out / "encoders" / "untrained" / "encoder"
         if not (path / "moon_encoder.json").is_file():
-            build_untrained_encoder(self.data, self.train_config("pretrain"), path,
+            build_untrained_encoder(self.data, self.recipe, path,
                                     seed=self.config.seed)
         return path
 
+    def _train_variant(self, v: EncoderVersion) -> dict[str, Any]:
+        from moon_rec.training.trainer import train_stage
+
+        assert v.init is not None and v.stage is not None
+        sc, stage = variant_stage_config(self.config, v.name, self.recipe)
+        cfg = self.recipe.model_copy(update={stage: sc})
+        init = self._init_dir(v.init)
+        return train_stage(self.data, stage, cfg, self.out / "encoders" / v.name, init=init,
+                           progress=self.progress)
+
+    def encoder_config(self, v: EncoderVersion) -> dict[str, Any]:
+        """What version ``v``'s encoder depends on."""
+        cfg: dict[str, Any] = {"version": asdict(v), "world": str(self.world)}
+        if v.source == "untrained":
+            cfg["recipe"] = self.recipe.model_dump(mode="json")
+            cfg["seed"] = self.config.seed
+        elif v.source == "given":
+            from moon_rec.loop import folder_digest
+
+            path = self.checkpoint(v)
+            cfg.update(path=str(path), digest=folder_digest(path) if path.is_dir() else None)
+        else:
+            cfg["recipe_key"] = self.recipe_key
+            if v.source == "variant":
+                sc, _stage = variant_stage_config(self.config, v.name, self.recipe)
+                cfg["stage_config"] = sc.model_dump(mode="json")
+        return cfg
+
     def encoder_point(self, v: EncoderVersion) -> Point:
         """Train (or find) the encoder of version ``v``."""
-        ov, update = self.run_recipe(v.run)
-        recipe = {"recipe": self.recipe(), "overrides": ov, "stage1_update": update}
 
         def run() -> dict[str, Any]:
             from moon_rec.encoders import MoonEncoder
 
             summary: dict[str, Any] = {}
-            if v.run == "untrained":
-                path = self._untrained()
-            else:
-                summary = self._train(v.run)
-                path = (self.snapshot_dir(v.step) if v.step is not None
-                        else self.run_dir(v.run) / "encoder")
+            if v.source == "untrained":
+                self._untrained()
+            elif v.source == "recipe":
+                if not self._recipe_done:
+                    self.train_recipe()
+                assert v.stage is not None
+                summary = json.loads((self.stage_dir(v.stage) / "summary.json").read_text())
+            elif v.source == "variant":
+                summary = self._train_variant(v)
+            path = self.checkpoint(v)
+            if not (path / "moon_encoder.json").is_file():
+                raise FileNotFoundError(f"no encoder checkpoint for version {v.name} at {path}")
             enc = MoonEncoder.from_pretrained(path)
-            log = self.run_dir(v.run) / "train_log.jsonl"
-            loss = None
-            if v.step is not None and log.is_file():
-                import json
+            loss, negatives = (summary.get("final") or {}).get("loss"), v.negatives
+            if v.step is not None:  # a snapshot: the logged loss up to its step
+                assert v.stage is not None
+                log = self.stage_dir(v.stage) / "train_log.jsonl"
+                rows = [json.loads(line) for line in log.read_text().splitlines()] \
+                    if log.is_file() else []
+                loss = next((r.get("loss") for r in reversed(rows) if r["step"] <= v.step), None)
+            elif summary and v.stage != "pretrain":  # measured by the trainer
+                negatives = (summary.get("final") or {}).get("negatives_per_query", negatives)
+            return {"checkpoint": self._rel(path), "model_version": enc.model_version,
+                    "train_loss": loss, "negatives_per_query": negatives,
+                    "pairs_seen": v.pairs_seen,
+                    "run_seconds": summary.get("seconds") if v.source == "variant" else None}
 
-                for line in log.read_text().splitlines():
-                    row = json.loads(line)
-                    if row.get("step", 0) <= v.step:
-                        loss = row.get("loss")
-            elif summary:
-                loss = (summary.get("final") or {}).get("loss")
-            return {"checkpoint": str(path.relative_to(self.out)),
-                    "model_version": enc.model_version, "train_loss": loss,
-                    "run_seconds": summary.get("seconds"),
-                    "negatives_per_query": (summary.get("final") or {}).get("negatives_per_query")}
-
-        return Point("encoder", v.name, {"version": asdict(v), "train": recipe,
-                                         "world": str(self.world)}, run, seed=self.config.seed)
+        return Point("encoder", v.name, self.encoder_config(v), run, seed=self.config.seed)
 
     # -- intermediate metrics + embeddings ----------------------------------------------
 
@@ -321,11 +392,15 @@ class Study:
         return self.out / "embeddings" / version
 
     def metrics_point(self, v: EncoderVersion) -> Point:
-        """Intermediate metrics of version ``v``, and its item + query embeddings."""
+        """Intermediate metrics of version ``v`` (image-search recall@1/10/100 per
+        Matryoshka size, text-query recall, category probe, image-title alignment, style
+        probe), and its item + query embeddings."""
+        encoder_cfg = self.encoder_config(v)
 
         def run() -> dict[str, Any]:
             from moon_rec.encoders import MoonEncoder
             from moon_rec.encoders.inference import embed_products
+            from moon_rec.ranking.diagnostics import style_probe
             from moon_rec.ranking.queries import write_query_embeddings
             from moon_rec.retrieval.recall import evaluate_encoder
 
@@ -336,16 +411,24 @@ class Study:
             enc = MoonEncoder.from_pretrained(ckpt).eval()
             item_emb = embed_products(enc, self.data.product_titles, self.data.images)
             metrics = evaluate_encoder(enc, self.data, seed=self.config.seed, item_emb=item_emb)
+            for d, vals in (metrics.get("by_dim") or {}).items():
+                if int(d) != enc.dims[-1]:
+                    metrics.update({f"{k}_d{d}": val for k, val in vals.items()})
             edir = self.embeddings_dir(v.name)
             write_item_embeddings(self.data.item_id, item_emb, enc.dims, enc.model_version,
                                   edir / "items.parquet")
             write_query_embeddings(self.ranker_set, ckpt, edir / "queries.parquet")
+            style: dict[str, Any] | None = None
+            if has_style_truth(self.world) and STYLE_PROBE_DIM in enc.dims:
+                style = style_probe(self.world, edir / "items.parquet", dim=STYLE_PROBE_DIM,
+                                    seed=self.config.seed)
+            metrics["style_r2"] = style["linear_r2"] if style else None
+            metrics["style_probe"] = style
             return {**metrics, "embeddings": str(edir.relative_to(self.out))}
 
-        return Point("metrics", v.name, {"version": v.name,
-                                         "encoder": self.encoder_point(v).config,
+        return Point("metrics", v.name, {"version": v.name, "encoder": encoder_cfg,
                                          "ranker_set": str(self.ranker_set),
-                                         "seed": self.config.seed},
+                                         "seed": self.config.seed, "style_dim": STYLE_PROBE_DIM},
                      run, seed=self.config.seed)
 
     # -- downstream ranker ----------------------------------------------------------------
@@ -354,8 +437,6 @@ class Study:
         """The ranker experiment as resolved at the study's first use, frozen in
         ``ranker_<experiment>.json``: edits of the YAML (or new options of the ranker) do not
         change a running or resumed study."""
-        import json
-
         from moon_rec.ranking.config import load_ranker_config
 
         name = experiment or self.config.ranker.experiment
@@ -413,24 +494,19 @@ class Study:
             report = evaluate_ranker(model_dir)
             report["train_loss"] = meta.get("train_loss")
             report["train_steps"] = meta.get("steps")
-            # the weights are not needed again; keep the directory small
-            for leftover in ("model.pt", "checkpoint.pt"):
-                (model_dir / leftover).unlink(missing_ok=True)
-            for fused in model_dir.glob("checkpoint.fused.*"):
-                fused.unlink()
+            _drop_weights(model_dir)
             return report
 
-        v = version_by_name(self.config, version)
+        v = self.version(version)
         return Point(kind, name, {"version": version,
                                   "ranker": self.ranker_settings(seed, max_seq_len),
                                   "metrics": self.metrics_point(v).config,
                                   "ranker_set": str(self.ranker_set), "world": str(self.world)},
                      run, seed=seed)
 
-
     def reference_point(self, seed: int) -> Point:
         """The ID-only reference ranker (``ranker.reference_experiment``, no content
-        features) on the same ranker set: how much of the AUC the content features add."""
+        features) on the same ranker set and seed: the floor the content features lift."""
         name_exp = self.config.ranker.reference_experiment
         assert name_exp is not None
         cfg = self.ranker_config(seed, experiment=name_exp)
@@ -444,7 +520,7 @@ class Study:
             model_dir = self.out / "rankers" / "reference" / name
             train_ranker(self.ranker_set, cfg, model_dir, resume=True, progress=False)
             report = evaluate_ranker(model_dir)
-            (model_dir / "checkpoint.pt").unlink(missing_ok=True)
+            _drop_weights(model_dir)
             return report
 
         return Point("reference", name, {"ranker": self.ranker_settings(seed, None, name_exp),
@@ -452,11 +528,12 @@ class Study:
                                          "world": str(self.world)}, run, seed=seed)
 
 
-def _contained(old: Any, new: Any) -> bool:
-    """Every key of ``old`` is in ``new`` with the same value (recursively)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return all(k in new and _contained(v, new[k]) for k, v in old.items())
-    return bool(old == new)
+def _drop_weights(model_dir: Path) -> None:
+    """The weights are not needed again once evaluated; keep the study directory small."""
+    for leftover in ("model.pt", "checkpoint.pt"):
+        (model_dir / leftover).unlink(missing_ok=True)
+    for fused in model_dir.glob("checkpoint.fused.*"):
+        fused.unlink()
 
 
 def write_item_embeddings(item_ids: np.ndarray, emb: np.ndarray, dims: tuple[int, ...],

@@ -5,15 +5,20 @@ of negatives, and behaviour-sequence length, each fitted with a power law with o
 
 ``a`` is the asymptote, ``b`` the gap to it at x0, ``c`` how fast it closes. Fitted with
 ``scipy.optimize.curve_fit``; confidence intervals from its covariance with Student-t
-quantiles on n - 3 degrees of freedom (none with 3 points or fewer: the fit is exact).
-"Where returns flatten": the x at which one more doubling of x buys less than
-``flat_gain`` of quality under the fit.
+quantiles on n - 3 degrees of freedom. "Where returns flatten": the x at which one more
+doubling of x buys less than ``flat_gain`` of quality under the fit.
 
-Axes:
-- ``tokens``: post-training pairs seen (snapshots along the main run); quality =
-  image-search recall@10 (and ranker AUC when the exchange-rate study ran the same versions).
-- ``negatives``: negatives per query (in-batch + temporal queue), one run per queue size;
-  quality as for tokens.
+A fit is **identified** only with at least ``MIN_POINTS`` points over at least
+``MIN_DECADES`` decades of x, the exponent off its bounds, and finite intervals whose
+exponent interval excludes 0; otherwise the fit is still drawn but reported as "not
+identified" with the reason (a law fitted to 4 points over one decade says nothing about
+the exponent).
+
+Axes (the versions come from ``moon_rec.studies.runs``):
+- ``tokens``: stage-1 pairs seen (the snapshots along the recipe's stage 1); quality =
+  image-search recall@10 and the ranker AUC of the exchange-rate study.
+- ``negatives``: negatives per query (in-batch + hard + temporal queue), the recipe's
+  stage 2 and one stage-2 run per queue size; quality as for tokens.
 - ``seq_len``: the ranker's behaviour-sequence length on one fixed encoder; quality = AUC
   (mean over the ranker seeds).
 """
@@ -28,16 +33,18 @@ import numpy as np
 
 from moon_rec.runtime import atomic_write_json
 from moon_rec.studies.points import Point, run_sweep
-from moon_rec.studies.runs import Study, encoder_versions, version_by_name
+from moon_rec.studies.runs import EncoderVersion, Study
 
 AXES: tuple[str, ...] = ("tokens", "negatives", "seq_len")
 AXIS_LABELS: dict[str, str] = {
-    "tokens": "post-training pairs seen",
-    "negatives": "negatives per query (in-batch + queue)",
+    "tokens": "stage-1 pairs seen",
+    "negatives": "negatives per query (in-batch + hard + queue)",
     "seq_len": "behaviour-sequence length (items)",
 }
 FLAT_GAIN = 0.005
 C_MIN, C_MAX = 0.05, 3.0  # exponent bounds: below, the law is indistinguishable from a log
+MIN_POINTS = 5
+MIN_DECADES = 1.5
 
 
 def power_law(x: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
@@ -56,7 +63,8 @@ def fit_power_law(x: Any, y: Any, *, flat_gain: float = FLAT_GAIN,
         {"a", "b", "c", "x0", "ci": {p: [lo, hi] or None}, "dof", "rmse",
          "x_flat" (x where a doubling gains < flat_gain; None if b <= 0),
          "gain_next_doubling" (at the largest x), "share_of_gain_reached" (of a - y(x0) at the
-         largest x), "ok", "error"}.
+         largest x), "n", "decades" (log10 of x's range), "ok" (the fit ran), "error",
+         "identified" (see the module docstring), "reason" (why not; None when identified)}.
     """
     from scipy.optimize import OptimizeWarning, curve_fit
     from scipy.stats import t as student_t
@@ -65,10 +73,13 @@ def fit_power_law(x: Any, y: Any, *, flat_gain: float = FLAT_GAIN,
     ya = np.asarray(y, dtype=np.float64)
     keep = np.isfinite(xa) & np.isfinite(ya) & (xa > 0)
     xa, ya = xa[keep], ya[keep]
-    out: dict[str, Any] = {"n": len(xa), "flat_gain": flat_gain, "confidence": confidence,
-                           "ok": False, "error": None}
+    decades = float(np.log10(xa.max() / xa.min())) if len(xa) else 0.0
+    out: dict[str, Any] = {"n": len(xa), "decades": decades, "flat_gain": flat_gain,
+                           "confidence": confidence, "ok": False, "error": None,
+                           "identified": False, "reason": None}
     if len(xa) < 3 or np.ptp(xa) == 0:
         out["error"] = f"need >= 3 distinct x, got {len(np.unique(xa))}"
+        out["reason"] = out["error"]
         return out
     x0 = float(xa.min())
     xn = xa / x0
@@ -83,6 +94,7 @@ def fit_power_law(x: Any, y: Any, *, flat_gain: float = FLAT_GAIN,
                                    bounds=([-np.inf, -np.inf, C_MIN], [np.inf, np.inf, C_MAX]))
     except (RuntimeError, ValueError) as exc:
         out["error"] = f"curve_fit: {exc}"
+        out["reason"] = out["error"]
         return out
     a, b, c = (float(v) for v in popt)
     dof = len(xa) - 3
@@ -104,11 +116,23 @@ def fit_power_law(x: Any, y: Any, *, flat_gain: float = FLAT_GAIN,
             x_flat, note = None, "beyond 1000x the largest x: no flattening in sight"
     elif b <= 0:
         note = "quality does not rise with x under the fit"
+    reasons = []
+    if len(xa) < MIN_POINTS:
+        reasons.append(f"{len(xa)} points (fewer than {MIN_POINTS})")
+    if decades < MIN_DECADES:
+        reasons.append(f"x spans {decades:.2f} decades (under {MIN_DECADES})")
     if c <= C_MIN * 1.001 or c >= C_MAX * 0.999:
-        note = (note + "; " if note else "") + f"exponent at its bound {c:.2f}: weakly identified"
+        reasons.append(f"exponent at its bound ({c:.2f})")
+    if any(v is None or not all(math.isfinite(e) for e in v) for v in ci.values()):
+        reasons.append("an interval is infinite (no degrees of freedom or no covariance)")
+    elif ci["c"] is not None and ci["c"][0] <= 0:
+        reasons.append(f"the exponent's interval [{ci['c'][0]:.3g}, {ci['c'][1]:.3g}] "
+                       "includes 0")
+    out.update(identified=not reasons, reason="; ".join(reasons) or None)
     total = a - power_law(np.array([1.0]), a, b, c)[0]
     reached = (power_law(np.array([xmax]), a, b, c)[0] - power_law(np.array([1.0]), a, b, c)[0])
-    out.update(ok=True, a=a, b=b, c=c, x0=x0, ci=ci, dof=dof, cov=np.asarray(pcov).tolist(),
+    out.update(ok=True, a=a, b=b, c=c, x0=x0, ci=ci, dof=dof,
+               cov=np.asarray(pcov).tolist() if np.all(np.isfinite(pcov)) else None,
                rmse=float(np.sqrt(np.mean((pred - ya) ** 2))),
                gain_next_doubling=float(gain_next), x_flat=x_flat, note=note,
                share_of_gain_reached=float(reached / total) if abs(total) > 1e-12 else None)
@@ -123,9 +147,9 @@ def fit_band(fit: dict[str, Any], x: np.ndarray) -> tuple[np.ndarray, np.ndarray
     xn = np.asarray(x, np.float64) / fit["x0"]
     a, b, c = fit["a"], fit["b"], fit["c"]
     y = power_law(xn, a, b, c)
-    cov = np.asarray(fit.get("cov") or np.zeros((3, 3)))
-    if fit.get("dof", 0) <= 0 or not np.all(np.isfinite(cov)):
+    if fit.get("dof", 0) <= 0 or fit.get("cov") is None:
         return y, y, y
+    cov = np.asarray(fit["cov"], np.float64)
     jac = np.stack([np.ones_like(xn), -np.power(xn, -c), b * np.power(xn, -c) * np.log(xn)], 1)
     se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", jac, cov, jac), 0.0))
     half = float(student_t.ppf(0.5 + fit["confidence"] / 2, fit["dof"])) * se
@@ -135,9 +159,15 @@ def fit_band(fit: dict[str, Any], x: np.ndarray) -> tuple[np.ndarray, np.ndarray
 # -- the sweeps ------------------------------------------------------------------------------
 
 
-def axis_versions(study: Study, axis: str) -> list[Any]:
-    group = {"tokens": "tokens", "negatives": "negatives"}[axis]
-    return [v for v in encoder_versions(study.config) if v.group == group]
+def axis_versions(study: Study, axis: str) -> list[EncoderVersion]:
+    """The versions along an encoder axis: ``tokens``, the recipe's stage-1 snapshots and
+    its final stage-1 encoder; ``negatives``, the recipe's stage 2 and the queue runs."""
+    if axis == "tokens":
+        return [v for v in study.versions.values() if v.group == "stage1"]
+    if axis == "negatives":
+        return [v for v in study.versions.values()
+                if v.group == "negatives" or (v.name == "stage2")]
+    raise ValueError(f"{axis!r} is not an encoder axis (tokens, negatives)")
 
 
 def scaling_points(study: Study, axis: str, *, with_auc: bool = False) -> list[Point]:
@@ -147,7 +177,7 @@ def scaling_points(study: Study, axis: str, *, with_auc: bool = False) -> list[P
         raise ValueError(f"unknown axis {axis!r} ({', '.join(AXES)})")
     seeds = study.config.ranker.seeds
     if axis == "seq_len":
-        v = version_by_name(study.config, study.config.ranker.seq_len_version)
+        v = study.version(study.config.ranker.seq_len_version)
         return [study.encoder_point(v), study.metrics_point(v)] + [
             study.ranker_point(v.name, s, kind="seq_len", max_seq_len=L)
             for L in study.config.ranker.seq_lens for s in seeds]
@@ -173,7 +203,7 @@ def analyse_axis(study: Study, axis: str) -> dict[str, Any]:
     """The axis' table and fits from the finished points (writes scaling_<axis>.json)."""
     rows: list[dict[str, Any]] = []
     if axis == "seq_len":
-        v = version_by_name(study.config, study.config.ranker.seq_len_version)
+        v = study.version(study.config.ranker.seq_len_version)
         for L in study.config.ranker.seq_lens:
             auc, std = _mean_auc(study, "seq_len", f"L{L:03d}--{v.name}")
             rows.append({"x": L, "auc": auc, "auc_std": std, "version": v.name})
@@ -181,15 +211,19 @@ def analyse_axis(study: Study, axis: str) -> dict[str, Any]:
     else:
         for v in axis_versions(study, axis):
             m = study.store.get("metrics", v.name)
+            e = study.store.get("encoder", v.name)
+            res = e["result"] if e else {}
+            x = res.get("pairs_seen", v.pairs_seen) if axis == "tokens" else \
+                res.get("negatives_per_query", v.negatives)
             auc, std = _mean_auc(study, "ranker", v.name)
-            rows.append({"x": v.pairs_seen if axis == "tokens" else v.negatives,
-                         "version": v.name, "auc": auc, "auc_std": std,
+            rows.append({"x": x, "version": v.name, "auc": auc, "auc_std": std,
                          "recall@10": m["result"].get("recall@10") if m else None})
+        rows.sort(key=lambda r: r["x"] if r["x"] is not None else -1)
         series = {"recall@10": "image-search recall@10", "auc": "ranker AUC (test)"}
     fits: dict[str, Any] = {}
     for key in series:
-        pts = [(r["x"], r[key]) for r in rows if r.get(key) is not None]
-        if len(pts) >= 3:
+        pts = [(r["x"], r[key]) for r in rows if r.get(key) is not None and r["x"]]
+        if pts:
             fits[key] = fit_power_law([p[0] for p in pts], [p[1] for p in pts])
     result = {"axis": axis, "x_label": AXIS_LABELS[axis], "rows": rows, "series": series,
               "fits": fits}

@@ -131,3 +131,20 @@ def test_imported_main_steps_name_their_commands(tmp_path: Path) -> None:
     assert "--world" not in by[RANKERS].command and "--query-" not in by[RANKERS].command
     with pytest.raises(ValueError, match="unknown import source"):
         imported_main_steps(Layout.at(tmp_path), "netflix", tmp_path, tmp_path, ["a", "b"])
+
+
+def test_encoder_step_snapshots_change_only_their_own_key(tmp_path: Path) -> None:
+    from moon_rec.loop import encoder_step, snapshot_dir
+
+    layout = Layout.at(tmp_path)
+    plain = encoder_step(layout, "tiny", threads=1)
+    assert set(plain.params) == {"recipe", "threads"}  # the demo's key is what it was
+    kept = encoder_step(layout, "tiny", threads=1, overrides=["stage1.steps=12"],
+                        snapshots={"stage1": [6, 3, 3], "stage2": []})
+    assert kept.params["snapshots"] == {"stage1": [3, 6]}
+    assert kept.params["overrides"] == ["stage1.steps=12"]
+    assert step_key(plain, {"generate world": "k"}) != step_key(kept, {"generate world": "k"})
+    assert "--set stage1.steps=12" in kept.command
+    assert snapshot_dir(layout.encoder / "stage1", 3).name == "step-000003"
+    with pytest.raises(ValueError, match="unknown stages"):
+        encoder_step(layout, "tiny", snapshots={"stage3": [1]})

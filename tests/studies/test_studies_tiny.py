@@ -1,5 +1,6 @@
-"""The tiny variant of each study on the tiny world, end to end through the `moon` CLI:
-exchange rate, the three scaling axes, resume, and the report with its plots."""
+"""The studies on the tiny world, end to end through the `moon` CLI: the recipe with its
+snapshots (the loop's encoder step), variants, several ranker seeds and the ID-only
+reference, the statistics, the three scaling axes, resume, and the report with its plots."""
 
 from __future__ import annotations
 
@@ -10,53 +11,62 @@ import pytest
 
 from moon_rec.cli import main
 
-# The tiny preset cut further: 10 encoder versions, 3 points on the encoder axes, 4 on
-# seq_len, half the requests; about a second per point.
+# The tiny preset cut further: 10 encoder versions, 2 ranker seeds, a third of the requests;
+# about a second per point.
 TINY = [
     "--preset", "tiny",
-    "--set", "encoder.pretrain_steps=8",
-    "--set", "encoder.main_steps=12",
-    "--set", "encoder.snapshots=[3,6,12]",
-    "--set", "encoder.variant_steps=6",
-    "--set", "encoder.queue_sizes=[0,16,64]",
-    "--set", "ranker.seq_lens=[1,3,6,12]",
-    "--set", "ranker.noise_versions=[untrained]",
-    "--set", "ranker.noise_seeds=[1]",
-    "--set", "ranker.max_train_requests=1200",
-    "--set", "ranker.max_test_requests=500",
+    "--set", "encoder.overrides=[pretrain.steps=8, stage1.steps=12, stage2.steps=6]",
+    "--set", "encoder.snapshots={pretrain: [4], stage1: [3, 6]}",
+    "--set", "encoder.variants={text_only: {init: pretrain, steps: 4, group: modality, "
+             "update: {mix: {text_product: 1.0}}}, no_hard_negatives: {init: stage1, "
+             "stage: stage2, group: objective, update: {hard_negatives: 0}}}",
+    "--set", "encoder.queue_sizes=[64]",
+    "--set", "ranker.seeds=[0, 1]",
+    "--set", "ranker.seq_lens=[1, 3, 6]",
+    "--set", "ranker.max_train_requests=600",
+    "--set", "ranker.max_test_requests=300",
+    "--set", "bootstrap_resamples=200",
     "--quiet",
 ]
+VERSIONS = {"untrained", "pretrain_s00004", "pretrain", "stage1_s00003", "stage1_s00006",
+            "stage1", "stage2", "text_only", "no_hard_negatives", "queue_q00064"}
 
 
 @pytest.fixture(scope="module")
 def study(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("study")
-    assert main(["study", "exchange-rate", "--world", str(tiny_world), "--out", str(out),
-                 "--no-report", *TINY]) == 0
+    assert main(["study", "all", "--world", str(tiny_world), "--out", str(out), *TINY]) == 0
     return out
 
 
-def test_exchange_rate_study(study: Path) -> None:
+def test_versions_metrics_and_seeds(study: Path) -> None:
     res = json.loads((study / "exchange_rate.json").read_text())
     versions = res["versions"]
-    assert len(versions) >= 6
-    assert {"untrained", "pretrain", "text_only", "image_only"} <= set(versions)
+    assert set(versions) == VERSIONS
     for row in versions.values():
-        for m in ("recall@10", "text_recall@10", "probe_acc", "image_title_align", "auc"):
-            assert row[m] is not None
-    assert res["baseline"] == min(versions, key=lambda n: versions[n]["auc"])
+        for m in ("recall@1", "recall@10", "recall@100", "recall@10_d32", "text_recall@10",
+                  "probe_acc", "image_title_align", "style_r2", "auc", "auc_cold"):
+            assert row[m] is not None, m
+        assert set(row["auc_seeds"]) == {"0", "1"} and row["auc_std"] is not None
+    assert res["metric_info"]["style_r2"]["real_catalog"] is False
+    assert res["metric_info"]["recall@10"]["real_catalog"] is True
     assert set(res["metrics"]) == set(res["candidate_metrics"])
     for s in res["metrics"].values():
-        assert {"rate_median", "rate_iqr", "slope", "spearman", "kendall"} <= set(s)
-    assert res["best"] in res["candidate_metrics"]
-    assert len(versions["untrained"]["auc_seeds"]) == 2  # the noise seed
-    # every point records its config and seed; distinct encoders have distinct versions
-    rec = json.loads((study / "points" / "ranker" / "pretrain--seed0.json").read_text())
-    assert rec["seed"] == 0 and rec["config"]["ranker"]["seed"] == 0
-    assert rec["config"]["ranker"]["base"]["behaviour"]["module"] == "cube"
-    assert res["reference"]["auc"] is not None  # the ID-only reference ranker
+        assert {"slope", "slope_ci", "spearman", "spearman_ci", "kendall", "kendall_ci",
+                "rates"} <= set(s)
+    assert res["best"] in res["candidate_metrics"] and res["conclusion"]
+    assert res["cold"]["best"] in res["candidate_metrics"]
+    assert set(res["noise"]) >= {"auc_version_range", "auc_seed_std_mean", "ratio", "resolves"}
+    ref = res["reference"]
+    assert ref["auc"] is not None and set(ref["auc_seeds"]) == {"0", "1"}
+    # the recipe: the loop's encoder step kept the snapshots; every version is distinct
+    assert (study / "shared" / "encoder" / "stage1" / "snapshots" / "step-000003").is_dir()
     assert len({r["model_version"] for r in versions.values()}) == len(versions)
-    # embeddings follow the ranker contract and carry the encoder's model_version
+    assert versions["stage2"]["negatives"] == 31 + 32 + 128  # in-batch + hard + queue
+    assert versions["queue_q00064"]["negatives"] == 31 + 32 + 64
+    rec = json.loads((study / "points" / "ranker" / "pretrain--seed1.json").read_text())
+    assert rec["seed"] == 1 and rec["config"]["ranker"]["seed"] == 1
+    assert rec["config"]["ranker"]["base"]["behaviour"]["module"] == "cube"
     import pyarrow.parquet as pq
 
     t = pq.read_table(study / "embeddings" / "pretrain" / "items.parquet")
@@ -67,10 +77,20 @@ def test_exchange_rate_study(study: Path) -> None:
 
 def test_resume_recomputes_nothing(study: Path, tiny_world: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in (study / "points").rglob("*.json")}
+    encoder = study / "shared" / "encoder" / "stage2" / "summary.json"
+    mtime = encoder.stat().st_mtime_ns
+    assert main(["study", "all", "--world", str(tiny_world), "--out", str(study), "--no-report",
+                 *TINY]) == 0
+    after = {p: p.stat().st_mtime_ns for p in (study / "points").rglob("*.json")}
+    assert before == after and encoder.stat().st_mtime_ns == mtime
+    # a lost point is recomputed alone
+    lost = study / "points" / "ranker" / "text_only--seed1.json"
+    lost.unlink()
     assert main(["study", "exchange-rate", "--world", str(tiny_world), "--out", str(study),
                  "--no-report", *TINY]) == 0
-    after = {p: p.stat().st_mtime_ns for p in (study / "points").rglob("*.json")}
-    assert before == after
+    assert lost.is_file()
+    again = {p: p.stat().st_mtime_ns for p in (study / "points").rglob("*.json")}
+    assert {p for p in again if again[p] != after.get(p)} == {lost}
 
 
 @pytest.mark.parametrize("axis", ["tokens", "negatives", "seq_len"])
@@ -79,19 +99,18 @@ def test_scaling_axes(study: Path, tiny_world: Path, axis: str) -> None:
                  str(study), "--no-report", *TINY]) == 0
     res = json.loads((study / f"scaling_{axis}.json").read_text())
     key = "auc" if axis == "seq_len" else "recall@10"
-    assert len(res["rows"]) >= 3
+    assert len(res["rows"]) == (2 if axis == "negatives" else 3)  # stage2 + one queue run
     assert all(r[key] is not None for r in res["rows"])
-    assert key in res["fits"]
     fit = res["fits"][key]
-    assert fit["ok"] or fit["error"]
+    assert not fit["identified"]
+    assert ("need >= 3" if axis == "negatives" else "fewer than 5") in fit["reason"]
     if axis == "seq_len":
-        assert [r["x"] for r in res["rows"]] == [1, 3, 6, 12]
+        assert [r["x"] for r in res["rows"]] == [1, 3, 6]
+    if axis == "tokens":
+        assert [r["version"] for r in res["rows"]] == ["stage1_s00003", "stage1_s00006", "stage1"]
 
 
-def test_report_rebuilds_from_points(study: Path, tiny_world: Path) -> None:
-    for axis in ("tokens", "negatives", "seq_len"):  # idempotent: all points exist
-        main(["study", "scaling", "--axis", axis, "--world", str(tiny_world), "--out",
-              str(study), "--no-report", *TINY])
+def test_report_rebuilds_from_points(study: Path) -> None:
     out = study / "rep"
     assert main(["report", "--study", str(study), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
@@ -99,6 +118,8 @@ def test_report_rebuilds_from_points(study: Path, tiny_world: Path) -> None:
                  "scaling_seq_len.png"):
         assert (out / name).stat().st_size > 10_000
         assert f"]({name})" in md
-    assert "Spearman" in md and "Best guide" in md
+    for text in ("Spearman [95%]", "Best guide", "Conclusion:", "Noise check", "real catalog",
+                 "no (oracle)", "no: 3 points", "ID-only"):
+        assert text in md, text
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
