@@ -37,7 +37,10 @@ import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.model_parallel import (
+    DataParallelWrapper,
+    DistributedModelParallel,
+)
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.types import ModuleSharder, ShardingType
@@ -265,7 +268,13 @@ def shard_model(
     shard = sharders(config)
     with _quiet_torchrec():
         plan = planner.collective_plan(model, shard, dist.GroupMember.WORLD)
-        dmp = DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=shard)
+        dmp = DistributedModelParallel(
+            module=model,
+            device=env.device,
+            plan=plan,
+            sharders=shard,
+            data_parallel_wrapper=SingleProcessWrapper() if env.world_size == 1 else None,
+        )
     load_full_state(dmp.state_dict(), initial)  # the snapshot's vectors into the shards
     trainable = {}
     for name, param in in_backward_optimizer_filter(dmp.named_parameters()):
@@ -277,6 +286,16 @@ def shard_model(
         trainable, lambda params: torch.optim.Adam(params, lr=config.train.dense_lr)
     )
     return dmp, CombinedOptimizer([dmp.fused_optimizer, dense])
+
+
+class SingleProcessWrapper(DataParallelWrapper):
+    """The dense part of a one-process DMP, left unwrapped: TorchRec's default wraps it in
+    DistributedDataParallel at any world size, which at world size 1 costs a gloo
+    all-reduce and DDP's reducer hooks every step for nothing. (DMP strips a DDP wrapper
+    from parameter and state-dict names, so checkpoints are the same either way.)"""
+
+    def wrap(self, dmp: DistributedModelParallel, env: Any, device: torch.device) -> None:
+        return None
 
 
 @contextlib.contextmanager
