@@ -170,7 +170,9 @@ class MoonRanker(nn.Module):
             sid = self.semantic_id_arch(codes, lengths)
             target = torch.cat([target, sid[:, 0]], dim=1)
             behaviours = torch.cat([behaviours, sid[:, 1:]], dim=2)
-        inputs = BehaviourInputs(target, behaviours, sparse.mask)
+        # the packed behaviours hold the ID embeddings only: with codes appended, gather
+        packed = sparse.packed_behaviours if self.semantic_id_arch is None else None
+        inputs = BehaviourInputs(target, behaviours, sparse.mask, packed_behaviour_id=packed)
         if self.content_arch is not None:
             assert item_ids is not None
             content, found = self.content_arch(item_ids)  # one lookup: target + behaviours

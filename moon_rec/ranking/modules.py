@@ -132,12 +132,16 @@ class SparseFeatures:
         target: [B, E] target item and category embeddings (E = 2D).
         behaviours: [B, L, E] behaviour item and category embeddings (zeros at padding).
         mask: [B, L] bool, True at real behaviours.
+        packed_behaviours: [N, E] the real behaviours' embeddings, N = mask.sum(), in the
+            row-major order of ``mask`` (``behaviours[mask]``, straight from the jagged
+            lookup, so no gather): what the attention scores.
     """
 
     pooled: torch.Tensor
     target: torch.Tensor
     behaviours: torch.Tensor
     mask: torch.Tensor
+    packed_behaviours: torch.Tensor | None = None
 
 
 class SparseArch(nn.Module):
@@ -241,11 +245,15 @@ class SparseArch(nn.Module):
         )
         lengths = seq["hist_item_ids"].lengths()
         mask = torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
+        packed = torch.cat([seq[k].values() for k in SEQUENCE_FEATURES[2:]], dim=1)
         return SparseFeatures(
             pooled=torch.cat([bags[k] for k in POOLED_FEATURES], dim=1),
             target=target,
             behaviours=behaviours,
             mask=mask,
+            # lengths beyond max_seq_len (not from make_batch) hold more values than mask
+            # has real places: the attention then sees the counts differ and gathers
+            packed_behaviours=packed,
         )
 
     def _drop_item_ids(self, sequence: KeyedJaggedTensor) -> KeyedJaggedTensor:
@@ -544,6 +552,8 @@ class BehaviourInputs:
         content_mask: [B, L] bool, True where a behaviour has a MOON embedding.
         query_content: [B, C] the query's MOON embedding (zeros where none).
         query_mask: [B] bool, True where the impression has a query embedding.
+        packed_behaviour_id: optional [N, E], ``behaviour_id[mask]`` (row-major), when the
+            caller has it without a gather (:class:`SparseFeatures`); None otherwise.
     """
 
     target_id: torch.Tensor
@@ -554,6 +564,7 @@ class BehaviourInputs:
     content_mask: torch.Tensor | None = None
     query_content: torch.Tensor | None = None
     query_mask: torch.Tensor | None = None
+    packed_behaviour_id: torch.Tensor | None = None
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -598,11 +609,16 @@ class TargetAttention(nn.Module):
         self.score: nn.Module = nn.Linear(hidden[-1], 1) if hidden else nn.Identity()
 
     def forward(
-        self, target: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor
+        self,
+        target: torch.Tensor,
+        keys: torch.Tensor,
+        mask: torch.Tensor,
+        packed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             target: [B, E]; keys: [B, L, E]; mask: [B, L] bool.
+            packed: optional [N, E] = ``keys[mask]`` (row-major), saving the gather.
 
         Returns:
             (pooled [B, E], weights [B, L], zero at masked behaviours).
@@ -610,7 +626,7 @@ class TargetAttention(nn.Module):
         # Only the real behaviours go through the MLP (padding is never attended; a
         # sequence averages ~15 of 50 slots): same scores, a fraction of the work.
         rows, cols = mask.nonzero(as_tuple=True)
-        kept = keys[rows, cols]
+        kept = packed if packed is not None and packed.shape[0] == rows.shape[0] else keys[rows, cols]
         first = (
             self.target_proj(target)[rows]
             + self.key_proj(kept)
@@ -659,7 +675,9 @@ class DinModule(BehaviourModule):
         self.id_space_dim = id_dim
 
     def forward(self, inputs: BehaviourInputs) -> torch.Tensor:
-        pooled, _ = self.attention(inputs.target_id, inputs.behaviour_id, inputs.mask)
+        pooled, _ = self.attention(
+            inputs.target_id, inputs.behaviour_id, inputs.mask, inputs.packed_behaviour_id
+        )
         return pooled
 
 
@@ -751,7 +769,9 @@ class CubeModule(BehaviourModule):
         ``inputs``; SIM passes the whole sequence, its search keeps the attention's)."""
         s_b, valid, s_q = self.similarities(inputs)
         assert inputs.behaviour_content is not None
-        id_interest, _ = self.attention(inputs.target_id, inputs.behaviour_id, inputs.mask)
+        id_interest, _ = self.attention(
+            inputs.target_id, inputs.behaviour_id, inputs.mask, inputs.packed_behaviour_id
+        )
         w = masked_softmax(s_b * self.log_scale.exp(), valid)
         fusion = torch.bmm(w.unsqueeze(1), inputs.behaviour_id).squeeze(1)
         content = torch.bmm(w.unsqueeze(1), inputs.behaviour_content).squeeze(1)
@@ -823,6 +843,7 @@ class SimModule(BehaviourModule):
             inputs,
             behaviour_id=behaviour_id,
             mask=mask,
+            packed_behaviour_id=None,
             behaviour_content=take(inputs.behaviour_content),
             content_mask=take(inputs.content_mask),
         )

@@ -273,3 +273,19 @@ def test_item_id_dropout_replaces_target_rows_in_training_only() -> None:
     assert 0.4 < dropped.float().mean() < 0.6
     assert torch.equal(out[:b][~dropped], targets[~dropped])
     assert torch.equal(out[b:], seq.values()[b:])
+
+
+def test_attention_on_packed_behaviours_equals_the_gather() -> None:
+    """TargetAttention scores ``packed`` (= keys[mask], as the jagged lookup gives it) the
+    same as it scores its own gather, and ignores a packed tensor that does not fit."""
+    from moon_rec.ranking.modules import TargetAttention
+
+    torch.manual_seed(0)
+    att = TargetAttention(8, [16, 8])
+    target, keys = torch.rand(4, 8), torch.rand(4, 5, 8)
+    mask = torch.arange(5)[None, :] < torch.tensor([3, 0, 5, 1])[:, None]
+    want, w_want = att(target, keys, mask)
+    got, w_got = att(target, keys, mask, keys[mask])
+    assert torch.allclose(got, want) and torch.allclose(w_got, w_want)
+    odd, _ = att(target, keys, mask, torch.rand(int(mask.sum()) + 2, 8))
+    assert torch.allclose(odd, want)
