@@ -237,7 +237,10 @@ def test_posttrain_without_pretraining_on_a_text_only_world(tiny_bert: Path, tmp
     assert result["recall@10"] is None and result["image_title_align"] is None
     assert result["by_dim"] == {d: {"recall@1": None, "recall@10": None, "recall@100": None}
                                 for d in ("8", "16", "64")}
-    assert result["text_recall@10"] is None  # MovieLens has no query texts
+    # no search logs: text recall is known-item title search over the catalog's titles
+    assert result["text_recall_queries"] == "titles"
+    assert 0.0 <= result["text_recall@10"] <= 1.0
+    assert result["n_text_queries"] == data.n_items
     assert isinstance(result["probe_acc"], float) and np.isfinite(result["probe_acc"])
     assert result["baselines"]["untrained"]["recall@1"] is None
     assert result["baselines"]["color_histogram"]["probe_acc"] is None

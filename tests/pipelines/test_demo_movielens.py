@@ -48,7 +48,8 @@ def test_demo_movielens_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert s1["config"]["encoder"]["text_tower"] == str(tower.resolve())
     assert (art / "encoder" / "stage2" / "encoder" / "text_tower" / "config.json").is_file()
     recall = json.loads((art / "recall.json").read_text())
-    assert recall["recall@10"] is None and recall["text_recall@10"] is None
+    assert recall["recall@10"] is None and recall["text_recall_queries"] == "titles"
+    assert 0.0 <= recall["text_recall@10"] <= 1.0
     assert recall["n_next_item_targets"] > 0 and 0 <= recall["next_item_recall@10"] <= 1
     # text-only products; queries: an empty table
     manifest = json.loads((art / "embeddings" / "manifest.json").read_text())
