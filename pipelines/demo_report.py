@@ -198,7 +198,6 @@ def write_report(layout: Layout, *, preset: str, seed: int, experiments: list[st
                      "titles (less their year), each should find its own item.")
         else:
             head += f" Text R@10: {n_text} held-out query texts."
-
         head += (" Next-item R@10: "
                  f"{final.get('n_next_item_targets')} held-out liked items, each searched "
                  "with the mean of its user's last 10 train-period items, those left out "

@@ -293,10 +293,12 @@ def evaluate_encoder(encoder: MoonEncoder, data: WorldData, *, batch_size: int =
         result.update(ImageSearchRecall(data.item_id, item_emb, encoder.dims)(
             query_emb, data.query_item_id[q]))
     texts, truth = heldout_text_pairs(data)
-    result["text_recall_queries"] = "searches" if texts else None
+    source = "searches"
     if not texts and data.text_only:
         texts, truth = title_queries(data)
-        result["text_recall_queries"] = "titles" if texts else None
+        source = "titles"
+    result["text_recall_queries"] = source if texts else None
+    result["n_text_queries"] = len(texts)
     if texts:
         _s, ranked = ExactIndex(item_emb, data.item_id).search(embed_texts(encoder, texts), 10)
         result["text_recall@10"] = recall_at_k(ranked, truth, (10,))["recall@10"]
@@ -347,11 +349,6 @@ def evaluate_checkpoint(
     result = evaluate_encoder(encoder, data, batch_size=batch_size)
     result["n_items"] = int(data.n_items)
     result["n_image_queries"] = int(data.eval_query_mask.sum())
-    result["n_text_queries"] = len(
-        (title_queries if result["text_recall_queries"] == "titles" else heldout_text_pairs)(
-            data
-        )[0]
-    )
     result["n_next_item_targets"] = next_item_queries(data).n_targets
     result["world"] = str(data.root)
     if baselines:
