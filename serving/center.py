@@ -161,14 +161,6 @@ class EmbeddingCenter:
         cat[use_d], brand[use_d] = s.delta.category[rd[use_d]], s.delta.brand[rd[use_d]]
         return vecs, cat, brand, fb | fd
 
-    def codes(self, ids: np.ndarray) -> np.ndarray:
-        """Semantic-ID codes [N, L] int32 of item ``ids`` [N] (-1 where absent)."""
-        s = self._snap
-        ids = np.asarray(ids, dtype=np.int64)
-        rb, _ = s.base.rows(ids)
-        rd, fd = s.delta.rows(ids)
-        return np.where(fd[:, None], s.delta.codes[rd], s.base.codes[rb])
-
     def all_items(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids [N], vectors [N, C]) of every item (delta rows replace base rows)."""
         s = self._snap

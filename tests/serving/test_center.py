@@ -40,7 +40,7 @@ def test_codes_follow_their_items() -> None:
     c.upsert(np.array([5, 3]), np.eye(2), np.array([1, 2]), np.array([0, 0]),
              np.array([[1, 2], [3, 4]]))
     c.upsert(np.array([7]), np.eye(2)[:1], np.array([1]), np.array([0]))  # no code
-    assert c.codes(np.array([3, 7, 9])).tolist() == [[3, 4], [-1, -1], [-1, -1]]
+    assert c.torch_codes(torch.tensor([3, 7, 9])).tolist() == [[3, 4], [-1, -1], [-1, -1]]
     lookup = CenterSemanticIds(c)
     assert lookup.levels == 2
     assert lookup(torch.tensor([[5, 9]])).tolist() == [[[1, 2], [-1, -1]]]

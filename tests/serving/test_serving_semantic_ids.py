@@ -155,7 +155,7 @@ def test_new_item_gets_the_quantisers_code_and_is_ranked(
     assert online.found[0] and online.codes is not None
     expected = quantiser.encode_codes(online.vectors)
     assert code == online.codes[0].tolist() == expected[0].tolist()
-    assert service.center.codes(np.array([new_id]))[0].tolist() == code
+    assert service.center.torch_codes(torch.tensor([new_id]))[0].tolist() == code
 
     # rank a request with the new item as a candidate and as a behaviour
     r = client.post("/behaviors", json={"user_id": user, "item_id": new_id, "action": "buy"})
@@ -194,7 +194,7 @@ def test_another_process_reads_the_code_from_the_store(
     # a second service on the same store: the item comes from the change log, with its code
     other = _service(serving_loop, sid_ranker, repo)
     try:
-        assert other.center.codes(np.array([new_id]))[0].tolist() == code
+        assert other.center.torch_codes(torch.tensor([new_id]))[0].tolist() == code
         user = world_ids["short_user"]  # (the other test re-coded an item of "user"'s)
         assert np.allclose(other.rank(user, [new_id]).scores, service.rank(user, [new_id]).scores,
                            atol=1e-6)
