@@ -407,28 +407,17 @@ def encoder_step(layout: Layout, preset: str, *, threads: int = 2,
         params["snapshots"] = keep
 
     def train() -> None:
-        from moon_rec.training.config import STAGES, load_config
-        from moon_rec.training.data import load_world
-        from moon_rec.training.trainer import train_all, train_stage
+        from moon_rec.training.config import load_config
+        from moon_rec.training.trainer import train_all
+
+        def on_step(stage: str, step: int, encoder: Any) -> None:
+            snap = snapshot_dir(layout.encoder / stage, step)
+            if step in keep.get(stage, ()) and not (snap / "moon_encoder.json").is_file():
+                encoder.save_pretrained(snap)  # atomic
 
         cfg = load_config(preset, None, [f"threads={threads}", *overrides])
-        if not keep:
-            train_all(layout.world, cfg, layout.encoder, progress=progress)
-            return
-        # train_all's chain with a snapshot hook per stage (train_all itself takes none)
-        data = load_world(layout.world)
-        prev: Path | None = None
-        for stage in STAGES:
-            out = layout.encoder / stage
-            steps = set(keep.get(stage, ()))
-
-            def on_step(step: int, encoder: Any, out: Path = out, steps: set[int] = steps) -> None:
-                if step in steps and not (snapshot_dir(out, step) / "moon_encoder.json").is_file():
-                    encoder.save_pretrained(snapshot_dir(out, step))  # atomic
-
-            train_stage(data, stage, cfg, out, init=prev, progress=progress,
-                        on_step=on_step if steps else None)
-            prev = out
+        train_all(layout.world, cfg, layout.encoder, progress=progress,
+                  on_step=on_step if keep else None)
 
     sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
     return Step(TRAIN_ENCODER, layout.encoder / "stage2" / "summary.json", train,

@@ -16,6 +16,7 @@ Run directory layout (``out``)::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -583,14 +584,17 @@ def train_stage(
 def train_all(
     world: str | Path, config: TrainConfig, out: str | Path,
     stages: Sequence[str] = STAGES, *, progress: bool = True, device: str = "cpu",
+    on_step: Callable[[str, int, MoonEncoder], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run the stages in order, each initialised from the previous one: out/<stage>/."""
+    """Run the stages in order, each initialised from the previous one: out/<stage>/.
+    ``on_step``: ``train_stage``'s hook, called with the stage name first."""
     data = load_world(world)
     out = Path(out)
     prev: Path | None = None
     result = {}
     for s in stages:
+        hook = None if on_step is None else functools.partial(on_step, s)
         result[s] = train_stage(data, s, config, out / s, init=prev, progress=progress,
-                                device=device)
+                                device=device, on_step=hook)
         prev = out / s
     return result
