@@ -673,19 +673,27 @@ def rankers_step(layout: Layout, experiments: Sequence[str], *, seed: int | None
 
     Args:
         world: read the world's oracle click probabilities (a synthetic world) for the
-            oracle AUC and gap closed; False for a world without them (MovieLens).
+            oracle AUC and gap closed, and run every content ranker on the world's
+            perfect look vectors too (its content share); False for a world without them
+            (MovieLens).
         queries: feed the query-text embeddings; False for a world without query texts
             (their table is empty: every ``s_q`` is 0 either way).
     """
 
+    style_dir = layout.rankers / "style_embeddings"
+
     def run() -> None:
         from moon_rec.ranking.compare import compare_rankers
+        from moon_rec.ranking.diagnostics import has_style_truth, write_oracle_style_embeddings
 
+        style = None  # a synthetic world: each content ranker on perfect look vectors too
+        if world and has_style_truth(layout.world):
+            style = write_oracle_style_embeddings(layout.world, style_dir)
         compare_rankers(layout.training_set, layout.embeddings, RANKER_EXPERIMENTS,
                         layout.rankers, experiments=tuple(experiments),
                         world=layout.world if world else None,
                         query_embeddings=layout.query_embeddings if queries else None,
-                        seed=seed, progress=progress)
+                        seed=seed, progress=progress, style_embeddings=style)
 
     seed_arg = "" if seed is None else f" --seed {seed}"
     q_arg = f" --query-embeddings {layout.query_embeddings}" if queries else ""
@@ -694,10 +702,14 @@ def rankers_step(layout: Layout, experiments: Sequence[str], *, seed: int | None
                 {"experiments": list(experiments), "seed": seed, "world": world,
                  "queries": queries, "config": RANKER_EXPERIMENTS.read_text()},
                 (TRAINING_SET, *((QUERY_EMBEDDINGS,) if queries else ()), EMBED),
-                clean=(layout.rankers,), code=("moon_rec.ranking.compare",),
-                command=f"moon ranker compare --training-set {layout.training_set} --embeddings "
+                clean=(layout.rankers,),
+                code=("moon_rec.ranking.compare", "moon_rec.ranking.diagnostics"),
+                command=(f"python -m moon_rec.ranking.diagnostics {layout.world} {style_dir} && "
+                         if world else "")
+                + f"moon ranker compare --training-set {layout.training_set} --embeddings "
                 f"{layout.embeddings}{q_arg}{w_arg} --out {layout.rankers} --experiments "
-                f"{' '.join(experiments)}{seed_arg}")
+                f"{' '.join(experiments)}{seed_arg}"
+                + (f" --style-embeddings {style_dir / 'items.parquet'}" if world else ""))
 
 
 def ranker_experiments(preset: str) -> list[str]:

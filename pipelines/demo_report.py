@@ -220,17 +220,22 @@ def write_report(layout: Layout, *, preset: str, seed: int, experiments: list[st
             rows = [[n, _f(r.get("auc")), _f(r.get("gauc")), _f(r.get("auc_cold")),
                      _f(r.get("auc_look_driven")), _f(r.get("auc_other")),
                      _pct(r.get("gap_closed")), _pct(r.get("gap_closed_cold")),
-                     _pct(r.get("gap_closed_look_driven"))]
+                     _pct(r.get("gap_closed_look_driven")), _f(r.get("content_share"), 2),
+                     _f(r.get("content_share_cold"), 2)]
                     for n, r in compare["rows"].items()]
             rows.append(["oracle", _f(base.get("oracle_auc")), "-",
                          _f(base.get("oracle_auc_cold")), _f(base.get("oracle_auc_look_driven")),
-                         "-", "100%", "100%", "100%"])
+                         "-", "100%", "100%", "100%", "-", "-"])
             md += ["## CTR rankers (TorchRec, DESIGN §8)", "",
                    f"Trained on the point-in-time training set, evaluated on "
                    f"{base.get('n_test')} test impressions; gap closed = (AUC - AUC_ids) / "
-                   f"(AUC_oracle - AUC_ids) against `{compare['baseline']}`.", "",
+                   f"(AUC_oracle - AUC_ids) against `{compare['baseline']}`. A `@style` row "
+                   "is the same ranker on the world's perfect look vectors instead of MOON's "
+                   "(no query embeddings); content share = (AUC - AUC_ids) / (AUC of the "
+                   "`@style` row - AUC_ids).", "",
                    _table(["model", "AUC", "GAUC", "AUC cold", "AUC look-driven", "AUC other",
-                           "gap closed", "gap cold", "gap look-driven"], rows), "",
+                           "gap closed", "gap cold", "gap look-driven", "content share",
+                           "share cold"], rows), "",
                    "![gap closed](report/rankers.png)", ""]
         else:
             rows = [[n, _f(r.get("auc")), _f(r.get("gauc")), _f(r.get("auc_cold")),

@@ -59,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep finished models in OUT/<id> trained with the same config, training set "
         "and embedding version (e.g. the ID-only baseline across encoder versions)",
     )
+    cmp.add_argument(
+        "--style-embeddings",
+        help="perfect look vectors of a synthetic world (python -m moon_rec.ranking.diagnostics "
+        "WORLD OUT writes them): "
+        "each content ranker also runs on them, for its content share",
+    )
     cmp.add_argument("--out", required=True)
     cmp.add_argument("--json", action="store_true", help="print JSON instead of the table")
     cmp.set_defaults(func=_compare)
@@ -131,6 +137,7 @@ def _compare(args: argparse.Namespace) -> int:
         query_embeddings=args.query_embeddings,
         seed=args.seed,
         reuse=args.reuse,
+        style_embeddings=args.style_embeddings,
     )
     print(json.dumps(result, sort_keys=True) if args.json else format_table(result))
     return 0

@@ -22,11 +22,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 ACTIONS: tuple[str, ...] = ("click", "cart", "buy")
 ORACLE_PREFIX = "oracle_"
+
+
+def attribute_values(attributes: list[str] | tuple[str, ...], key: str) -> np.ndarray:
+    """[N] str: the value of ``key`` in each item's ``attributes`` (``"color: navy;
+    pattern: dots"``: ``key: value`` fields joined by ``;``), ``""`` where an item does
+    not state it.
+
+    Example:
+        >>> attribute_values(["color: navy; pattern: dots", "pattern: grid"], "color").tolist()
+        ['navy', '']
+    """
+    out = []
+    for text in attributes:
+        value = ""
+        for field_ in (text or "").split(";"):
+            k, sep, v = field_.partition(":")
+            if sep and k.strip() == key:
+                value = v.strip()
+                break
+        out.append(value)
+    return np.asarray(out, dtype=object).astype(str)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,13 @@
 seed, with the gap closed = (AUC - AUC_ids) / (AUC_oracle - AUC_ids) overall, on cold
 items, on look-driven and on other categories, and each model's training time.
 
+With ``style_embeddings`` (a synthetic world's perfect look vectors,
+:func:`moon_rec.ranking.diagnostics.write_oracle_style_embeddings`), every content ranker is
+also trained on them (row ``<id>@style``, no query embeddings: the look alone), and its
+row gets the content share = (AUC - AUC_ids) / (AUC on perfect style - AUC_ids): how much
+of what perfect content buys this ranker the MOON vectors buy it (overall, cold,
+look-driven).
+
 With ``reuse``, an experiment whose model directory already holds a finished model trained
 with the same config, training set and (for ``ids+moon``) embedding version is evaluated,
 not retrained (the ID-only baseline does not depend on the embeddings, so comparing
@@ -19,6 +26,7 @@ from moon_rec.ranking.evaluate import evaluate_ranker
 from moon_rec.ranking.train import train_ranker
 
 DEFAULT_EXPERIMENTS: tuple[str, ...] = ("din_ids", "cube_moon", "sim_moon")
+STYLE_SUFFIX = "@style"  # the row of a content experiment run on perfect look vectors
 
 
 def compare_rankers(
@@ -33,12 +41,15 @@ def compare_rankers(
     seed: int | None = None,
     progress: bool = True,
     reuse: bool = False,
+    style_embeddings: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate each experiment (the first is the baseline) into ``out/<id>``.
 
     Args:
         reuse: keep a finished model in ``out/<id>`` made from the same config, training
             set and embedding version instead of retraining it.
+        style_embeddings: perfect look vectors (an embedding table): each content
+            experiment is also run on them (``out/<id>@style``) for its content share.
 
     Returns:
         {"rows": {id: eval report + gap_closed* + train_seconds}, "baseline": id}; also
@@ -46,31 +57,40 @@ def compare_rankers(
     """
     out = Path(out)
     reports: dict[str, dict[str, Any]] = {}
+    runs = [(name, embeddings, query_embeddings) for name in experiments]
     for name in experiments:
+        if style_embeddings is not None and load_ranker_config(config_file, name).uses_embeddings:
+            runs.append((f"{name}{STYLE_SUFFIX}", style_embeddings, None))
+    for row, emb, queries in runs:
+        name = row.removesuffix(STYLE_SUFFIX)
         config = load_ranker_config(config_file, name)
         if seed is not None:
             config = config.with_overrides({"train": {"seed": seed}})
-        model_dir = out / name
-        meta = _reusable(model_dir, config, training_set, embeddings) if reuse else None
+        model_dir = out / row
+        meta = _reusable(model_dir, config, training_set, emb) if reuse else None
         if meta is None:
             meta = train_ranker(
                 training_set,
                 config,
                 model_dir,
-                embeddings=embeddings,
-                query_embeddings=query_embeddings,
+                embeddings=emb,
+                query_embeddings=queries,
                 resume=False,
                 progress=progress,
             )
-        reports[name] = evaluate_ranker(model_dir, world=world)
-        reports[name]["train_seconds"] = meta.get("train_seconds")
-        reports[name]["reused"] = meta.get("reused", False)
+        reports[row] = evaluate_ranker(model_dir, world=world)
+        reports[row]["train_seconds"] = meta.get("train_seconds")
+        reports[row]["reused"] = meta.get("reused", False)
     base = reports[experiments[0]]
-    for rep in reports.values():
+    for row, rep in reports.items():
+        style = reports.get(f"{row}{STYLE_SUFFIX}")
         for key in ("", "_cold", "_look_driven", "_other"):
             rep[f"gap_closed{key}"] = gap_closed(
                 rep[f"auc{key}"], base[f"auc{key}"], base.get(f"oracle_auc{key}")
             )
+            if style is not None:
+                rep[f"content_share{key}"] = gap_closed(
+                    rep[f"auc{key}"], base[f"auc{key}"], style.get(f"auc{key}"))
     result = {"baseline": experiments[0], "rows": reports}
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -110,7 +130,7 @@ def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of a compare result."""
     head = [
         "model", "AUC", "GAUC", "AUC cold", "AUC look", "AUC other", "gap", "gap cold",
-        "gap look", "gap other", "train s",
+        "gap look", "gap other", "content share", "share cold", "train s",
     ]
     lines = [head]
     for name, r in result["rows"].items():
@@ -126,6 +146,8 @@ def format_table(result: dict[str, Any]) -> str:
                 _fmt(r["gap_closed_cold"], True),
                 _fmt(r["gap_closed_look_driven"], True),
                 _fmt(r.get("gap_closed_other"), True),
+                _fmt(r.get("content_share")),
+                _fmt(r.get("content_share_cold")),
                 "-" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}",
             ]
         )
@@ -142,6 +164,8 @@ def format_table(result: dict[str, Any]) -> str:
             "100%",
             "100%",
             "100%",
+            "-",
+            "-",
             "-",
         ]
     )

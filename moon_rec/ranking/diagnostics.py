@@ -65,6 +65,15 @@ from moon_rec.data.io import read_table
 DIMS: tuple[int, ...] = (32, 64, 128, 256)
 
 
+def has_style_truth(world: str | Path) -> bool:
+    """Whether the world's items carry the synthetic ``oracle_style`` (the style probe's
+    and the perfect-look rankers' ground truth); a real catalog does not."""
+    from moon_rec.data.validation import table_files
+
+    files = table_files(world, "items")
+    return bool(files) and "oracle_style" in pq.read_schema(files[0]).names
+
+
 def write_oracle_style_embeddings(
     world: str | Path,
     out: str | Path,

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from moon_rec import runtime
 from moon_rec.data.embeddings import embedding_table, prefixes_of, write_embedding_table
+from moon_rec.ranking.diagnostics import has_style_truth
 from moon_rec.studies.config import STYLE_PROBE_DIM, StudyConfig
 from moon_rec.studies.points import Point, PointStore
 
@@ -138,15 +139,6 @@ def version_by_name(config: StudyConfig, name: str) -> EncoderVersion:
     if name not in versions:
         raise ValueError(f"unknown encoder version {name!r} (known: {', '.join(versions)})")
     return versions[name]
-
-
-def has_style_truth(world: str | Path) -> bool:
-    """Whether the world's items carry the synthetic ``oracle_style`` (the style probe's
-    ground truth); a real catalog does not."""
-    from moon_rec.data.validation import table_files
-
-    files = table_files(world, "items")
-    return bool(files) and "oracle_style" in pq.read_schema(files[0]).names
 
 
 class Study:

@@ -34,6 +34,11 @@ class StageConfig(BaseModel):
         lr / weight_decay / warmup_steps / grad_clip: AdamW with linear warm-up and cosine
             decay.
         temperature: InfoNCE tau (the initial tau under ``learn_temperature``).
+        kind_temperature: pair kind -> its own InfoNCE tau (the others use ``temperature``):
+            soft pairs such as ``co_engaged`` (two items one user liked, alike but not the
+            same) want a tau well above instance retrieval's.
+        co_engaged_window: ``co_engaged`` pairs are at most this many behaviours apart in
+            one user's history.
         learn_temperature: learn tau as a logit scale (CLIP), clamped to [0.01, 1].
         loss: ``infonce`` or ``circle`` (circle_margin, circle_gamma).
         symmetric: also contrast targets against queries (in-batch).
@@ -47,9 +52,14 @@ class StageConfig(BaseModel):
         resample_categories: draw this many pairs matching the online category exposure
             (0: off).
         hard_negatives: hard negatives per positive (encoded with gradient).
-        hard_negative_source: ``category`` (random other items of the positive's category)
-            or ``mined`` (among the positive's ``hard_negative_pool`` nearest catalog items
-            under the stage's initial model: look-alikes, SPU variants included).
+        hard_negative_source: ``category`` (random other items of the positive's category),
+            ``mined`` (among the positive's ``hard_negative_pool`` nearest catalog items
+            under the stage's initial model: look-alikes, SPU variants included) or
+            ``attribute`` (other products of the positive's category that share its
+            ``hard_negative_attribute`` value, e.g. its colour: they differ in the rest of
+            the look -- pattern, shape -- so the encoder must keep it).
+        hard_negative_attribute: the catalog attribute (``attributes`` key, e.g. ``color``)
+            that ``attribute`` hard negatives share with the positive.
         batch_categories: draw each batch from this many target categories only, so the
             in-batch negatives are look-alikes (0: the whole catalog).
         queue_size: temporal negatives, a FIFO of past target embeddings (0: off).
@@ -72,6 +82,8 @@ class StageConfig(BaseModel):
     warmup_steps: int = 10
     grad_clip: float = 1.0
     temperature: float = 0.05
+    kind_temperature: dict[str, float] = Field(default_factory=dict)
+    co_engaged_window: int = Field(default=5, ge=1)
     learn_temperature: bool = False
     loss: Literal["infonce", "circle"] = "infonce"
     circle_margin: float = 0.25
@@ -85,7 +97,8 @@ class StageConfig(BaseModel):
     dedup_hardest: int = 0
     resample_categories: int = 0
     hard_negatives: int = 0
-    hard_negative_source: Literal["category", "mined"] = "category"
+    hard_negative_source: Literal["category", "mined", "attribute"] = "category"
+    hard_negative_attribute: str = "color"
     hard_negative_pool: int = 20
     batch_categories: int = 0
     queue_size: int = 0
@@ -104,6 +117,18 @@ class StageConfig(BaseModel):
             raise ValueError(f"unknown pair kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
         if not any(r > 0 for r in v.values()):
             raise ValueError("mix needs at least one positive ratio")
+        return v
+
+    @field_validator("kind_temperature")
+    @classmethod
+    def _known_tau_kinds(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - set(KINDS)
+        if unknown:
+            raise ValueError(f"kind_temperature: unknown pair kinds {sorted(unknown)}; "
+                             f"known: {', '.join(KINDS)}")
+        bad = {k: t for k, t in v.items() if not t > 0}
+        if bad:
+            raise ValueError(f"kind_temperature: tau must be > 0 (got {bad})")
         return v
 
 

@@ -133,6 +133,16 @@ class CategoryHardNegatives:
         ends = np.append(starts[1:], len(order))
         self._members = {int(c): order[s:e] for c, s, e in zip(cats, starts, ends, strict=True)}
 
+    @classmethod
+    def sharing(cls, item_ids: np.ndarray, category_ids: np.ndarray, spu_ids: np.ndarray,
+                values: np.ndarray) -> CategoryHardNegatives:
+        """Negatives from the positive's category that also share its attribute value
+        (``values`` [N], e.g. the colour from ``attributes``; ``""`` = not stated, a value
+        of its own): look-alikes in that attribute that differ in the rest of the look."""
+        keys = np.stack([np.asarray(category_ids).astype(str), np.asarray(values).astype(str)], 1)
+        _, group = np.unique(keys, axis=0, return_inverse=True)
+        return cls(item_ids, group.reshape(-1), spu_ids)
+
     def sample(self, positive_ids: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         """[B, k] item ids from each positive's category, excluding items of its SPU;
         -1 where the category has fewer than k such items."""

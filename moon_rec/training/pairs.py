@@ -4,6 +4,11 @@ A pair is (query, positive item) with a query modality and a target modality:
 
     kind            query                                   target    source
     title_image     the item's title                        image     catalog (pretraining)
+    attributes_image  the item's stated attributes           image     catalog: "color: navy;
+                                                                      pattern: dots; fit: mini"
+                                                                      -> its photo, so the
+                                                                      image keeps the look in
+                                                                      a readable form
     text_product    behaviour query text                    product   click/cart/buy
     text_image      behaviour query text                    image     click/cart/buy
     text_title      behaviour query text                    title     click/cart/buy
@@ -13,9 +18,16 @@ A pair is (query, positive item) with a query modality and a target modality:
     aug_product     simulated user photo of the catalog one product   the same item
     aug_image       simulated user photo                    image     the same item
     item_item       product                                 product   next item of the session
+    co_engaged      product                                 product   another item the same user
+                                                                      engaged with, at most
+                                                                      ``co_engaged_window``
+                                                                      behaviours apart
 
 (``product`` = title + image; in a text-only world, which has only the kinds without an
-image or photo -- text_product, text_title, item_item -- its title and attributes.) Only
+image or photo -- text_product, text_title, item_item, co_engaged -- its title and
+attributes.) ``co_engaged`` is the behaviour signal about the look: what one user engages
+with follows their taste, so two items of one user's history share more of their look than
+two items of one category do (item2vec's signal, learned by the content tower). Only
 what was known before ``train_end_ts`` is used: warm
 items, behaviours and image queries before it. Stage 2 adds data processing: purchase pairs
 only, short texts dropped, hardest-pair deduplication under the previous model and
@@ -43,7 +55,9 @@ KINDS: dict[str, tuple[str, str]] = {
     "aug_product": ("aug", "product"),
     "aug_image": ("aug", "image"),
     "item_item": ("product", "product"),
-}
+    "co_engaged": ("product", "product"),
+    "attributes_image": ("attributes", "image"),
+}  # append new kinds: a saved trainer state keeps kinds by index
 KIND_NAMES: tuple[str, ...] = tuple(KINDS)
 TEXT_QUERIES = ("text", "title")
 # Modalities that need a photo: a text-only world has no pairs of these kinds.
@@ -116,6 +130,26 @@ def session_next_items(w: WorldData, rows: np.ndarray, gap_s: float = 1800.0) ->
     return w.rows_of(a), w.rows_of(b)
 
 
+def co_engaged_items(w: WorldData, rows: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(item row a, item row b): one user engaged with a and then, at most ``window``
+    behaviours later (any time apart), with a different item b, among behaviour rows
+    ``rows``. Repeated (a, b) pairs are kept once."""
+    if window < 1:
+        raise ValueError(f"co_engaged_window must be >= 1 (got {window})")
+    order = rows[np.lexsort((w.beh_us[rows], w.beh_user[rows]))]
+    u, it = w.beh_user[order], w.beh_item[order]
+    a_parts, b_parts = [], []
+    for lag in range(1, min(window, max(len(order) - 1, 0)) + 1):
+        ok = (u[lag:] == u[:-lag]) & (it[lag:] != it[:-lag])
+        a_parts.append(it[:-lag][ok])
+        b_parts.append(it[lag:][ok])
+    if not a_parts:
+        z = np.zeros(0, np.int64)
+        return z, z
+    ab = np.unique(np.stack([np.concatenate(a_parts), np.concatenate(b_parts)], 1), axis=0)
+    return w.rows_of(ab[:, 0]), w.rows_of(ab[:, 1])
+
+
 def build_pairs(
     w: WorldData,
     kinds: Mapping[str, float],
@@ -123,6 +157,7 @@ def build_pairs(
     actions: set[str] | None = None,
     items_bought_only: bool = False,
     session_gap_s: float = 1800.0,
+    co_engaged_window: int = 5,
 ) -> PairSet:
     """All pairs of the kinds with a positive ratio in ``kinds`` (see module docstring).
 
@@ -133,6 +168,7 @@ def build_pairs(
         actions: behaviours kept (None: click, cart and buy).
         items_bought_only: keep catalog/photo pairs only for items bought before the end of
             training (stage 2's "purchase pairs only").
+        co_engaged_window: how many behaviours apart a ``co_engaged`` pair may be.
     """
     unknown = set(kinds) - set(KINDS)
     if unknown:
@@ -155,6 +191,9 @@ def build_pairs(
             continue
         if kind in ("title_image", "aug_product", "aug_image"):
             parts.append(_make(kind, warm, warm))
+        elif kind == "attributes_image":
+            stated = warm[[bool(w.attributes[r].strip()) for r in warm]] if len(warm) else warm
+            parts.append(_make(kind, stated, stated))
         elif kind in ("text_product", "text_image", "text_title"):
             if len(text_rows):
                 parts.append(_make(kind, text_rows, w.rows_of(w.beh_item[text_rows])))
@@ -168,6 +207,9 @@ def build_pairs(
                                    w.rows_of(w.beh_item[photo_beh[known]])))
         elif kind == "item_item":
             a, b = session_next_items(w, beh, session_gap_s)
+            parts.append(_make(kind, a, b))
+        elif kind == "co_engaged":
+            a, b = co_engaged_items(w, beh, co_engaged_window)
             parts.append(_make(kind, a, b))
     return PairSet.concat(parts)
 

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from moon_rec import runtime
+from moon_rec.data.schemas import attribute_values
 from moon_rec.encoders import MoonEncoder, build_encoder, make_tokenizer
 from moon_rec.encoders.inference import embed_products, resolve_checkpoint
 from moon_rec.training.augment import user_photo_augment
@@ -157,6 +158,8 @@ def assemble(
             q_slots.append(s.text(data.beh_text[ref]))
         elif qm == "title":
             q_slots.append(s.text(data.title[ref]))
+        elif qm == "attributes":
+            q_slots.append(s.text(data.attributes[ref]))
         elif qm == "photo":
             q_slots.append(s.image(_float(data.query_images[ref: ref + 1])))
         elif qm == "aug":
@@ -310,7 +313,8 @@ def stage_pairs(data: WorldData, sc: StageConfig, encoder: MoonEncoder, seed: in
     """The stage's pairs after its data processing (stage 2: purchases, short-text drop,
     hardest-pair dedup under ``encoder`` = the previous model, category resampling)."""
     pairs = build_pairs(data, sc.mix, actions=set(sc.actions) if sc.actions else None,
-                        items_bought_only=sc.items_bought_only)
+                        items_bought_only=sc.items_bought_only,
+                        co_engaged_window=sc.co_engaged_window)
     if sc.min_query_tokens:
         pairs = drop_short_texts(data, pairs, sc.min_query_tokens)
     if sc.dedup_hardest and len(pairs):
@@ -447,10 +451,20 @@ def train_stage(
                                                 sc.hard_negative_pool)
                 encoder.train()
             hard = MinedHardNegatives(data.item_id[warm], mined)
+        elif sc.hard_negative_source == "attribute":  # same category and attribute value
+            hard = CategoryHardNegatives.sharing(
+                data.item_id[warm], data.category_id[warm], data.spu_id[warm],
+                attribute_values(data.attributes, sc.hard_negative_attribute)[warm])
         else:
             hard = CategoryHardNegatives(data.item_id[warm], data.category_id[warm],
                                          data.spu_id[warm])
     loss_fn = LOSSES[sc.loss]
+    pair_tau: np.ndarray | None = None
+    if sc.kind_temperature and sc.loss == "infonce":
+        if log_scale is not None:
+            raise ValueError("kind_temperature and learn_temperature are exclusive")
+        pair_tau = np.array([sc.kind_temperature.get(k, sc.temperature) for k in KIND_NAMES],
+                            np.float32)
     caption = sc.caption_weight > 0 and config.encoder.backbone == "mllm"
     kill_at = int(os.environ.get(KILL_ENV, "-1"))
     stage_idx = STAGES.index(stage)
@@ -505,6 +519,8 @@ def train_stage(
             batch.merge_rows[:, None] if sc.merge_spu == "text"
             else torch.full((b, 1), sc.merge_spu == "all", device=dev))
         kw = _loss_kwargs(sc, log_scale)
+        if pair_tau is not None:  # per-kind tau: one per query row (both directions)
+            kw["temperature"] = torch.from_numpy(pair_tau[pairs.kind[idx]]).to(dev)[:, None]
         loss = matryoshka_loss(q, t, dims, loss_fn, weights=weights, extra=extra, same=same, **kw)
         if sc.symmetric:
             loss = loss + matryoshka_loss(t, q, dims, loss_fn, weights=weights,

@@ -25,6 +25,11 @@ def test_demo_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert f"{recall['by_dim']['64']['recall@10']:.3f}" in report
     for row in compare["rows"].values():
         assert f"{row['auc']:.4f}" in report
+    # every content ranker also ran on the world's perfect look vectors: its content share
+    assert "cube_moon_tiny@style" in compare["rows"]
+    for name, row in compare["rows"].items():
+        if f"{name}@style" in compare["rows"]:
+            assert f"{row['content_share']:.2f}" in report
     assert f"{serving['latency_ms']['p99']:.2f}" in report
     assert serving["new_item"]["rank"] >= 1
     for png in ("report/recall.png", "report/rankers.png", "contact_sheet.png"):

@@ -81,3 +81,44 @@ def test_compare_cli(
     assert (tmp_path / "din_ids_tiny" / "model.pt").stat().st_mtime_ns == stamp
     assert main([*args[:-3], "2", "--reuse", "--json"]) == 0  # another seed: retrained
     assert not json.loads(capsys.readouterr().out)["rows"]["din_ids_tiny"]["reused"]
+
+
+def test_compare_content_share_against_perfect_look_vectors(
+    ranker_data: SyntheticPaths, configs_file: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from datetime import UTC, datetime
+
+    import numpy as np
+
+    from moon_rec.data.embeddings import (
+        embedding_table,
+        load_moon_embeddings,
+        prefixes_of,
+        write_embedding_table,
+    )
+
+    # "perfect look" vectors: any other embedding table of the same items (a synthetic
+    # world's are diagnostics.write_oracle_style_embeddings; this ranker world has no style)
+    emb = load_moon_embeddings(ranker_data.embeddings, 64)
+    rng = np.random.default_rng(0)
+    vecs = emb.item_vectors + 0.5 * rng.normal(size=emb.item_vectors.shape).astype(np.float32)
+    style = write_embedding_table(
+        embedding_table(emb.item_ids, prefixes_of(vecs, (32, 64)), "oracle-style",
+                        datetime(2026, 1, 1, tzinfo=UTC)), tmp_path / "style" / "items.parquet")
+    args = ["ranker", "compare", "--training-set", str(ranker_data.training_set),
+            "--embeddings", str(ranker_data.embeddings), "--world", str(ranker_data.world),
+            "--config", str(configs_file), "--experiments", "din_ids_tiny", "cube_moon_tiny",
+            "--style-embeddings", str(style), "--out", str(tmp_path / "out"), "--seed", "1"]
+    assert main(args) == 0
+    assert "content share" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "out" / "compare.json").read_text())["rows"]
+    # only the content ranker gets a perfect-look twin; the ID baseline has none
+    assert set(rows) == {"din_ids_tiny", "cube_moon_tiny", "cube_moon_tiny@style"}
+    base, cube, ceiling = rows["din_ids_tiny"], rows["cube_moon_tiny"], rows["cube_moon_tiny@style"]
+    assert json.loads((tmp_path / "out" / "cube_moon_tiny@style" / "meta.json").read_text())[
+        "model_version"] == "oracle-style"
+    for key in ("", "_cold", "_look_driven"):
+        assert cube[f"content_share{key}"] == pytest.approx(
+            (cube[f"auc{key}"] - base[f"auc{key}"]) / (ceiling[f"auc{key}"] - base[f"auc{key}"]))
+    assert "content_share" not in base

@@ -28,6 +28,9 @@ def test_overrides_are_yaml_values() -> None:
     ("stage1.mix={photo_selfie: 1.0}", "unknown pair kinds"),
     ("encoder.dims=[32, 64]", "must end at embed_dim"),
     ("stage2.loss=triplet", "loss"),
+    ("stage2.kind_temperature={co_engagd: 0.2}", "kind_temperature: unknown pair kinds"),
+    ("stage2.kind_temperature={co_engaged: 0}", "tau must be > 0"),
+    ("stage2.hard_negative_source=colour", "hard_negative_source"),
 ])
 def test_typos_are_errors(override: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):

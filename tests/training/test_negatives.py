@@ -87,3 +87,17 @@ def test_gather_without_process_group_is_identity() -> None:
     x = torch.randn(3, 4, requires_grad=True)
     y = gather_with_local_grad(x)
     assert y is x
+
+
+def test_attribute_negatives_share_the_category_and_the_value() -> None:
+    ids = np.arange(1, 9)
+    cat = np.array([1, 1, 1, 1, 2, 2, 1, 1])
+    spu = np.array([1, 2, 3, 4, 5, 6, 1, 7])
+    colour = np.array(["red", "red", "blue", "", "red", "red", "red", "red"])
+    s = CategoryHardNegatives.sharing(ids, cat, spu, colour)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        got = s.sample(np.array([1, 3]), k=2, rng=rng)
+        # item 1: red, category 1, SPU 1 -> only items 2 and 8 (7 is its own SPU)
+        assert sorted(got[0].tolist()) == [2, 8]
+        assert got[1].tolist() == [-1, -1]  # no other blue item in category 1

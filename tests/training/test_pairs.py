@@ -14,6 +14,7 @@ from moon_rec.training.pairs import (
     KINDS,
     PairSet,
     build_pairs,
+    co_engaged_items,
     dedup_hardest,
     drop_short_texts,
     resample_categories,
@@ -36,7 +37,7 @@ def test_every_kind_is_built_without_leaking_the_test_period(world: WorldData) -
     counts = pairs.counts()
     assert set(counts) == set(KINDS), counts
     # catalog pairs: warm items only, query item == target item
-    for k in ("title_image", "aug_product", "aug_image"):
+    for k in ("title_image", "aug_product", "aug_image", "attributes_image"):
         p = _of(pairs, k)
         assert world.warm_item_mask[p.target_row].all()
         assert np.array_equal(p.query_ref, p.target_row)
@@ -44,6 +45,7 @@ def test_every_kind_is_built_without_leaking_the_test_period(world: WorldData) -
     for k in ("photo_product", "photo_image", "photo_click"):
         p = _of(pairs, k)
         assert not world.eval_query_mask[p.query_ref].any()
+    assert all(world.attributes[r].strip() for r in _of(pairs, "attributes_image").query_ref)
     p = _of(pairs, "photo_product")
     assert np.array_equal(world.query_item_id[p.query_ref], world.item_id[p.target_row])
     # behaviour text pairs: before train_end, the behaviour's own item, non-empty text
@@ -133,3 +135,29 @@ def test_sample_batch_from_few_categories(world: WorldData) -> None:
         assert len(idx) == 32 and len(np.unique(groups[idx])) <= 2
     idx = sample_batch(pairs, {"aug_product": 1.0}, 32, rng)  # off by default
     assert len(np.unique(groups[idx])) > 2
+
+
+def test_co_engaged_pairs_are_one_users_items_within_the_window(world: WorldData) -> None:
+    rows = np.flatnonzero(world.beh_us < world.train_end_us)
+    a, b = co_engaged_items(world, rows, window=3)
+    assert len(a) and not np.any(a == b)
+    assert len(np.unique(np.stack([a, b], 1), axis=0)) == len(a)  # each pair once
+    # every pair: one user engaged with a, then with b at most 3 behaviours later
+    order = rows[np.lexsort((world.beh_us[rows], world.beh_user[rows]))]
+    seq: dict[int, list[int]] = {}
+    for r in order:
+        seq.setdefault(int(world.beh_user[r]), []).append(int(world.beh_item[r]))
+    want = set()
+    for items in seq.values():
+        for i, x in enumerate(items):
+            for y in items[i + 1: i + 4]:
+                if x != y:
+                    want.add((x, y))
+    got = set(zip(world.item_id[a].tolist(), world.item_id[b].tolist(), strict=True))
+    assert got == want
+    wider, _ = co_engaged_items(world, rows, window=6)
+    assert len(wider) > len(a)
+    pairs = build_pairs(world, {"co_engaged": 1.0}, co_engaged_window=3)
+    assert len(pairs) == len(a)
+    with pytest.raises(ValueError, match="co_engaged_window"):
+        co_engaged_items(world, rows, window=0)

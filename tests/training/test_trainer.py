@@ -4,6 +4,7 @@ stage 2, resume after a SIGKILL, and a two-rank torchrun (gloo) run."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -135,6 +136,21 @@ def test_stage2_with_mined_hard_negatives(world: WorldData, config: TrainConfig,
     assert all(r["hard_negatives"] == 8 for r in log)
     state = torch.load(tmp_path / "mined" / "state" / "trainer.pt", weights_only=False)
     assert state["mined"].shape[1] == 5  # resume reuses the same neighbours
+
+
+def test_co_engaged_pairs_with_their_own_tau_and_attribute_negatives(
+        world: WorldData, config: TrainConfig, pretrained: Path, tmp_path: Path) -> None:
+    cfg = config.model_copy(deep=True)
+    cfg.stage2 = cfg.stage2.model_copy(update={
+        "mix": {"co_engaged": 1.0, "aug_product": 1.0}, "actions": None,
+        "kind_temperature": {"co_engaged": 0.2}, "hard_negative_source": "attribute",
+        "hard_negative_attribute": "color", "queue_size": 0, "resample_categories": 0})
+    summary = train_stage(world, "stage2", cfg, tmp_path / "look", init=pretrained,
+                          progress=False)
+    assert summary["pairs"]["co_engaged"] > 0
+    log = _log(tmp_path / "look")
+    assert all(math.isfinite(r["loss"]) for r in log)
+    assert any(r["hard_negatives"] > 0 for r in log)
 
 
 def test_learned_temperature_and_category_batches(world: WorldData, config: TrainConfig,
