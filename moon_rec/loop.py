@@ -704,12 +704,11 @@ def rankers_step(layout: Layout, experiments: Sequence[str], *, seed: int | None
                 (TRAINING_SET, *((QUERY_EMBEDDINGS,) if queries else ()), EMBED),
                 clean=(layout.rankers,),
                 code=("moon_rec.ranking.compare", "moon_rec.ranking.diagnostics"),
-                command=(f"python -m moon_rec.ranking.diagnostics {layout.world} {style_dir} && "
-                         if world else "")
-                + f"moon ranker compare --training-set {layout.training_set} --embeddings "
+                command=f"moon ranker compare --training-set {layout.training_set} --embeddings "
                 f"{layout.embeddings}{q_arg}{w_arg} --out {layout.rankers} --experiments "
                 f"{' '.join(experiments)}{seed_arg}"
-                + (f" --style-embeddings {style_dir / 'items.parquet'}" if world else ""))
+                + (f" --style-embeddings {style_dir / 'items.parquet'}  # after: python -m "
+                   f"moon_rec.ranking.diagnostics {layout.world} {style_dir}" if world else ""))
 
 
 def ranker_experiments(preset: str) -> list[str]:
