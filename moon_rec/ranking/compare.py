@@ -57,15 +57,15 @@ def compare_rankers(
     """
     out = Path(out)
     reports: dict[str, dict[str, Any]] = {}
-    runs = [(name, embeddings, query_embeddings) for name in experiments]
-    for name in experiments:
-        if style_embeddings is not None and load_ranker_config(config_file, name).uses_embeddings:
-            runs.append((f"{name}{STYLE_SUFFIX}", style_embeddings, None))
-    for row, emb, queries in runs:
-        name = row.removesuffix(STYLE_SUFFIX)
-        config = load_ranker_config(config_file, name)
-        if seed is not None:
-            config = config.with_overrides({"train": {"seed": seed}})
+    configs = {name: load_ranker_config(config_file, name) for name in experiments}
+    if seed is not None:
+        configs = {n: c.with_overrides({"train": {"seed": seed}}) for n, c in configs.items()}
+    runs = [(name, name, embeddings, query_embeddings) for name in experiments]
+    if style_embeddings is not None:
+        runs += [(f"{n}{STYLE_SUFFIX}", n, style_embeddings, None)
+                 for n in experiments if configs[n].uses_embeddings]
+    for row, name, emb, queries in runs:
+        config = configs[name]
         model_dir = out / row
         meta = _reusable(model_dir, config, training_set, emb) if reuse else None
         if meta is None:

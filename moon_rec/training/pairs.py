@@ -192,7 +192,7 @@ def build_pairs(
         if kind in ("title_image", "aug_product", "aug_image"):
             parts.append(_make(kind, warm, warm))
         elif kind == "attributes_image":
-            stated = warm[[bool(w.attributes[r].strip()) for r in warm]] if len(warm) else warm
+            stated = warm[np.array([bool(w.attributes[r].strip()) for r in warm], bool)]
             parts.append(_make(kind, stated, stated))
         elif kind in ("text_product", "text_image", "text_title"):
             if len(text_rows):

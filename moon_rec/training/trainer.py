@@ -460,9 +460,10 @@ def train_stage(
                                          data.spu_id[warm])
     loss_fn = LOSSES[sc.loss]
     pair_tau: np.ndarray | None = None
-    if sc.kind_temperature and sc.loss == "infonce":
-        if log_scale is not None:
-            raise ValueError("kind_temperature and learn_temperature are exclusive")
+    if sc.kind_temperature:
+        if sc.loss != "infonce" or log_scale is not None:
+            raise ValueError(f"{stage}.kind_temperature needs loss infonce without "
+                             "learn_temperature")
         pair_tau = np.array([sc.kind_temperature.get(k, sc.temperature) for k in KIND_NAMES],
                             np.float32)
     caption = sc.caption_weight > 0 and config.encoder.backbone == "mllm"
