@@ -8,6 +8,8 @@ _EXPORTS: dict[str, str] = {
     "RankerConfig": "moon_rec.ranking.config",
     "load_ranker_config": "moon_rec.ranking.config",
     "RankerBatch": "moon_rec.ranking.features",
+    "LookHead": "moon_rec.ranking.look_head",
+    "LookHeadConfig": "moon_rec.ranking.config",
     "MoonRanker": "moon_rec.ranking.model",
     "BehaviourInputs": "moon_rec.ranking.modules",
     "CubeModule": "moon_rec.ranking.modules",

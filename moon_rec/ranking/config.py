@@ -126,6 +126,32 @@ class SemanticIdFeatures(_Section):
     codebook: int = Field(default=256, gt=1)
 
 
+class LookHeadConfig(_Section):
+    """The look head (:mod:`moon_rec.ranking.look_head`): an MLP on the MOON vectors,
+    post-trained on the training set's clicks (history -> next item) before the ranker
+    trains, then frozen; its output is the content CUBE / SIM compare.
+
+    Args:
+        dim: the look vector's size.
+        hidden: the MLP's hidden width.
+        epochs: passes over the history -> next-item pairs.
+        batch_size: pairs per step.
+        lr: Adam's learning rate.
+        negatives: random same-category items per pair, beside the batch's other targets.
+        temperature: the InfoNCE temperature.
+        history: most recent behaviours per pair.
+    """
+
+    dim: int = Field(default=64, gt=0)
+    hidden: int = Field(default=256, gt=0)
+    epochs: int = Field(default=200, gt=0)
+    batch_size: int = Field(default=4096, gt=0)
+    lr: float = Field(default=3e-3, gt=0)
+    negatives: int = Field(default=16, ge=0)
+    temperature: float = Field(default=0.1, gt=0)
+    history: int = Field(default=10, gt=0)
+
+
 class RankerConfig(_Section):
     """One ranker experiment.
 
@@ -154,6 +180,9 @@ class RankerConfig(_Section):
         semantic_ids: None (default) or the semantic-ID features (see
             :class:`SemanticIdFeatures`); they need embeddings with codes, for either
             feature set.
+        look_head: None (default) or the look head (see :class:`LookHeadConfig`; needs
+            ``ids+moon``): the behaviour module then compares look vectors, not raw MOON
+            vectors (the query similarity still uses the raw ones).
         behaviour, over_arch, train: see their classes.
     """
 
@@ -168,6 +197,7 @@ class RankerConfig(_Section):
     embedding_init_scale: float = Field(default=0.0, ge=0.0)
     item_id_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     semantic_ids: SemanticIdFeatures | None = None
+    look_head: LookHeadConfig | None = None
     behaviour: BehaviourConfig = Field(default_factory=BehaviourConfig)
     over_arch: OverArchConfig = Field(default_factory=OverArchConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -178,6 +208,8 @@ class RankerConfig(_Section):
             raise ValueError(
                 f"behaviour.module: {self.behaviour.module!r} needs feature_set 'ids+moon'"
             )
+        if self.look_head is not None and not self.uses_moon:
+            raise ValueError("look_head: needs feature_set 'ids+moon' (it reads MOON vectors)")
         return self
 
     @property

@@ -21,6 +21,12 @@ construction: in training a :class:`FrozenContentTable` (sharded, frozen) and a
 :class:`SemanticIdTable` built from the embedding snapshot; in serving lookups over its
 in-memory center. Both give the same vectors for the same snapshot, so a model trained
 with the sharded table serves with the center unchanged.
+
+With ``look_head`` (:mod:`moon_rec.ranking.look_head`), the looked-up MOON vectors pass
+through the look head (post-trained on clicks before the ranker trains, frozen while it
+trains) and the behaviour module and the MOON dense features see its look vectors; the
+query similarity is still the cosine of the raw vectors. The head is part of the model, so
+a new item served from the center gets its look vector from its MOON vector.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from torch import nn
 
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.features import RankerBatch
+from moon_rec.ranking.look_head import LookHead
 from moon_rec.ranking.modules import (
     BehaviourInputs,
     OverArch,
@@ -113,7 +120,12 @@ class MoonRanker(nn.Module):
         self.semantic_id_table: SemanticIdLookup | None = semantic_ids if sid else None
         self.semantic_id_arch = SemanticIdArch(config) if sid is not None else None
         content_dim = content.dim if (config.uses_moon and content is not None) else 0
-        self.content_dim = content_dim
+        self.content_dim = content_dim  # the raw MOON vectors' (and the query's) size
+        # with a look head, the behaviour module and the dense features see look vectors
+        self.look_head: LookHead | None = None
+        if config.look_head is not None and content_dim:
+            self.look_head = LookHead(content_dim, config.look_head)
+            content_dim = config.look_head.dim
         # target / behaviour vectors: item and category IDs (and the semantic ID)
         self.target_dim = self.sparse_arch.target_dim + (
             config.embedding_dim if sid is not None else 0
@@ -176,6 +188,12 @@ class MoonRanker(nn.Module):
         if self.content_arch is not None:
             assert item_ids is not None
             content, found = self.content_arch(item_ids)  # one lookup: target + behaviours
+            if self.look_head is not None:
+                raw = content[:, 0]
+                inputs.query_similarity = cosine(raw, batch.query_embedding) * (
+                    batch.has_query.to(raw.dtype)
+                )
+                content = self.look_head(content)
             inputs.target_content = content[:, 0]
             inputs.behaviour_content = content[:, 1:]
             inputs.content_mask = found[:, 1:] & sparse.mask
@@ -207,8 +225,10 @@ class MoonRanker(nn.Module):
             if self.dot_logit is not None:
                 wide = self.dot_logit(dots).squeeze(-1)
         if inputs.target_content is not None:
-            s_q = cosine(inputs.target_content, batch.query_embedding) * batch.has_query.to(
-                inputs.target_content.dtype
-            )
+            s_q = inputs.query_similarity
+            if s_q is None:
+                s_q = cosine(inputs.target_content, batch.query_embedding) * (
+                    batch.has_query.to(inputs.target_content.dtype)
+                )
             parts += [inputs.target_content, s_q.unsqueeze(1)]
         return self.over_arch(torch.cat(parts, dim=1), wide)

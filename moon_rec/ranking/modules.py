@@ -552,6 +552,9 @@ class BehaviourInputs:
         content_mask: [B, L] bool, True where a behaviour has a MOON embedding.
         query_content: [B, C] the query's MOON embedding (zeros where none).
         query_mask: [B] bool, True where the impression has a query embedding.
+        query_similarity: [B] cos(target's raw MOON vector, query) when the caller computed
+            it (a look head: the content above is then the look vectors, in another space
+            than the query's); None: the modules compute it from the content.
         packed_behaviour_id: optional [N, E], ``behaviour_id[mask]`` (row-major), when the
             caller has it without a gather (:class:`SparseFeatures`); None otherwise.
     """
@@ -564,6 +567,7 @@ class BehaviourInputs:
     content_mask: torch.Tensor | None = None
     query_content: torch.Tensor | None = None
     query_mask: torch.Tensor | None = None
+    query_similarity: torch.Tensor | None = None
     packed_behaviour_id: torch.Tensor | None = None
 
 
@@ -754,7 +758,9 @@ class CubeModule(BehaviourModule):
             valid = valid & inputs.content_mask
         s_b = cosine(inputs.target_content.unsqueeze(1), inputs.behaviour_content)
         s_b = s_b * valid.to(s_b.dtype)
-        if inputs.query_content is None:
+        if inputs.query_similarity is not None:
+            s_q = inputs.query_similarity
+        elif inputs.query_content is None:
             s_q = s_b.new_zeros(s_b.shape[0])
         else:
             s_q = cosine(inputs.target_content, inputs.query_content)

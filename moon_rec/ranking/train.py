@@ -55,6 +55,7 @@ from moon_rec.data.embeddings import MoonEmbeddings, load_moon_embeddings
 from moon_rec.data.errors import DataError
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.data import TrainingSet, load_training_set
+from moon_rec.ranking.look_head import behaviour_pairs, pretrain_look_head
 from moon_rec.ranking.model import MoonRanker
 from moon_rec.ranking.modules import (
     CONTENT_TABLE,
@@ -202,8 +203,34 @@ def _frozen_content(model: MoonRanker) -> FrozenContentTable | None:
 
 
 def is_frozen_parameter(name: str) -> bool:
-    """Whether the (DMP or plain) parameter ``name`` belongs to the frozen content table."""
-    return "content_arch." in f".{name}" and CONTENT_TABLE in name
+    """Whether the (DMP or plain) parameter ``name`` is frozen while the ranker trains: the
+    content table's, or the look head's (post-trained before)."""
+    dotted = f".{name}"
+    return ("content_arch." in dotted and CONTENT_TABLE in name) or ".look_head." in dotted
+
+
+def pretrain_head(
+    model: MoonRanker, data: TrainingSet, embeddings: MoonEmbeddings, seed: int,
+    progress: bool = False,
+) -> dict[str, Any] | None:
+    """Post-train the model's look head (if any) on ``data``'s clicked train rows
+    (history -> next item, :mod:`moon_rec.ranking.look_head`); None without a head."""
+    cfg = model.config.look_head
+    if model.look_head is None or cfg is None:
+        return None
+    ids = embeddings.item_ids
+    train = ~data.is_test
+    pairs = behaviour_pairs(ids, data.item_id, data.hist_item_ids, data.clicked, train,
+                            cfg.history)
+    # each catalog row's category, from the rows that name it (targets and behaviours)
+    category = np.full(len(ids), -1, np.int64)
+    for items, cats in ((data.item_id, data.category_id),
+                        (data.hist_item_ids.ravel(), data.hist_category_ids.ravel())):
+        pos = np.searchsorted(ids, items).clip(max=max(len(ids) - 1, 0))
+        hit = (items >= 0) & (ids[pos] == items) if len(ids) else np.zeros(len(items), bool)
+        category[pos[hit]] = cats[hit]
+    vectors = torch.from_numpy(np.ascontiguousarray(embeddings.item_vectors, np.float32))
+    return pretrain_look_head(model.look_head, vectors, pairs, category, cfg, seed, progress)
 
 
 def shard_model(
@@ -447,6 +474,10 @@ def train_ranker(
         meta["n_queries"] = len(emb.query_index) if emb is not None else 0
         seed = config.train.seed
         model = build_model(config, tables, emb, seed, data)
+        ckpt_path = out / CHECKPOINT
+        if emb is not None and not (resume and ckpt_path.is_file()):
+            # a resumed run restores the post-trained head from its checkpoint
+            meta["look_head"] = pretrain_head(model, data, emb, seed, progress and env.is_main)
         dmp, optimizer = shard_model(model, config, env)
 
         global_batch = min(config.train.batch_size, train_rows.size)
@@ -455,7 +486,6 @@ def train_ranker(
         steps_per_epoch = train_rows.size // global_batch
         total_steps = steps_per_epoch * config.train.epochs
         step = 0
-        ckpt_path = out / CHECKPOINT
         if resume and ckpt_path.is_file():
             step = _resume(ckpt_path, dmp, optimizer, meta, env)
         if env.is_main:

@@ -1,0 +1,136 @@
+"""Diagnostic benchmark: where the look is lost, from the photo to the ranker's content.
+
+Linear probes on look-driven items of a synthetic world (80/20 item split, features
+standardised, with the category one-hot): ridge R^2 of the 8-dim ``oracle_style``, and
+logistic accuracy of the colour, the pattern and the shape (within its category). Read at
+each stage of an encoder checkpoint's image tower (the conv stem's channel mean + std, the
+stem pooled to 4x4, the ViT tokens mean-pooled and flattened, the 64-dim image vector, the
+64-dim product vector) and, with ``--ranker``, on a look-head ranker's look vectors
+(``moon_rec.ranking.look_head``, applied to every item's MOON vector). The same-run
+baseline is the photo itself at 16x16 pixels.
+
+    python benchmarks/look_layers.py --world artifacts/world \\
+        --encoder artifacts/encoder/stage2/encoder --embeddings artifacts/embeddings \\
+        --ranker artifacts/rankers/cube_moon_look
+
+Prints JSON: one probe dict per feature (dims, r2, color, pattern, shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+    import torch.nn.functional as F
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    from moon_rec.data.embeddings import load_moon_embeddings
+    from moon_rec.data.images import decode_prepared
+    from moon_rec.data.io import read_table
+    from moon_rec.encoders.base import MoonEncoder, images_to_tensor
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--world", required=True)
+    p.add_argument("--encoder", action="append", default=[], help="checkpoint (repeatable)")
+    p.add_argument("--embeddings", help="the embed job's snapshot (with --ranker)")
+    p.add_argument("--ranker", help="a ranker trained with look_head")
+    p.add_argument("--items", type=int, default=4000, help="look-driven items probed")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    cols = ["item_id", "category_id", "oracle_style", "oracle_color", "oracle_pattern",
+            "oracle_shape", "image", "title"]
+    items = read_table(args.world, "items", columns=cols, validate=False)
+    cats = read_table(args.world, "categories", columns=["category_id", "look_driven"],
+                      validate=False)
+    look = cats.column("category_id").to_numpy()[
+        cats.column("look_driven").to_numpy(zero_copy_only=False)]
+    cat = items.column("category_id").to_numpy()
+    rng = np.random.default_rng(0)
+    keep = np.flatnonzero(np.isin(cat, look))
+    keep = np.sort(rng.choice(keep, min(args.items, len(keep)), replace=False))
+    c = cat[keep]
+    onehot = (c[:, None] == np.unique(c)[None, :]).astype(np.float32)
+    style = np.stack(items.column("oracle_style").to_numpy(zero_copy_only=False))[keep]
+    labels = {"color": items.column("oracle_color").to_numpy()[keep],
+              "pattern": items.column("oracle_pattern").to_numpy()[keep],
+              "shape": c * 16 + items.column("oracle_shape").to_numpy()[keep]}
+    order = rng.permutation(len(keep))
+    tr, te = order[: len(order) * 4 // 5], order[len(order) * 4 // 5:]
+
+    def probe(feat: np.ndarray) -> dict[str, Any]:
+        f = np.asarray(feat, np.float32).reshape(len(keep), -1)
+        f = (f - f[tr].mean(0)) / (f[tr].std(0) + 1e-6)
+        x = np.concatenate([f, onehot], 1)
+        pred = Ridge(alpha=10.0).fit(x[tr], style[tr]).predict(x[te])
+        r2 = 1 - ((pred - style[te]) ** 2).sum() / ((style[te] - style[te].mean(0)) ** 2).sum()
+        out: dict[str, Any] = {"dims": f.shape[1], "r2": round(float(r2), 3)}
+        for name, y in labels.items():
+            clf = LogisticRegression(max_iter=400, C=1.0).fit(x[tr], y[tr])
+            out[name] = round(float(clf.score(x[te], y[te])), 3)
+        return out
+
+    report: dict[str, Any] = {"world": args.world, "n_items": len(keep)}
+    images = None
+    if args.encoder:
+        images = images_to_tensor(
+            [decode_prepared(items.column("image")[int(i)].as_py(), 64) for i in keep], 64)
+        report["pixels_16x16"] = probe(F.avg_pool2d(images, 4).numpy())
+    for ck in args.encoder:
+        enc = MoonEncoder.from_pretrained(ck).eval()
+        if getattr(enc, "stem", None) is None:
+            raise SystemExit(f"{ck}: not a dual-tower encoder with a conv stem")
+        feats: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("stem_mean_std", "stem_4x4", "tokens_mean", "tokens_flat",
+                            "image_64", "product_64")}
+        with torch.no_grad():
+            assert images is not None
+            for s in range(0, len(keep), 256):
+                b = images[s:s + 256]
+                st = enc.stem((b - 0.5) / 0.5)
+                feats["stem_mean_std"].append(torch.cat([st.mean((2, 3)), st.std((2, 3))], 1))
+                feats["stem_4x4"].append(F.avg_pool2d(st, 4).flatten(1))
+                h = enc._vision()(pixel_values=st).last_hidden_state
+                feats["tokens_mean"].append(h.mean(1))
+                feats["tokens_flat"].append(h.flatten(1))
+                feats["image_64"].append(F.normalize(enc._image(b)[:, :64], dim=-1))
+                titles = [items.column("title")[int(i)].as_py() for i in keep[s:s + 256]]
+                feats["product_64"].append(
+                    F.normalize(enc.encode_product(titles, b)[:, :64], dim=-1))
+        report[ck] = {k: probe(torch.cat(v).numpy()) for k, v in feats.items()}
+    if args.ranker:
+        from moon_rec.ranking.evaluate import load_ranker
+
+        if not args.embeddings:
+            raise SystemExit("--ranker needs --embeddings")
+        model, _ = load_ranker(args.ranker)
+        if model.look_head is None:
+            raise SystemExit(f"{args.ranker}: the ranker has no look head")
+        emb = load_moon_embeddings(args.embeddings, model.config.moon_dim)
+        pos = np.searchsorted(emb.item_ids, items.column("item_id").to_numpy()[keep])
+        raw = np.ascontiguousarray(emb.item_vectors[pos])
+        with torch.no_grad():
+            z = model.look_head(torch.from_numpy(raw)).numpy()
+        small = load_moon_embeddings(args.embeddings, 64)
+        v64 = small.item_vectors[np.searchsorted(small.item_ids, emb.item_ids[pos])]
+        report["moon_64"] = probe(v64)
+        report[f"moon_{model.config.moon_dim}"] = probe(raw)
+        report["look_head"] = probe(z)
+        report["moon_64+look_head"] = probe(np.concatenate([v64, z], 1))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
