@@ -236,6 +236,14 @@ class MoonEmbeddings:
     n_bad_rows: int = 0
     semantic_ids: np.ndarray | None = None
 
+    def item_rows(self, ids: np.ndarray) -> np.ndarray:
+        """The row of ``item_ids`` holding each of ``ids`` (any shape), -1 where absent."""
+        ids = np.asarray(ids, np.int64)
+        if len(self.item_ids) == 0:
+            return np.full(ids.shape, -1, np.int64)
+        pos = np.searchsorted(self.item_ids, ids).clip(max=len(self.item_ids) - 1)
+        return np.where(self.item_ids[pos] == ids, pos, -1)
+
     def query_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(row index [N] (0 where absent), has_query [N] bool) of each query text."""
         idx = np.array([self.query_index.get(t, -1) for t in texts], dtype=np.int64)

@@ -300,8 +300,8 @@ def style_probe(
     keep = np.flatnonzero(np.isin(category, look_ids))
     emb = load_moon_embeddings(embeddings, dim)
     item_ids = items.column("item_id").to_numpy()[keep]
-    pos = np.searchsorted(emb.item_ids, item_ids).clip(max=max(len(emb.item_ids) - 1, 0))
-    found = emb.item_ids[pos] == item_ids
+    pos = emb.item_rows(item_ids)
+    found = pos >= 0
     if not found.all():
         raise ValueError(
             f"{int((~found).sum())} look-driven items have no embedding in {embeddings}"

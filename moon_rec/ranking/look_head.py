@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from moon_rec.data.embeddings import MoonEmbeddings
 from moon_rec.ranking.config import LookHeadConfig
 
 
@@ -78,7 +79,7 @@ class BehaviourPairs:
 
 
 def behaviour_pairs(
-    item_ids: np.ndarray,
+    embeddings: MoonEmbeddings,
     target_item: np.ndarray,
     hist_item_ids: np.ndarray,
     clicked: np.ndarray,
@@ -89,20 +90,14 @@ def behaviour_pairs(
     behaviour have a MOON vector.
 
     Args:
-        item_ids: [N] sorted item ids of the catalog vectors.
+        embeddings: the catalog's MOON vectors (pairs hold rows of them).
         target_item: [R] each row's target item id; hist_item_ids [R, L] (most recent first,
             -1 padding); clicked [R] labels; train [R] bool, the rows that may be used.
         history: behaviours kept per pair (the most recent).
     """
-    def rows(ids: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(item_ids, ids).clip(max=max(len(item_ids) - 1, 0))
-        ok = (ids >= 0) & (len(item_ids) > 0)
-        ok &= item_ids[pos] == ids if len(item_ids) else ok
-        return np.where(ok, pos, -1)
-
     keep = np.flatnonzero(train & (clicked > 0))
-    target = rows(target_item[keep])
-    hist = rows(hist_item_ids[keep, :history])
+    target = embeddings.item_rows(target_item[keep])
+    hist = embeddings.item_rows(hist_item_ids[keep, :history])
     use = (target >= 0) & (hist >= 0).any(1)
     return BehaviourPairs(hist[use].astype(np.int64), target[use].astype(np.int64))
 

@@ -188,11 +188,11 @@ class MoonRanker(nn.Module):
         if self.content_arch is not None:
             assert item_ids is not None
             content, found = self.content_arch(item_ids)  # one lookup: target + behaviours
+            # s_q, once, on the raw vectors (the query's space, also with a look head)
+            inputs.query_similarity = cosine(content[:, 0], batch.query_embedding) * (
+                batch.has_query.to(content.dtype)
+            )
             if self.look_head is not None:
-                raw = content[:, 0]
-                inputs.query_similarity = cosine(raw, batch.query_embedding) * (
-                    batch.has_query.to(raw.dtype)
-                )
                 content = self.look_head(content)
             inputs.target_content = content[:, 0]
             inputs.behaviour_content = content[:, 1:]
@@ -225,10 +225,6 @@ class MoonRanker(nn.Module):
             if self.dot_logit is not None:
                 wide = self.dot_logit(dots).squeeze(-1)
         if inputs.target_content is not None:
-            s_q = inputs.query_similarity
-            if s_q is None:
-                s_q = cosine(inputs.target_content, batch.query_embedding) * (
-                    batch.has_query.to(inputs.target_content.dtype)
-                )
-            parts += [inputs.target_content, s_q.unsqueeze(1)]
+            assert inputs.query_similarity is not None  # set beside the content
+            parts += [inputs.target_content, inputs.query_similarity.unsqueeze(1)]
         return self.over_arch(torch.cat(parts, dim=1), wide)

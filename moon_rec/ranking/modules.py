@@ -552,9 +552,10 @@ class BehaviourInputs:
         content_mask: [B, L] bool, True where a behaviour has a MOON embedding.
         query_content: [B, C] the query's MOON embedding (zeros where none).
         query_mask: [B] bool, True where the impression has a query embedding.
-        query_similarity: [B] cos(target's raw MOON vector, query) when the caller computed
-            it (a look head: the content above is then the look vectors, in another space
-            than the query's); None: the modules compute it from the content.
+        query_similarity: [B] s_q = cos(target's raw MOON vector, query), 0 without a
+            query, when the caller computed it (the ranker does, once per batch, also when
+            a look head makes the content above look vectors in another space than the
+            query's); None: the modules compute it from the content.
         packed_behaviour_id: optional [N, E], ``behaviour_id[mask]`` (row-major), when the
             caller has it without a gather (:class:`SparseFeatures`); None otherwise.
     """

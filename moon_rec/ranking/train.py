@@ -218,17 +218,14 @@ def pretrain_head(
     cfg = model.config.look_head
     if model.look_head is None or cfg is None:
         return None
-    ids = embeddings.item_ids
-    train = ~data.is_test
-    pairs = behaviour_pairs(ids, data.item_id, data.hist_item_ids, data.clicked, train,
-                            cfg.history)
+    pairs = behaviour_pairs(embeddings, data.item_id, data.hist_item_ids, data.clicked,
+                            ~data.is_test, cfg.history)
     # each catalog row's category, from the rows that name it (targets and behaviours)
-    category = np.full(len(ids), -1, np.int64)
+    category = np.full(len(embeddings.item_ids), -1, np.int64)
     for items, cats in ((data.item_id, data.category_id),
                         (data.hist_item_ids.ravel(), data.hist_category_ids.ravel())):
-        pos = np.searchsorted(ids, items).clip(max=max(len(ids) - 1, 0))
-        hit = (items >= 0) & (ids[pos] == items) if len(ids) else np.zeros(len(items), bool)
-        category[pos[hit]] = cats[hit]
+        rows = embeddings.item_rows(items)
+        category[rows[rows >= 0]] = cats[rows >= 0]
     vectors = torch.from_numpy(np.ascontiguousarray(embeddings.item_vectors, np.float32))
     return pretrain_look_head(model.look_head, vectors, pairs, category, cfg, seed, progress)
 

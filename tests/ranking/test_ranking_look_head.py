@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from moon_rec.data.embeddings import load_moon_embeddings
+from moon_rec.data.embeddings import MoonEmbeddings, load_moon_embeddings
 from moon_rec.ranking.config import LookHeadConfig, RankerConfig, load_ranker_config
 from moon_rec.ranking.data import load_training_set
 from moon_rec.ranking.evaluate import evaluate_ranker, load_ranker
@@ -66,12 +66,15 @@ def test_head_recovers_a_planted_look_and_is_deterministic() -> None:
 
 def test_behaviour_pairs_keep_clicked_train_rows_with_known_items() -> None:
     ids = np.array([10, 20, 30, 40])
+    emb = MoonEmbeddings(item_ids=ids, item_vectors=np.zeros((4, 2), np.float32),
+                         query_index={}, query_vectors=np.zeros((0, 2), np.float32),
+                         model_version="t", dim=2)
     target = np.array([10, 20, 30, 99, 40, 20])
     hist = np.array([[20, 30, 40], [-1, -1, -1], [10, 99, -1], [10, 20, 30], [20, 10, 30],
                      [30, 40, 10]])
     clicked = np.array([1, 1, 1, 1, 0, 1], np.float32)
     train = np.array([True, True, True, True, True, False])
-    pairs = behaviour_pairs(ids, target, hist, clicked, train, history=2)
+    pairs = behaviour_pairs(emb, target, hist, clicked, train, history=2)
     # row 1: no history; row 3: unknown target; row 4: not clicked; row 5: test split
     assert pairs.target.tolist() == [0, 2]
     assert pairs.history.tolist() == [[1, 2], [0, -1]]  # most recent 2; unknown 99 -> -1
