@@ -20,6 +20,7 @@ import torch
 
 from moon_rec.data.embeddings import MoonEmbeddings, load_moon_embeddings
 from moon_rec.data.errors import DataError
+from moon_rec.data.rows import RowIndex
 from moon_rec.metrics.ranking import auc, gauc, logloss
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.data import TrainingSet, load_training_set
@@ -130,13 +131,7 @@ def oracle_probabilities(
     shift = np.int64(max(int(w_item.max(initial=0)), int(item_id.max(initial=0))) + 1)
     w_key = w_req * shift + w_item
     key = request_id.astype(np.int64) * shift + item_id.astype(np.int64)
-    order = np.argsort(w_key, kind="stable")
-    pos = np.searchsorted(w_key[order], key).clip(max=max(len(order) - 1, 0))
-    out = np.full(len(key), np.nan)
-    if len(order):
-        hit = w_key[order][pos] == key
-        out[hit] = w_p[order][pos[hit]]
-    return out
+    return RowIndex(w_key).take(w_p, key, np.nan)
 
 
 def ranking_report(
