@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from fs_data import embedding_table
 
+from moon_rec.encoders.config import DEFAULT_DIMS as EMBEDDING_DIMS
 from moon_rec.featurestore.layout import (
-    EMBEDDING_DIMS,
     ITEM_ATTRIBUTES_VIEW,
     ITEM_EMBEDDING_VIEW,
     USER_BEHAVIOUR_VIEW,
