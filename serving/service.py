@@ -40,7 +40,7 @@ from moon_rec.featurestore.online import OnlineFeatureClient
 from moon_rec.featurestore.push import OnlineWriter
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.evaluate import load_ranker, read_meta
-from moon_rec.ranking.train import WEIGHTS
+from moon_rec.ranking.model_dir import RankerDir
 from serving.catalog import Catalog, load_center, load_quantiser
 from serving.center import CenterContentArch, CenterSemanticIds, EmbeddingCenter
 from serving.config import ACTIONS, MAX_ID, ServiceConfig
@@ -132,7 +132,7 @@ class RankingService:
         content = CenterContentArch(center) if self.ranker_config.uses_moon else None
         codes = CenterSemanticIds(center) if self.ranker_config.semantic_ids else None
         self.model, _ = load_ranker(model_dir, content=content, semantic_ids=codes)
-        self.model_version = f"ranker-{file_version(model_dir / WEIGHTS)}"
+        self.model_version = f"ranker-{file_version(RankerDir(model_dir).weights_file)}"
         lock = threading.Lock()  # one model / encoder call at a time
         limits = ImageLimits(self.config.max_image_pixels, tuple(self.config.image_formats))
         self.query_encoder = QueryEncoder(self.encoder, self.dim, self.config.query_cache, lock,

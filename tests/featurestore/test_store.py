@@ -324,8 +324,10 @@ def test_a_size_the_code_has_never_seen_materializes_and_reads_back(
     from moon_rec.data.embeddings import (
         EmbeddingSnapshot,
         SnapshotManifest,
-        embedding_table as snapshot_rows,
         prefixes_of,
+    )
+    from moon_rec.data.embeddings import (
+        embedding_table as snapshot_rows,
     )
     from moon_rec.data.errors import DataError
     from moon_rec.featurestore.materialize import materialize_embeddings

@@ -15,8 +15,9 @@ from moon_rec.metrics.ranking import logloss
 from moon_rec.ranking.config import load_ranker_config
 from moon_rec.ranking.data import load_training_set
 from moon_rec.ranking.evaluate import evaluate_ranker
+from moon_rec.ranking.model_dir import CHECKPOINT, WEIGHTS
 from moon_rec.ranking.synthetic import SyntheticPaths
-from moon_rec.ranking.train import CHECKPOINT, WEIGHTS, train_ranker
+from moon_rec.ranking.train import train_ranker
 
 CONFIGS_FILE = Path(__file__).resolve().parents[2] / "configs" / "ranker" / "experiments.yaml"
 
