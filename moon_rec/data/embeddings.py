@@ -417,7 +417,8 @@ class SnapshotManifest(BaseModel):
             levels, codebook, dim, file, ...), None when the rows carry no codes.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # later writers may add fields (run figures, ...): kept, not refused
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     model_version: str
     dims: tuple[int, ...]
