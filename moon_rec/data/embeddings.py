@@ -407,7 +407,8 @@ class SnapshotManifest(BaseModel):
 
     Args:
         model_version: the encoder version of every vector.
-        dims: the Matryoshka sizes, one ``emb_{d}`` column each (ascending).
+        dims: the Matryoshka sizes, one ``emb_{d}`` column each (ascending); a manifest
+            written without them (older or hand-made) gets them from the parts' columns.
         n_items: rows over all parts (one per item).
         n_rejects: catalog rows the embed job could not embed (its ``rejects.parquet``).
         parts: the part files, in catalog order.
@@ -421,12 +422,12 @@ class SnapshotManifest(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     model_version: str
-    dims: tuple[int, ...]
-    n_items: int
+    dims: tuple[int, ...] | None = None
+    n_items: int | None = None
     n_rejects: int = 0
-    parts: tuple[str, ...]
+    parts: tuple[str, ...] = ()
     latest_event_ts: str | None = None
-    part_rows: int
+    part_rows: int | None = None
     semantic_ids: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -454,6 +455,25 @@ class SnapshotManifest(BaseModel):
             field = ".".join(str(p) for p in err["loc"]) or None
             raise DataError(f"bad snapshot manifest: {err['msg']}", file=str(path),
                             column=field) from exc
+
+
+def _item_files(path: Path) -> list[Path]:
+    item_files, _ = embedding_files(path)
+    if not item_files:
+        raise DataError("no item embedding file (a parquet with column item_id)", file=str(path))
+    return item_files
+
+
+def _file_dims(path: Path) -> tuple[int, ...]:
+    """The Matryoshka sizes of the item files at ``path`` (all must have the same)."""
+    item_files = _item_files(path)
+    dims = embedding_dims(pq.read_schema(item_files[0]).names)
+    for f in item_files[1:]:
+        other = embedding_dims(pq.read_schema(f).names)
+        if other != dims:
+            raise DataError(f"Matryoshka sizes {list(other)} differ from {list(dims)} "
+                            f"of {item_files[0].name}", file=str(f))
+    return dims
 
 
 class EmbeddingSnapshot:
@@ -485,22 +505,19 @@ class EmbeddingSnapshot:
         rows). DataError when there is no item embedding file or the rows disagree."""
         path = Path(path)
         if path.is_dir() and (path / MANIFEST).is_file():
-            return cls(path, SnapshotManifest.read(path), True)
-        item_files, _ = embedding_files(path)
-        if not item_files:
-            raise DataError("no item embedding file (a parquet with column item_id)",
-                            file=str(path))
-        dims = embedding_dims(pq.read_schema(item_files[0]).names)
-        for f in item_files[1:]:
-            other = embedding_dims(pq.read_schema(f).names)
-            if other != dims:
-                raise DataError(f"Matryoshka sizes {list(other)} differ from {list(dims)} "
-                                f"of {item_files[0].name}", file=str(f))
+            manifest = SnapshotManifest.read(path)
+            if manifest.dims is None:
+                manifest = manifest.model_copy(update={"dims": _file_dims(path)})
+            return cls(path, manifest, True)
+        item_files = _item_files(path)
         table = read_parquet(item_files, [ITEM_KEY, "model_version"])
+        versions = pc.unique(table.column("model_version").drop_null()).to_pylist()
         manifest = SnapshotManifest(
-            model_version=single_version(table, str(item_files[0])), dims=dims,
-            n_items=table.num_rows, parts=tuple(str(f.relative_to(path)) if path.is_dir()
-                                                else f.name for f in item_files),
+            # several versions: none to vouch for (readers of vectors refuse the mix)
+            model_version=str(versions[0]) if len(versions) == 1 else UNKNOWN_MODEL_VERSION,
+            dims=_file_dims(path), n_items=table.num_rows,
+            parts=tuple(str(f.relative_to(path)) if path.is_dir() else f.name
+                        for f in item_files),
             part_rows=table.num_rows,
         )
         return cls(path, manifest, False)
@@ -511,7 +528,7 @@ class EmbeddingSnapshot:
         manifest and no part: the embed job has not run)."""
         folder = Path(folder)
         if (folder / MANIFEST).is_file():
-            return cls(folder, SnapshotManifest.read(folder), True)
+            return cls.open(folder)
         if not folder.exists() or (folder.is_dir() and not any(folder.glob(PART_GLOB))):
             return None
         return cls.open(folder)
@@ -533,7 +550,7 @@ class EmbeddingSnapshot:
     @property
     def dims(self) -> tuple[int, ...]:
         """The Matryoshka sizes, ascending."""
-        return tuple(sorted(self.manifest.dims))
+        return tuple(sorted(self.manifest.dims or ()))
 
     @property
     def quantiser(self) -> dict[str, Any] | None:
@@ -541,9 +558,6 @@ class EmbeddingSnapshot:
         None: no codes."""
         return self.manifest.semantic_ids
 
-    @property
-    def n_items(self) -> int:
-        return self.manifest.n_items
 
     def require_dim(self, dim: int) -> None:
         """A DataError naming the snapshot unless it holds Matryoshka size ``dim``."""

@@ -95,10 +95,11 @@ class FeatureDataPaths:
 
 
 def embeddings_model_version(paths: FeatureDataPaths) -> str:
-    """The ``model_version`` of the snapshot at ``paths``, or ``"unknown"`` when there is
-    none yet."""
+    """The ``model_version`` the embed job's manifest records for the snapshot at
+    ``paths``, or ``"unknown"`` when there is none (no snapshot yet, or hand-made parts
+    without a manifest: then nothing checks the rows' versions)."""
     snap = paths.snapshot()
-    return snap.model_version if snap is not None else UNKNOWN_MODEL_VERSION
+    return snap.model_version if snap is not None and snap.has_manifest else UNKNOWN_MODEL_VERSION
 
 
 def view_dims(view: Any) -> tuple[int, ...]:
