@@ -23,8 +23,9 @@ from moon_rec.data.errors import DataError
 from moon_rec.metrics.ranking import auc, gauc, logloss
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.data import TrainingSet, load_training_set
+from moon_rec.ranking.item_tables import FrozenContentTable, SemanticIdTable
 from moon_rec.ranking.model import ContentLookup, MoonRanker, SemanticIdLookup
-from moon_rec.ranking.modules import FrozenContentTable, SemanticIdTable, TableSizes
+from moon_rec.ranking.sparse import TableSizes
 from moon_rec.ranking.train import META, WEIGHTS
 
 

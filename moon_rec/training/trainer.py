@@ -20,8 +20,6 @@ import functools
 import json
 import logging
 import math
-import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,8 +61,6 @@ from moon_rec.training.pairs import (
 )
 
 log = logging.getLogger(__name__)
-KILL_ENV = "MOON_TRAIN_KILL_AT_STEP"  # fault injection for the resume test: SIGKILL after
-# the checkpoint of this step has been written.
 
 
 # -- batches ---------------------------------------------------------------------------
@@ -467,7 +463,6 @@ def train_stage(
         pair_tau = np.array([sc.kind_temperature.get(k, sc.temperature) for k in KIND_NAMES],
                             np.float32)
     caption = sc.caption_weight > 0 and config.encoder.backbone == "mllm"
-    kill_at = int(os.environ.get(KILL_ENV, "-1"))
     stage_idx = STAGES.index(stage)
     log_path = out / "train_log.jsonl"
     bar = tqdm(total=sc.steps, initial=start, desc=f"{stage}", unit="step",
@@ -577,8 +572,6 @@ def train_stage(
                     "mined": mined,
                 })
             runtime.barrier()
-            if step + 1 == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     encoder.eval()
     seconds = time.time() - t0

@@ -86,7 +86,7 @@ def _offline_scores(service: Any, ranker: Path, extra: dict[int, tuple[np.ndarra
     over the snapshot's vectors and codes (plus ``extra``: item -> (vector, code))."""
     from moon_rec.data.embeddings import load_moon_embeddings
     from moon_rec.ranking.evaluate import load_ranker
-    from moon_rec.ranking.modules import MoonContentArch, SemanticIdTable
+    from moon_rec.ranking.item_tables import MoonContentArch, SemanticIdTable
 
     emb = load_moon_embeddings(service.mfs.paths.embeddings_dir(), service.dim)
     assert emb.semantic_ids is not None
