@@ -100,6 +100,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     ml.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     ml.set_defaults(func=_import_movielens)
 
+    logs = isub.add_parser(
+        "logs",
+        help="your logs (behaviours, impressions, users, image queries; CSV / TSV / parquet / "
+        "JSON lines) through a column-mapping YAML -> a validated world",
+        description="The mapping names each source file and its columns (ours: theirs), the "
+        "time format (unix_s, unix_ms, iso8601), the id policy (map: string ids -> stable "
+        "int64 ids, kept in WORLD/id_maps/; keep), extra typed user / item columns, and "
+        "negatives: {k, strategy, seed} to turn positives-only logs into CTR impressions. "
+        "See moon_rec/data/logs.py. Without an items source the catalog already in --out "
+        "(moon data import) is used.",
+    )
+    logs.add_argument("--mapping", required=True, type=Path, help="the column-mapping YAML")
+    logs.add_argument("--out", required=True, type=Path, help="output world directory")
+    logs.add_argument("--overwrite", action="store_true",
+                      help="replace the users / behaviours / impressions already in --out")
+    logs.set_defaults(func=_import_logs)
+
 
 def _generate(args: argparse.Namespace) -> int:
     from moon_rec.data.world import generate_world, make_config
@@ -180,7 +197,8 @@ def _import(args: argparse.Namespace) -> int:
 
     for name in ("items", "images", "out"):
         if getattr(args, name) is None:
-            raise DataError(f"moon data import needs --{name} (or a SOURCE: movielens)")
+            raise DataError(f"moon data import needs --{name} (or a SOURCE: logs, recbole, hm, "
+                            "movielens)")
 
     look = tuple(s.strip() for s in args.look_driven.split(",") if s.strip())
     try:
@@ -198,6 +216,12 @@ def _import(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _import_logs(args: argparse.Namespace) -> int:
+    from moon_rec.data.logs import run_cli
+
+    return run_cli(args)
 
 
 def _import_movielens(args: argparse.Namespace) -> int:
