@@ -117,6 +117,49 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="replace the users / behaviours / impressions already in --out")
     logs.set_defaults(func=_import_logs)
 
+    rb = isub.add_parser(
+        "recbole",
+        help="RecBole atomic files (NAME.inter / .item / .user, field:type headers) -> a world",
+        description="Ratings thresholded to clicks (--click-threshold, default 4: every "
+        "rating an impression) or kept as implicit positives (--implicit, with --negatives K "
+        "for CTR impressions). token_seq fields are item text. See moon_rec/data/recbole.py.",
+    )
+    rb.add_argument("--path", required=True, type=Path, help="folder of the atomic files")
+    rb.add_argument("--dataset", required=True, help="NAME of NAME.inter")
+    rb.add_argument("--out", required=True, type=Path, help="output world directory")
+    rb.add_argument("--click-threshold", type=float, default=4.0,
+                    help="clicked = rating >= this (default 4)")
+    rb.add_argument("--implicit", action="store_true",
+                    help="every interaction a positive (no rating threshold)")
+    _negative_args(rb)
+    rb.add_argument("--ids", choices=("map", "keep"), default="map",
+                    help="map tokens to stable int64 ids (default) or keep integer tokens")
+    rb.add_argument("--title-field", help="item title field (default: the first token_seq)")
+    rb.add_argument("--category-field", help="item category field (first token)")
+    rb.add_argument("--user-field", default="user_id")
+    rb.add_argument("--item-field", default="item_id")
+    rb.add_argument("--time-field", default="timestamp")
+    rb.add_argument("--rating-field", default="rating")
+    rb.add_argument("--split-quantile", type=float, default=0.8)
+    rb.add_argument("--overwrite", action="store_true", help="replace a world in --out")
+    rb.set_defaults(func=_import_recbole)
+
+    hm = isub.add_parser(
+        "hm",
+        help="the H&M fashion layout (articles.csv, customers.csv, transactions_train.csv, "
+        "images/0XX/) -> a world with photos",
+        description="Articles -> items (photos through prepare_image, null where missing), "
+        "customers -> users with extra columns, transactions -> buys and, with K sampled "
+        "negatives each (default 4), CTR impressions. See moon_rec/data/hm.py.",
+    )
+    hm.add_argument("--path", required=True, type=Path, help="the H&M folder")
+    hm.add_argument("--out", required=True, type=Path, help="output world directory")
+    _negative_args(hm)
+    hm.add_argument("--image-size", type=int, default=64, help="resize photos to N x N")
+    hm.add_argument("--split-quantile", type=float, default=0.8)
+    hm.add_argument("--overwrite", action="store_true", help="replace a world in --out")
+    hm.set_defaults(func=_import_hm)
+
 
 def _generate(args: argparse.Namespace) -> int:
     from moon_rec.data.world import generate_world, make_config
@@ -216,6 +259,27 @@ def _import(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _negative_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--negatives", type=int, default=0,
+                   help="K sampled negatives per positive -> CTR impressions (0: none; "
+                   "hm: 0 means the default 4)")
+    p.add_argument("--negative-strategy", choices=("uniform", "popularity", "category"),
+                   default="uniform")
+    p.add_argument("--seed", type=int, default=0, help="the negative draw's seed")
+
+
+def _import_hm(args: argparse.Namespace) -> int:
+    from moon_rec.data.hm import run_cli
+
+    return run_cli(args)
+
+
+def _import_recbole(args: argparse.Namespace) -> int:
+    from moon_rec.data.recbole import run_cli
+
+    return run_cli(args)
 
 
 def _import_logs(args: argparse.Namespace) -> int:

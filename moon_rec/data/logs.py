@@ -178,9 +178,16 @@ class ItemsSource(_WithExtras):
     OURS: ClassVar[tuple[str, ...]] = ("item_id", "title", "category", "brand", "attributes", "price", "launch_ts",
             "spu_id", "image")
     REQUIRED: ClassVar[tuple[str, ...]] = ("item_id", "title")
-    attributes: list[str] = Field(default_factory=list)
+    # columns joined into the attribute text "label: value; ...": a list (the label is the
+    # column) or {label: column}
+    attributes: list[str] | dict[str, str] = Field(default_factory=list)
     category_sep: str | None = None  # category = the first of the separated values
     missing_image: Literal["null", "error"] = "error"
+
+
+    def attribute_columns(self) -> dict[str, str]:
+        a = self.attributes
+        return dict(a) if isinstance(a, dict) else {c: c for c in a}
 
 
 class UsersSource(_WithExtras):
@@ -238,6 +245,8 @@ class LogsMapping(BaseModel):
     negatives: NegativeSampling | None = None
     split: Split = Split()
     look_driven: list[str] = Field(default_factory=list)
+    # no items source and no catalog: every item of the logs, titled by its id (text-only)
+    items_from_logs: bool = False
     source: str = "logs"
 
     @model_validator(mode="after")
@@ -333,13 +342,16 @@ def _header(src: Source) -> list[str]:
 
 
 def _parse_options(src: Source, bad: list[int]) -> pcsv.ParseOptions:
-    delimiter = src.delimiter or ("\t" if src.kind() == "tsv" else ",")
+    tsv = src.kind() == "tsv"
+    delimiter = src.delimiter or ("\t" if tsv else ",")
 
     def invalid(row: Any) -> str:
         bad.append(row.number if row.number is not None else -1)
         return "error"
 
-    return pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=invalid)
+    # TSV (RecBole's atomic files) has no quoting: a '"' in a title is a character
+    return pcsv.ParseOptions(delimiter=delimiter, quote_char=False if tsv else '"',
+                             invalid_row_handler=invalid)
 
 
 def read_batches(src: Source, needed: dict[str, str]) -> Iterator[Batch]:
@@ -661,6 +673,10 @@ class _Import:
         """Items of the mapping's items source (staged as parts) or of ``out``'s world."""
         src = self.m.items
         self.item_parts: list[Path] = []
+        if src is None and self.m.items_from_logs:
+            self.own_items = True
+            self.item_ids = np.zeros(0, np.int64)  # filled from the logs
+            return
         if src is None:
             if not has_table(self.out, "items"):
                 raise DataError("no items: give an items source in the mapping, or import "
@@ -676,8 +692,8 @@ class _Import:
         self.own_items = True
         extras = src.extras("items")
         needed = {o: t for o in src.OURS if (t := src.their(o)) is not None}
-        for a in src.attributes:
-            needed[f"attr:{a}"] = a
+        for label, column in src.attribute_columns().items():
+            needed[f"attr:{label}"] = column
         for name, col in extras.items():
             needed[name] = col.column or name
         ids: list[np.ndarray] = []
@@ -719,7 +735,7 @@ class _Import:
         text = texts_of(b, "attributes") if "attributes" in b.cols else None
         if src.attributes:
             pieces = []
-            for a in src.attributes:
+            for a in src.attribute_columns():
                 v = texts_of(b, f"attr:{a}")
                 pieces.append(pc.if_else(pc.equal(v, ""), "", pc.binary_join_element_wise(
                     f"{a}: ", v, "")))
@@ -767,7 +783,7 @@ class _Import:
         return out
 
     def _images(self, b: Batch, src: ItemsSource | ImageQueriesSource) -> pa.Array:
-        theirs = src.their("image") or ""
+        theirs = src.their("image") or "image"
         if self.m.images is None:
             raise DataError("the mapping maps an image column but gives no images: folder",
                             file=str(src.path), column=theirs)
@@ -849,7 +865,8 @@ class _Import:
 
     def log(self) -> None:
         """Read the interaction / behaviour / impression sources into ``self.logs``."""
-        self.sorted_items = np.sort(self.item_ids)
+        from_logs = self.m.items is None and self.m.items_from_logs
+        self.sorted_items: np.ndarray | None = None if from_logs else np.sort(self.item_ids)
         self.logs: dict[str, _Log] = {}
         for name in ("interactions", "behaviors", "impressions"):
             src = getattr(self.m, name)
@@ -1050,6 +1067,8 @@ def _run(mapping: LogsMapping, out: Path, stage: Path, hooks: dict[str, Hook] | 
     imp.items()
     imp.users()
     imp.log()
+    if mapping.items is None and mapping.items_from_logs:
+        _items_from_logs(imp)
     image_queries = imp.image_queries()
     world = stage / "world"
     world.mkdir()
@@ -1171,9 +1190,12 @@ def _events(imp: _Import, mapping: LogsMapping, train_end: int, meta: dict[str, 
             meta["labels"] = "behaviors: every interaction (implicit positives)"
             if mapping.negatives is not None:
                 impressions = _sampled(imp, user, item, ts, mapping.negatives)
+                n_neg = impressions.num_rows - user.size
                 meta["negatives"] = {**mapping.negatives.model_dump(),
                                      "construction": "each positive a request: itself clicked "
-                                     "+ k live items never positive for the user"}
+                                     "+ k live items never positive for the user",
+                                     # slots left empty: fewer than k qualifying live items
+                                     "n_short": int(user.size * mapping.negatives.k - n_neg)}
                 meta["labels"] += (f"; impressions: each positive + {mapping.negatives.k} "
                                    f"sampled negatives ({mapping.negatives.strategy})")
         return behaviors, impressions
@@ -1245,6 +1267,26 @@ def _sampled(imp: _Import, user: np.ndarray, item: np.ndarray, ts: np.ndarray,
     })
 
 
+def _items_from_logs(imp: _Import) -> None:
+    """Items of a log without a catalog: every item id, titled by its key, text-only."""
+    ids = np.unique(np.concatenate([lg.cat("item") for lg in imp.logs.values()]))
+    keys = (imp.maps["item"].keys_of(ids) if imp.m.policy("item") == "map"
+            else [str(i) for i in ids.tolist()])
+    n = ids.size
+    t = pa.table({
+        "item_id": ids, "category_id": np.zeros(n, np.int64), "brand_id": np.zeros(n, np.int64),
+        "title": pa.array([f"item {k}" for k in keys], pa.string()),
+        "attributes": pa.array([""] * n, pa.string()), "price": np.zeros(n),
+        "launch_ts": np.full(n, -1, np.int64), "image": pa.nulls(n, pa.binary()), "spu_id": ids,
+    })
+    path = imp.stage / "_items" / "part-00000.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(t, path)
+    imp.item_parts = [path]
+    imp.item_ids, imp.item_cat = ids, np.zeros(n, np.int64)
+    imp.item_launch = np.full(n, -1, np.int64)
+
+
 def _write_items(imp: _Import, world: Path) -> None:
     """The staged item parts, launch times filled, in id order, into ``items.parquet``."""
     order = np.argsort(imp.item_ids, kind="stable")
@@ -1269,7 +1311,7 @@ def _categories(imp: _Import, mapping: LogsMapping) -> pa.Table:
     return pa.table({
         "category_id": pa.array(cats, pa.int64()),
         "parent_id": pa.nulls(len(cats), pa.int64()),
-        "name": pa.array([names.get(c, str(c)) for c in cats], pa.string()),
+        "name": pa.array([names.get(c, "none" if c == 0 else str(c)) for c in cats], pa.string()),
         "look_driven": pa.array([names.get(c) in look for c in cats], pa.bool_()),
     })
 

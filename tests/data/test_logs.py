@@ -316,3 +316,44 @@ def test_mapping_model_round_trip() -> None:
     m = LogsMapping.model_validate({"interactions": {"path": "x.csv"}})
     assert m.policy("user") == "map" and m.interactions is not None
     assert json.loads(m.model_dump_json())["interactions"]["action"] == "click"
+
+
+def test_item_photos_and_a_path_outside_the_folder(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (10, 20), (200, 0, 0)).save(photos / "a1.png")
+    Image.new("RGB", (10, 20), (0, 0, 200)).save(tmp_path / "secret.png")
+    lines = ITEMS.splitlines()
+    lines[0] += ",photo"
+    lines[1:] = [line + (",a1.png" if i == 0 else ",") for i, line in enumerate(lines[1:])]
+    (tmp_path / "items_photo.csv").write_text("\n".join(lines) + "\n")
+    m = _mapping(tmp_path, images="photos", image_size=8)
+    raw = yaml.safe_load(m.read_text())
+    raw["items"]["path"] = "items_photo.csv"
+    raw["items"]["columns"]["image"] = "photo"
+    raw["items"]["missing_image"] = "null"
+    m.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "w"
+    assert _import(m, out) == 0
+    images = read_table(out, "items", ["image"]).column("image").to_pylist()
+    assert images[0] is not None and images[1:] == [None] * 11
+    before = _snapshot(out)
+    (tmp_path / "items_photo.csv").write_text("\n".join(lines).replace("a1.png", "../secret.png") + "\n")
+    assert _import(m, out, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'items_photo.csv'}: column 'photo': row 2: ")
+    assert "leads outside" in err
+    assert _snapshot(out) == before
+
+
+def test_jsonl_bad_record_names_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "log.jsonl").write_text(
+        '{"c": "u-aa", "a": "A-1", "w": 1704153600}\n\n{"c": "u-bb", "a": "B-1"}\n')
+    m = _mapping(tmp_path, negatives=None, interactions={
+        "path": "log.jsonl", "columns": {"user_id": "c", "item_id": "a", "ts": "w"}})
+    assert _import(m, tmp_path / "w") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'log.jsonl'}: column 'w': row 3: missing field")
