@@ -174,8 +174,15 @@ class PretrainedTokenizer:
 
         p = Path(path)
         if not p.is_dir():
-            raise FileNotFoundError(f"text tower {p}: no such folder")
-        return cls(AutoTokenizer.from_pretrained(str(p), local_files_only=True))
+            raise FileNotFoundError(f"tokenizer of {p}: no such folder")
+        try:
+            hf = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise FileNotFoundError(f"{p}: no usable tokenizer files (tokenizer.json or "
+                                    f"vocab + tokenizer_config.json): {str(exc)[:200]}") from exc
+        if hf is None or isinstance(hf, bool):
+            raise FileNotFoundError(f"{p}: no tokenizer files")
+        return cls(hf)
 
     @classmethod
     def load(cls, checkpoint: str | Path) -> PretrainedTokenizer:
