@@ -34,12 +34,19 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from moon_rec.encoders.cnn import LITE_MEAN, LITE_STD, LITE_VARIANTS, EfficientNetLite, load_efficientnet_lite
+from moon_rec.encoders.cnn import (
+    LITE_MEAN,
+    LITE_STD,
+    LITE_VARIANTS,
+    EfficientNetLite,
+    load_efficientnet_lite,
+)
 
 PROCESSOR_FILE = "preprocessor_config.json"
 CNN_META = "cnn.json"
 CNN_WEIGHTS = "model.safetensors"
 TOWER_META = "moon_image_tower.json"
+PROCESSING_FILE = "processing.json"  # a MOON checkpoint's backbone/: its image processing
 
 
 def _check_model_folder(path: Path, what: str) -> None:
@@ -79,9 +86,9 @@ class ImageProcessing:
         size = getattr(proc, "size", None) or {}
         if not isinstance(size, dict):
             size = dict(size)
-        if "height" in size and size["height"]:
+        if size.get("height"):
             side = int(size["height"])
-        elif "shortest_edge" in size and size["shortest_edge"]:
+        elif size.get("shortest_edge"):
             side = int(size["shortest_edge"])
         else:
             raise ValueError(f"{where / PROCESSOR_FILE}: no image size (size: {size})")
@@ -105,12 +112,18 @@ class ImageProcessing:
     def from_folder(cls, path: str | Path) -> ImageProcessing:
         """The image processor of a local checkpoint folder.
 
+        A MOON checkpoint's ``backbone/`` holds the processing it ran with instead
+        (``processing.json``, at its ``image_resolution``).
+
         Raises:
             FileNotFoundError: no ``preprocessor_config.json`` in ``path``.
         """
         from transformers import AutoImageProcessor
 
         p = Path(path)
+        if (p / PROCESSING_FILE).is_file() and not (p / PROCESSOR_FILE).is_file():
+            # a MOON checkpoint's backbone/: the processing it ran with
+            return cls(**_tuples(json.loads((p / PROCESSING_FILE).read_text())))
         if not (p / PROCESSOR_FILE).is_file():
             raise FileNotFoundError(f"{p}: no {PROCESSOR_FILE} (the image processor's size, "
                                     "mean and std); save it beside the model "
@@ -308,7 +321,8 @@ class ImageTower(nn.Module):
         if p.is_file():
             cnn = load_efficientnet_lite(p, arch)
             if init == "random":
-                cnn = EfficientNetLite(cnn.variant, num_classes=cnn._fc.out_features)
+                cnn = EfficientNetLite(cnn.variant)
+            cnn.drop_classifier()
             native = LITE_VARIANTS[cnn.variant][2]
             proc = ImageProcessing(native, native, LITE_MEAN, LITE_STD, "bilinear")
             return cls(cnn, proc.at(resolution), pool)
@@ -341,7 +355,7 @@ class ImageTower(nn.Module):
             assert isinstance(net, EfficientNetLite)
             sd = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
             save_file(sd, str(folder / CNN_WEIGHTS))
-            meta.update(arch=net.variant, num_classes=net._fc.out_features)
+            meta.update(arch=net.variant, num_classes=net.num_classes)
             (folder / CNN_META).write_text(json.dumps(meta, indent=2))
         else:
             self.model.save_pretrained(str(folder))  # type: ignore[operator]

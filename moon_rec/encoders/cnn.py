@@ -107,7 +107,8 @@ class EfficientNetLite(nn.Module):
 
     Args:
         variant: ``efficientnet_lite0`` / ``_lite1`` / ``_lite2``.
-        num_classes: the classifier's outputs (ImageNet: 1000).
+        num_classes: the classifier's outputs (ImageNet: 1000; 0: none, ``forward`` returns
+            the pooled features).
 
     Example:
         >>> net = EfficientNetLite("efficientnet_lite0").eval()
@@ -128,13 +129,21 @@ class EfficientNetLite(nn.Module):
         for i, (reps, k, s, e, c_in, c_out) in enumerate(_STAGES):
             c_in = 32 if i == 0 else _round_filters(c_in, width)
             c_out = _round_filters(c_out, width)
-            n = reps if i in (0, last) else int(math.ceil(depth * reps))
+            n = reps if i in (0, last) else math.ceil(depth * reps)
             for j in range(n):
                 blocks.append(MBConvBlock(c_in if j == 0 else c_out, c_out, k, s if j == 0 else 1, e))
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(_round_filters(320, width), FEATURE_DIM, 1, bias=False)
         self._bn1 = _bn(FEATURE_DIM)
-        self._fc = nn.Linear(FEATURE_DIM, num_classes)
+        self._fc: nn.Module = nn.Linear(FEATURE_DIM, num_classes) if num_classes else nn.Identity()
+        self.num_classes = num_classes
+
+    def drop_classifier(self) -> EfficientNetLite:
+        """Remove the ImageNet classifier (an encoder uses the pooled features only): its
+        weights leave the state dict, and ``forward`` returns the features."""
+        self._fc = nn.Identity()
+        self.num_classes = 0
+        return self
 
     def feature_map(self, x: torch.Tensor, upto: int | None = None) -> torch.Tensor:
         """Normalised pixels [N, 3, H, W] -> the head's map [N, 1280, H/32, W/32], or
@@ -152,7 +161,8 @@ class EfficientNetLite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised pixels [N, 3, H, W] -> class logits [N, num_classes] (dropout is a
-        training-time regulariser of the classifier, which the encoder does not train)."""
+        training-time regulariser of the classifier, which the encoder does not train)
+        or, without a classifier, the pooled features [N, 1280]."""
         out: torch.Tensor = self._fc(self.features(x))
         return out
 

@@ -37,9 +37,9 @@ from torch import nn
 from transformers import PreTrainedModel, SiglipTextModel
 
 from moon_rec.encoders.backbones import (
+    PROCESSING_FILE,
     ImageProcessing,
     ImageTower,
-    _tuples,
     dual_encoder_parts,
     dual_image_features,
     dual_projection_dim,
@@ -53,7 +53,6 @@ from moon_rec.encoders.dual_tower import ProductFusion, load_text_tower, siglip_
 from moon_rec.encoders.tokenizer import TEXT_TOWER_DIR, TextTokenizer
 
 IMAGE_TOWER_DIR = "image_tower"
-PROCESSING_FILE = "processing.json"
 
 
 class _DualPart:
@@ -142,6 +141,7 @@ class PretrainedTowersEncoder(MoonEncoder):
                backbone: Any = None) -> PretrainedTowersEncoder:
         if config.pretrained is not None:
             model, processing = load_dual_encoder(config.pretrained, config.pretrained_init)
+            torch.manual_seed(config.seed)
             return cls(config, tokenizer, dual=model,
                        processing=processing.at(config.image_resolution))
         assert config.image_tower is not None
@@ -149,6 +149,9 @@ class PretrainedTowersEncoder(MoonEncoder):
                                        init=config.image_tower_init,
                                        resolution=config.image_resolution,
                                        pool=config.vision_pool)
+        # the fresh parts start the same whichever form (file, checkpoint folder) the tower
+        # was read from: loading draws from the RNG differently
+        torch.manual_seed(config.seed)
         return cls(config, tokenizer, image_tower=tower, **_text_side(config, tokenizer))
 
     @classmethod
@@ -159,8 +162,7 @@ class PretrainedTowersEncoder(MoonEncoder):
             from transformers import AutoModel
 
             model = AutoModel.from_pretrained(str(backbone_dir), local_files_only=True)
-            processing = ImageProcessing(
-                **_tuples(json.loads((backbone_dir / PROCESSING_FILE).read_text())))
+            processing = ImageProcessing.from_folder(backbone_dir)
             return cls(config, tokenizer, dual=model, processing=processing)
         tower = ImageTower.load(root / IMAGE_TOWER_DIR)
         if config.text_tower is not None:

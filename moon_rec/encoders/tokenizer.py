@@ -29,6 +29,9 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, BOS, EOS, IMG, VID)
 TOKENIZER_FILE = "tokenizer.json"
 # A checkpoint's pretrained text tower and its tokenizer: one `transformers` model folder.
 TEXT_TOWER_DIR = "text_tower"
+# the files one of which holds a `transformers` tokenizer's vocabulary
+VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+               "sentencepiece.bpe.model")
 
 
 def _check_texts(texts: Sequence[str], field: str) -> None:
@@ -175,6 +178,8 @@ class PretrainedTokenizer:
         p = Path(path)
         if not p.is_dir():
             raise FileNotFoundError(f"tokenizer of {p}: no such folder")
+        if not any((p / f).is_file() for f in VOCAB_FILES):
+            raise FileNotFoundError(f"{p}: no tokenizer files (one of {', '.join(VOCAB_FILES)})")
         try:
             hf = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         except (OSError, ValueError, TypeError, KeyError) as exc:
