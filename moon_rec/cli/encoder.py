@@ -102,8 +102,9 @@ def _config(args: argparse.Namespace) -> Any:
     if args.threads is not None:
         overrides.append(f"threads={args.threads}")
     config = load_config(args.preset, args.config, overrides)
-    given = {key: getattr(args, key, None) for key in ("text_tower", "image_tower", "pretrained")}
-    given = {k: v for k, v in given.items() if v is not None}
+    given: dict[str, Path] = {key: getattr(args, key) for key in
+                              ("text_tower", "image_tower", "pretrained")
+                              if getattr(args, key, None) is not None}
     if given:
         if getattr(args, "init", None) is not None:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)

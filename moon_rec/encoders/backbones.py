@@ -106,7 +106,7 @@ class ImageProcessing:
             raise ValueError(f"{where / PROCESSOR_FILE}: image_mean / image_std need 3 channels")
         resample = int(getattr(proc, "resample", 2) or 2)
         mode = "bicubic" if resample == 3 else "bilinear"
-        return cls(resize, crop, mean, std, mode)  # type: ignore[arg-type]
+        return cls(resize, crop, (mean[0], mean[1], mean[2]), (std[0], std[1], std[2]), mode)
 
     @classmethod
     def from_folder(cls, path: str | Path) -> ImageProcessing:
@@ -170,7 +170,8 @@ def _features(out: Any) -> torch.Tensor:
     pooled = getattr(out, "pooler_output", None)
     if pooled is None:
         raise ValueError("get_*_features returned no pooled output")
-    return pooled  # type: ignore[no-any-return]
+    assert isinstance(pooled, torch.Tensor)
+    return pooled
 
 
 def load_dual_encoder(path: str | Path, init: str = "pretrained") -> tuple[Any, ImageProcessing]:
@@ -236,6 +237,16 @@ def native_size(model: Any) -> int | None:
     return int(size) if isinstance(size, int) else None
 
 
+def longest_layer_list(model: nn.Module) -> list[nn.Module]:
+    """The blocks of a transformer / CNN trunk: its longest ``nn.ModuleList``."""
+    lists: list[nn.ModuleList] = [m for m in model.modules()
+                                  if isinstance(m, nn.ModuleList) and len(m) > 1]
+    if not lists:
+        return []
+    longest = max(range(len(lists)), key=lambda i: len(lists[i]))
+    return list(lists[longest])
+
+
 class ImageTower(nn.Module):
     """A pretrained image backbone beside a separate text tower: [N, 3, S, S] in [0, 1] ->
     pooled features [N, feature_dim], its own preprocessing applied inside.
@@ -252,7 +263,7 @@ class ImageTower(nn.Module):
 
     def __init__(self, model: nn.Module, processing: ImageProcessing, pool: str = "mean") -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a transformers vision model or an EfficientNetLite
         self.processing = processing
         self.pool = pool
         self.is_cnn = isinstance(model, EfficientNetLite)
@@ -266,8 +277,8 @@ class ImageTower(nn.Module):
 
     def _feature_dim(self) -> int:
         if self.is_cnn:
-            return int(self.model._conv_head.out_channels)  # type: ignore[union-attr]
-        cfg = self.model.config  # type: ignore[union-attr]
+            return int(self.model._conv_head.out_channels)
+        cfg = self.model.config
         hidden = getattr(cfg, "hidden_sizes", None)
         if hidden:
             return int(hidden[-1])
@@ -285,17 +296,15 @@ class ImageTower(nn.Module):
         """The trunk's stages in input order (stem first), for per-block freezing."""
         if self.is_cnn:
             net = self.model
-            return [nn.ModuleList([net._conv_stem, net._bn0]), *net._blocks]  # type: ignore[union-attr]
+            return [nn.ModuleList([net._conv_stem, net._bn0]), *net._blocks]
         embeddings = [m for n, m in self.model.named_children() if "embed" in n]
-        lists = [m for m in self.model.modules() if isinstance(m, nn.ModuleList) and len(m) > 1]
-        layers = list(max(lists, key=len)) if lists else []
-        return [*embeddings, *layers]
+        return [*embeddings, *longest_layer_list(self.model)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pixels = self.processing(images)
         if self.is_cnn:
-            fmap = self.model.feature_map(pixels)  # type: ignore[operator]
-            return fmap.mean((2, 3))  # type: ignore[no-any-return]
+            fmap: torch.Tensor = self.model.feature_map(pixels)
+            return fmap.mean((2, 3))
         kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
         out = self.model(pixel_values=pixels, **kwargs)
         if self.pool == "head":
@@ -303,8 +312,8 @@ class ImageTower(nn.Module):
             if pooled is None:
                 raise ValueError(f"{type(self.model).__name__} has no pooled output; use "
                                  "vision_pool: mean")
-            return pooled.flatten(1)  # type: ignore[no-any-return]
-        hidden = out.last_hidden_state
+            return torch.as_tensor(pooled).flatten(1)
+        hidden: torch.Tensor = out.last_hidden_state
         return hidden.mean((2, 3)) if hidden.ndim == 4 else hidden.mean(1)
 
     # -- sources and checkpoints -------------------------------------------------------
@@ -333,7 +342,7 @@ class ImageTower(nn.Module):
         from transformers import AutoConfig, AutoModel
 
         cfg = AutoConfig.from_pretrained(str(p), local_files_only=True)
-        model_cls = AutoModel._model_mapping.get(type(cfg), None)
+        model_cls: Any = AutoModel._model_mapping.get(type(cfg), None)
         if model_cls is None:
             raise ValueError(f"image tower {p}: {cfg.model_type} has no transformers AutoModel")
         if getattr(model_cls, "main_input_name", None) != "pixel_values":
@@ -349,7 +358,7 @@ class ImageTower(nn.Module):
         `transformers` model folder with its preprocessing, or a CNN's weights and meta."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"processing": asdict(self.processing), "pool": self.pool}
+        meta: dict[str, Any] = {"processing": asdict(self.processing), "pool": self.pool}
         if self.is_cnn:
             net = self.model
             assert isinstance(net, EfficientNetLite)
@@ -358,7 +367,7 @@ class ImageTower(nn.Module):
             meta.update(arch=net.variant, num_classes=net.num_classes)
             (folder / CNN_META).write_text(json.dumps(meta, indent=2))
         else:
-            self.model.save_pretrained(str(folder))  # type: ignore[operator]
+            self.model.save_pretrained(str(folder))
             (folder / TOWER_META).write_text(json.dumps(meta, indent=2))
         return folder
 

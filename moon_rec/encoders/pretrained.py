@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, SiglipTextModel
+from transformers import PreTrainedModel, SiglipTextConfig, SiglipTextModel
 
 from moon_rec.encoders.backbones import (
     PROCESSING_FILE,
@@ -45,6 +45,7 @@ from moon_rec.encoders.backbones import (
     dual_projection_dim,
     dual_text_features,
     load_dual_encoder,
+    longest_layer_list,
     native_size,
 )
 from moon_rec.encoders.base import BACKBONE_DIR, MoonEncoder
@@ -214,8 +215,7 @@ class PretrainedTowersEncoder(MoonEncoder):
         if vision is None:
             return []
         embeddings = [m for n, m in vision.named_children() if "embed" in n]
-        lists = [m for m in vision.modules() if isinstance(m, nn.ModuleList) and len(m) > 1]
-        return [*embeddings, *(max(lists, key=len) if lists else [])]
+        return [*embeddings, *longest_layer_list(vision)]
 
     # -- the towers ------------------------------------------------------------------------
     def _text(self, texts: list[str]) -> torch.Tensor:
@@ -252,5 +252,6 @@ def _text_side(config: EncoderConfig, tokenizer: TextTokenizer) -> dict[str, Any
                              f"{limit} positions")
         return {"text_tower": tower}
     text_cfg = siglip_config(config, tokenizer.vocab_size).text_config
+    assert isinstance(text_cfg, SiglipTextConfig)
     text_cfg._attn_implementation = "sdpa"
     return {"text_model": SiglipTextModel(text_cfg)}
