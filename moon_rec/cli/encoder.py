@@ -1,8 +1,13 @@
 """`moon encoder pretrain | posttrain --stage 1|2 | train`: MOON encoder training.
 
 All three accept ``--preset`` (configs/encoder/<preset>.yaml) or ``--config FILE`` plus
-``--set key.sub=value`` overrides, and ``--text-tower DIR`` (a pretrained text model with
-its tokenizer, e.g. all-MiniLM-L6-v2: ``encoder.text_tower``); they resume from
+``--set key.sub=value`` overrides, and the pretrained parts of a fresh encoder, each from a
+local path: ``--text-tower DIR`` (a text model with its tokenizer, e.g. all-MiniLM-L6-v2:
+``encoder.text_tower``), ``--image-tower PATH`` (a Hugging Face vision model folder with its
+image processor, or a CNN state-dict file such as EfficientNet-Lite's ``.pth``:
+``encoder.image_tower``), ``--pretrained DIR`` (a full dual encoder such as CLIP / SigLIP,
+or with ``--set encoder.backbone=mllm`` a Qwen2-VL-family checkpoint:
+``encoder.pretrained``); they resume from
 ``OUT/state`` after a kill unless ``--no-resume``. Run under ``torchrun --nproc_per_node N -m moon_rec.cli encoder ...`` for
 DDP (gloo on CPU).
 """
@@ -27,8 +32,21 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="a local pretrained transformers text model folder with its tokenizer "
                    "(e.g. all-MiniLM-L6-v2) as the text tower of a fresh encoder "
                    "(sets encoder.text_tower)")
+    _pretrained_args(p)
     p.add_argument("--no-resume", action="store_true", help="ignore OUT/state, start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _pretrained_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-tower", type=Path, default=None, metavar="PATH",
+                   help="a local pretrained image backbone for a fresh encoder: a transformers "
+                   "vision model folder (ViT, DINOv2, ConvNeXt, SigLIP vision) with its "
+                   "preprocessor_config.json, or a CNN state-dict file "
+                   "(efficientnet-lite0/1/2 .pth; sets encoder.image_tower)")
+    p.add_argument("--pretrained", type=Path, default=None, metavar="DIR",
+                   help="a local pretrained backbone folder with its tokenizer and image "
+                   "processor: a full dual encoder (CLIP, SigLIP), or a Qwen2-VL-family "
+                   "checkpoint with encoder.backbone=mllm (sets encoder.pretrained)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,6 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--seed", type=int, default=None, help="weight init seed (default: config)")
     init.add_argument("--text-tower", type=Path, default=None, metavar="DIR",
                       help="a pretrained text model folder with its tokenizer")
+    _pretrained_args(init)
     init.set_defaults(func=_init, overrides=[], threads=None)
 
 
@@ -83,12 +102,19 @@ def _config(args: argparse.Namespace) -> Any:
     if args.threads is not None:
         overrides.append(f"threads={args.threads}")
     config = load_config(args.preset, args.config, overrides)
-    if args.text_tower is not None:
+    given: dict[str, Path] = {key: getattr(args, key) for key in
+                              ("text_tower", "image_tower", "pretrained")
+                              if getattr(args, key, None) is not None}
+    if given:
         if getattr(args, "init", None) is not None:
-            raise ValueError("--text-tower builds a fresh encoder and --init continues a "
-                             "checkpoint (which carries its own text tower): pass one")
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise ValueError(f"{flags} build a fresh encoder and --init continues a "
+                             "checkpoint (which carries its own pretrained parts): pass one")
+        for key, path in given.items():
+            if not path.exists():
+                raise FileNotFoundError(f"--{key.replace('_', '-')} {path}: no such file or folder")
         encoder = EncoderConfig.model_validate(
-            {**config.encoder.model_dump(), "text_tower": str(args.text_tower.resolve())})
+            {**config.encoder.model_dump(), **{k: str(v.resolve()) for k, v in given.items()}})
         config = config.model_copy(update={"encoder": encoder})
     return config
 
@@ -110,9 +136,9 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _posttrain(args: argparse.Namespace) -> int:
     config = _config(args)
-    if args.init is None and config.encoder.text_tower is None:
-        raise ValueError("posttrain needs --init (the previous stage) or a pretrained text "
-                         "tower (--text-tower, or encoder.text_tower) to start from")
+    if args.init is None and config.encoder.text_tower is None and not config.encoder.sources:
+        raise ValueError("posttrain needs --init (the previous stage) or a pretrained part "
+                         "(--text-tower, --image-tower, --pretrained) to start from")
     return _run(args, f"stage{args.stage}", args.init, config)
 
 
