@@ -755,7 +755,7 @@ class _Import:
         image = self._images(b, src) if "image" in b.cols else pa.nulls(n, pa.binary())
         cols: dict[str, Any] = {
             "item_id": item_id, "category_id": category, "brand_id": brand,
-            "title": title, "attributes": text if text is not None else pa.array([""] * n),
+            "title": title, "attributes": text if text is not None else _same("", n),
             "price": price, "launch_ts": launch, "image": image, "spu_id": spu,
         }
         for name, col in extras.items():
@@ -933,7 +933,7 @@ class _Import:
                                   f"action {act[i].as_py()!r} not one of {list(ACTIONS)}")
                 log.action.append(act)
             else:
-                log.action.append(pa.array([src.action] * n, pa.string()))
+                log.action.append(_same(src.action, n))
             if "query_image_id" in b.cols:
                 q = _strings(b.cols["query_image_id"])
                 miss = _missing(q)
@@ -947,7 +947,7 @@ class _Import:
                 log.query_image.append(pa.array(ids, pa.int64(), mask=miss))
         if isinstance(src, (BehaviorsSource, ImpressionsSource)):
             log.query.append(texts_of(b, "query_text") if "query_text" in b.cols
-                             else pa.array([""] * n, pa.string()))
+                             else _same("", n))
 
     def _known(self, b: Batch, ids: np.ndarray, known: np.ndarray | None, theirs: str,
                what: str) -> None:
@@ -1177,7 +1177,7 @@ def _events(imp: _Import, mapping: LogsMapping, train_end: int, meta: dict[str, 
             n = order.size
             impressions = pa.table({
                 "request_id": np.arange(1, n + 1, dtype=np.int64), "user_id": user,
-                "ts": pa.array(ts).cast(TIMESTAMP), "query_text": pa.array([""] * n, pa.string()),
+                "ts": pa.array(ts).cast(TIMESTAMP), "query_text": _same("", n),
                 "item_id": item, "position": np.zeros(n, np.int32), "clicked": clicked,
             })
             pos = clicked == 1
@@ -1229,12 +1229,17 @@ def _events(imp: _Import, mapping: LogsMapping, train_end: int, meta: dict[str, 
     return behaviors, impressions
 
 
+def _same(text: str, n: int) -> pa.Array:
+    """A string column of ``n`` times ``text`` (without a Python list of n strings)."""
+    return pa.repeat(pa.scalar(text, pa.string()), n)
+
+
 def _behaviors(user: np.ndarray, item: np.ndarray, ts: np.ndarray, action: str) -> pa.Table:
     n = user.size
     return pa.table({
         "user_id": user, "item_id": item, "ts": pa.array(ts).cast(TIMESTAMP),
-        "action": pa.array([action] * n, pa.string()),
-        "query_text": pa.array([""] * n, pa.string()), "query_image_id": pa.nulls(n, pa.int64()),
+        "action": _same(action, n),
+        "query_text": _same("", n), "query_image_id": pa.nulls(n, pa.int64()),
     })
 
 
@@ -1261,7 +1266,7 @@ def _sampled(imp: _Import, user: np.ndarray, item: np.ndarray, ts: np.ndarray,
         "request_id": req[keep][order],
         "user_id": np.repeat(user[:, None], k + 1, axis=1)[keep][order],
         "ts": pa.array(np.repeat(ts[:, None], k + 1, axis=1)[keep][order]).cast(TIMESTAMP),
-        "query_text": pa.array([""] * m, pa.string()),
+        "query_text": _same("", m),
         "item_id": shown[keep][order], "position": pos[keep][order],
         "clicked": clicked[keep][order],
     })
@@ -1276,7 +1281,7 @@ def _items_from_logs(imp: _Import) -> None:
     t = pa.table({
         "item_id": ids, "category_id": np.zeros(n, np.int64), "brand_id": np.zeros(n, np.int64),
         "title": pa.array([f"item {k}" for k in keys], pa.string()),
-        "attributes": pa.array([""] * n, pa.string()), "price": np.zeros(n),
+        "attributes": _same("", n), "price": np.zeros(n),
         "launch_ts": np.full(n, -1, np.int64), "image": pa.nulls(n, pa.binary()), "spu_id": ids,
     })
     path = imp.stage / "_items" / "part-00000.parquet"
