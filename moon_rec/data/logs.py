@@ -182,6 +182,9 @@ class ItemsSource(_WithExtras):
     # column) or {label: column}
     attributes: list[str] | dict[str, str] = Field(default_factory=list)
     category_sep: str | None = None  # category = the first of the separated values
+    # names of integer category ids (ids: {category: keep}); all of them are listed in
+    # the categories table, used or not
+    category_names: dict[int, str] = Field(default_factory=dict)
     missing_image: Literal["null", "error"] = "error"
 
 
@@ -1025,20 +1028,38 @@ def _split_end(ts: np.ndarray, split: Split) -> int:
         if end.tzinfo is None:
             raise DataError("split.train_end without a time zone", column="split.train_end")
         return int(end.timestamp() * 1_000_000)
-    # the one split of the project's real-data imports (MovieLens's too)
-    from moon_rec.data.movielens import split_end_us
-
     return split_end_us(ts, split.quantile)
 
 
+def split_end_us(ts_us: np.ndarray, quantile: float) -> int:
+    """``train_end_ts`` in us: half a second before the first rating of the test period
+    (the last ``1 - quantile`` of the ratings in time order; ties at the boundary go to
+    the test period).
+
+    Raises:
+        DataError: a quantile outside (0, 1) or a split with an empty side.
+    """
+    if not 0.0 < quantile < 1.0:
+        raise DataError(f"split quantile {quantile} outside (0, 1)", column="split_quantile")
+    ts = np.sort(ts_us)
+    k = min(max(int(quantile * ts.size), 1), ts.size - 1) if ts.size > 1 else 0
+    if ts.size < 2 or ts[k] == ts[0]:
+        raise DataError(f"the split at quantile {quantile} leaves no training ratings "
+                        f"({ts.size} ratings)", column="split_quantile")
+    return int(ts[k]) - 500_000
+
+
+
 def import_logs(mapping: LogsMapping, out: str | Path, *, overwrite: bool = False,
-                hooks: dict[str, Hook] | None = None) -> dict[str, Any]:
+                hooks: dict[str, Hook] | None = None,
+                meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Import the logs of ``mapping`` into world ``out``; returns its world.json content.
 
     ``out`` may hold a catalog from ``moon data import`` (its items are used when the
     mapping has no items source); other tables there are replaced only with
     ``overwrite``. ``hooks`` (table name -> function of a batch) let an adapter derive
-    columns (H&M's photo names) before the one conversion.
+    columns (H&M's photo names) before the one conversion; ``meta`` adds (or replaces)
+    keys of world.json.
 
     Raises:
         DataError: ``FILE: column C: row R: why`` of the first bad record; nothing is
@@ -1054,15 +1075,15 @@ def import_logs(mapping: LogsMapping, out: str | Path, *, overwrite: bool = Fals
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
-        meta = _run(mapping, out, stage, hooks)
+        written = _run(mapping, out, stage, hooks, meta or {})
         _move_in(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return meta
+    return written
 
 
-def _run(mapping: LogsMapping, out: Path, stage: Path, hooks: dict[str, Hook] | None
-         ) -> dict[str, Any]:
+def _run(mapping: LogsMapping, out: Path, stage: Path, hooks: dict[str, Hook] | None,
+         extra_meta: dict[str, Any]) -> dict[str, Any]:
     imp = _Import(mapping, out, stage, hooks)
     imp.items()
     imp.users()
@@ -1142,10 +1163,14 @@ def _run(mapping: LogsMapping, out: Path, stage: Path, hooks: dict[str, Hook] | 
         "n_cold_items_test": int(np.isin(imp.item_ids[cold], imp_items[test]).sum()),
         "n_impressions_test_cold": int(np.isin(imp_items[test], imp.item_ids[cold]).sum()),
         "oracle_auc_test": None,
-        "id_maps": {k: {"n_keys": len(v), "n_new": len(v) - v.n_loaded}
-                    for k, v in imp.maps.items() if mapping.policy(k) == "map" and len(v)},
+
         "image_size": mapping.image_size,
     })
+    id_maps = {k: {"n_keys": len(v), "n_new": len(v) - v.n_loaded}
+               for k, v in imp.maps.items() if mapping.policy(k) == "map" and len(v)}
+    if id_maps:
+        meta["id_maps"] = id_maps
+    meta.update(extra_meta)
     write_world_meta(world, meta)
     try:
         validate_world(world)
@@ -1305,9 +1330,11 @@ def _write_items(imp: _Import, world: Path) -> None:
 
 
 def _categories(imp: _Import, mapping: LogsMapping) -> pa.Table:
-    cats = sorted(set(imp.item_cat.tolist()))
-    names = dict(zip(*(lambda t: (t.column("id").to_pylist(), t.column("key").to_pylist()))(
-        imp.maps["category"].table()), strict=True))
+    given = mapping.items.category_names if mapping.items is not None else {}
+    cats = sorted(set(imp.item_cat.tolist()) | set(given))
+    t = imp.maps["category"].table()
+    names = {**dict(zip(t.column("id").to_pylist(), t.column("key").to_pylist(), strict=True)),
+             **given}
     look = set(mapping.look_driven)
     unknown = look - set(names.values())
     if unknown:
