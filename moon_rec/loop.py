@@ -458,7 +458,7 @@ def import_steps(layout: Layout, source: str, path: str | Path, *,
 
     return [
         Step(IMPORT_WORLD, world / "world.json", run, params(), clean=(world,),
-             code=("moon_rec.data.movielens",),
+             code=("moon_rec.data.movielens", "moon_rec.data.logs"),
              command=f"moon data import {source} --path {src} --out {world} "
              f"--split-quantile {split_quantile} --overwrite"),
         _validate_step(layout, IMPORT_WORLD),

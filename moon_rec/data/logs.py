@@ -182,6 +182,9 @@ class ItemsSource(_WithExtras):
     # column) or {label: column}
     attributes: list[str] | dict[str, str] = Field(default_factory=list)
     category_sep: str | None = None  # category = the first of the separated values
+    # names of integer category ids (ids: {category: keep}); all of them are listed in
+    # the categories table, used or not
+    category_names: dict[int, str] = Field(default_factory=dict)
     missing_image: Literal["null", "error"] = "error"
 
 
@@ -755,7 +758,7 @@ class _Import:
         image = self._images(b, src) if "image" in b.cols else pa.nulls(n, pa.binary())
         cols: dict[str, Any] = {
             "item_id": item_id, "category_id": category, "brand_id": brand,
-            "title": title, "attributes": text if text is not None else pa.array([""] * n),
+            "title": title, "attributes": text if text is not None else _same("", n),
             "price": price, "launch_ts": launch, "image": image, "spu_id": spu,
         }
         for name, col in extras.items():
@@ -933,7 +936,7 @@ class _Import:
                                   f"action {act[i].as_py()!r} not one of {list(ACTIONS)}")
                 log.action.append(act)
             else:
-                log.action.append(pa.array([src.action] * n, pa.string()))
+                log.action.append(_same(src.action, n))
             if "query_image_id" in b.cols:
                 q = _strings(b.cols["query_image_id"])
                 miss = _missing(q)
@@ -947,7 +950,7 @@ class _Import:
                 log.query_image.append(pa.array(ids, pa.int64(), mask=miss))
         if isinstance(src, (BehaviorsSource, ImpressionsSource)):
             log.query.append(texts_of(b, "query_text") if "query_text" in b.cols
-                             else pa.array([""] * n, pa.string()))
+                             else _same("", n))
 
     def _known(self, b: Batch, ids: np.ndarray, known: np.ndarray | None, theirs: str,
                what: str) -> None:
@@ -1025,20 +1028,38 @@ def _split_end(ts: np.ndarray, split: Split) -> int:
         if end.tzinfo is None:
             raise DataError("split.train_end without a time zone", column="split.train_end")
         return int(end.timestamp() * 1_000_000)
-    # the one split of the project's real-data imports (MovieLens's too)
-    from moon_rec.data.movielens import split_end_us
-
     return split_end_us(ts, split.quantile)
 
 
+def split_end_us(ts_us: np.ndarray, quantile: float) -> int:
+    """``train_end_ts`` in us: half a second before the first rating of the test period
+    (the last ``1 - quantile`` of the ratings in time order; ties at the boundary go to
+    the test period).
+
+    Raises:
+        DataError: a quantile outside (0, 1) or a split with an empty side.
+    """
+    if not 0.0 < quantile < 1.0:
+        raise DataError(f"split quantile {quantile} outside (0, 1)", column="split_quantile")
+    ts = np.sort(ts_us)
+    k = min(max(int(quantile * ts.size), 1), ts.size - 1) if ts.size > 1 else 0
+    if ts.size < 2 or ts[k] == ts[0]:
+        raise DataError(f"the split at quantile {quantile} leaves no training ratings "
+                        f"({ts.size} ratings)", column="split_quantile")
+    return int(ts[k]) - 500_000
+
+
+
 def import_logs(mapping: LogsMapping, out: str | Path, *, overwrite: bool = False,
-                hooks: dict[str, Hook] | None = None) -> dict[str, Any]:
+                hooks: dict[str, Hook] | None = None,
+                meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Import the logs of ``mapping`` into world ``out``; returns its world.json content.
 
     ``out`` may hold a catalog from ``moon data import`` (its items are used when the
     mapping has no items source); other tables there are replaced only with
     ``overwrite``. ``hooks`` (table name -> function of a batch) let an adapter derive
-    columns (H&M's photo names) before the one conversion.
+    columns (H&M's photo names) before the one conversion; ``meta`` adds (or replaces)
+    keys of world.json.
 
     Raises:
         DataError: ``FILE: column C: row R: why`` of the first bad record; nothing is
@@ -1054,15 +1075,15 @@ def import_logs(mapping: LogsMapping, out: str | Path, *, overwrite: bool = Fals
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
-        meta = _run(mapping, out, stage, hooks)
+        written = _run(mapping, out, stage, hooks, meta or {})
         _move_in(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return meta
+    return written
 
 
-def _run(mapping: LogsMapping, out: Path, stage: Path, hooks: dict[str, Hook] | None
-         ) -> dict[str, Any]:
+def _run(mapping: LogsMapping, out: Path, stage: Path, hooks: dict[str, Hook] | None,
+         extra_meta: dict[str, Any]) -> dict[str, Any]:
     imp = _Import(mapping, out, stage, hooks)
     imp.items()
     imp.users()
@@ -1142,10 +1163,14 @@ def _run(mapping: LogsMapping, out: Path, stage: Path, hooks: dict[str, Hook] | 
         "n_cold_items_test": int(np.isin(imp.item_ids[cold], imp_items[test]).sum()),
         "n_impressions_test_cold": int(np.isin(imp_items[test], imp.item_ids[cold]).sum()),
         "oracle_auc_test": None,
-        "id_maps": {k: {"n_keys": len(v), "n_new": len(v) - v.n_loaded}
-                    for k, v in imp.maps.items() if mapping.policy(k) == "map" and len(v)},
+
         "image_size": mapping.image_size,
     })
+    id_maps = {k: {"n_keys": len(v), "n_new": len(v) - v.n_loaded}
+               for k, v in imp.maps.items() if mapping.policy(k) == "map" and len(v)}
+    if id_maps:
+        meta["id_maps"] = id_maps
+    meta.update(extra_meta)
     write_world_meta(world, meta)
     try:
         validate_world(world)
@@ -1177,7 +1202,7 @@ def _events(imp: _Import, mapping: LogsMapping, train_end: int, meta: dict[str, 
             n = order.size
             impressions = pa.table({
                 "request_id": np.arange(1, n + 1, dtype=np.int64), "user_id": user,
-                "ts": pa.array(ts).cast(TIMESTAMP), "query_text": pa.array([""] * n, pa.string()),
+                "ts": pa.array(ts).cast(TIMESTAMP), "query_text": _same("", n),
                 "item_id": item, "position": np.zeros(n, np.int32), "clicked": clicked,
             })
             pos = clicked == 1
@@ -1229,12 +1254,17 @@ def _events(imp: _Import, mapping: LogsMapping, train_end: int, meta: dict[str, 
     return behaviors, impressions
 
 
+def _same(text: str, n: int) -> pa.Array:
+    """A string column of ``n`` times ``text`` (without a Python list of n strings)."""
+    return pa.repeat(pa.scalar(text, pa.string()), n)
+
+
 def _behaviors(user: np.ndarray, item: np.ndarray, ts: np.ndarray, action: str) -> pa.Table:
     n = user.size
     return pa.table({
         "user_id": user, "item_id": item, "ts": pa.array(ts).cast(TIMESTAMP),
-        "action": pa.array([action] * n, pa.string()),
-        "query_text": pa.array([""] * n, pa.string()), "query_image_id": pa.nulls(n, pa.int64()),
+        "action": _same(action, n),
+        "query_text": _same("", n), "query_image_id": pa.nulls(n, pa.int64()),
     })
 
 
@@ -1261,7 +1291,7 @@ def _sampled(imp: _Import, user: np.ndarray, item: np.ndarray, ts: np.ndarray,
         "request_id": req[keep][order],
         "user_id": np.repeat(user[:, None], k + 1, axis=1)[keep][order],
         "ts": pa.array(np.repeat(ts[:, None], k + 1, axis=1)[keep][order]).cast(TIMESTAMP),
-        "query_text": pa.array([""] * m, pa.string()),
+        "query_text": _same("", m),
         "item_id": shown[keep][order], "position": pos[keep][order],
         "clicked": clicked[keep][order],
     })
@@ -1276,7 +1306,7 @@ def _items_from_logs(imp: _Import) -> None:
     t = pa.table({
         "item_id": ids, "category_id": np.zeros(n, np.int64), "brand_id": np.zeros(n, np.int64),
         "title": pa.array([f"item {k}" for k in keys], pa.string()),
-        "attributes": pa.array([""] * n, pa.string()), "price": np.zeros(n),
+        "attributes": _same("", n), "price": np.zeros(n),
         "launch_ts": np.full(n, -1, np.int64), "image": pa.nulls(n, pa.binary()), "spu_id": ids,
     })
     path = imp.stage / "_items" / "part-00000.parquet"
@@ -1300,9 +1330,11 @@ def _write_items(imp: _Import, world: Path) -> None:
 
 
 def _categories(imp: _Import, mapping: LogsMapping) -> pa.Table:
-    cats = sorted(set(imp.item_cat.tolist()))
-    names = dict(zip(*(lambda t: (t.column("id").to_pylist(), t.column("key").to_pylist()))(
-        imp.maps["category"].table()), strict=True))
+    given = mapping.items.category_names if mapping.items is not None else {}
+    cats = sorted(set(imp.item_cat.tolist()) | set(given))
+    t = imp.maps["category"].table()
+    names = {**dict(zip(t.column("id").to_pylist(), t.column("key").to_pylist(), strict=True)),
+             **given}
     look = set(mapping.look_driven)
     unknown = look - set(names.values())
     if unknown:
