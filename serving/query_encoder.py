@@ -76,6 +76,7 @@ class QueryEncoder:
         self.cache_size = int(cache_size)
         self._lock = lock
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()  # requests run on several worker threads
 
     @property
     def model_version(self) -> str:
@@ -122,15 +123,17 @@ class QueryEncoder:
         img = self.decode_image(image, "query_image")
         if text and text.strip():
             key = "t:" + text
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
+            with self._cache_lock:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    return hit
             vec = self.encode("text", "query_text", text=text)[self.dim]
             if self.cache_size > 0:
-                self._cache[key] = vec
-                if len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+                with self._cache_lock:
+                    self._cache[key] = vec
+                    if len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
             return vec
         if img is not None:
             return self.encode("image", "query_image", image=img)[self.dim]

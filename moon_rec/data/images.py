@@ -89,7 +89,7 @@ def _open_rgb(data: bytes, where: str, limits: ImageLimits | None,
     if not data:
         raise DataError("empty image bytes", file=where)
     try:
-        with Image.open(io.BytesIO(data), formats=formats) as im:
+        with Image.open(io.BytesIO(data), formats=None if formats is None else list(formats)) as im:
             if limits is not None:
                 why = limits.refusal(*im.size)  # from the header: nothing decoded yet
                 if why is not None:
