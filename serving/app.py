@@ -44,7 +44,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -70,6 +70,12 @@ Number = Annotated[float, Field(strict=True)]
 WRITES = frozenset({"/items", "/behaviors"})
 MAX_IMAGE_CHARS = 10_000_000  # base64 characters of one image field
 LAT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class PrometheusText(Response):
+    """The /metrics response: Prometheus text exposition (what the schema says it is)."""
+
+    media_type = CONTENT_TYPE_LATEST
 
 
 class _Strict(BaseModel):
@@ -124,6 +130,10 @@ class RequestModels:
     behaviour: type[BaseModel]
 
 
+def _seconds(s: float) -> str:
+    return str(int(s)) if float(s).is_integer() else f"{s:g}"
+
+
 def request_models(cfg: ServiceConfig) -> RequestModels:
     """The request models of a service configured by ``cfg``."""
     image_doc = (f"base64 PNG/JPEG ({'/'.join(cfg.image_formats)}), non-empty; at most "
@@ -167,8 +177,8 @@ def request_models(cfg: ServiceConfig) -> RequestModels:
         action: Literal["click", "cart", "buy"] = "click"
         ts: datetime | None = Field(
             None, description="event time (default: now; without a zone: UTC); accepted "
-            f"within [now - {cfg.behaviour_max_age_s:g} s, now + "
-            f"{cfg.behaviour_max_ahead_s:g} s], else 422 naming ts",
+            f"within [now - {_seconds(cfg.behaviour_max_age_s)} s, now + "
+            f"{_seconds(cfg.behaviour_max_ahead_s)} s], else 422 naming ts",
         )
 
     return RequestModels(RankRequest, ItemRequest, SearchRequest, BehaviourRequest)
@@ -445,13 +455,12 @@ def create_app(service: RankingService, pool: WorkerPool | None = None) -> FastA
                 "workers": pool.stats(), **service.info()}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse, responses={200: {
-        "description": "Prometheus text exposition format 0.0.4 (not JSON)",
-        "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
+    @app.get("/metrics", response_class=PrometheusText, responses={200: {
+        "description": "Prometheus text exposition format (not JSON)"}})
     async def metrics() -> Response:
         """Prometheus metrics in the text exposition format: ``moon_requests_total``
         (counter by endpoint and status) and ``moon_request_latency_seconds``
         (histogram by endpoint)."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return PrometheusText(generate_latest(registry))
 
     return app
