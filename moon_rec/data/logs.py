@@ -826,7 +826,8 @@ class _Import:
             raise b.error(theirs, i, f"image of {w} x {h} pixels, more than the limit of "
                                      f"{lim.max_image_pixels:,}")
         try:
-            return encode_png(decode_prepared(data, self.m.image_size, where=str(path)))
+            return encode_png(decode_prepared(data, self.m.image_size, where=str(path),
+                                              limits=lim.image_limits()))
         except DataError as exc:
             raise b.error(theirs, i, exc.reason + f" ({path})") from None
 

@@ -318,6 +318,8 @@ class MoonEncoder(nn.Module, ABC):
             tokenizer: TextTokenizer = (PretrainedTokenizer.load(path) if config.tokenizer_folder
                                         else MoonTokenizer.load(path))
             model = impl._load_backbone(config, tokenizer, path / BACKBONE_DIR)
+        for part in model._pretrained_parts().values():
+            _unset_sub_config_dtypes(getattr(part, "config", None))
         heads = load_file(str(path / HEADS_FILE))
         for name, mod in model._head_modules().items():
             sd = {k[len(name) + 1:]: v for k, v in heads.items() if k.startswith(name + ".")}
@@ -335,6 +337,16 @@ class MoonEncoder(nn.Module, ABC):
     @abstractmethod
     def _load_backbone(cls: type[E], config: EncoderConfig, tokenizer: TextTokenizer,
                        backbone_dir: Path) -> E: ...
+
+
+def _unset_sub_config_dtypes(config: Any) -> None:
+    """Undo what ``from_pretrained`` adds to a composite config: the ``dtype`` of each
+    sub-config (text_config, vision_config), which a fresh model leaves unset, so a
+    loaded-then-saved checkpoint (a resumed run) writes the same ``config.json``."""
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, name, None)
+        if sub is not None and getattr(sub, "dtype", None) is not None:
+            sub.dtype = None
 
 
 def encoder_class(backbone: str, config: EncoderConfig | None = None) -> type[MoonEncoder]:

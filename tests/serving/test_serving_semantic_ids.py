@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import TRAIN, b64, copy_store
+from conftest import AUTH, TRAIN, WRITE_TOKEN, b64, copy_store
 
 from moon_rec.data.images import encode_png
 from moon_rec.loop import ServingArtifacts
@@ -52,7 +52,8 @@ def _service(loop: ServingArtifacts, ranker: Path, repo: Path) -> Any:
     from serving.service import RankingService, ServiceConfig
 
     return RankingService(ranker, repo, encoder=loop.encoder,
-                          config=ServiceConfig(refresh_s=0, sync_s=0, health_s=0))
+                          config=ServiceConfig(refresh_s=0, sync_s=0, health_s=0,
+                                                write_token=WRITE_TOKEN))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def sid_live(
     repo = copy_store(serving_loop, tmp_path_factory.mktemp("sid_store"), embeddings=True)
     service = _service(serving_loop, sid_ranker, repo)
     with BackgroundServer(create_app(service)) as url, httpx.Client(
-        base_url=url, timeout=60
+        base_url=url, timeout=60, headers=AUTH
     ) as client:
         yield client, service, repo
     service.close()
