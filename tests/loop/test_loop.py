@@ -276,3 +276,36 @@ def test_argv_renders_switches_lists_and_defaults() -> None:
                              as_json=True)
     assert cmp.argv() == ["ranker", "compare", "--training-set", "t", "--embeddings", "e",
                           "--out", "o", "--json"]
+
+
+def _subparsers(parser: Any) -> list[Any]:
+    """Every (sub)parser under ``parser``, depth first."""
+    import argparse
+
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += _subparsers(sub)
+    return found
+
+
+def test_each_request_is_exactly_its_subcommands_options() -> None:
+    """No option of a request-backed subcommand is dropped on the way to its request (an
+    option the request lacks would be parsed and silently ignored), and no field of a
+    request lacks its option; every request a loop step uses has its subcommand."""
+    import argparse
+
+    from moon_rec.cli import build_parser
+
+    seen: set[type[MoonCommand]] = set()
+    for sub in _subparsers(build_parser()):
+        command = sub.get_default("moon_command")
+        if command is None:
+            continue
+        seen.add(command)
+        dests = {a.dest for a in sub._actions
+                 if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)}
+        assert dests == set(command.model_fields), (command.shell_name(), dests)
+    used = {type(c) for s in _every_loop_step(Path("/nonexistent")) for c in s.commands}
+    assert used <= seen, used - seen
