@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
+from moon_rec.command import handled_by
+from moon_rec.data.commands import (
+    MovieLensImport,
+    WorldGenerate,
+    WorldShow,
+    WorldValidate,
+    world_summary,
+)
 from moon_rec.data.errors import DataError
 
 
@@ -33,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--workers", type=int, help="image rendering processes")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing world")
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
-    gen.set_defaults(func=_generate)
+    gen.set_defaults(**handled_by(WorldGenerate))
 
     val = wsub.add_parser(
         "validate",
@@ -45,14 +52,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     val.add_argument("world", type=Path)
     val.add_argument("--fast", action="store_true", help="check image signatures only")
-    val.add_argument("--json", action="store_true", help="print the report as JSON")
-    val.set_defaults(func=_validate)
+    val.add_argument("--json", dest="as_json", action="store_true",
+                     help="print the report as JSON")
+    val.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+    val.set_defaults(**handled_by(WorldValidate))
 
     show = wsub.add_parser("show", help="write a contact sheet: catalog photos beside image queries")
     show.add_argument("world", type=Path)
     show.add_argument("--n", type=int, default=16, help="number of items (rows)")
     show.add_argument("--out", type=Path, default=Path("sheet.png"))
-    show.set_defaults(func=_show)
+    show.set_defaults(**handled_by(WorldShow))
 
     summ = wsub.add_parser("summary", help="print world.json without the config block")
     summ.add_argument("world", type=Path)
@@ -98,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ml.add_argument("--split-quantile", type=float, default=0.8,
                     help="share of the ratings (in time order) in the training period")
     ml.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    ml.set_defaults(func=_import_movielens)
+    ml.set_defaults(**handled_by(MovieLensImport))
 
     logs = isub.add_parser(
         "logs",
@@ -161,75 +170,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     hm.set_defaults(func=_import_hm)
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from moon_rec.data.world import generate_world, make_config
-
-    cfg = make_config(
-        args.preset,
-        args.seed,
-        n_items=args.n_items,
-        n_users=args.n_users,
-        n_requests=args.n_requests,
-        n_brands=args.n_brands,
-        days=args.days,
-        image_size=args.image_size,
-        workers=args.workers,
-    )
-    out: Path = args.out
-    if (out / "world.json").exists():
-        if not args.overwrite:
-            from moon_rec.data.io import read_world_meta
-
-            try:
-                existing = read_world_meta(out)
-            except DataError as exc:
-                raise DataError(f"{exc.reason}; pass --overwrite to replace this world",
-                                file=exc.file, column=exc.column) from exc
-            if existing.get("config") == cfg.to_dict():
-                print(f"world {out} is up to date (preset {cfg.preset}, seed {cfg.seed})")
-                return 0
-            raise DataError("a different world exists here; pass --overwrite", file=str(out))
-        shutil.rmtree(out)
-    elif out.exists() and args.overwrite:
-        shutil.rmtree(out)
-    meta = generate_world(cfg, out, progress=not args.quiet)
-    print(json.dumps(_summary_of(meta), indent=2))
-    return 0
-
-
-def _summary_of(meta: dict) -> dict:
-    return {k: v for k, v in meta.items() if k != "config"}
-
-
-def _validate(args: argparse.Namespace) -> int:
-    from moon_rec.data.validation import validate_world
-
-    report = validate_world(args.world, full_images=not args.fast)
-    tables = {
-        name: {"rows": t.n_rows, "files": [str(f) for f in t.files]}
-        for name, t in report.tables.items()
-    }
-    if args.json:
-        print(json.dumps({"world": str(args.world), "valid": True, "tables": tables}, indent=2))
-    else:
-        for name, t in tables.items():
-            print(f"{name:14s} {t['rows']:>10,d} rows  ok")
-        print(f"{args.world}: valid")
-    return 0
-
-
-def _show(args: argparse.Namespace) -> int:
-    from moon_rec.data.contact_sheet import contact_sheet
-
-    path = contact_sheet(args.world, args.out, n=args.n)
-    print(f"wrote {path}")
-    return 0
 
 
 def _summary(args: argparse.Namespace) -> int:
     from moon_rec.data.io import read_world_meta
 
-    print(json.dumps(_summary_of(read_world_meta(args.world)), indent=2))
+    print(json.dumps(world_summary(read_world_meta(args.world)), indent=2))
     return 0
 
 
@@ -287,8 +233,3 @@ def _import_logs(args: argparse.Namespace) -> int:
 
     return run_cli(args)
 
-
-def _import_movielens(args: argparse.Namespace) -> int:
-    from moon_rec.data.movielens import run_cli
-
-    return run_cli(args)

@@ -19,6 +19,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from moon_rec.command import handled_by
+from moon_rec.training.commands import STAGE_NAMES, EncoderInit, EncoderTrain, encoder_config
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", required=True, type=Path, help="world directory")
@@ -77,7 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     allp = esub.add_parser("train", help="pretrain, stage 1 and stage 2 in a row (OUT/<stage>)")
     _common(allp)
-    allp.set_defaults(func=_train_all)
+    allp.add_argument("--stages", nargs="+", default=list(STAGE_NAMES), metavar="STAGE",
+                      help="the stages to run in a row, each from the previous one (default: "
+                      "all three; e.g. stage1 stage2 with --text-tower skips pretraining)")
+    allp.add_argument("--snapshot", action="append", default=[], metavar="STAGE:STEP",
+                      help="also keep the encoder of this step in OUT/<stage>/snapshots/"
+                      "step-NNNNNN (repeatable)")
+    allp.set_defaults(**handled_by(EncoderTrain))
 
     init = esub.add_parser(
         "init", help="save an untrained encoder (a baseline; plumbing and latency tests)",
@@ -91,32 +100,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--text-tower", type=Path, default=None, metavar="DIR",
                       help="a pretrained text model folder with its tokenizer")
     _pretrained_args(init)
-    init.set_defaults(func=_init, overrides=[], threads=None)
+    init.set_defaults(**handled_by(EncoderInit))
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from moon_rec.encoders import EncoderConfig
-    from moon_rec.training.config import load_config
-
-    overrides = list(args.overrides)
-    if args.threads is not None:
-        overrides.append(f"threads={args.threads}")
-    config = load_config(args.preset, args.config, overrides)
-    given: dict[str, Path] = {key: getattr(args, key) for key in
-                              ("text_tower", "image_tower", "pretrained")
-                              if getattr(args, key, None) is not None}
-    if given:
-        if getattr(args, "init", None) is not None:
-            flags = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise ValueError(f"{flags} build a fresh encoder and --init continues a "
-                             "checkpoint (which carries its own pretrained parts): pass one")
-        for key, path in given.items():
-            if not path.exists():
-                raise FileNotFoundError(f"--{key.replace('_', '-')} {path}: no such file or folder")
-        encoder = EncoderConfig.model_validate(
-            {**config.encoder.model_dump(), **{k: str(v.resolve()) for k, v in given.items()}})
-        config = config.model_copy(update={"encoder": encoder})
-    return config
+    return encoder_config(args.preset, args.config, args.overrides, args.threads,
+                          text_tower=args.text_tower, image_tower=args.image_tower,
+                          pretrained=args.pretrained, init=getattr(args, "init", None))
 
 
 def _run(args: argparse.Namespace, stage: str, init: Path | None, config: Any = None) -> int:
@@ -140,20 +130,3 @@ def _posttrain(args: argparse.Namespace) -> int:
         raise ValueError("posttrain needs --init (the previous stage) or a pretrained part "
                          "(--text-tower, --image-tower, --pretrained) to start from")
     return _run(args, f"stage{args.stage}", args.init, config)
-
-
-def _train_all(args: argparse.Namespace) -> int:
-    from moon_rec.training.trainer import train_all
-
-    result = train_all(args.world, _config(args), args.out, progress=not args.quiet)
-    print(json.dumps({s: {k: v for k, v in r.items() if k != "config"} for s, r in result.items()},
-                     indent=2))
-    return 0
-
-
-def _init(args: argparse.Namespace) -> int:
-    from moon_rec.training.trainer import build_untrained_encoder
-
-    out = build_untrained_encoder(args.world, _config(args), args.out, seed=args.seed)
-    print(json.dumps({"out": str(out)}))
-    return 0

@@ -456,13 +456,3 @@ def import_movielens(path: str | Path, out: str | Path, *, split_quantile: float
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
-
-
-def run_cli(args: Any) -> int:
-    """The handler of ``moon data import movielens`` (prints world.json)."""
-    import json
-
-    meta = import_movielens(args.path, args.out, split_quantile=args.split_quantile,
-                            overwrite=args.overwrite)
-    print(json.dumps(meta, indent=2))
-    return 0
