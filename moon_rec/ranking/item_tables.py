@@ -61,6 +61,15 @@ class ItemRows(nn.Module):
         return torch.where(found, pos, torch.full_like(pos, n)), found
 
 
+def content_rows(item_ids: torch.Tensor, vectors: torch.Tensor) -> ItemRows:
+    """The row map of a content table of ``vectors`` [N, C] keyed by ``item_ids`` [N];
+    shapes that do not match are an error naming both."""
+    if item_ids.ndim != 1 or vectors.ndim != 2 or vectors.shape[0] != item_ids.shape[0]:
+        raise ValueError(f"content table: item_ids {tuple(item_ids.shape)} and vectors "
+                         f"{tuple(vectors.shape)} do not match")
+    return ItemRows(item_ids)
+
+
 class FrozenContentTable(nn.Module):
     """Frozen MOON content embeddings of items, looked up by raw item_id through a TorchRec
     EmbeddingCollection table (``moon_content``, N + 1 rows: the snapshot's vectors and a
@@ -88,12 +97,7 @@ class FrozenContentTable(nn.Module):
 
     def __init__(self, item_ids: torch.Tensor, vectors: torch.Tensor) -> None:
         super().__init__()
-        if item_ids.ndim != 1 or vectors.ndim != 2 or vectors.shape[0] != item_ids.shape[0]:
-            raise ValueError(
-                f"content table: item_ids {tuple(item_ids.shape)} and vectors "
-                f"{tuple(vectors.shape)} do not match"
-            )
-        self.rows = ItemRows(item_ids)
+        self.rows = content_rows(item_ids, vectors)
         self.dim = int(vectors.shape[1])
         # The table's random init is overwritten below; fork the RNG so building it leaves
         # every other module's init as it was (same seeds, same rankers as before).
@@ -197,12 +201,7 @@ class MoonContentArch(nn.Module):
 
     def __init__(self, item_ids: torch.Tensor, vectors: torch.Tensor) -> None:
         super().__init__()
-        if item_ids.ndim != 1 or vectors.ndim != 2 or vectors.shape[0] != item_ids.shape[0]:
-            raise ValueError(
-                f"content table: item_ids {tuple(item_ids.shape)} and vectors "
-                f"{tuple(vectors.shape)} do not match"
-            )
-        self.rows = ItemRows(item_ids)
+        self.rows = content_rows(item_ids, vectors)
         padded = torch.cat([vectors.float(), vectors.new_zeros(1, vectors.shape[1])], dim=0)
         self.register_buffer("vectors", padded.contiguous())
         self.dim = int(vectors.shape[1])
