@@ -30,16 +30,11 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from moon_rec import runtime
-from moon_rec.ranking.config import BehaviourConfig, RankerConfig, TrainConfig
+from moon_rec.ranking.config import BEHAVIOUR_KINDS, BehaviourConfig, RankerConfig, TrainConfig
 from moon_rec.ranking.features import POOLED_FEATURES, SEQUENCE_FEATURES, RankerBatch, make_batch
+from moon_rec.ranking.item_tables import MoonContentArch
 from moon_rec.ranking.model import MoonRanker
-from moon_rec.ranking.modules import (
-    IdRemap,
-    MoonContentArch,
-    SparseArch,
-    SparseFeatures,
-    TableSizes,
-)
+from moon_rec.ranking.sparse import IdRemap, SparseArch, SparseFeatures, TableSizes
 from moon_rec.ranking.train import shard_model
 
 
@@ -223,7 +218,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--behaviour", default="cube", choices=["din", "cube", "sim"])
+    parser.add_argument("--behaviour", default="cube", choices=list(BEHAVIOUR_KINDS))
     args = parser.parse_args()
     threads = runtime.set_threads(args.threads)
     results = []

@@ -25,6 +25,7 @@ import argparse
 import base64
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+WRITE_TOKEN = secrets.token_urlsafe(24)  # the servers' write token (writes need it)
+AUTH = {"Authorization": f"Bearer {WRITE_TOKEN}"}
 
 
 def _stats(samples: list[float]) -> dict[str, float]:
@@ -51,7 +54,8 @@ def start_server(loop: Any, port: int, log: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "moon_rec.cli", "serve", "--model", str(loop.ranker),
            "--repo", str(loop.repo), "--encoder", str(loop.encoder), "--port", str(port),
            "--allow-unknown-users"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "MOON_WRITE_TOKEN": WRITE_TOKEN}
     out = open(log, "wb")  # noqa: SIM115 - the child owns it until it ends
     return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -85,7 +89,7 @@ class Client(threading.Thread):
     def run(self) -> None:
         import httpx
 
-        with httpx.Client(base_url=self.url, timeout=30) as c:
+        with httpx.Client(base_url=self.url, timeout=30, headers=AUTH) as c:
             i = 0
             while time.monotonic() < self.stop_at:
                 path, body = self._request(i)
@@ -164,7 +168,7 @@ def main() -> None:
         loop = build_loop(work, None, args.profile)
     setup_s = time.perf_counter() - t0
     client = OnlineFeatureClient(open_repo_store(loop.repo))
-    from moon_rec.ranking.data import load_moon_embeddings
+    from moon_rec.data.embeddings import load_moon_embeddings
 
     emb = load_moon_embeddings(loop.embeddings, 32)
     items = emb.item_ids.tolist()

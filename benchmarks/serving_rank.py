@@ -99,14 +99,14 @@ class RequestContent(nn.Module):
     Feast for the current request (``set`` before each forward)."""
 
     def __init__(self, dim: int) -> None:
-        from moon_rec.ranking.modules import MoonContentArch
+        from moon_rec.ranking.item_tables import MoonContentArch
 
         super().__init__()
         self.dim = dim
         self.table = MoonContentArch(torch.zeros(0, dtype=torch.long), torch.zeros(0, dim))
 
     def set(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        from moon_rec.ranking.modules import MoonContentArch
+        from moon_rec.ranking.item_tables import MoonContentArch
 
         self.table = MoonContentArch(torch.from_numpy(ids), torch.from_numpy(vecs))
 

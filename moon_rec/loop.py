@@ -11,9 +11,13 @@ are the same.
 Every user of the whole loop composes these steps: the demo (``pipelines/demo.py``, which
 adds its serving exercise and report), the serving tests and benchmarks
 (``prepare_serving``), and the studies (``moon_rec.studies.jobs``, for the training set).
-Each step calls the same library function as the ``moon`` command it names (``command``,
-what ``python -m pipelines.demo --dry-run`` prints), so a step and its command give the
-same result.
+
+A step is defined once, as the ``moon`` commands it is: typed requests
+(:class:`moon_rec.command.MoonCommand`, e.g. ``Embed(world=..., checkpoint=..., out=...)``)
+that the CLI also parses its command lines into and runs. The step runs its requests, and
+prints them (``command``, what ``python -m pipelines.demo --dry-run`` shows) as
+``moon ...`` lines that parse back into the same requests; so what the printed commands
+write is what the step writes (``tests/loop`` parses every one with ``moon``'s parser).
 
 ``run_steps`` skips a step whose output exists and whose key is the one recorded when it
 last finished. The key is a hash of the step's parameters, its inputs' keys and **the
@@ -31,7 +35,6 @@ import functools
 import hashlib
 import importlib.util
 import json
-import shlex
 import shutil
 import sys
 import time
@@ -41,7 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moon_rec.command import MoonCommand
+from moon_rec.data.commands import MovieLensImport, WorldGenerate, WorldShow, WorldValidate
+from moon_rec.featurestore.commands import Embed, FeaturesBuild, FeaturesPublish, TrainingSetBuild
+from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN
+from moon_rec.ranking.commands import EmbedQueries, RankerCompare, StyleEmbeddings
+from moon_rec.retrieval.commands import Recall
 from moon_rec.runtime import atomic_write_text
+from moon_rec.training.commands import STAGE_NAMES, EncoderInit, EncoderTrain
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
@@ -138,7 +148,10 @@ class Layout:
 
 @dataclass(frozen=True)
 class Step:
-    """One step of the loop.
+    """One step of the loop. The loop's own steps are ``moon`` commands
+    (:func:`command_step` builds them: ``run`` runs ``commands``, ``command`` prints them);
+    a caller's step that is no ``moon`` command (the demo's serving exercise, its report)
+    gives ``run`` and ``command`` itself.
 
     Args:
         name: what it does, in words (also the ``--force`` name).
@@ -149,6 +162,8 @@ class Step:
         clean: what to delete before a fresh (not resumed) run.
         command: the equivalent shell command(s).
         code: the entry modules of the code it runs (their import closure is in the key).
+        commands: the ``moon`` commands it is (empty for a step that is none); the source
+            of the modules that define them is in the key too.
     """
 
     name: str
@@ -159,6 +174,25 @@ class Step:
     clean: tuple[Path, ...] = ()
     command: str = ""
     code: tuple[str, ...] = ()
+    commands: tuple[MoonCommand, ...] = ()
+
+
+def command_step(name: str, output: Path, commands: Sequence[MoonCommand],
+                 params: dict[str, Any] | None = None, deps: Sequence[str] = (), *,
+                 clean: Sequence[Path] = ()) -> Step:
+    """The step that is ``commands``, in order: it runs them as ``moon`` would, prints them
+    as ``moon ...`` lines joined by ``&&``, and its code is theirs."""
+    cmds = tuple(commands)
+
+    def run() -> None:
+        for c in cmds:
+            status = c.run()
+            if status:
+                raise StepFailed(f"{name}: `{c.shell()}` exited with status {status}")
+
+    code = tuple(dict.fromkeys(m for c in cmds for m in c.code))
+    return Step(name, output, run, dict(params or {}), tuple(deps), tuple(clean),
+                command=" && ".join(c.shell() for c in cmds), code=code, commands=cmds)
 
 
 class StepFailed(RuntimeError):
@@ -207,10 +241,12 @@ def code_modules(entry: Sequence[str], packages: tuple[str, ...] = PROJECT_PACKA
     return sorted(mods)
 
 
-def code_digest(entry: Sequence[str], packages: tuple[str, ...] = PROJECT_PACKAGES) -> str:
-    """A hash of the source of ``code_modules(entry, packages)``."""
+def code_digest(entry: Sequence[str], packages: tuple[str, ...] = PROJECT_PACKAGES, *,
+                closure: bool = True) -> str:
+    """A hash of the source of ``code_modules(entry, packages)`` (of ``entry`` alone
+    without ``closure``)."""
     h = hashlib.sha256()
-    for m in code_modules(entry, packages):
+    for m in code_modules(entry, packages) if closure else sorted(entry):
         spec = _find_spec(m)
         origin = spec.origin if spec is not None else None
         h.update(m.encode())
@@ -221,8 +257,12 @@ def code_digest(entry: Sequence[str], packages: tuple[str, ...] = PROJECT_PACKAG
 
 def step_key(step: Step, keys: dict[str, str]) -> str:
     """The step's key: its params, its inputs' keys and its code (see the module doc)."""
+    # the modules defining its commands: their own source (what a command writes), not
+    # their closure (every command of a package would re-run every other's step)
+    defining = sorted({type(c).__module__ for c in step.commands})
     blob = json.dumps({"params": step.params, "deps": [keys[d] for d in step.deps],
-                       "code": code_digest(step.code) if step.code else None},
+                       "code": code_digest(step.code) if step.code else None,
+                       "commands": code_digest(defining, closure=False) if defining else None},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -332,20 +372,9 @@ def folder_digest(path: Path) -> str:
 
 
 def _validate_step(layout: Layout, world_dep: str) -> Step:
-    world = layout.world
-
-    def validate() -> None:
-        from moon_rec.data.validation import validate_world
-
-        report = validate_world(world, full_images=True)
-        _write_json(layout.file("world_valid.json"), {
-            "world": str(world), "valid": True,
-            "tables": {n: {"rows": t.n_rows, "files": [str(f) for f in t.files]}
-                       for n, t in report.tables.items()}})
-
-    return Step(VALIDATE_WORLD, layout.file("world_valid.json"), validate, deps=(world_dep,),
-                code=("moon_rec.data.validation",),
-                command=f"moon world validate {world} --json")
+    return command_step(VALIDATE_WORLD, layout.file("world_valid.json"),
+                        [WorldValidate(world=layout.world, out=layout.file("world_valid.json"))],
+                        deps=(world_dep,))
 
 
 def world_steps(layout: Layout, preset: str, seed: int) -> list[Step]:
@@ -354,31 +383,15 @@ def world_steps(layout: Layout, preset: str, seed: int) -> list[Step]:
 
     cfg = make_config(preset, seed)
     world = layout.world
-
-    def generate() -> None:
-        from moon_rec.data.world import generate_world
-
-        generate_world(cfg, world, progress=True)
-
-    def sheet() -> None:
-        from moon_rec.data.contact_sheet import contact_sheet
-
-        contact_sheet(world, layout.file("contact_sheet.png"))
-
+    sheet = layout.file("contact_sheet.png")
     return [
-        Step(GENERATE_WORLD, world / "world.json", generate, {"world": cfg.to_dict()},
-             clean=(world,), code=("moon_rec.data.world",),
-             command=f"moon world generate --preset {preset} --seed {seed} --out {world}"),
+        command_step(GENERATE_WORLD, world / "world.json",
+                     [WorldGenerate(preset=preset, seed=seed, out=world)],
+                     {"world": cfg.to_dict()}, clean=(world,)),
         _validate_step(layout, GENERATE_WORLD),
-        Step(CONTACT_SHEET, layout.file("contact_sheet.png"), sheet, deps=(GENERATE_WORLD,),
-             code=("moon_rec.data.contact_sheet",),
-             command=f"moon world show {world} --out {layout.file('contact_sheet.png')}"),
+        command_step(CONTACT_SHEET, sheet, [WorldShow(world=world, out=sheet)],
+                     deps=(GENERATE_WORLD,)),
     ]
-
-
-def snapshot_dir(stage_dir: Path, step: int) -> Path:
-    """Where ``encoder_step`` keeps the encoder of ``step`` of a stage (``snapshots``)."""
-    return stage_dir / "snapshots" / f"step-{step:06d}"
 
 
 def encoder_step(layout: Layout, preset: str, *, threads: int = 2,
@@ -396,36 +409,21 @@ def encoder_step(layout: Layout, preset: str, *, threads: int = 2,
     """
     recipe = CONFIGS / "encoder" / f"{preset}.yaml"
     keep = {s: sorted(set(v)) for s, v in (snapshots or {}).items() if v}
-    unknown = sorted(set(keep) - {"pretrain", "stage1", "stage2"})
+    unknown = sorted(set(keep) - set(STAGE_NAMES))
     if unknown:
-        raise ValueError(f"snapshots of unknown stages {unknown} (pretrain, stage1, stage2)")
+        raise ValueError(f"snapshots of unknown stages {unknown} ({', '.join(STAGE_NAMES)})")
     params: dict[str, Any] = {"recipe": recipe.read_text(), "threads": threads}
     # only when asked for, so the key of the plain step (the demo's) stays what it was
     if overrides:
         params["overrides"] = list(overrides)
     if keep:
         params["snapshots"] = keep
-
-    def train() -> None:
-        from moon_rec.training.config import load_config
-        from moon_rec.training.trainer import train_all
-
-        def on_step(stage: str, step: int, encoder: Any) -> None:
-            snap = snapshot_dir(layout.encoder / stage, step)
-            if step in keep.get(stage, ()) and not (snap / "moon_encoder.json").is_file():
-                encoder.save_pretrained(snap)  # atomic
-
-        cfg = load_config(preset, None, [f"threads={threads}", *overrides])
-        train_all(layout.world, cfg, layout.encoder, progress=progress,
-                  on_step=on_step if keep else None)
-
-    sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
-    return Step(TRAIN_ENCODER, layout.encoder / "stage2" / "summary.json", train,
-                params, tuple(deps),
-                clean=(layout.encoder,), code=("moon_rec.training.trainer",),
-                command=f"moon encoder train --world {layout.world} --out {layout.encoder} "
-                f"--preset {preset} --threads {threads}{sets}"
-                + (f"  # keeping snapshots {keep}" if keep else ""))
+    train = EncoderTrain(world=layout.world, out=layout.encoder, preset=preset,
+                         overrides=list(overrides), threads=threads,
+                         snapshot=[f"{s}:{n}" for s, steps in keep.items() for n in steps],
+                         quiet=not progress)
+    return command_step(TRAIN_ENCODER, layout.encoder / "stage2" / "summary.json", [train],
+                        params, deps, clean=(layout.encoder,))
 
 
 IMPORT_SOURCES = ("movielens",)
@@ -445,22 +443,14 @@ def import_steps(layout: Layout, source: str, path: str | Path, *,
         raise ValueError(f"unknown import source {source!r} ({', '.join(IMPORT_SOURCES)})")
     src = Path(path).resolve()
     world = layout.world
-
-    def run() -> None:
-        from moon_rec.data.movielens import import_movielens
-
-        import_movielens(src, world, split_quantile=split_quantile, overwrite=True)
-
-    def params() -> dict[str, Any]:
-        # the source files' identity; a missing folder is the import's error to name
-        return {"source": source, "path": str(src), "split_quantile": split_quantile,
-                "files": folder_digest(src) if src.is_dir() else None}
-
+    # the source files' identity; a missing folder is the import's error to name
+    params = {"source": source, "path": str(src), "split_quantile": split_quantile,
+              "files": folder_digest(src) if src.is_dir() else None}
     return [
-        Step(IMPORT_WORLD, world / "world.json", run, params(), clean=(world,),
-             code=("moon_rec.data.movielens",),
-             command=f"moon data import {source} --path {src} --out {world} "
-             f"--split-quantile {split_quantile} --overwrite"),
+        command_step(IMPORT_WORLD, world / "world.json",
+                     [MovieLensImport(path=src, out=world, split_quantile=split_quantile,
+                                      overwrite=True)],
+                     params, clean=(world,)),
         _validate_step(layout, IMPORT_WORLD),
     ]
 
@@ -475,53 +465,25 @@ def text_tower_encoder_step(layout: Layout, text_tower: str | Path, preset: str 
     the previous one; the last is ``layout.checkpoint`` (``stage2`` by default)."""
     recipe = CONFIGS / "encoder" / f"{preset}.yaml"
     tower = Path(text_tower).resolve()
-    sets = [f"threads={threads}", *overrides]
-
-    def train() -> None:
-        from moon_rec.encoders import EncoderConfig
-        from moon_rec.training.config import load_config
-        from moon_rec.training.trainer import train_all
-
-        if not tower.is_dir():
-            raise StepFailed(f"text tower {tower}: no such folder (scripts/fetch_minilm.sh "
-                             "fetches all-MiniLM-L6-v2)")
-        config = load_config(preset, None, sets)
-        encoder = EncoderConfig.model_validate(
-            {**config.encoder.model_dump(), "text_tower": str(tower)})
-        train_all(layout.world, config.model_copy(update={"encoder": encoder}), layout.encoder,
-                  stages=tuple(stages), progress=True)
-
-    flags = " ".join(f"--set {shlex.quote(o)}" for o in overrides)
-    cmds = []
-    for i, stage in enumerate(stages):
-        start = (f"--text-tower {tower}" if i == 0
-                 else f"--init {layout.encoder / stages[i - 1]}")
-        cmds.append(f"moon encoder posttrain --stage {stage.removeprefix('stage')} --world "
-                    f"{layout.world} --out {layout.encoder / stage} --preset {preset} {start} "
-                    f"--threads {threads}" + (f" {flags}" if flags else ""))
-    return Step(POSTTRAIN_ENCODER, layout.encoder / stages[-1] / "summary.json", train,
-                {"recipe": recipe.read_text(), "sets": sets, "stages": list(stages),
-                 "text_tower": folder_digest(tower) if tower.is_dir() else str(tower)},
-                tuple(deps), clean=(layout.encoder,), code=("moon_rec.training.trainer",),
-                command=" && ".join(cmds))
+    train = EncoderTrain(world=layout.world, out=layout.encoder, preset=preset,
+                         overrides=list(overrides), threads=threads, text_tower=tower,
+                         stages=list(stages))
+    return command_step(
+        POSTTRAIN_ENCODER, layout.encoder / stages[-1] / "summary.json", [train],
+        {"recipe": recipe.read_text(), "sets": [f"threads={threads}", *overrides],
+         "stages": list(stages),
+         "text_tower": folder_digest(tower) if tower.is_dir() else str(tower)},
+        deps, clean=(layout.encoder,))
 
 
 def untrained_encoder_step(layout: Layout, preset: str = "tiny", *, seed: int = 0,
                            deps: Sequence[str] = ()) -> Step:
     """An untrained encoder of ``configs/encoder/<preset>.yaml`` at ``layout.checkpoint``
     (tokenizer trained on the train period's text): for plumbing and latency, not quality."""
-
-    def build() -> None:
-        from moon_rec.training.config import load_config
-        from moon_rec.training.trainer import build_untrained_encoder
-
-        build_untrained_encoder(layout.world, load_config(preset), layout.checkpoint, seed=seed)
-
-    return Step(UNTRAINED_ENCODER, layout.checkpoint / "moon_encoder.json", build,
-                {"preset": preset, "seed": seed}, tuple(deps), clean=(layout.checkpoint,),
-                code=("moon_rec.training.trainer",),
-                command=f"moon encoder init --world {layout.world} --out {layout.checkpoint} "
-                f"--preset {preset} --seed {seed}")
+    return command_step(UNTRAINED_ENCODER, layout.checkpoint / "moon_encoder.json",
+                        [EncoderInit(world=layout.world, out=layout.checkpoint, preset=preset,
+                                     seed=seed)],
+                        {"preset": preset, "seed": seed}, deps, clean=(layout.checkpoint,))
 
 
 GIVEN_ENCODER = "given encoder"
@@ -529,7 +491,8 @@ GIVEN_ENCODER = "given encoder"
 
 def given_encoder_step(layout: Layout) -> Step:
     """An encoder checkpoint from elsewhere (``layout.encoder_checkpoint``) standing in for
-    the training step: nothing to run; its key is its path and its ``model_version``."""
+    the training step: nothing to run (no command); its key is its path and its
+    ``model_version``."""
     from moon_rec.encoders.inference import resolve_checkpoint
 
     ckpt = resolve_checkpoint(layout.checkpoint)
@@ -541,129 +504,77 @@ def given_encoder_step(layout: Layout) -> Step:
 
 def recall_step(layout: Layout, stages: Sequence[str] = ("pretrain", "stage1", "stage2"),
                 *, threads: int = 2, encoder_dep: str = TRAIN_ENCODER) -> Step:
-    """Image-search recall (and the other intermediate metrics) of each encoder stage; the
-    last stage with the untrained and colour-histogram baselines (``recall.json``)."""
-
-    def run() -> None:
-        from moon_rec.retrieval.recall import evaluate_checkpoint
-        from moon_rec.runtime import set_threads
-
-        set_threads(threads)
-        last = stages[-1]
-        for stage in stages:
-            result = evaluate_checkpoint(layout.world, layout.encoder / stage,
-                                         baselines=stage == last)
-            _write_json(layout.recall_stages / f"{stage}.json", result)
-        shutil.copyfile(layout.recall_stages / f"{last}.json", layout.recall)
-
-    cmds = [f"moon eval recall --world {layout.world} --checkpoint {layout.encoder / s} "
-            f"--out {layout.recall_stages / (s + '.json')}"
-            + ("" if s == stages[-1] else " --no-baselines") for s in stages]
-    return Step(RECALL, layout.recall, run, {"stages": list(stages)}, (encoder_dep,),
-                code=("moon_rec.retrieval.recall",), command=" && ".join(cmds))
+    """Image-search recall (and the other intermediate metrics) of each encoder stage
+    (``recall_stages/<stage>.json``); the last stage with the untrained and
+    colour-histogram baselines, also in ``recall.json``."""
+    last = stages[-1]
+    commands = [
+        Recall(world=layout.world, checkpoint=layout.encoder / s,
+               out=[layout.recall_stages / f"{s}.json", *([layout.recall] if s == last else [])],
+               no_baselines=s != last, threads=threads)
+        for s in stages
+    ]
+    return command_step(RECALL, layout.recall, commands, {"stages": list(stages)},
+                        (encoder_dep,))
 
 
 def embed_step(layout: Layout, *, encoder_dep: str = TRAIN_ENCODER,
                progress: bool = False) -> Step:
-    """The batch embedding job over the catalog (``embed.json``: its manifest)."""
-
-    def run() -> None:
-        from moon_rec.featurestore.embed_job import EmbedJobConfig, run_embed_job
-
-        summary = run_embed_job(layout.world, layout.checkpoint, layout.embeddings,
-                                EmbedJobConfig(progress=progress))
-        _write_json(layout.file("embed.json"), summary)
-
-    return Step(EMBED, layout.embeddings / "manifest.json", run, {}, (encoder_dep,),
-                clean=(layout.embeddings,), code=("moon_rec.featurestore.embed_job",),
-                command=f"moon embed --world {layout.world} --checkpoint {layout.checkpoint} "
-                f"--out {layout.embeddings} --no-progress")
+    """The batch embedding job over the catalog (``embed.json``: its summary)."""
+    embed = Embed(world=layout.world, checkpoint=layout.checkpoint, out=layout.embeddings,
+                  no_progress=not progress, summary=layout.file("embed.json"))
+    return command_step(EMBED, layout.embeddings / "manifest.json", [embed], {},
+                        (encoder_dep,), clean=(layout.embeddings,))
 
 
 def feature_tables_step(layout: Layout, *, seq_len: int | None = None,
                         deps: Sequence[str] = (GENERATE_WORLD,)) -> Step:
     """The offline feature tables (behaviour sequences, item attributes and counts)."""
-    from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN
-
     length = seq_len or DEFAULT_SEQ_LEN
-
-    def run() -> None:
-        from moon_rec.featurestore.feature_tables import build_feature_tables
-
-        summary = build_feature_tables(layout.world, layout.feature_data, seq_len=length)
-        _write_json(layout.feature_data / "summary.json", summary)
-
-    return Step(FEATURE_TABLES, layout.feature_data / "summary.json", run, {"seq_len": length},
-                tuple(deps), clean=(layout.feature_data,),
-                code=("moon_rec.featurestore.feature_tables",),
-                command=f"moon features build --world {layout.world} --out {layout.feature_data}"
-                f" --seq-len {length}")
+    summary = layout.feature_data / "summary.json"
+    build = FeaturesBuild(world=layout.world, out=layout.feature_data, seq_len=length,
+                          summary=summary)
+    return command_step(FEATURE_TABLES, summary, [build], {"seq_len": length}, deps,
+                        clean=(layout.feature_data,))
 
 
 def feature_store_step(layout: Layout, *, profile: str = "embedded", project: str | None = None,
                        seq_len: int | None = None) -> Step:
     """Record the data paths, ``feast apply``, materialize the online store (chunked
-    embeddings, Feast for the rest) and write the serving repository folder.
+    embeddings, Feast for the rest) and write the serving repository folder
+    (``moon features publish``).
 
     Args:
         profile: ``embedded`` (DuckDB + SQLite) or ``production`` (Redis + PostgreSQL).
         project: the Feast project (default: the profile's).
     """
-    from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN
-
     length = seq_len or DEFAULT_SEQ_LEN
     state = layout.feature_state
-
-    def run() -> None:
-        from moon_rec.featurestore.layout import FeatureDataPaths
-        from moon_rec.featurestore.repo import publish_store
-
-        paths = FeatureDataPaths.from_dir(layout.feature_data, layout.embeddings)
-        _repo, reports = publish_store(paths, state, layout.serving_repo, profile=profile,
-                                       project=project, seq_len=length)
-        _write_json(state / "materialized.json", reports)
-
-    store = f"--state {state} --profile {profile}"
-    return Step(FEATURE_STORE, state / "materialized.json", run,
-                {"profile": profile, "project": project, "seq_len": length},
-                (EMBED, FEATURE_TABLES), clean=(state, layout.serving_repo),
-                code=("moon_rec.featurestore.repo",),
-                command=f"moon features init --data {layout.feature_data} --embeddings "
-                f"{layout.embeddings} {store} && moon features apply {store} && "
-                f"moon features materialize {store}")
+    publish = FeaturesPublish(data=layout.feature_data, embeddings=layout.embeddings,
+                              profile=profile, state=state, project=project, seq_len=length,
+                              serving_repo=layout.serving_repo,
+                              summary=state / "materialized.json")
+    return command_step(FEATURE_STORE, state / "materialized.json", [publish],
+                        {"profile": profile, "project": project, "seq_len": length},
+                        (EMBED, FEATURE_TABLES), clean=(state, layout.serving_repo))
 
 
 def training_set_step(layout: Layout, *, seq_len: int | None = None) -> Step:
     """The point-in-time ranker training set through Feast (DuckDB offline store)."""
-    from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN
-
     length = seq_len or DEFAULT_SEQ_LEN
-
-    def run() -> None:
-        from moon_rec.featurestore.training_set import build_training_set
-
-        summary = build_training_set(layout.world, layout.training_set,
-                                     data_dir=layout.feature_data, seq_len=length)
-        _write_json(layout.file("training_set.json"), summary)
-
-    return Step(TRAINING_SET, layout.training_set, run, {"seq_len": length}, (FEATURE_TABLES,),
-                clean=(layout.training_set,), code=("moon_rec.featurestore.training_set",),
-                command=f"moon features training-set --world {layout.world} --out "
-                f"{layout.training_set} --data {layout.feature_data} --seq-len {length}")
+    build = TrainingSetBuild(world=layout.world, out=layout.training_set,
+                             data=layout.feature_data, seq_len=length,
+                             summary=layout.file("training_set.json"))
+    return command_step(TRAINING_SET, layout.training_set, [build], {"seq_len": length},
+                        (FEATURE_TABLES,), clean=(layout.training_set,))
 
 
 def query_embeddings_step(layout: Layout, *, encoder_dep: str = TRAIN_ENCODER) -> Step:
     """The training set's query texts embedded by the same encoder."""
-
-    def run() -> None:
-        from moon_rec.ranking.queries import write_query_embeddings
-
-        write_query_embeddings(layout.training_set, layout.checkpoint, layout.query_embeddings)
-
-    return Step(QUERY_EMBEDDINGS, layout.query_embeddings, run, {}, (TRAINING_SET, encoder_dep),
-                clean=(layout.query_embeddings,), code=("moon_rec.ranking.queries",),
-                command=f"moon ranker embed-queries --training-set {layout.training_set} "
-                f"--checkpoint {layout.checkpoint} --out {layout.query_embeddings}")
+    queries = EmbedQueries(training_set=layout.training_set, checkpoint=layout.checkpoint,
+                           out=layout.query_embeddings)
+    return command_step(QUERY_EMBEDDINGS, layout.query_embeddings, [queries], {},
+                        (TRAINING_SET, encoder_dep), clean=(layout.query_embeddings,))
 
 
 def rankers_step(layout: Layout, experiments: Sequence[str], *, seed: int | None = None,
@@ -672,43 +583,29 @@ def rankers_step(layout: Layout, experiments: Sequence[str], *, seed: int | None
     first is the baseline) into ``layout.rankers`` (``compare.json``).
 
     Args:
-        world: read the world's oracle click probabilities (a synthetic world) for the
-            oracle AUC and gap closed, and run every content ranker on the world's
-            perfect look vectors too (its content share); False for a world without them
-            (MovieLens).
+        world: a synthetic world: read its oracle click probabilities for the oracle AUC
+            and gap closed, and run every content ranker on its perfect look vectors too
+            (``moon ranker style-embeddings``: its content share); False for a world
+            without them (MovieLens).
         queries: feed the query-text embeddings; False for a world without query texts
             (their table is empty: every ``s_q`` is 0 either way).
     """
-
     style_dir = layout.rankers / "style_embeddings"
-
-    def run() -> None:
-        from moon_rec.ranking.compare import compare_rankers
-        from moon_rec.ranking.diagnostics import has_style_truth, write_oracle_style_embeddings
-
-        style = None  # a synthetic world: each content ranker on perfect look vectors too
-        if world and has_style_truth(layout.world):
-            style = write_oracle_style_embeddings(layout.world, style_dir)
-        compare_rankers(layout.training_set, layout.embeddings, RANKER_EXPERIMENTS,
-                        layout.rankers, experiments=tuple(experiments),
-                        world=layout.world if world else None,
-                        query_embeddings=layout.query_embeddings if queries else None,
-                        seed=seed, progress=progress, style_embeddings=style)
-
-    seed_arg = "" if seed is None else f" --seed {seed}"
-    q_arg = f" --query-embeddings {layout.query_embeddings}" if queries else ""
-    w_arg = f" --world {layout.world}" if world else ""
-    return Step(RANKERS, layout.rankers / "compare.json", run,
-                {"experiments": list(experiments), "seed": seed, "world": world,
-                 "queries": queries, "config": RANKER_EXPERIMENTS.read_text()},
-                (TRAINING_SET, *((QUERY_EMBEDDINGS,) if queries else ()), EMBED),
-                clean=(layout.rankers,),
-                code=("moon_rec.ranking.compare", "moon_rec.ranking.diagnostics"),
-                command=f"moon ranker compare --training-set {layout.training_set} --embeddings "
-                f"{layout.embeddings}{q_arg}{w_arg} --out {layout.rankers} --experiments "
-                f"{' '.join(experiments)}{seed_arg}"
-                + (f" --style-embeddings {style_dir / 'items.parquet'}  # after: python -m "
-                   f"moon_rec.ranking.diagnostics {layout.world} {style_dir}" if world else ""))
+    commands: list[MoonCommand] = []
+    if world:
+        commands.append(StyleEmbeddings(world=layout.world, out=style_dir))
+    commands.append(RankerCompare(
+        training_set=layout.training_set, embeddings=layout.embeddings,
+        query_embeddings=layout.query_embeddings if queries else None,
+        world=layout.world if world else None, config=RANKER_EXPERIMENTS,
+        experiments=list(experiments), seed=seed, out=layout.rankers,
+        style_embeddings=style_dir / "items.parquet" if world else None, quiet=not progress))
+    return command_step(
+        RANKERS, layout.rankers / "compare.json", commands,
+        {"experiments": list(experiments), "seed": seed, "world": world, "queries": queries,
+         "config": RANKER_EXPERIMENTS.read_text()},
+        (TRAINING_SET, *((QUERY_EMBEDDINGS,) if queries else ()), EMBED),
+        clean=(layout.rankers,))
 
 
 def ranker_experiments(preset: str) -> list[str]:
@@ -826,6 +723,27 @@ class ServingArtifacts:
                    project=d["project"])
 
 
+def serving_steps(layout: Layout, *, given_encoder: bool, profile: str = "embedded",
+                  project: str | None = None, seq_len: int | None = None,
+                  progress: bool = False) -> list[Step]:
+    """The loop's steps up to what ``moon serve`` reads, over an existing world: the
+    encoder (``layout.encoder_checkpoint`` when ``given_encoder``, else an untrained
+    ``tiny`` one), embeddings, feature tables, the store of ``profile`` materialized (and
+    its repository folder), the training set and query embeddings."""
+    if given_encoder:
+        first, enc_dep = given_encoder_step(layout), GIVEN_ENCODER
+    else:
+        first, enc_dep = untrained_encoder_step(layout), UNTRAINED_ENCODER
+    return [
+        first,
+        embed_step(layout, encoder_dep=enc_dep, progress=progress),
+        feature_tables_step(layout, seq_len=seq_len, deps=()),
+        feature_store_step(layout, profile=profile, project=project, seq_len=seq_len),
+        training_set_step(layout, seq_len=seq_len),
+        query_embeddings_step(layout, encoder_dep=enc_dep),
+    ]
+
+
 def prepare_serving(
     world: str | Path,
     out: str | Path,
@@ -842,7 +760,7 @@ def prepare_serving(
     materialized (and its repository folder), the training set, query embeddings and one
     trained ranker (``experiment``, with ``train_overrides`` merged into its config).
 
-    Runs the loop's own steps over a ``Layout`` rooted at ``out``.
+    Runs the loop's own steps (``serving_steps``) over a ``Layout`` rooted at ``out``.
     """
     from moon_rec.ranking.config import load_ranker_config
     from moon_rec.ranking.train import train_ranker
@@ -855,18 +773,8 @@ def prepare_serving(
     config = load_ranker_config(RANKER_EXPERIMENTS, experiment)
     if train_overrides:
         config = config.with_overrides(train_overrides)
-    seq_len = config.max_seq_len
-    if encoder is None:
-        steps, enc_dep = [untrained_encoder_step(layout)], UNTRAINED_ENCODER
-    else:
-        steps, enc_dep = [given_encoder_step(layout)], GIVEN_ENCODER
-    steps += [
-        embed_step(layout, encoder_dep=enc_dep, progress=progress),
-        feature_tables_step(layout, seq_len=seq_len, deps=()),
-        feature_store_step(layout, profile=profile, project=project, seq_len=seq_len),
-        training_set_step(layout, seq_len=seq_len),
-        query_embeddings_step(layout, encoder_dep=enc_dep),
-    ]
+    steps = serving_steps(layout, given_encoder=encoder is not None, profile=profile,
+                          project=project, seq_len=config.max_seq_len, progress=progress)
     run_steps(steps, out / "loop_state.json", label="serving loop")
     ranker = out / "ranker"
     train_ranker(layout.training_set, config, ranker, embeddings=layout.embeddings,

@@ -14,8 +14,8 @@ oracle, so the report gives AUC overall and on cold movies instead of the gap cl
 The loop's steps are ``moon_rec.loop.main_steps`` (world, encoder, recall, embed, feature
 store, training set, query embeddings, rankers); the demo adds two of its own: it serves
 the compared MOON ranker (``demo_serving``) and writes the report (``demo_report``). Each
-step names the ``moon`` command it is equivalent to (``--dry-run`` prints them) and is
-skipped when its output exists and its key (its parameters, its inputs' keys and the source
+loop step is the ``moon`` commands it runs (``--dry-run`` prints them; run by hand they
+write the same files) and is skipped when its output exists and its key (its parameters, its inputs' keys and the source
 of the code it runs) is unchanged, so a second run takes seconds, and after a code change
 exactly the steps whose code or inputs changed run again. A killed step resumes where its
 job resumes (encoder training from its last checkpoint, the embed job from its finished

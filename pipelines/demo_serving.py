@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -55,15 +56,18 @@ def exercise_service(layout: Layout, model_dir: Path, out: Path, *, n_requests: 
     users = test.column("user_id").to_numpy()
     queries = test.column("query_text").to_pylist()
 
+    token = secrets.token_urlsafe(24)  # this run's write token (POST /items needs it)
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                     "MOON_WRITE_TOKEN": token})
         try:
             try:
                 wait_healthy(url, proc, timeout=300, log=log)
             except RuntimeError as exc:
                 raise StepFailed(str(exc)) from None
-            with httpx.Client(base_url=url, timeout=30.0) as http:
+            with httpx.Client(base_url=url, timeout=30.0,
+                              headers={"Authorization": f"Bearer {token}"}) as http:
                 def rank(user: int, query: str, cands: list[int], top_k: int = 10) -> Any:
                     r = http.post("/rank", json={"user_id": user, "query_text": query,
                                                  "item_ids": cands, "top_k": top_k})

@@ -13,6 +13,11 @@ class ServiceError(Exception):
         self.message = message
         self.field = field
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers of the error response."""
+        return {}
+
 
 class BadInput(ServiceError):
     """The request is invalid (422); ``field`` names the part at fault."""
@@ -30,6 +35,20 @@ class StoreUnavailable(ServiceError):
     """The online store failed or the breaker is open (503)."""
 
     status = 503
+
+
+class Overloaded(ServiceError):
+    """Every worker is busy and the queue is full (503, with ``Retry-After``)."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, None)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class VersionMismatch(ValueError):

@@ -10,37 +10,27 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from moon_rec.data.errors import DataError
-from moon_rec.data.images import prepare_image
+from moon_rec.data.images import ImageLimits, decode_prepared
 from serving.config import IMAGE_FORMATS
 from serving.errors import BadInput
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """What an image field may be: at most ``max_pixels`` (width x height, read from the
-    header before anything is decoded) in one of ``formats`` (PIL names)."""
-
-    max_pixels: int = 4096 * 4096
-    formats: tuple[str, ...] = IMAGE_FORMATS
 
 
 def decode_image_field(
     data: str | bytes | None, field: str, size: int, limits: ImageLimits | None = None
 ) -> np.ndarray | None:
     """A base64 (str) or raw (bytes) PNG/JPEG -> (size, size, 3) uint8; DataError naming
-    ``field`` when it is not a decodable image of ``limits``."""
+    ``field`` when it is not a decodable image within ``limits`` (decided from the header,
+    before anything is decoded)."""
     if data is None:
         return None
-    limits = limits or ImageLimits()
+    limits = limits or ImageLimits(formats=IMAGE_FORMATS)
     if isinstance(data, str):
         try:
             raw = base64.b64decode(data, validate=True)
@@ -50,26 +40,12 @@ def decode_image_field(
         raw = data
     if not raw:
         raise DataError("empty image", column=field)
-    from PIL import Image, UnidentifiedImageError
-
+    # the project's one image preparation (pad to square, resize): a photo posted here
+    # gets the vector it gets through moon data import + moon embed
     try:
-        with Image.open(io.BytesIO(raw), formats=list(limits.formats)) as src:
-            w, h = src.size  # from the header: nothing decoded yet
-            if w * h > limits.max_pixels:
-                raise DataError(
-                    f"image of {w}x{h} pixels, at most {limits.max_pixels} pixels", column=field
-                )
-            # the project's one image preparation (pad to square, resize): a photo posted
-            # here gets the vector it gets through moon data import + moon embed
-            arr = prepare_image(np.asarray(src.convert("RGB"), dtype=np.uint8), size)
-    except UnidentifiedImageError as exc:
-        raise DataError(
-            f"not a decodable {'/'.join(limits.formats)} image", column=field
-        ) from exc
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"not a decodable PNG/JPEG image ({exc})", column=field) from exc
+        arr = decode_prepared(raw, size, where=field, limits=limits)
+    except DataError as exc:
+        raise DataError(exc.reason, column=field) from exc
     return np.ascontiguousarray(arr)
 
 
@@ -86,7 +62,7 @@ class QueryEncoder:
     Example::
 
         qe = QueryEncoder(encoder, dim=64, cache_size=10_000, lock=threading.Lock(),
-                          limits=ImageLimits())
+                          limits=ImageLimits(formats=("PNG", "JPEG")))
         vec = qe.query_vector("red dress", None)  # [64] float32, or None for no query
     """
 
@@ -99,6 +75,7 @@ class QueryEncoder:
         self.cache_size = int(cache_size)
         self._lock = lock
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()  # requests run on several worker threads
 
     @property
     def model_version(self) -> str:
@@ -143,15 +120,17 @@ class QueryEncoder:
         img = self.decode_image(image, "query_image")
         if text and text.strip():
             key = "t:" + text
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
+            with self._cache_lock:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    return hit
             vec = self.encode("text", "query_text", text=text)[self.dim]
             if self.cache_size > 0:
-                self._cache[key] = vec
-                if len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+                with self._cache_lock:
+                    self._cache[key] = vec
+                    if len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
             return vec
         if img is not None:
             return self.encode("image", "query_image", image=img)[self.dim]

@@ -51,7 +51,7 @@ from serving.errors import (
     StoreUnavailable,
     VersionMismatch,
 )
-from serving.query_encoder import ImageLimits, QueryEncoder, decode_image_field
+from serving.query_encoder import QueryEncoder, decode_image_field
 from serving.ranking import RankResult, RequestRanker, ServedVersions
 from serving.repo import open_repo_store
 from serving.store_guard import StoreGuard
@@ -134,7 +134,7 @@ class RankingService:
         self.model, _ = load_ranker(model_dir, content=content, semantic_ids=codes)
         self.model_version = f"ranker-{file_version(RankerDir(model_dir).weights_file)}"
         lock = threading.Lock()  # one model / encoder call at a time
-        limits = ImageLimits(self.config.max_image_pixels, tuple(self.config.image_formats))
+        limits = self.config.image_limits()
         self.query_encoder = QueryEncoder(self.encoder, self.dim, self.config.query_cache, lock,
                                           limits)
         self.writer = Writer(self.online, self.guard, self.catalog, self.query_encoder,

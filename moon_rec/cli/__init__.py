@@ -7,6 +7,11 @@ subcommands as plug-ins: a ``register`` function named in the ``moon_rec.command
 entry-point group (``moon serve`` is ``serving.cli:register``, declared in
 ``pyproject.toml``), so the library never imports them. This module assembles the parser
 and turns bad input into ``error: ...`` with exit status 2 instead of a traceback.
+
+The batch commands the loop runs are requests defined below the CLI, beside their jobs
+(``moon_rec.<package>.commands``, :class:`moon_rec.command.MoonCommand`): their parsers
+here name options after the request's fields and ``handled_by(Request)`` runs the parsed
+request, so ``moon ...`` and the loop's step run one definition.
 """
 
 from __future__ import annotations

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
+from moon_rec.command import handled_by
+from moon_rec.data.commands import (
+    MovieLensImport,
+    WorldGenerate,
+    WorldShow,
+    WorldValidate,
+    world_summary,
+)
 from moon_rec.data.errors import DataError
 
 
@@ -33,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--workers", type=int, help="image rendering processes")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing world")
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
-    gen.set_defaults(func=_generate)
+    gen.set_defaults(**handled_by(WorldGenerate))
 
     val = wsub.add_parser(
         "validate",
@@ -45,14 +52,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     val.add_argument("world", type=Path)
     val.add_argument("--fast", action="store_true", help="check image signatures only")
-    val.add_argument("--json", action="store_true", help="print the report as JSON")
-    val.set_defaults(func=_validate)
+    val.add_argument("--json", dest="as_json", action="store_true",
+                     help="print the report as JSON")
+    val.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
+    val.set_defaults(**handled_by(WorldValidate))
 
     show = wsub.add_parser("show", help="write a contact sheet: catalog photos beside image queries")
     show.add_argument("world", type=Path)
     show.add_argument("--n", type=int, default=16, help="number of items (rows)")
     show.add_argument("--out", type=Path, default=Path("sheet.png"))
-    show.set_defaults(func=_show)
+    show.set_defaults(**handled_by(WorldShow))
 
     summ = wsub.add_parser("summary", help="print world.json without the config block")
     summ.add_argument("world", type=Path)
@@ -98,78 +107,75 @@ def register(sub: argparse._SubParsersAction) -> None:
     ml.add_argument("--split-quantile", type=float, default=0.8,
                     help="share of the ratings (in time order) in the training period")
     ml.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    ml.set_defaults(func=_import_movielens)
+    ml.set_defaults(**handled_by(MovieLensImport))
 
-
-def _generate(args: argparse.Namespace) -> int:
-    from moon_rec.data.world import generate_world, make_config
-
-    cfg = make_config(
-        args.preset,
-        args.seed,
-        n_items=args.n_items,
-        n_users=args.n_users,
-        n_requests=args.n_requests,
-        n_brands=args.n_brands,
-        days=args.days,
-        image_size=args.image_size,
-        workers=args.workers,
+    logs = isub.add_parser(
+        "logs",
+        help="your logs (behaviours, impressions, users, image queries; CSV / TSV / parquet / "
+        "JSON lines) through a column-mapping YAML -> a validated world",
+        description="The mapping names each source file and its columns (ours: theirs), the "
+        "time format (unix_s, unix_ms, iso8601), the id policy (map: string ids -> stable "
+        "int64 ids, kept in WORLD/id_maps/; keep), extra typed user / item columns, and "
+        "negatives: {k, strategy, seed} to turn positives-only logs into CTR impressions. "
+        "See moon_rec/data/logs.py. Without an items source the catalog already in --out "
+        "(moon data import) is used.",
     )
-    out: Path = args.out
-    if (out / "world.json").exists():
-        if not args.overwrite:
-            from moon_rec.data.io import read_world_meta
+    logs.add_argument("--mapping", required=True, type=Path, help="the column-mapping YAML")
+    logs.add_argument("--out", required=True, type=Path, help="output world directory")
+    logs.add_argument("--overwrite", action="store_true",
+                      help="replace the users / behaviours / impressions already in --out")
+    logs.set_defaults(func=_import_logs)
 
-            try:
-                existing = read_world_meta(out)
-            except DataError as exc:
-                raise DataError(f"{exc.reason}; pass --overwrite to replace this world",
-                                file=exc.file, column=exc.column) from exc
-            if existing.get("config") == cfg.to_dict():
-                print(f"world {out} is up to date (preset {cfg.preset}, seed {cfg.seed})")
-                return 0
-            raise DataError("a different world exists here; pass --overwrite", file=str(out))
-        shutil.rmtree(out)
-    elif out.exists() and args.overwrite:
-        shutil.rmtree(out)
-    meta = generate_world(cfg, out, progress=not args.quiet)
-    print(json.dumps(_summary_of(meta), indent=2))
-    return 0
+    rb = isub.add_parser(
+        "recbole",
+        help="RecBole atomic files (NAME.inter / .item / .user, field:type headers) -> a world",
+        description="Ratings thresholded to clicks (--click-threshold, default 4: every "
+        "rating an impression) or kept as implicit positives (--implicit, with --negatives K "
+        "for CTR impressions). token_seq fields are item text. See moon_rec/data/recbole.py.",
+    )
+    rb.add_argument("--path", required=True, type=Path, help="folder of the atomic files")
+    rb.add_argument("--dataset", required=True, help="NAME of NAME.inter")
+    rb.add_argument("--out", required=True, type=Path, help="output world directory")
+    rb.add_argument("--click-threshold", type=float, default=4.0,
+                    help="clicked = rating >= this (default 4)")
+    rb.add_argument("--implicit", action="store_true",
+                    help="every interaction a positive (no rating threshold)")
+    _negative_args(rb)
+    rb.add_argument("--ids", choices=("map", "keep"), default="map",
+                    help="map tokens to stable int64 ids (default) or keep integer tokens")
+    rb.add_argument("--title-field", help="item title field (default: the first token_seq)")
+    rb.add_argument("--category-field", help="item category field (first token)")
+    rb.add_argument("--user-field", default="user_id")
+    rb.add_argument("--item-field", default="item_id")
+    rb.add_argument("--time-field", default="timestamp")
+    rb.add_argument("--rating-field", default="rating")
+    rb.add_argument("--split-quantile", type=float, default=0.8)
+    rb.add_argument("--overwrite", action="store_true", help="replace a world in --out")
+    rb.set_defaults(func=_import_recbole)
+
+    hm = isub.add_parser(
+        "hm",
+        help="the H&M fashion layout (articles.csv, customers.csv, transactions_train.csv, "
+        "images/0XX/) -> a world with photos",
+        description="Articles -> items (photos through prepare_image, null where missing), "
+        "customers -> users with extra columns, transactions -> buys and, with K sampled "
+        "negatives each (default 4), CTR impressions. See moon_rec/data/hm.py.",
+    )
+    hm.add_argument("--path", required=True, type=Path, help="the H&M folder")
+    hm.add_argument("--out", required=True, type=Path, help="output world directory")
+    _negative_args(hm)
+    hm.add_argument("--image-size", type=int, default=64, help="resize photos to N x N")
+    hm.add_argument("--split-quantile", type=float, default=0.8)
+    hm.add_argument("--overwrite", action="store_true", help="replace a world in --out")
+    hm.set_defaults(func=_import_hm)
 
 
-def _summary_of(meta: dict) -> dict:
-    return {k: v for k, v in meta.items() if k != "config"}
-
-
-def _validate(args: argparse.Namespace) -> int:
-    from moon_rec.data.validation import validate_world
-
-    report = validate_world(args.world, full_images=not args.fast)
-    tables = {
-        name: {"rows": t.n_rows, "files": [str(f) for f in t.files]}
-        for name, t in report.tables.items()
-    }
-    if args.json:
-        print(json.dumps({"world": str(args.world), "valid": True, "tables": tables}, indent=2))
-    else:
-        for name, t in tables.items():
-            print(f"{name:14s} {t['rows']:>10,d} rows  ok")
-        print(f"{args.world}: valid")
-    return 0
-
-
-def _show(args: argparse.Namespace) -> int:
-    from moon_rec.data.contact_sheet import contact_sheet
-
-    path = contact_sheet(args.world, args.out, n=args.n)
-    print(f"wrote {path}")
-    return 0
 
 
 def _summary(args: argparse.Namespace) -> int:
     from moon_rec.data.io import read_world_meta
 
-    print(json.dumps(_summary_of(read_world_meta(args.world)), indent=2))
+    print(json.dumps(world_summary(read_world_meta(args.world)), indent=2))
     return 0
 
 
@@ -180,7 +186,8 @@ def _import(args: argparse.Namespace) -> int:
 
     for name in ("items", "images", "out"):
         if getattr(args, name) is None:
-            raise DataError(f"moon data import needs --{name} (or a SOURCE: movielens)")
+            raise DataError(f"moon data import needs --{name} (or a SOURCE: logs, recbole, hm, "
+                            "movielens)")
 
     look = tuple(s.strip() for s in args.look_driven.split(",") if s.strip())
     try:
@@ -200,7 +207,29 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_movielens(args: argparse.Namespace) -> int:
-    from moon_rec.data.movielens import run_cli
+def _negative_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--negatives", type=int, default=0,
+                   help="K sampled negatives per positive -> CTR impressions (0: none; "
+                   "hm: 0 means the default 4)")
+    p.add_argument("--negative-strategy", choices=("uniform", "popularity", "category"),
+                   default="uniform")
+    p.add_argument("--seed", type=int, default=0, help="the negative draw's seed")
+
+
+def _import_hm(args: argparse.Namespace) -> int:
+    from moon_rec.data.hm import run_cli
 
     return run_cli(args)
+
+
+def _import_recbole(args: argparse.Namespace) -> int:
+    from moon_rec.data.recbole import run_cli
+
+    return run_cli(args)
+
+
+def _import_logs(args: argparse.Namespace) -> int:
+    from moon_rec.data.logs import run_cli
+
+    return run_cli(args)
+

@@ -1,8 +1,13 @@
 """`moon encoder pretrain | posttrain --stage 1|2 | train`: MOON encoder training.
 
 All three accept ``--preset`` (configs/encoder/<preset>.yaml) or ``--config FILE`` plus
-``--set key.sub=value`` overrides, and ``--text-tower DIR`` (a pretrained text model with
-its tokenizer, e.g. all-MiniLM-L6-v2: ``encoder.text_tower``); they resume from
+``--set key.sub=value`` overrides, and the pretrained parts of a fresh encoder, each from a
+local path: ``--text-tower DIR`` (a text model with its tokenizer, e.g. all-MiniLM-L6-v2:
+``encoder.text_tower``), ``--image-tower PATH`` (a Hugging Face vision model folder with its
+image processor, or a CNN state-dict file such as EfficientNet-Lite's ``.pth``:
+``encoder.image_tower``), ``--pretrained DIR`` (a full dual encoder such as CLIP / SigLIP,
+or with ``--set encoder.backbone=mllm`` a Qwen2-VL-family checkpoint:
+``encoder.pretrained``); they resume from
 ``OUT/state`` after a kill unless ``--no-resume``. Run under ``torchrun --nproc_per_node N -m moon_rec.cli encoder ...`` for
 DDP (gloo on CPU).
 """
@@ -13,6 +18,9 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+from moon_rec.command import handled_by
+from moon_rec.training.commands import STAGE_NAMES, EncoderInit, EncoderTrain, encoder_config
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -27,8 +35,21 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="a local pretrained transformers text model folder with its tokenizer "
                    "(e.g. all-MiniLM-L6-v2) as the text tower of a fresh encoder "
                    "(sets encoder.text_tower)")
+    _pretrained_args(p)
     p.add_argument("--no-resume", action="store_true", help="ignore OUT/state, start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _pretrained_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-tower", type=Path, default=None, metavar="PATH",
+                   help="a local pretrained image backbone for a fresh encoder: a transformers "
+                   "vision model folder (ViT, DINOv2, ConvNeXt, SigLIP vision) with its "
+                   "preprocessor_config.json, or a CNN state-dict file "
+                   "(efficientnet-lite0/1/2 .pth; sets encoder.image_tower)")
+    p.add_argument("--pretrained", type=Path, default=None, metavar="DIR",
+                   help="a local pretrained backbone folder with its tokenizer and image "
+                   "processor: a full dual encoder (CLIP, SigLIP), or a Qwen2-VL-family "
+                   "checkpoint with encoder.backbone=mllm (sets encoder.pretrained)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     allp = esub.add_parser("train", help="pretrain, stage 1 and stage 2 in a row (OUT/<stage>)")
     _common(allp)
-    allp.set_defaults(func=_train_all)
+    allp.add_argument("--stages", nargs="+", default=list(STAGE_NAMES), metavar="STAGE",
+                      help="the stages to run in a row, each from the previous one (default: "
+                      "all three; e.g. stage1 stage2 with --text-tower skips pretraining)")
+    allp.add_argument("--snapshot", action="append", default=[], metavar="STAGE:STEP",
+                      help="also keep the encoder of this step in OUT/<stage>/snapshots/"
+                      "step-NNNNNN (repeatable)")
+    allp.set_defaults(**handled_by(EncoderTrain))
 
     init = esub.add_parser(
         "init", help="save an untrained encoder (a baseline; plumbing and latency tests)",
@@ -72,25 +99,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--seed", type=int, default=None, help="weight init seed (default: config)")
     init.add_argument("--text-tower", type=Path, default=None, metavar="DIR",
                       help="a pretrained text model folder with its tokenizer")
-    init.set_defaults(func=_init, overrides=[], threads=None)
+    _pretrained_args(init)
+    init.set_defaults(**handled_by(EncoderInit))
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from moon_rec.encoders import EncoderConfig
-    from moon_rec.training.config import load_config
-
-    overrides = list(args.overrides)
-    if args.threads is not None:
-        overrides.append(f"threads={args.threads}")
-    config = load_config(args.preset, args.config, overrides)
-    if args.text_tower is not None:
-        if getattr(args, "init", None) is not None:
-            raise ValueError("--text-tower builds a fresh encoder and --init continues a "
-                             "checkpoint (which carries its own text tower): pass one")
-        encoder = EncoderConfig.model_validate(
-            {**config.encoder.model_dump(), "text_tower": str(args.text_tower.resolve())})
-        config = config.model_copy(update={"encoder": encoder})
-    return config
+    return encoder_config(args.preset, args.config, args.overrides, args.threads,
+                          text_tower=args.text_tower, image_tower=args.image_tower,
+                          pretrained=args.pretrained, init=getattr(args, "init", None))
 
 
 def _run(args: argparse.Namespace, stage: str, init: Path | None, config: Any = None) -> int:
@@ -110,24 +126,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _posttrain(args: argparse.Namespace) -> int:
     config = _config(args)
-    if args.init is None and config.encoder.text_tower is None:
-        raise ValueError("posttrain needs --init (the previous stage) or a pretrained text "
-                         "tower (--text-tower, or encoder.text_tower) to start from")
+    if args.init is None and config.encoder.text_tower is None and not config.encoder.sources:
+        raise ValueError("posttrain needs --init (the previous stage) or a pretrained part "
+                         "(--text-tower, --image-tower, --pretrained) to start from")
     return _run(args, f"stage{args.stage}", args.init, config)
-
-
-def _train_all(args: argparse.Namespace) -> int:
-    from moon_rec.training.trainer import train_all
-
-    result = train_all(args.world, _config(args), args.out, progress=not args.quiet)
-    print(json.dumps({s: {k: v for k, v in r.items() if k != "config"} for s, r in result.items()},
-                     indent=2))
-    return 0
-
-
-def _init(args: argparse.Namespace) -> int:
-    from moon_rec.training.trainer import build_untrained_encoder
-
-    out = build_untrained_encoder(args.world, _config(args), args.out, seed=args.seed)
-    print(json.dumps({"out": str(out)}))
-    return 0

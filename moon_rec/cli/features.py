@@ -4,6 +4,7 @@ moon features build --world W --out DIR            # behaviour sequences, item f
 moon features init --data DIR [--embeddings E]     # record paths for feature_repo/
 moon features apply [--profile embedded|production]
 moon features materialize [--batch-rows N]         # chunked embeddings + Feast for the rest
+moon features publish --data DIR --serving-repo R  # init + apply + materialize + repo folder
 moon features training-set --world W --out T       # point-in-time ranker training set
 moon embed --world W --checkpoint C --out E        # batch embedding job
 """
@@ -16,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from moon_rec.command import handled_by
+from moon_rec.featurestore.commands import Embed, FeaturesBuild, FeaturesPublish, TrainingSetBuild
 from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN
 
 
@@ -37,18 +40,16 @@ def _add_store_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_summary_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--summary", type=Path, default=None,
+                   help="also write the printed JSON summary to this file")
+
+
 def _open(args: argparse.Namespace, apply: bool = True):  # type: ignore[no-untyped-def]
     from moon_rec.featurestore.repo import resolve_data_paths
     from moon_rec.featurestore.store import open_store
 
     return open_store(args.profile, args.state, resolve_data_paths(args.state), apply=apply)
-
-
-def _cmd_build(args: argparse.Namespace) -> int:
-    from moon_rec.featurestore.feature_tables import build_feature_tables
-
-    print(json.dumps(build_feature_tables(args.world, args.out, seq_len=args.seq_len), indent=2))
-    return 0
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -84,35 +85,6 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_training_set(args: argparse.Namespace) -> int:
-    from moon_rec.featurestore.training_set import build_training_set
-
-    summary = build_training_set(
-        args.world, args.out, data_dir=args.data, profile=args.profile, seq_len=args.seq_len
-    )
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-def _cmd_embed(args: argparse.Namespace) -> int:
-    from moon_rec.featurestore.embed_job import EmbedJobConfig, run_embed_job
-
-    cfg = EmbedJobConfig(
-        batch_size=args.batch_size,
-        part_rows=args.part_rows,
-        progress=not args.no_progress,
-        device=args.device,
-        precision=args.precision,
-    )
-    summary = run_embed_job(args.world, args.checkpoint, args.out, cfg)
-    print(json.dumps(summary, indent=2, default=str))
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():  # under torchrun
-        dist.destroy_process_group()
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``moon features ...`` and ``moon embed``."""
     feats = subparsers.add_parser(
@@ -125,7 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--world", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="feature data folder")
     p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="max sequence length L")
-    p.set_defaults(func=_cmd_build)
+    _add_summary_arg(p)
+    p.set_defaults(**handled_by(FeaturesBuild))
 
     p = fsub.add_parser("init", help="record absolute data paths for feature_repo/")
     p.add_argument("--data", type=Path, required=True, help="feature data folder (from build)")
@@ -144,13 +117,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-embeddings", action="store_true")
     p.set_defaults(func=_cmd_materialize)
 
+    p = fsub.add_parser(
+        "publish", help="init + apply + materialize, and write the serving repository folder",
+        description="What the loop's feature-store step runs: record the data paths, register "
+        "the definitions, materialize the online store (chunked embeddings, Feast for the "
+        "rest) and write a self-contained Feast repository folder over the store (moon serve "
+        "--repo).")
+    p.add_argument("--data", type=Path, required=True, help="feature data folder (from build)")
+    p.add_argument("--embeddings", type=Path, default=None, help="embedding parts (moon embed)")
+    _add_store_args(p)
+    p.add_argument("--project", default=None, help="the Feast project (default: the profile's)")
+    p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,
+                   help="the behaviour view's sequence length L")
+    p.add_argument("--serving-repo", type=Path, required=True,
+                   help="where to write the repository folder")
+    _add_summary_arg(p)
+    p.set_defaults(**handled_by(FeaturesPublish))
+
     p = fsub.add_parser("training-set", help="point-in-time ranker training set")
     p.add_argument("--world", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output parquet")
     p.add_argument("--data", type=Path, default=None, help="feature tables (default: built now)")
     p.add_argument("--profile", default="embedded")
     p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN)
-    p.set_defaults(func=_cmd_training_set)
+    _add_summary_arg(p)
+    p.set_defaults(**handled_by(TrainingSetBuild))
 
     p = subparsers.add_parser("embed", help="batch-embed the catalog with a MOON encoder")
     p.add_argument("--world", type=Path, required=True)
@@ -166,4 +157,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="bf16 autocast where native (auto, default), or force fp32 / bf16",
     )
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd_embed)
+    _add_summary_arg(p)
+    p.set_defaults(**handled_by(Embed))

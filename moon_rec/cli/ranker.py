@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "ranker" / "experiments.yaml"
+from moon_rec.command import handled_by
+from moon_rec.ranking.commands import DEFAULT_CONFIG, EmbedQueries, RankerCompare, StyleEmbeddings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,15 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_eval)
 
     cmp = sub.add_parser("compare", help="ID-only DIN vs MOON rankers, with gap closed")
-    cmp.add_argument("--training-set", required=True)
-    cmp.add_argument("--embeddings", required=True)
-    cmp.add_argument("--query-embeddings", help="query-text embedding parquet (optional)")
-    cmp.add_argument("--world", help="world directory (oracle AUC, needed for gap closed)")
-    cmp.add_argument("--config", default=str(DEFAULT_CONFIG))
+    cmp.add_argument("--training-set", type=Path, required=True)
+    cmp.add_argument("--embeddings", type=Path, required=True)
+    cmp.add_argument("--query-embeddings", type=Path,
+                     help="query-text embedding parquet (optional)")
+    cmp.add_argument("--world", type=Path,
+                     help="world directory (oracle AUC, needed for gap closed)")
+    cmp.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     cmp.add_argument(
         "--experiments",
         nargs="+",
-        default=["din_ids", "cube_moon", "sim_moon"],
+        default=RankerCompare.model_fields["experiments"].default,
         help="experiment ids; the first is the baseline",
     )
     cmp.add_argument("--seed", type=int)
@@ -61,20 +64,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     cmp.add_argument(
         "--style-embeddings",
-        help="perfect look vectors of a synthetic world (python -m moon_rec.ranking.diagnostics "
-        "WORLD OUT writes them): "
-        "each content ranker also runs on them, for its content share",
+        type=Path,
+        help="perfect look vectors of a synthetic world (moon ranker style-embeddings writes "
+        "them): each content ranker also runs on them, for its content share",
     )
-    cmp.add_argument("--out", required=True)
-    cmp.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    cmp.set_defaults(func=_compare)
+    cmp.add_argument("--out", type=Path, required=True)
+    cmp.add_argument("--json", dest="as_json", action="store_true",
+                     help="print JSON instead of the table")
+    cmp.add_argument("--quiet", action="store_true", help="no progress bars")
+    cmp.set_defaults(**handled_by(RankerCompare))
+
+    sty = sub.add_parser(
+        "style-embeddings",
+        help="a synthetic world's perfect look vectors, for compare --style-embeddings",
+        description="Write OUT/items.parquet: per item the world's hidden oracle_style (plus "
+        "noise) in the embedding-table format, so that each content ranker also runs on "
+        "perfect look vectors (its content share). Only a synthetic world has them.")
+    sty.add_argument("--world", type=Path, required=True)
+    sty.add_argument("--out", type=Path, required=True, help="output folder")
+    sty.add_argument("--noise", type=float, default=0.05,
+                     help="Gaussian noise on the dims past the style")
+    sty.add_argument("--style-noise", type=float, default=0.0,
+                     help="blur the style itself (content quality)")
+    sty.set_defaults(**handled_by(StyleEmbeddings))
 
     q = sub.add_parser("embed-queries", help="encode a training set's query texts (CUBE's s_q)")
-    q.add_argument("--training-set", required=True)
-    q.add_argument("--checkpoint", required=True, help="MoonEncoder.save_pretrained dir")
-    q.add_argument("--out", required=True, help="output parquet file")
+    q.add_argument("--training-set", type=Path, required=True)
+    q.add_argument("--checkpoint", type=Path, required=True,
+                   help="MoonEncoder.save_pretrained dir")
+    q.add_argument("--out", type=Path, required=True, help="output parquet file")
     q.add_argument("--batch-size", type=int, default=256)
-    q.set_defaults(func=_embed_queries)
+    q.set_defaults(**handled_by(EmbedQueries))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -121,31 +141,4 @@ def _eval(args: argparse.Namespace) -> int:
         for key, value in sorted(report.items()):
             print(f"{key:24s} {value}")
     (Path(args.model) / "eval.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    return 0
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from moon_rec.ranking.compare import compare_rankers, format_table
-
-    result = compare_rankers(
-        args.training_set,
-        args.embeddings,
-        args.config,
-        args.out,
-        experiments=tuple(args.experiments),
-        world=args.world,
-        query_embeddings=args.query_embeddings,
-        seed=args.seed,
-        reuse=args.reuse,
-        style_embeddings=args.style_embeddings,
-    )
-    print(json.dumps(result, sort_keys=True) if args.json else format_table(result))
-    return 0
-
-
-def _embed_queries(args: argparse.Namespace) -> int:
-    from moon_rec.ranking.queries import write_query_embeddings
-
-    out = write_query_embeddings(args.training_set, args.checkpoint, args.out, args.batch_size)
-    print(json.dumps({"out": str(out)}))
     return 0

@@ -40,12 +40,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from PIL import UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
 from moon_rec.data.errors import DataError
-from moon_rec.data.images import decode_prepared, encode_png
-from moon_rec.data.images import image_size as header_size
+from moon_rec.data.images import ImageLimits, decode_prepared, encode_png
 from moon_rec.data.io import WORLD_META, write_table, write_world_meta
 from moon_rec.data.schemas import TIMESTAMP
 from moon_rec.data.validation import validate_table
@@ -81,6 +79,9 @@ class ImportLimits(BaseModel):
         max_image_bytes: bytes of one image file.
         max_image_pixels: width x height of one image, read from its header before it is
             decoded (``--max-image-pixels``).
+        max_image_side, max_image_aspect, max_image_decode_bytes: the other bounds of
+            ``moon_rec.data.images.ImageLimits`` (the longer side, long / short side, and
+            the memory of decoding and padding), also decided from the header.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -91,6 +92,14 @@ class ImportLimits(BaseModel):
     max_record_chars: int = Field(default=1_000_000, ge=1)
     max_image_bytes: int = Field(default=50 * 2**20, ge=1)
     max_image_pixels: int = Field(default=25_000_000, ge=1)
+    max_image_side: int = Field(default=ImageLimits().max_side, ge=1)
+    max_image_aspect: float = Field(default=ImageLimits().max_aspect, ge=1.0, allow_inf_nan=False)
+    max_image_decode_bytes: int = Field(default=ImageLimits().max_decode_bytes, ge=1)
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_pixels=self.max_image_pixels, max_side=self.max_image_side,
+                           max_aspect=self.max_image_aspect,
+                           max_decode_bytes=self.max_image_decode_bytes)
 
     def field_limit(self, name: str) -> int:
         if name == "title":
@@ -148,6 +157,9 @@ def _csv_records(path: Path, limits: ImportLimits) -> Iterator[tuple[int, dict[s
             for values in reader:
                 if not any(v.strip() for v in values):
                     continue  # a blank line
+                if len(values) > len(header):  # a stray comma or an unquoted field
+                    raise DataError(f"{len(values)} fields, more than the header's "
+                                    f"{len(header)}", file=str(path), row=reader.line_num)
                 yield reader.line_num, dict(zip(header, values, strict=False))
     except csv.Error as exc:
         line = reader.line_num if reader is not None else None
@@ -346,14 +358,11 @@ def _load_image(images: Path, rec: _Record, size: int) -> bytes:
         data = path.read_bytes()
     except OSError as exc:
         raise rec.error("image", f"cannot read image {path} ({exc.strerror or exc})") from None
-    try:  # the header gives the size before a (possibly huge) decode
-        w, h = header_size(data)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        w = h = 0  # undecodable: decode_prepared names the problem
-    if w * h > limits.max_image_pixels:
-        raise rec.error("image", f"image of {w} x {h} pixels, more than the limit of "
-                                 f"{limits.max_image_pixels:,} ({path})")
-    return encode_png(decode_prepared(data, size, where=f"{rec.file} row {rec.line} ({path})"))
+    try:  # the header decides the limits before a (possibly huge) decode
+        prepared = decode_prepared(data, size, where=str(path), limits=limits.image_limits())
+    except DataError as exc:
+        raise rec.error("image", f"{exc.reason} ({path})") from None
+    return encode_png(prepared)
 
 
 def import_catalog(

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from moon_rec import runtime
 from moon_rec.data.errors import DataError
-from moon_rec.data.schemas import TABLES, full_schema
+from moon_rec.data.schemas import TABLES, extra_column_problem, full_schema
 from moon_rec.data.validation import table_files, validate_table
 from moon_rec.runtime import atomic_write_json
 
@@ -155,9 +155,14 @@ def write_table(table: pa.Table, path: str | Path, name: str | None = None) -> P
 
 
 def conform(table: pa.Table, name: str) -> pa.Table:
-    """Order and cast ``table``'s columns to the contract schema of table ``name``."""
+    """Order and cast ``table``'s columns to the contract schema of table ``name``; the
+    typed extra columns of ``users`` / ``items`` follow the contract's, in their order."""
     schema = full_schema(name)
     cols = [f for f in schema if f.name in table.column_names]
+    if TABLES[name].extras:
+        known = set(schema.names)
+        cols += [pa.field(f.name, f.type) for f in table.schema if f.name not in known
+                 and extra_column_problem(name, f.name, f.type) is None]
     missing = [f.name for f in TABLES[name].columns if f.name not in table.column_names]
     if missing:
         raise DataError(f"missing columns {missing}", file=name)

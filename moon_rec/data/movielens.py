@@ -44,9 +44,12 @@ order are the training period; ``train_end_ts`` sits half a second before the fi
 rating (ratings are whole seconds, so no rating is on the boundary and ``>`` and ``>=``
 agree). All ratings of the boundary second are test ratings.
 
-A bad file stops the import naming the file, column and row (text files: the line number,
-from 1; parquet: the row, from 0) and nothing is written: the tables are built in memory,
-written to a temporary folder beside ``out``, validated, then moved into place.
+The world is built by the one import path of every source, ``moon_rec.data.logs``: this
+module reads and checks the MovieLens files, derives each movie's text, genre, decade and
+launch, and hands them over as labelled interactions (``label_threshold`` 4). A bad file
+stops the import naming the file, column and row (text files: the line number, from 1;
+parquet: the row, from 0) and nothing is written: the world is staged beside ``out``,
+validated, then moved into place.
 """
 
 from __future__ import annotations
@@ -65,9 +68,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moon_rec.data.errors import DataError
-from moon_rec.data.io import write_table, write_world_meta
-from moon_rec.data.schemas import TABLES, TIMESTAMP
-from moon_rec.data.validation import validate_world
+from moon_rec.data.logs import (
+    InteractionsSource,
+    ItemsSource,
+    LogsMapping,
+    Split,
+    TimeFormat,
+    UsersSource,
+    import_logs,
+    split_end_us,
+)
+from moon_rec.data.schemas import TIMESTAMP
 
 GENRES: tuple[str, ...] = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -90,7 +101,6 @@ MIN_RATING, MAX_RATING = 1, 5
 CLICK_MIN_RATING = 4
 # Unix times outside [1970, 2100) are not times but typos or another unit (ms).
 MAX_UNIX_S = 4_102_444_800
-BEHAVIOUR_DELAY_US = 1_000_000
 RELEASE_FORMAT = "%d-%b-%Y"  # 01-Jan-1995
 _YEAR_IN_TITLE = re.compile(r"\((\d{4})\)")
 
@@ -352,24 +362,6 @@ def movie_attributes(year: int | None, genres: np.ndarray) -> str:
     return "; ".join(parts)
 
 
-def split_end_us(ts_us: np.ndarray, quantile: float) -> int:
-    """``train_end_ts`` in us: half a second before the first rating of the test period
-    (the last ``1 - quantile`` of the ratings in time order; ties at the boundary go to
-    the test period).
-
-    Raises:
-        DataError: a quantile outside (0, 1) or a split with an empty side.
-    """
-    if not 0.0 < quantile < 1.0:
-        raise DataError(f"split quantile {quantile} outside (0, 1)", column="split_quantile")
-    ts = np.sort(ts_us)
-    k = min(max(int(quantile * ts.size), 1), ts.size - 1) if ts.size > 1 else 0
-    if ts.size < 2 or ts[k] == ts[0]:
-        raise DataError(f"the split at quantile {quantile} leaves no training ratings "
-                        f"({ts.size} ratings)", column="split_quantile")
-    return int(ts[k]) - 500_000
-
-
 def _first_ts(keys: np.ndarray, by: np.ndarray, ts: np.ndarray) -> dict[int, int]:
     """{key: earliest ts} over rows where ``by`` == key."""
     order = np.lexsort((ts, by))
@@ -380,15 +372,11 @@ def _first_ts(keys: np.ndarray, by: np.ndarray, ts: np.ndarray) -> dict[int, int
     return {int(k): found[int(k)] for k in keys.tolist() if int(k) in found}
 
 
-def build_tables(data: MovieLensData, *, split_quantile: float = 0.8
-                 ) -> tuple[dict[str, pa.Table], dict[str, Any]]:
-    """The world tables (DESIGN section 3) and the world.json content of one MovieLens
-    import (see the module docstring for every column's meaning)."""
+def write_inputs(data: MovieLensData, folder: Path) -> LogsMapping:
+    """The parsed files as the logs import's inputs (parquet in ``folder``) and their
+    mapping: ratings as labelled interactions, the movies with their text, most specific
+    genre, decade and launch (first rating, else release date) already derived."""
     ts_us = data.ts_s * 1_000_000
-    train_end = split_end_us(ts_us, split_quantile)
-    start, end = int(ts_us.min()), int(ts_us.max())
-
-    # items, in id order
     order = np.argsort(data.movie_id, kind="stable")
     movie_id = data.movie_id[order]
     genres = data.genres[order]
@@ -396,135 +384,75 @@ def build_tables(data: MovieLensData, *, split_quantile: float = 0.8
     releases = [data.release[i] for i in order.tolist()]
     years = [movie_year(t, r) for t, r in zip(titles, releases, strict=True)]
     first_rating = _first_ts(movie_id, data.movie, ts_us)
-    launch = np.array([
-        first_rating.get(int(m), int(r.timestamp() * 1_000_000) if r is not None else start)
-        for m, r in zip(movie_id.tolist(), releases, strict=True)
-    ], np.int64)
-    category = primary_genre(genres)
-    items = pa.table({
-        "item_id": movie_id,
-        "category_id": category,
-        "brand_id": np.array([(y // 10) * 10 if y is not None else 0 for y in years], np.int64),
+    launch = [first_rating.get(int(m), int(r.timestamp() * 1_000_000) if r is not None else None)
+              for m, r in zip(movie_id.tolist(), releases, strict=True)]
+    pq.write_table(pa.table({
+        "movie_id": movie_id,
         "title": pa.array(titles, pa.string()),
+        "category_id": primary_genre(genres),
+        "brand_id": np.array([(y // 10) * 10 if y is not None else 0 for y in years], np.int64),
         "attributes": pa.array([movie_attributes(y, g) for y, g in zip(years, genres, strict=True)],
                                pa.string()),
-        "price": np.zeros(movie_id.size, np.float64),
-        "launch_ts": pa.array(launch, TIMESTAMP),
-        "image": pa.nulls(movie_id.size, pa.binary()),
-        "spu_id": movie_id,
-    })
-
-    user_id = np.sort(data.user_id)
-    first_user = _first_ts(user_id, data.user, ts_us)
-    users = pa.table({
-        "user_id": user_id,
-        "signup_ts": pa.array(np.array([first_user.get(int(u), start) for u in user_id.tolist()],
-                                       np.int64), TIMESTAMP),
-    })
-
-    # impressions: one request per rating, in time order
-    ro = np.lexsort((data.movie, data.user, ts_us))
-    clicked = (data.rating[ro] >= CLICK_MIN_RATING).astype(np.int8)
-    n = ro.size
-    impressions = pa.table({
-        "request_id": np.arange(1, n + 1, dtype=np.int64),
-        "user_id": data.user[ro],
-        "ts": pa.array(ts_us[ro], TIMESTAMP),
-        "query_text": pa.array([""] * n, pa.string()),
-        "item_id": data.movie[ro],
-        "position": np.zeros(n, np.int32),
-        "clicked": clicked,
-    })
-    liked = ro[clicked == 1]
-    behaviors = pa.table({
-        "user_id": data.user[liked],
-        "item_id": data.movie[liked],
-        "ts": pa.array(ts_us[liked] + BEHAVIOUR_DELAY_US, TIMESTAMP),
-        "action": pa.array(["click"] * liked.size, pa.string()),
-        "query_text": pa.array([""] * liked.size, pa.string()),
-        "query_image_id": pa.nulls(liked.size, pa.int64()),
-    })
-    image_queries = TABLES["image_queries"].schema.empty_table()
-    categories = pa.table({
-        "category_id": np.arange(len(GENRES), dtype=np.int64),
-        "parent_id": pa.nulls(len(GENRES), pa.int64()),
-        "name": pa.array(list(GENRES), pa.string()),
-        "look_driven": pa.array([False] * len(GENRES), pa.bool_()),
-    })
-
-    test = ts_us[ro] >= train_end
-    cold = launch >= train_end
-    cold_ids = set(movie_id[cold].tolist())
-    meta = {
-        "source": "movielens-100k",
-        "format": data.format,
-        "input": {k: str(v) for k, v in data.files.items()},
-        "split_quantile": split_quantile,
-        "text_only": True,
-        "labels": (f"impressions: every rating, clicked = rating >= {CLICK_MIN_RATING}; "
-                   f"behaviors: ratings >= {CLICK_MIN_RATING} as clicks, 1 s after the rating"),
-        "start_ts": _iso(start),
-        "train_end_ts": _iso(train_end),
-        "end_ts": _iso(end),
-        "n_items": int(movie_id.size),
-        "n_users": int(user_id.size),
-        "n_ratings": int(n),
-        "n_impressions": int(n),
-        "n_impressions_test": int(test.sum()),
-        "n_behaviors": int(liked.size),
-        "n_image_queries": 0,
-        "ctr": round(float(clicked.mean()), 4) if n else 0.0,
-        "ctr_test": round(float(clicked[test].mean()), 4) if test.any() else None,
-        "n_cold_items": int(cold.sum()),
-        "n_cold_items_test": len(cold_ids & set(data.movie[ro][test].tolist())),
-        "n_impressions_test_cold": int(np.isin(data.movie[ro][test], list(cold_ids)).sum()),
-        "oracle_auc_test": None,
-    }
-    tables = {"items": items, "users": users, "impressions": impressions,
-              "behaviors": behaviors, "image_queries": image_queries, "categories": categories}
-    return tables, meta
-
-
-def _iso(us: int) -> str:
-    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat()
+        "launch_ts": pa.array(launch, pa.int64()).cast(TIMESTAMP),
+    }), folder / "items.parquet")
+    pq.write_table(pa.table({"user_id": np.sort(data.user_id)}), folder / "users.parquet")
+    pq.write_table(pa.table({"user_id": data.user, "movie_id": data.movie, "rating": data.rating,
+                             "timestamp": data.ts_s}), folder / "ratings.parquet")
+    return LogsMapping(
+        source="movielens-100k",
+        time=TimeFormat(format="unix_s"),
+        ids={"user": "keep", "item": "keep", "category": "keep", "brand": "keep"},
+        items=ItemsSource(path=folder / "items.parquet",
+                          columns={"item_id": "movie_id", "title": "title",
+                                   "category": "category_id", "brand": "brand_id",
+                                   "attributes": "attributes", "launch_ts": "launch_ts"},
+                          category_names=dict(enumerate(GENRES))),
+        users=UsersSource(path=folder / "users.parquet"),
+        interactions=InteractionsSource(
+            path=folder / "ratings.parquet", label_threshold=CLICK_MIN_RATING, action="click",
+            columns={"user_id": "user_id", "item_id": "movie_id", "ts": "timestamp",
+                     "label": "rating"}),
+    )
 
 
 def import_movielens(path: str | Path, out: str | Path, *, split_quantile: float = 0.8,
                      overwrite: bool = False) -> dict[str, Any]:
-    """``moon data import movielens``: read ``path``, write a validated world into ``out``.
+    """``moon data import movielens``: read ``path``, write a validated world into ``out``
+    through the logs import (``moon_rec.data.logs``), the one path of every source.
 
     Returns the world.json content. Raises DataError (naming file, column and row) before
-    anything is written; ``out`` must be absent or empty unless ``overwrite``.
+    anything is written; ``out`` must be absent or empty unless ``overwrite`` (which
+    replaces the whole folder).
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise DataError("output folder exists and is not empty; pass --overwrite", file=str(out))
-    tables, meta = build_tables(read_movielens(path), split_quantile=split_quantile)
+    data = read_movielens(path)
+    split_end_us(data.ts_s * 1_000_000, split_quantile)  # a bad quantile fails before any write
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        for name, table in tables.items():
-            write_table(table, tmp / f"{name}.parquet", name=name)
-        write_world_meta(tmp, meta)
-        validate_world(tmp)
+        inputs = tmp / "inputs"
+        inputs.mkdir()
+        mapping = write_inputs(data, inputs).model_copy(
+            update={"split": Split(quantile=split_quantile)})
+        meta = import_logs(mapping, tmp / "world", meta={
+            "format": data.format,
+            "input": {k: str(v) for k, v in data.files.items()},
+            "split_quantile": split_quantile,
+            "labels": (f"impressions: every rating, clicked = rating >= {CLICK_MIN_RATING}; "
+                       f"behaviors: ratings >= {CLICK_MIN_RATING} as clicks, 1 s after the "
+                       "rating"),
+            "n_ratings": int(data.ts_s.size),
+        })
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out, old)
-            os.replace(tmp, out)
+            os.replace(tmp / "world", out)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, out)
+            os.replace(tmp / "world", out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
-
-
-def run_cli(args: Any) -> int:
-    """The handler of ``moon data import movielens`` (prints world.json)."""
-    import json
-
-    meta = import_movielens(args.path, args.out, split_quantile=args.split_quantile,
-                            overwrite=args.overwrite)
-    print(json.dumps(meta, indent=2))
-    return 0

@@ -3,7 +3,11 @@
 Every table is parquet, timestamps are ``timestamp[us, UTC]`` and IDs are int64. A world
 directory holds one file per table (``items.parquet``) or a folder of parts for large
 worlds (``items/part-00000.parquet``). Synthetic-only columns are prefixed ``oracle_`` and
-are never used as features; any other unknown column is an error.
+are never used as features. ``users`` and ``items`` also take *extra* columns, the typed
+attributes a real source brings (age, club status, colour group, ...), kept by the importers
+for the ranker's feature spec to read: a name of lower-case letters, digits and ``_`` that
+is no contract column and not ``oracle_*``, of type int64, float64, string or bool, nulls
+allowed. Any other unknown column is an error.
 
 Tables:
     items          item_id, category_id, brand_id, title, attributes, price, launch_ts,
@@ -20,12 +24,21 @@ Tables:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+# Types an extra column of ``users`` / ``items`` may have (by the names a mapping uses).
+EXTRA_TYPES: dict[str, pa.DataType] = {
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "string": pa.string(),
+    "bool": pa.bool_(),
+}
+EXTRA_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 ACTIONS: tuple[str, ...] = ("click", "cart", "buy")
 ORACLE_PREFIX = "oracle_"
 
@@ -84,6 +97,7 @@ class TableSpec:
     name: str
     columns: tuple[ColumnSpec, ...]
     required: bool = True
+    extras: bool = False  # whether typed extra columns (EXTRA_TYPES) are allowed
     doc: str = ""
     references: dict[str, str] = field(default_factory=dict)  # column -> "table.column"
 
@@ -116,6 +130,7 @@ ITEMS = TableSpec(
         ColumnSpec("image", pa.binary(), nullable=True, image=True),
         _id("spu_id"),
     ),
+    extras=True,
     doc="the catalog: one row per item, with its photo (null: a text-only item)",
 )
 
@@ -134,7 +149,8 @@ IMAGE_QUERIES = TableSpec(
 USERS = TableSpec(
     "users",
     (_id("user_id", unique=True), ColumnSpec("signup_ts", TIMESTAMP)),
-    doc="one row per user",
+    extras=True,
+    doc="one row per user (plus typed extra columns: age, club status, ...)",
 )
 
 BEHAVIORS = TableSpec(
@@ -226,6 +242,24 @@ ORACLE_COLUMNS: dict[str, dict[str, pa.DataType]] = {
     },
     "categories": {},
 }
+
+
+def extra_column_problem(name: str, column: str, type_: pa.DataType) -> str | None:
+    """Why ``column`` of type ``type_`` cannot be an extra column of table ``name``, or
+    None when it can (see the module docstring)."""
+    spec = TABLES[name]
+    if not spec.extras:
+        return (f"unknown column for table '{name}' (only contract columns and "
+                f"'{ORACLE_PREFIX}*' columns are allowed)")
+    if any(c.name == column for c in spec.columns):
+        return f"'{column}' is a contract column of table '{name}'"
+    if column.startswith(ORACLE_PREFIX) or not EXTRA_NAME.fullmatch(column):
+        return (f"extra column name {column!r} must be lower-case letters, digits and '_' "
+                f"(starting with a letter, not '{ORACLE_PREFIX}')")
+    if not any(type_.equals(t) for t in EXTRA_TYPES.values()):
+        return (f"extra column of type {type_}; extra columns of table '{name}' are "
+                f"{', '.join(EXTRA_TYPES)}")
+    return None
 
 
 def full_schema(name: str, with_oracle: bool = True) -> pa.Schema:

@@ -2,7 +2,7 @@
 every load.
 
 It checks, per file: readable parquet, every contract column present with its exact type,
-no unknown columns (``oracle_*`` aside), no nulls where the contract forbids them, value
+no unknown columns (``oracle_*`` and the typed extra columns of users / items aside), no nulls where the contract forbids them, value
 ranges and allowed values, non-empty text, decodable images, unique IDs; and per world:
 references between tables (every behaviour's item exists, ...). The first problem found is
 raised as a :class:`DataError` naming the file, the column and the first bad row.
@@ -21,7 +21,13 @@ import pyarrow.parquet as pq
 
 from moon_rec.data.errors import DataError
 from moon_rec.data.images import check_image
-from moon_rec.data.schemas import ORACLE_PREFIX, TABLES, ColumnSpec, TableSpec
+from moon_rec.data.schemas import (
+    ORACLE_PREFIX,
+    TABLES,
+    ColumnSpec,
+    TableSpec,
+    extra_column_problem,
+)
 
 BATCH_ROWS = 65_536
 
@@ -99,13 +105,11 @@ def check_schema(schema: pa.Schema, spec: TableSpec, file: str) -> None:
     check_columns(schema, spec, file)
     known = {c.name for c in spec.columns}
     for name in schema.names:
-        if name not in known and not name.startswith(ORACLE_PREFIX):
-            raise DataError(
-                f"unknown column for table '{spec.name}' (only contract columns and "
-                f"'{ORACLE_PREFIX}*' columns are allowed)",
-                file=file,
-                column=name,
-            )
+        if name in known or name.startswith(ORACLE_PREFIX):
+            continue
+        problem = extra_column_problem(spec.name, name, schema.field(name).type)
+        if problem:
+            raise DataError(problem, file=file, column=name)
 
 
 def _first_true(mask: pa.ChunkedArray | pa.Array) -> int | None:

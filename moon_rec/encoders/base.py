@@ -39,6 +39,10 @@ META_FILE = "moon_encoder.json"
 HEADS_FILE = "heads.safetensors"
 BACKBONE_DIR = "backbone"
 FORMAT_VERSION = 1
+# Config fields that say where pretrained weights first came from: the weights themselves
+# are hashed, so these stay out of model_version.
+PROVENANCE_FIELDS = {"text_tower", "text_tower_init", "pretrained", "pretrained_init",
+                     "image_tower", "image_tower_init", "image_tower_arch"}
 
 E = TypeVar("E", bound="MoonEncoder")
 
@@ -234,6 +238,16 @@ class MoonEncoder(nn.Module, ABC):
         learning rate); [] when the text side was built from scratch."""
         return []
 
+    def pretrained_image_parameters(self) -> list[nn.Parameter]:
+        """The parameters of a pretrained image side (its own learning rate, or frozen);
+        [] when the image side was built from scratch."""
+        return []
+
+    def image_blocks(self) -> list[nn.Module]:
+        """The pretrained image trunk's stages in input order (stem first), for freezing
+        the first k; [] when there is none."""
+        return []
+
     @abstractmethod
     def _head_modules(self) -> dict[str, nn.Module]:
         """Modules outside the backbone, saved in heads.safetensors."""
@@ -251,7 +265,7 @@ class MoonEncoder(nn.Module, ABC):
         of the tower; where it first came from, and whether its weights started pretrained or
         random, does not change the model: its weights are hashed)."""
         h = hashlib.sha256()
-        h.update(self.config.model_dump_json(exclude={"text_tower", "text_tower_init"}).encode())
+        h.update(self.config.model_dump_json(exclude=PROVENANCE_FIELDS).encode())
         h.update(self.tokenizer.fingerprint().encode())
         for name, t in sorted(self.state_dict().items()):
             h.update(name.encode())
@@ -297,13 +311,15 @@ class MoonEncoder(nn.Module, ABC):
             raise FileNotFoundError(f"no MOON encoder checkpoint at {path} (missing {META_FILE})")
         meta = json.loads(meta_path.read_text())
         config = EncoderConfig.model_validate(meta["config"])
-        impl = encoder_class(config.backbone)
+        impl = encoder_class(config.backbone, config)
         if cls is not MoonEncoder and not issubclass(impl, cls):
             raise ValueError(f"{path} holds a {config.backbone} encoder, not {cls.__name__}")
         with quiet_transformers():
-            tokenizer: TextTokenizer = (PretrainedTokenizer.load(path) if config.text_tower
+            tokenizer: TextTokenizer = (PretrainedTokenizer.load(path) if config.tokenizer_folder
                                         else MoonTokenizer.load(path))
             model = impl._load_backbone(config, tokenizer, path / BACKBONE_DIR)
+        for part in model._pretrained_parts().values():
+            _unset_sub_config_dtypes(getattr(part, "config", None))
         heads = load_file(str(path / HEADS_FILE))
         for name, mod in model._head_modules().items():
             sd = {k[len(name) + 1:]: v for k, v in heads.items() if k.startswith(name + ".")}
@@ -323,8 +339,23 @@ class MoonEncoder(nn.Module, ABC):
                        backbone_dir: Path) -> E: ...
 
 
-def encoder_class(backbone: str) -> type[MoonEncoder]:
-    """The implementation of a backbone name."""
+def _unset_sub_config_dtypes(config: Any) -> None:
+    """Undo what ``from_pretrained`` adds to a composite config: the ``dtype`` of each
+    sub-config (text_config, vision_config), which a fresh model leaves unset, so a
+    loaded-then-saved checkpoint (a resumed run) writes the same ``config.json``."""
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, name, None)
+        if sub is not None and getattr(sub, "dtype", None) is not None:
+            sub.dtype = None
+
+
+def encoder_class(backbone: str, config: EncoderConfig | None = None) -> type[MoonEncoder]:
+    """The implementation of a backbone name (a dual tower with a pretrained image side,
+    ``config.pretrained_towers``, is a ``PretrainedTowersEncoder``)."""
+    if backbone == "dual_tower" and config is not None and config.pretrained_towers:
+        from moon_rec.encoders.pretrained import PretrainedTowersEncoder
+
+        return PretrainedTowersEncoder
     if backbone == "dual_tower":
         from moon_rec.encoders.dual_tower import DualTowerEncoder
 
@@ -337,17 +368,18 @@ def encoder_class(backbone: str) -> type[MoonEncoder]:
 
 
 def build_encoder(config: EncoderConfig, tokenizer: TextTokenizer) -> MoonEncoder:
-    """A freshly initialised encoder (seeded by ``config.seed``); with
-    ``config.text_tower`` its text tower is the pretrained model of that folder."""
+    """A freshly initialised encoder (seeded by ``config.seed``); its pretrained parts
+    (``text_tower``, ``image_tower``, ``pretrained``) are read from their local paths."""
     torch.manual_seed(config.seed)
     with quiet_transformers():
-        return encoder_class(config.backbone)._build(config, tokenizer)
+        return encoder_class(config.backbone, config)._build(config, tokenizer)
 
 
 def make_tokenizer(config: EncoderConfig, texts: Iterable[str]) -> TextTokenizer:
     """The tokenizer of a fresh encoder: the pretrained text tower's own (``texts`` unused)
-    or a word-piece vocabulary of ``config.vocab_size`` trained on ``texts``."""
-    if config.text_tower is not None:
+    (or a pretrained backbone's: ``config.tokenizer_folder``), or a word-piece vocabulary of
+    ``config.vocab_size`` trained on ``texts``."""
+    if config.tokenizer_folder is not None:
         with quiet_transformers():
-            return PretrainedTokenizer.from_path(config.text_tower)
+            return PretrainedTokenizer.from_path(config.tokenizer_folder)
     return MoonTokenizer.train(texts, vocab_size=config.vocab_size)

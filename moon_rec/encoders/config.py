@@ -1,20 +1,41 @@
 """The encoder's architecture, as a strict config: a typo in YAML is an error.
 
 Both backbones share one config object; the fields of the other backbone are ignored.
-Defaults are the CPU-sized "tiny" architecture used by tests (64x64 images).
+Defaults are the CPU-sized "tiny" architecture used by tests (64x64 images). Pretrained
+parts (a text tower, an image tower, a full dual encoder, an MLLM checkpoint) load from
+local paths named here.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Backbone = Literal["dual_tower", "mllm"]
 # The Matryoshka sizes of an encoder that declares none: the one place sizes are declared
 # (with the ``dims`` of the YAMLs in configs/encoder/). Everything downstream (the
 # snapshot, Feast, rankers, serving) takes its sizes from the snapshot it reads.
 DEFAULT_DIMS: tuple[int, ...] = (32, 64, 128, 256)
+
+
+class LoraConfig(BaseModel):
+    """Low-rank adapters (peft) on a pretrained MLLM's decoder.
+
+    Args:
+        r: adapter rank.
+        alpha: scaling numerator (the update is scaled by alpha / r).
+        dropout: dropout on the adapter input.
+        target_modules: module names adapted (the attention projections by default).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(default=8, ge=1)
+    alpha: float = 16.0
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj",
+                                                                "o_proj"])
 
 
 class EncoderConfig(BaseModel):
@@ -59,6 +80,28 @@ class EncoderConfig(BaseModel):
         text_tower_init: ``pretrained`` (default) loads the tower's weights; ``random``
             builds the same architecture from its ``config.json`` with fresh weights (and
             its tokenizer): the trained-from-scratch ablation of a pretrained tower.
+        pretrained: a local folder holding a pretrained backbone with its tokenizer and
+            image processor. ``dual_tower``: a full Hugging Face dual encoder (CLIP,
+            SigLIP, any model with ``get_image_features`` / ``get_text_features``): both
+            towers, projected features, its own preprocessing. ``mllm``: a
+            Qwen2-VL-family checkpoint (``Qwen2VLForConditionalGeneration``). Its own config
+            then sets widths and depths (``hidden_size`` / ``*_layers`` / ``patch_size`` are
+            ignored).
+        pretrained_init: ``pretrained`` or ``random`` (the same architecture, fresh weights).
+        image_tower: dual_tower only: a pretrained image backbone beside the text side
+            (``text_tower``, or the SigLIP text transformer from this config): a Hugging Face
+            vision model folder (ViT, DINOv2, ConvNeXt, SigLIP vision: ``AutoModel`` +
+            ``AutoImageProcessor``) or a CNN state-dict file (EfficientNet-Lite ``.pth``,
+            ``moon_rec.encoders.cnn``).
+        image_tower_arch: the CNN of a state-dict file (``efficientnet_lite0`` / ``1`` /
+            ``2``; None: read from the file name).
+        image_tower_init: ``pretrained`` or ``random`` (the ablation).
+        image_resolution: pixels a pretrained image side runs at (the photos of
+            ``image_size`` are resized to it inside the encoder); 0: its processor's size.
+        lora: mllm with ``pretrained`` only: train low-rank adapters (peft) on the decoder
+            instead of its full weights.
+        Like ``text_tower``, the source paths are provenance: a checkpoint carries its copy
+        of every pretrained part, and they are not part of ``model_version``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -82,6 +125,14 @@ class EncoderConfig(BaseModel):
     seed: int = 0
     text_tower: str | None = None
     text_tower_init: Literal["pretrained", "random"] = "pretrained"
+    pretrained: str | None = None
+    pretrained_init: Literal["pretrained", "random"] = "pretrained"
+    image_tower: str | None = None
+    image_tower_arch: Literal["efficientnet_lite0", "efficientnet_lite1",
+                              "efficientnet_lite2"] | None = None
+    image_tower_init: Literal["pretrained", "random"] = "pretrained"
+    image_resolution: int = Field(default=0, ge=0)
+    lora: LoraConfig | None = None
 
     @field_validator("dims")
     @classmethod
@@ -110,7 +161,20 @@ class EncoderConfig(BaseModel):
                 raise ValueError("text_tower (a pretrained text model) is a dual_tower option")
             if not self.text_tower.strip():
                 raise ValueError("text_tower is an empty path")
-        if self.backbone == "mllm":
+        for name in ("pretrained", "image_tower"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"{name} is an empty path")
+        if self.image_tower is not None and self.backbone != "dual_tower":
+            raise ValueError("image_tower (a pretrained image model) is a dual_tower option")
+        if self.pretrained is not None and self.backbone == "dual_tower" and (
+                self.text_tower is not None or self.image_tower is not None):
+            raise ValueError("pretrained (a full dual encoder) brings both towers: drop "
+                             "text_tower / image_tower, or drop pretrained")
+        if self.lora is not None and (self.backbone != "mllm" or self.pretrained is None):
+            raise ValueError("lora adapts a pretrained mllm backbone (backbone: mllm with "
+                             "pretrained)")
+        if self.backbone == "mllm" and self.pretrained is None:
             grid = self.image_size // self.patch_size
             if grid % self.spatial_merge_size:
                 raise ValueError(
@@ -124,3 +188,20 @@ class EncoderConfig(BaseModel):
     @property
     def mlp_size(self) -> int:
         return self.intermediate_size or 2 * self.hidden_size
+
+    @property
+    def tokenizer_folder(self) -> str | None:
+        """The folder of a pretrained tokenizer (a text tower's or a pretrained backbone's);
+        None: the catalog word-piece tokenizer."""
+        return self.text_tower if self.text_tower is not None else self.pretrained
+
+    @property
+    def pretrained_towers(self) -> bool:
+        """Whether a dual tower has a pretrained image side (``PretrainedTowersEncoder``)."""
+        return self.backbone == "dual_tower" and (self.pretrained is not None
+                                                  or self.image_tower is not None)
+
+    @property
+    def sources(self) -> list[str]:
+        """The local paths a fresh encoder of this config reads."""
+        return [p for p in (self.text_tower, self.pretrained, self.image_tower) if p]

@@ -29,6 +29,9 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, BOS, EOS, IMG, VID)
 TOKENIZER_FILE = "tokenizer.json"
 # A checkpoint's pretrained text tower and its tokenizer: one `transformers` model folder.
 TEXT_TOWER_DIR = "text_tower"
+# the files one of which holds a `transformers` tokenizer's vocabulary
+VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+               "sentencepiece.bpe.model")
 
 
 def _check_texts(texts: Sequence[str], field: str) -> None:
@@ -174,8 +177,17 @@ class PretrainedTokenizer:
 
         p = Path(path)
         if not p.is_dir():
-            raise FileNotFoundError(f"text tower {p}: no such folder")
-        return cls(AutoTokenizer.from_pretrained(str(p), local_files_only=True))
+            raise FileNotFoundError(f"tokenizer of {p}: no such folder")
+        if not any((p / f).is_file() for f in VOCAB_FILES):
+            raise FileNotFoundError(f"{p}: no tokenizer files (one of {', '.join(VOCAB_FILES)})")
+        try:
+            hf = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise FileNotFoundError(f"{p}: no usable tokenizer files (tokenizer.json or "
+                                    f"vocab + tokenizer_config.json): {str(exc)[:200]}") from exc
+        if hf is None or isinstance(hf, bool):
+            raise FileNotFoundError(f"{p}: no tokenizer files")
+        return cls(hf)
 
     @classmethod
     def load(cls, checkpoint: str | Path) -> PretrainedTokenizer:

@@ -1,6 +1,9 @@
 """The ranker of MOON's application stage: a TorchRec CTR model with DIN / CUBE / SIM
-behaviour modules, trained with DistributedModelParallel (see ``model.py``, ``modules.py``,
-``train.py``, ``evaluate.py``; CLI ``moon ranker``)."""
+behaviour modules, trained with DistributedModelParallel. ``model.py`` composes the Arch
+modules: ``sparse.py`` (ID lookups), ``item_tables.py`` (item-keyed lookups of the
+embedding snapshot: content vectors, semantic-ID codes), ``behaviours.py`` (DIN / CUBE /
+SIM and their registry), ``over_arch.py`` (pairwise dots, DCN-v2, MLP); ``train.py``,
+``evaluate.py``, ``compare.py`` run them (CLI ``moon ranker``)."""
 
 from moon_rec._lazy import lazy_exports
 
@@ -11,15 +14,17 @@ _EXPORTS: dict[str, str] = {
     "LookHead": "moon_rec.ranking.look_head",
     "LookHeadConfig": "moon_rec.ranking.config",
     "MoonRanker": "moon_rec.ranking.model",
-    "BehaviourInputs": "moon_rec.ranking.modules",
-    "CubeModule": "moon_rec.ranking.modules",
-    "DinModule": "moon_rec.ranking.modules",
-    "FrozenContentTable": "moon_rec.ranking.modules",
-    "SemanticIdArch": "moon_rec.ranking.modules",
-    "SemanticIdTable": "moon_rec.ranking.modules",
-    "MoonContentArch": "moon_rec.ranking.modules",
-    "SimModule": "moon_rec.ranking.modules",
-    "TableSizes": "moon_rec.ranking.modules",
+    "BEHAVIOUR_MODULES": "moon_rec.ranking.behaviours",
+    "BehaviourInputs": "moon_rec.ranking.behaviours",
+    "CubeModule": "moon_rec.ranking.behaviours",
+    "DinModule": "moon_rec.ranking.behaviours",
+    "SimModule": "moon_rec.ranking.behaviours",
+    "FrozenContentTable": "moon_rec.ranking.item_tables",
+    "ItemRows": "moon_rec.ranking.item_tables",
+    "MoonContentArch": "moon_rec.ranking.item_tables",
+    "SemanticIdTable": "moon_rec.ranking.item_tables",
+    "SemanticIdArch": "moon_rec.ranking.sparse",
+    "TableSizes": "moon_rec.ranking.sparse",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -16,20 +16,51 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from moon_rec._yaml_config import read_yaml
 
 FeatureSet = Literal["ids", "ids+moon"]
-BehaviourKind = Literal["din", "cube", "sim"]
 IdPolicy = Literal["oov", "hash"]
 
 FEATURE_SETS: tuple[str, ...] = get_args(FeatureSet)
-BEHAVIOUR_KINDS: tuple[str, ...] = get_args(BehaviourKind)
 ID_POLICIES: tuple[str, ...] = get_args(IdPolicy)
+
+
+@dataclass(frozen=True)
+class BehaviourKind:
+    """One kind of behaviour-sequence module (``behaviour.module``); its class is
+    ``moon_rec.ranking.behaviours.BEHAVIOUR_MODULES[name]`` (this module stays free of
+    torch, so configs validate without it).
+
+    Args:
+        needs_content: it reads MOON content vectors (feature set ``ids+moon``).
+        summary: what it does, in a few words.
+    """
+
+    needs_content: bool
+    summary: str
+
+
+# The registry of behaviour kinds (config validation reads it; each kind has one class,
+# moon_rec.ranking.behaviours.BEHAVIOUR_MODULES, checked when that module loads).
+BEHAVIOUR_KINDS: dict[str, BehaviourKind] = {
+    "din": BehaviourKind(False, "target attention on ID embeddings (the ID-only baseline)"),
+    "cube": BehaviourKind(True, "MOON's content-based user behaviour extractor"),
+    "sim": BehaviourKind(True, "top-k search by content similarity, then CUBE on the kept "
+                         "behaviours"),
+}
 
 
 class ConfigError(ValueError):
@@ -49,23 +80,31 @@ class BehaviourConfig(_Section):
     """The behaviour-sequence module.
 
     Args:
-        module: ``din`` (target attention on ID embeddings, the ID-only baseline), ``cube``
-            (MOON's content-based user behaviour extractor) or ``sim`` (top-k search by
-            content similarity, then CUBE on the kept behaviours). ``cube`` and ``sim`` need
-            the ``ids+moon`` feature set.
+        module: a key of ``BEHAVIOUR_KINDS``: ``din`` (target attention on ID embeddings,
+            the ID-only baseline), ``cube`` (MOON's content-based user behaviour extractor)
+            or ``sim`` (top-k search by content similarity, then CUBE on the kept
+            behaviours). Kinds that need content (``cube``, ``sim``) need the ``ids+moon``
+            feature set.
         attention_hidden: hidden sizes of the DIN attention unit MLP.
         top_k: behaviours kept by ``sim``'s search step.
         similarity_scale: initial inverse temperature of the softmax over content
             similarities s_b that weights the fusion and content interests (learned).
         user_content: cube/sim also pool a gated, shrunk content profile of the user and
-            its match with the target (see :class:`moon_rec.ranking.modules.CubeModule`).
+            its match with the target (see :class:`moon_rec.ranking.behaviours.CubeModule`).
     """
 
-    module: BehaviourKind = "din"
+    module: str = "din"
     attention_hidden: list[int] = Field(default_factory=lambda: [64, 32])
     top_k: int = Field(default=16, gt=0)
     similarity_scale: float = 5.0
     user_content: bool = True
+
+    @field_validator("module")
+    @classmethod
+    def _known_kind(cls, module: str) -> str:
+        if module not in BEHAVIOUR_KINDS:
+            raise ValueError(f"one of {', '.join(BEHAVIOUR_KINDS)}")
+        return module
 
 
 class OverArchConfig(_Section):
@@ -104,7 +143,7 @@ class TrainConfig(_Section):
     """
 
     batch_size: int = Field(default=512, gt=0)
-    epochs: int = Field(default=2, gt=0)
+    epochs: int = Field(default=1, gt=0)
     sparse_lr: float = 0.05
     dense_lr: float = 1e-3
     seed: int = 0
@@ -205,7 +244,7 @@ class RankerConfig(_Section):
 
     @model_validator(mode="after")
     def _content_modules_need_moon(self) -> RankerConfig:
-        if self.behaviour.module in ("cube", "sim") and not self.uses_moon:
+        if BEHAVIOUR_KINDS[self.behaviour.module].needs_content and not self.uses_moon:
             raise ValueError(
                 f"behaviour.module: {self.behaviour.module!r} needs feature_set 'ids+moon'"
             )
@@ -290,13 +329,6 @@ def merge_overrides(base: dict[str, Any], override: dict[str, Any]) -> dict[str,
         else:
             out[key] = value
     return out
-
-
-
-
-def list_experiments(path: str | Path) -> list[str]:
-    """The experiment ids of a YAML config file (every top-level key but ``Base``)."""
-    return [k for k in _read_yaml(path) if k != "Base"]
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:

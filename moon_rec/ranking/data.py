@@ -11,7 +11,7 @@ is recognised by its key column.
 
 Bad input is handled, never passed on to the kernels:
 - unknown ids (beyond the tables, negative) go to each table's OOV row (see
-  :func:`moon_rec.ranking.modules.remap_ids`); items without a MOON vector get zeros and
+  :func:`moon_rec.ranking.sparse.remap_ids`); items without a MOON vector get zeros and
   are left out of the content similarities;
 - empty behaviour sequences pool to zeros; sequences longer than ``max_seq_len`` keep the
   most recent ``max_seq_len``;

@@ -23,9 +23,10 @@ from moon_rec.data.rows import RowIndex
 from moon_rec.metrics.ranking import auc, gauc, logloss
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.data import TrainingSet, load_training_set
+from moon_rec.ranking.item_tables import FrozenContentTable, SemanticIdTable
 from moon_rec.ranking.model import ContentLookup, MoonRanker, SemanticIdLookup
 from moon_rec.ranking.model_dir import CODE_ROWS, CONTENT_ROWS, SNAPSHOT_COPIES, RankerDir
-from moon_rec.ranking.modules import FrozenContentTable, SemanticIdTable, TableSizes
+from moon_rec.ranking.sparse import TableSizes
 
 
 def read_meta(model_dir: str | Path) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The ranker's input contract: one batch of impressions as KeyedJaggedTensors plus dense.
 
 A :class:`RankerBatch` carries *raw* ids (item_id, user_id, ... as in the tables); the
-model maps them to table rows itself (:class:`moon_rec.ranking.modules.IdRemap`), so a
+model maps them to table rows itself (:class:`moon_rec.ranking.sparse.IdRemap`), so a
 caller can never index past a table. Two KeyedJaggedTensors:
 
 - ``pooled`` (EmbeddingBagCollection, one vector per feature): ``user_id``, ``brand_id``,

@@ -36,19 +36,12 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from moon_rec.ranking.behaviours import BehaviourInputs, build_behaviour_module, cosine
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.features import RankerBatch
 from moon_rec.ranking.look_head import LookHead
-from moon_rec.ranking.modules import (
-    BehaviourInputs,
-    OverArch,
-    PairwiseDotArch,
-    SemanticIdArch,
-    SparseArch,
-    TableSizes,
-    build_behaviour_module,
-    cosine,
-)
+from moon_rec.ranking.over_arch import OverArch, PairwiseDotArch
+from moon_rec.ranking.sparse import SemanticIdArch, SparseArch, TableSizes
 
 
 class ContentLookup(Protocol):

@@ -53,15 +53,11 @@ from moon_rec.data.embeddings import MoonEmbeddings, load_moon_embeddings
 from moon_rec.data.errors import DataError
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.data import TrainingSet, load_training_set
+from moon_rec.ranking.item_tables import CONTENT_TABLE, FrozenContentTable, SemanticIdTable
 from moon_rec.ranking.look_head import behaviour_pairs, pretrain_look_head
 from moon_rec.ranking.model import MoonRanker
 from moon_rec.ranking.model_dir import RankerDir, save
-from moon_rec.ranking.modules import (
-    CONTENT_TABLE,
-    FrozenContentTable,
-    SemanticIdTable,
-    TableSizes,
-)
+from moon_rec.ranking.sparse import TableSizes
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +158,7 @@ def build_model(
 def zero_unseen_rows(model: MoonRanker, data: TrainingSet) -> None:
     """Zero the user / item / brand table rows no train-split row (target or behaviour)
     uses."""
-    from moon_rec.ranking.modules import remap_ids
+    from moon_rec.ranking.sparse import remap_ids
 
     train = ~data.is_test
     hist = data.hist_item_ids[train]
@@ -186,7 +182,8 @@ def zero_unseen_rows(model: MoonRanker, data: TrainingSet) -> None:
             weight[~keep] = 0.0
 
 
-def sharders(config: RankerConfig) -> list[ModuleSharder[torch.nn.Module]]:
+def sharders() -> list[ModuleSharder[torch.nn.Module]]:
+    """The sharders of the ranker's TorchRec modules (ID, content and code tables)."""
     return [
         EmbeddingBagCollectionSharder(),
         EmbeddingCollectionSharder(),
@@ -285,7 +282,7 @@ def shard_model(
             batch_size=max(1, config.train.batch_size // env.world_size),
             storage_reservation=FixedPercentageStorageReservation(percentage=0.15),
         )
-    shard = sharders(config)
+    shard = sharders()
     with _quiet_torchrec():
         plan = planner.collective_plan(model, shard, dist.GroupMember.WORLD)
         dmp = DistributedModelParallel(

@@ -352,11 +352,10 @@ def evaluate_checkpoint(
     result["n_next_item_targets"] = next_item_queries(data).n_targets
     result["world"] = str(data.root)
     if baselines:
-        tower = encoder.config.text_tower
         untrained: dict[str, Any] | None = None
-        # the untrained baseline starts from the pretrained text tower's source folder;
-        # a checkpoint moved to another machine may not have it (then "n/a")
-        if tower is None or Path(tower).is_dir():
+        # the untrained baseline starts from the pretrained parts' source paths; a
+        # checkpoint moved to another machine may not have them (then "n/a")
+        if all(Path(p).exists() for p in encoder.config.sources):
             fresh = build_encoder(encoder.config, encoder.tokenizer)
             untrained = evaluate_encoder(fresh, data, batch_size=batch_size)
         result["baselines"] = {

@@ -286,7 +286,7 @@ class Study:
 
     def checkpoint(self, v: EncoderVersion) -> Path:
         """Where version ``v``'s encoder is (once its point ran)."""
-        from moon_rec.loop import snapshot_dir
+        from moon_rec.training.commands import snapshot_dir
 
         if v.source == "untrained":
             return self.out / "encoders" / "untrained" / "encoder"

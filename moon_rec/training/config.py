@@ -70,6 +70,13 @@ class StageConfig(BaseModel):
         text_tower_lr: learning rate of a pretrained text tower (``encoder.text_tower``;
             None: ``lr``; 0: frozen). Fine-tuning a pretrained transformer wants a rate far
             below the fresh heads' (1e-5 .. 5e-5 against 1e-3), or it forgets what it knew.
+        image_tower_lr: learning rate of a pretrained image side (``encoder.image_tower``,
+            or the vision half of ``encoder.pretrained``; None: ``lr``; 0: frozen).
+        frozen_image_blocks: freeze the first k stages of a pretrained image trunk (the
+            stem / embeddings count as one, then its blocks / layers in input order), so
+            only the top blocks train.
+        freeze: parameter-name patterns (``fnmatch``, e.g. ``image_tower.model._blocks.1*``,
+            ``text_tower.*``) frozen in this stage.
         checkpoint_every / log_every: in steps.
     """
 
@@ -106,6 +113,9 @@ class StageConfig(BaseModel):
     merge_spu: Literal["text", "all", "none"] = "text"
     caption_weight: float = 0.0
     text_tower_lr: float | None = Field(default=None, ge=0.0)
+    image_tower_lr: float | None = Field(default=None, ge=0.0)
+    frozen_image_blocks: int = Field(default=0, ge=0)
+    freeze: list[str] = Field(default_factory=list)
     checkpoint_every: int = 50
     log_every: int = 10
 

@@ -20,8 +20,6 @@ import functools
 import json
 import logging
 import math
-import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,8 +61,6 @@ from moon_rec.training.pairs import (
 )
 
 log = logging.getLogger(__name__)
-KILL_ENV = "MOON_TRAIN_KILL_AT_STEP"  # fault injection for the resume test: SIGKILL after
-# the checkpoint of this step has been written.
 
 
 # -- batches ---------------------------------------------------------------------------
@@ -337,6 +333,51 @@ def _loss_kwargs(sc: StageConfig, log_scale: torch.Tensor | None = None) -> dict
     return {"temperature": sc.temperature}
 
 
+def tower_param_groups(encoder: MoonEncoder, sc: StageConfig, stage: str = "stage"
+                       ) -> list[dict[str, Any]]:
+    """Freeze what the stage freezes (``text_tower_lr`` / ``image_tower_lr`` 0, the first
+    ``frozen_image_blocks`` of the image trunk, ``freeze`` patterns) and split the trainable
+    parameters into AdamW groups: the fresh parts at ``lr``, then a pretrained text side and
+    a pretrained image side at their own rates (groups left out when empty).
+
+    Raises:
+        ValueError: a ``freeze`` pattern matching no parameter, or more frozen blocks than
+            the trunk has (naming the key).
+    """
+    import fnmatch
+
+    text = {id(p) for p in encoder.pretrained_text_parameters()}
+    image = {id(p) for p in encoder.pretrained_image_parameters()}
+    frozen: set[int] = set()
+    if sc.text_tower_lr == 0.0:
+        frozen |= text
+    if sc.image_tower_lr == 0.0:
+        frozen |= image
+    if sc.frozen_image_blocks:
+        blocks = encoder.image_blocks()
+        if sc.frozen_image_blocks > len(blocks):
+            raise ValueError(f"{stage}.frozen_image_blocks {sc.frozen_image_blocks}: the image "
+                             f"trunk has {len(blocks)} stages")
+        frozen |= {id(p) for b in blocks[: sc.frozen_image_blocks] for p in b.parameters()}
+    named = list(encoder.named_parameters())
+    for pattern in sc.freeze:
+        hit = {id(p) for n, p in named if fnmatch.fnmatchcase(n, pattern)}
+        if not hit:
+            raise ValueError(f"{stage}.freeze: {pattern!r} matches no parameter")
+        frozen |= hit
+    for _, p in named:
+        if id(p) in frozen:
+            p.requires_grad_(False)
+    params = [p for _, p in named if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": [p for p in params
+                                                if id(p) not in text and id(p) not in image]}]
+    for ids, lr in ((text, sc.text_tower_lr), (image, sc.image_tower_lr)):
+        part = [p for p in params if id(p) in ids]
+        if part:  # a pretrained side, at its own (usually much lower) rate
+            groups.append({"params": part, "lr": sc.lr if lr is None else lr})
+    return groups
+
+
 def train_stage(
     world: str | Path | WorldData,
     stage: str,
@@ -402,17 +443,9 @@ def train_stage(
     if len(weights) != len(dims):
         raise ValueError(f"matryoshka_weights has {len(weights)} entries for dims {dims}")
 
-    pretrained = {id(p) for p in encoder.pretrained_text_parameters()}
-    if sc.text_tower_lr == 0.0:  # a frozen pretrained tower
-        for p in encoder.pretrained_text_parameters():
-            p.requires_grad_(False)
-    params = [p for p in encoder.parameters() if p.requires_grad]
+    param_groups = tower_param_groups(encoder, sc, stage)
+    params = [p for g in param_groups for p in g["params"]]
     log_scale: torch.nn.Parameter | None = None
-    param_groups: list[dict[str, Any]] = [{"params": [p for p in params if id(p) not in pretrained]}]
-    tower_params = [p for p in params if id(p) in pretrained]
-    if tower_params:  # the pretrained text tower, at its own (usually much lower) rate
-        lr = sc.lr if sc.text_tower_lr is None else sc.text_tower_lr
-        param_groups.append({"params": tower_params, "lr": lr})
     if sc.learn_temperature and sc.loss == "infonce":
         log_scale = torch.nn.Parameter(torch.tensor(math.log(1.0 / sc.temperature), device=dev))
         param_groups.append({"params": [log_scale], "weight_decay": 0.0})
@@ -468,7 +501,6 @@ def train_stage(
         pair_tau = np.array([sc.kind_temperature.get(k, sc.temperature) for k in KIND_NAMES],
                             np.float32)
     caption = sc.caption_weight > 0 and config.encoder.backbone == "mllm"
-    kill_at = int(os.environ.get(KILL_ENV, "-1"))
     stage_idx = STAGES.index(stage)
     log_path = out / "train_log.jsonl"
     bar = tqdm(total=sc.steps, initial=start, desc=f"{stage}", unit="step",
@@ -578,8 +610,6 @@ def train_stage(
                     "mined": mined,
                 })
             runtime.barrier()
-            if step + 1 == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     encoder.eval()
     seconds = time.time() - t0

@@ -319,3 +319,45 @@ def test_a_failed_import_keeps_the_previous_output(
     assert err.startswith(f"error: {path}: column 'title': row 4: refused by the validator")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not list(tmp_path.glob(".world.import-*"))
+
+
+# --- issue 27: tall images and extra CSV fields exit 2 naming the row ----------------------
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+@pytest.mark.parametrize(("width", "height"), [(16, 1_048_576), (1024, 16_384)])
+def test_a_small_tall_image_exits_2_naming_the_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, width: int, height: int
+) -> None:
+    from hostile_images import zeros_png
+
+    path, images = _catalog(tmp_path, _rows(), kind)
+    (images / "b.jpg").write_bytes(zeros_png(width, height))  # 16-17 KB, row 2 of 3
+    out = tmp_path / "world"
+    err = _assert_refused(capsys, _import_cli(path, images, out), path, out, "image",
+                          3 if kind == "csv" else 2, f"image of {width:,} x {height:,} pixels")
+    assert "a side longer than the limit of 8,192" in err
+
+
+def test_the_image_side_and_aspect_limits_are_configurable(tmp_path: Path) -> None:
+    from moon_rec.data.importer import ImportLimits
+
+    path, images = _catalog(tmp_path, _rows())  # 30 x 40, 30 x 50 and 30 x 60 photos
+    with pytest.raises(DataError, match="a side longer than the limit of 45") as info:
+        import_catalog(path, images, tmp_path / "w1", limits=ImportLimits(max_image_side=45))
+    assert info.value.column == "image" and info.value.row == 3
+    with pytest.raises(DataError, match=r"aspect ratio 1\.7:1") as info:
+        import_catalog(path, images, tmp_path / "w2", limits=ImportLimits(max_image_aspect=1.5))
+    assert info.value.row == 3
+    import_catalog(path, images, tmp_path / "w3", limits=ImportLimits(max_image_aspect=2))
+    assert read_table(tmp_path / "w3", "items").num_rows == 3
+
+
+def test_a_csv_row_with_more_fields_than_the_header_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, images = _catalog(tmp_path, _rows())
+    lines = path.read_text().splitlines()
+    lines[2] += ",surplus"  # row 2 (line 3): one field more than the header
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "world"
+    _assert_refused(capsys, _import_cli(path, images, out), path, out, None, 3,
+                    f"{len(FIELDS) + 1} fields, more than the header's {len(FIELDS)}")

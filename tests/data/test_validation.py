@@ -54,6 +54,10 @@ def _add(column: str) -> Corrupt:
     return lambda t: t.append_column(column, pa.array([1] * t.num_rows, pa.int64()))
 
 
+def _add_list(column: str) -> Corrupt:
+    return lambda t: t.append_column(column, pa.array([[1]] * t.num_rows, pa.list_(pa.int64())))
+
+
 CASES: list[tuple[str, Corrupt, str, int | None, str]] = [
     # table, corruption, column named, row named, words in the message
     ("items", _drop("title"), "title", None, "missing column"),
@@ -66,7 +70,9 @@ CASES: list[tuple[str, Corrupt, str, int | None, str]] = [
     ("items", _replace_row("price", 4, -1.0), "price", 4, "below the minimum"),
     ("items", _replace_row("price", 4, float("nan")), "price", 4, "NaN"),
     ("items", _strip_zone("launch_ts"), "launch_ts", None, "without a time zone"),
-    ("items", _add("colour"), "colour", None, "unknown column"),
+    ("items", _add_list("colour"), "colour", None, "extra columns of table 'items' are int64"),
+    ("items", _add("Colour"), "Colour", None, "lower-case"),
+    ("behaviors", _add("colour"), "colour", None, "unknown column"),
     ("image_queries", _replace_row("image", 2, b""), "image", 2, "empty image"),
     ("image_queries", _replace_row("image", 3, None), "image", 3, "null"),
     ("image_queries", _drop("item_id"), "item_id", None, "missing column"),
@@ -223,3 +229,18 @@ def test_validate_accepts_a_utc_and_an_offset_train_end(world_copy: Path) -> Non
         meta.write_text(json.dumps({**data, "train_end_ts": ts}))
         validate_world(world_copy, full_images=False)
         assert train_end(world_copy) == datetime(2026, 1, 25, tzinfo=UTC)
+
+
+def test_typed_extra_columns_of_users_and_items_are_valid(world_copy: Path) -> None:
+    """users / items keep a source's typed attributes (int64, float64, string, bool)."""
+    for table in ("users", "items"):
+        path = world_copy / f"{table}.parquet"
+        t = pq.read_table(path)
+        n = t.num_rows
+        t = (t.append_column("age", pa.array([None] + [30] * (n - 1), pa.int64()))
+             .append_column("score", pa.array([0.5] * n, pa.float64()))
+             .append_column("club", pa.array(["gold"] * n, pa.string()))
+             .append_column("active", pa.array([True] * n, pa.bool_())))
+        pq.write_table(t, path)
+    validate_world(world_copy)
+    assert read_table(world_copy, "users").column("age")[0].as_py() is None

@@ -1,23 +1,31 @@
 """The loop's runner: skipping, resuming, re-running downstream, and keys that cover the
-code a step runs."""
+code a step runs; every step is the `moon` commands it prints."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from moon_rec.command import MoonCommand, run_parsed
 from moon_rec.loop import (
     Layout,
     Step,
+    StepFailed,
     _import_graph,
     code_digest,
     code_modules,
+    command_step,
+    encoder_step,
+    imported_main_steps,
     main_steps,
     ranker_experiments,
     run_steps,
+    serving_steps,
     step_key,
 )
 
@@ -134,7 +142,8 @@ def test_imported_main_steps_name_their_commands(tmp_path: Path) -> None:
 
 
 def test_encoder_step_snapshots_change_only_their_own_key(tmp_path: Path) -> None:
-    from moon_rec.loop import encoder_step, snapshot_dir
+    from moon_rec.loop import encoder_step
+    from moon_rec.training.commands import snapshot_dir
 
     layout = Layout.at(tmp_path)
     plain = encoder_step(layout, "tiny", threads=1)
@@ -148,3 +157,155 @@ def test_encoder_step_snapshots_change_only_their_own_key(tmp_path: Path) -> Non
     assert snapshot_dir(layout.encoder / "stage1", 3).name == "step-000003"
     with pytest.raises(ValueError, match="unknown stages"):
         encoder_step(layout, "tiny", snapshots={"stage3": [1]})
+
+
+def _every_loop_step(tmp_path: Path) -> list[Step]:
+    """The steps of every composition of the loop: the synthetic and MovieLens demos, the
+    studies' recipe (snapshots, overrides) and the serving loop."""
+    layout = Layout.at(tmp_path / "art")
+    return [
+        *main_steps(layout, "tiny", 0, ranker_experiments("tiny")),
+        *imported_main_steps(Layout.at(tmp_path / "ml"), "movielens", tmp_path / "src",
+                             tmp_path / "tower", ranker_experiments("movielens"),
+                             encoder_overrides=("stage1.steps=3",)),
+        encoder_step(layout, "small", threads=1, overrides=["stage1.steps=12"],
+                     snapshots={"stage1": [6, 3]}, progress=False),
+        *serving_steps(Layout.at(tmp_path / "serve"), given_encoder=False, profile="production",
+                       project="p1", seq_len=20, progress=True),
+    ]
+
+
+def _paths(command: MoonCommand) -> list[Path]:
+    values = [getattr(command, name) for name in type(command).model_fields]
+    flat = [v for value in values for v in (value if isinstance(value, list) else [value])]
+    return [v for v in flat if isinstance(v, Path)]
+
+
+def test_every_printed_command_parses_back_into_the_step(tmp_path: Path) -> None:
+    """A step is defined once, as its `moon` commands: each line it prints, parsed by
+    `moon`'s own parser, is exactly the request the step runs, handled by that request's
+    `run` (so the command writes what the step writes), and the step's output is among
+    the paths its commands write."""
+    from moon_rec.cli import build_parser
+
+    parser = build_parser()
+    for step in _every_loop_step(tmp_path):
+        assert step.commands, step.name
+        lines = step.command.split(" && ")
+        assert len(lines) == len(step.commands), step.name
+        for line, command in zip(lines, step.commands, strict=True):
+            words = shlex.split(line)
+            assert words[0] == "moon", line
+            args = parser.parse_args(words[1:])
+            assert args.func is run_parsed and args.moon_command is type(command), line
+            assert type(command).from_args(args) == command, line
+        paths = [p for c in step.commands for p in _paths(c)]
+        assert any(step.output == p or p in step.output.parents for p in paths), step.name
+        assert set(step.code) == {m for c in step.commands for m in c.code}, step.name
+
+
+def test_the_recall_step_prints_every_file_it_writes(tmp_path: Path) -> None:
+    """The drift this design removes: the step writes recall.json, so its printed command
+    does."""
+    from moon_rec.loop import RECALL
+
+    layout = Layout.at(tmp_path)
+    step = next(s for s in main_steps(layout, "tiny", 0, ["a", "b"]) if s.name == RECALL)
+    assert step.output == layout.recall
+    assert f"--out {layout.recall}" in step.command
+    for stage in ("pretrain", "stage1", "stage2"):
+        assert f"--out {layout.recall_stages / (stage + '.json')}" in step.command
+
+
+class _Record(MoonCommand):
+    """A toy command: appends its word to ``log`` and exits with ``status``."""
+
+    words = ("record",)
+    word: str
+    status: int = 0
+
+    def run(self) -> int:
+        _RUNS.append(self.word)
+        return self.status
+
+
+_RUNS: list[str] = []
+
+
+def test_a_command_step_runs_its_commands_in_order_and_fails_on_a_status(tmp_path: Path) -> None:
+    _RUNS.clear()
+    ok = command_step("s", tmp_path / "out", [_Record(word="a"), _Record(word="b")])
+    assert ok.command == "moon record --word a && moon record --word b"
+    ok.run()
+    assert _RUNS == ["a", "b"]
+    bad = command_step("t", tmp_path / "out", [_Record(word="c", status=2), _Record(word="d")])
+    with pytest.raises(StepFailed, match="`moon record --word c --status 2` exited with status 2"):
+        bad.run()
+    assert _RUNS == ["a", "b", "c"]
+
+
+def test_the_validate_step_and_its_printed_command_write_the_same_file(
+    tiny_world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """End to end on a real world: the step's run, then its printed line through `moon`."""
+    from moon_rec.cli import main
+    from moon_rec.loop import VALIDATE_WORLD, import_steps
+
+    layout = Layout.at(tmp_path, world=tiny_world)
+    step = next(s for s in import_steps(layout, "movielens", tmp_path / "src")
+                if s.name == VALIDATE_WORLD)
+    step.run()
+    by_step = step.output.read_text()
+    step.output.unlink()
+    assert main(shlex.split(step.command)[1:]) == 0
+    assert step.output.read_text() == by_step
+    assert json.loads(by_step)["valid"] is True
+    capsys.readouterr()
+
+
+def test_argv_renders_switches_lists_and_defaults() -> None:
+    from moon_rec.ranking.commands import RankerCompare
+    from moon_rec.training.commands import EncoderTrain
+
+    train = EncoderTrain(world=Path("w"), out=Path("o"), overrides=["a=1", "b=2"],
+                         snapshot=["stage1:3"], stages=["stage1", "stage2"], quiet=True)
+    assert train.argv() == ["encoder", "train", "--world", "w", "--out", "o", "--set", "a=1",
+                            "--set", "b=2", "--stages", "stage1", "stage2", "--snapshot",
+                            "stage1:3", "--quiet"]
+    cmp: Any = RankerCompare(training_set=Path("t"), embeddings=Path("e"), out=Path("o"),
+                             as_json=True)
+    assert cmp.argv() == ["ranker", "compare", "--training-set", "t", "--embeddings", "e",
+                          "--out", "o", "--json"]
+
+
+def _subparsers(parser: Any) -> list[Any]:
+    """Every (sub)parser under ``parser``, depth first."""
+    import argparse
+
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += _subparsers(sub)
+    return found
+
+
+def test_each_request_is_exactly_its_subcommands_options() -> None:
+    """No option of a request-backed subcommand is dropped on the way to its request (an
+    option the request lacks would be parsed and silently ignored), and no field of a
+    request lacks its option; every request a loop step uses has its subcommand."""
+    import argparse
+
+    from moon_rec.cli import build_parser
+
+    seen: set[type[MoonCommand]] = set()
+    for sub in _subparsers(build_parser()):
+        command = sub.get_default("moon_command")
+        if command is None:
+            continue
+        seen.add(command)
+        dests = {a.dest for a in sub._actions
+                 if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)}
+        assert dests == set(command.model_fields), (command.shell_name(), dests)
+    used = {type(c) for s in _every_loop_step(Path("/nonexistent")) for c in s.commands}
+    assert used <= seen, used - seen

@@ -7,13 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from moon_rec._yaml_config import parse_yaml_value
+from moon_rec._yaml_config import parse_yaml_value, read_yaml
 from moon_rec.ranking.config import (
+    BEHAVIOUR_KINDS,
     ConfigError,
     RankerConfig,
-    list_experiments,
     load_ranker_config,
 )
+
+
+def _experiments(path: Path) -> list[str]:
+    """The experiment ids of a YAML config file (every top-level key but ``Base``)."""
+    return [k for k in read_yaml(path, what="ranker config") if k != "Base"]
 
 
 @pytest.mark.parametrize(
@@ -72,5 +77,29 @@ def test_overrides_merge_nested_and_validate(configs_file: Path) -> None:
     with pytest.raises(ConfigError, match="ids\\+moon"):
         cfg.with_overrides({"feature_set": "ids"})  # cube needs content vectors
     assert RankerConfig.from_dict(other.to_dict()) == other
-    for name in list_experiments(configs_file):
+    for name in _experiments(configs_file):
         assert load_ranker_config(configs_file, name).to_dict()["train"]["dense_lr"] > 0
+
+
+def test_the_base_block_is_the_code_defaults(configs_file: Path) -> None:
+    """``Base:`` documents every key with the code's default: it cannot drift from it."""
+    base = read_yaml(configs_file, what="ranker config")["Base"]
+    assert base == RankerConfig().to_dict()
+
+
+def test_behaviour_kinds_are_one_registry() -> None:
+    """Every declared kind has one module class, and the config rejects any other name,
+    naming the kinds."""
+    from moon_rec.ranking.behaviours import BEHAVIOUR_MODULES
+
+    assert set(BEHAVIOUR_MODULES) == set(BEHAVIOUR_KINDS)
+    assert all(cls.kind == kind for kind, cls in BEHAVIOUR_MODULES.items())
+    with pytest.raises(ConfigError, match=r"behaviour\.module: one of din, cube, sim"):
+        RankerConfig.from_dict({"behaviour": {"module": "dien"}})
+    for kind, spec in BEHAVIOUR_KINDS.items():
+        data = {"feature_set": "ids", "behaviour": {"module": kind}}
+        if spec.needs_content:
+            with pytest.raises(ConfigError, match="needs feature_set 'ids\\+moon'"):
+                RankerConfig.from_dict(data)
+        else:
+            assert RankerConfig.from_dict(data).behaviour.module == kind

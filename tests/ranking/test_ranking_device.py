@@ -23,7 +23,7 @@ from moon_rec.ranking.config import load_ranker_config
 from moon_rec.ranking.data import load_training_set
 from moon_rec.ranking.features import RankerBatch
 from moon_rec.ranking.model import MoonRanker
-from moon_rec.ranking.modules import IdRemap
+from moon_rec.ranking.sparse import IdRemap
 from moon_rec.ranking.synthetic import SyntheticPaths
 from moon_rec.ranking.train import build_model, table_sizes
 

@@ -7,17 +7,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moon_rec.ranking.config import BehaviourConfig, OverArchConfig
-from moon_rec.ranking.modules import (
+from moon_rec.ranking.behaviours import (
     BehaviourInputs,
     CubeModule,
     DinModule,
-    MoonContentArch,
-    OverArch,
     SimModule,
     masked_softmax,
-    remap_ids,
 )
+from moon_rec.ranking.config import BehaviourConfig, OverArchConfig
+from moon_rec.ranking.item_tables import MoonContentArch
+from moon_rec.ranking.over_arch import OverArch
+from moon_rec.ranking.sparse import remap_ids
 
 E, C = 6, 4
 
@@ -83,7 +83,7 @@ def test_empty_sequence_pools_to_zero() -> None:
 
 def test_factored_attention_equals_din_first_layer() -> None:
     """W [t, h, t - h, t * h] == (W_t + W_d) t + (W_h - W_d) h + W_p (t * h)."""
-    from moon_rec.ranking.modules import TargetAttention
+    from moon_rec.ranking.behaviours import TargetAttention
 
     torch.manual_seed(0)
     att = TargetAttention(E, [])
@@ -252,7 +252,7 @@ def test_item_id_dropout_replaces_target_rows_in_training_only() -> None:
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     from moon_rec.ranking.config import RankerConfig
-    from moon_rec.ranking.modules import SparseArch, TableSizes
+    from moon_rec.ranking.sparse import SparseArch, TableSizes
 
     tables = TableSizes(user=10, item=20, category=5, brand=5, query_token=64, position=8)
     arch = SparseArch(RankerConfig(item_id_dropout=0.5, max_seq_len=3), tables)
@@ -278,7 +278,7 @@ def test_item_id_dropout_replaces_target_rows_in_training_only() -> None:
 def test_attention_on_packed_behaviours_equals_the_gather() -> None:
     """TargetAttention scores ``packed`` (= keys[mask], as the jagged lookup gives it) the
     same as it scores its own gather, and ignores a packed tensor that does not fit."""
-    from moon_rec.ranking.modules import TargetAttention
+    from moon_rec.ranking.behaviours import TargetAttention
 
     torch.manual_seed(0)
     att = TargetAttention(8, [16, 8])

@@ -23,13 +23,13 @@ from moon_rec.data.errors import DataError
 from moon_rec.ranking.config import RankerConfig, load_ranker_config
 from moon_rec.ranking.data import load_training_set
 from moon_rec.ranking.evaluate import evaluate_ranker, load_ranker
-from moon_rec.ranking.modules import (
+from moon_rec.ranking.item_tables import (
     CONTENT_TABLE,
     FrozenContentTable,
     MoonContentArch,
-    SemanticIdArch,
     SemanticIdTable,
 )
+from moon_rec.ranking.sparse import SemanticIdArch
 from moon_rec.ranking.synthetic import SyntheticPaths
 from moon_rec.ranking.train import (
     build_model,

@@ -23,6 +23,9 @@ import torch
 from moon_rec.loop import ServingArtifacts
 
 TRAIN = {"train": {"epochs": 1, "batch_size": 512}}
+# the services under test require it for POST /items and /behaviors (issue 27)
+WRITE_TOKEN = "test-write-token-0123456789"
+AUTH = {"Authorization": f"Bearer {WRITE_TOKEN}"}
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +63,7 @@ def b64(data: bytes) -> str:
 def make_service(loop: ServingArtifacts, repo: Path | None = None, **config: Any) -> Any:
     from serving.service import RankingService, ServiceConfig
 
+    config.setdefault("write_token", WRITE_TOKEN)
     return RankingService(
         loop.ranker, repo or loop.repo, encoder=loop.encoder,
         config=ServiceConfig(refresh_s=0, **config),
@@ -182,9 +186,11 @@ def production_repo(
 
 
 class ServeProcess:
-    """``moon serve`` in a subprocess on a free loopback port (its output in ``log``)."""
+    """``moon serve`` in a subprocess on a free loopback port (its output in ``log``), with
+    the write token ``token`` (``MOON_WRITE_TOKEN``; None: no token, writes refused)."""
 
-    def __init__(self, loop: ServingArtifacts, repo: Path, log: Path, *extra: str) -> None:
+    def __init__(self, loop: ServingArtifacts, repo: Path, log: Path, *extra: str,
+                 token: str | None = WRITE_TOKEN) -> None:
         import os
         import sys
 
@@ -198,6 +204,9 @@ class ServeProcess:
                "--allow-unknown-users", *extra]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
                "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        env.pop("MOON_WRITE_TOKEN", None)
+        if token is not None:
+            env["MOON_WRITE_TOKEN"] = token
         self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=subprocess.STDOUT)
 

@@ -21,7 +21,7 @@ from moon_rec.loop import ServingArtifacts
 def test_a_non_square_photo_gets_one_vector_by_import_and_by_post_items(
     serving_loop: ServingArtifacts, tmp_path: Path
 ) -> None:
-    from conftest import copy_store, make_service
+    from conftest import AUTH, copy_store, make_service
 
     from serving.app import create_app
 
@@ -54,7 +54,7 @@ def test_a_non_square_photo_gets_one_vector_by_import_and_by_post_items(
             "item_id": 990002, "title": title,
             "image": base64.b64encode((images / "wide.png").read_bytes()).decode(),
             "category_id": 0, "brand_id": 0, "price": 1.0,
-        })
+        }, headers=AUTH)
         assert r.status_code == 200, r.text
     online, _cat, _brand, found = service.catalog.center.lookup(np.array([990002]))
     assert bool(found[0])

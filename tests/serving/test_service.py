@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import RedisServer, b64, copy_store, make_service
+from conftest import AUTH, RedisServer, b64, copy_store, make_service
 
 from moon_rec.data.images import encode_png
 from moon_rec.loop import ServingArtifacts
@@ -34,7 +34,7 @@ def live(
     )
     service = make_service(serving_loop, repo, max_candidates=200)
     with BackgroundServer(create_app(service)) as url, httpx.Client(
-        base_url=url, timeout=60
+        base_url=url, timeout=60, headers=AUTH
     ) as client:
         yield client, service
 
@@ -245,7 +245,7 @@ def test_store_down_is_503_and_recovers(
     service = make_service(serving_loop, production_repo)
     body = {"user_id": world_ids["user"], "item_ids": world_ids["items"][:10]}
     with BackgroundServer(create_app(service)) as url, httpx.Client(
-        base_url=url, timeout=60
+        base_url=url, timeout=60, headers=AUTH
     ) as client:
         assert client.post("/rank", json=body).status_code == 200
         redis_server.crash()

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import TRAIN, b64, copy_store
+from conftest import AUTH, TRAIN, WRITE_TOKEN, b64, copy_store
 
 from moon_rec.data.images import encode_png
 from moon_rec.loop import ServingArtifacts
@@ -52,7 +52,8 @@ def _service(loop: ServingArtifacts, ranker: Path, repo: Path) -> Any:
     from serving.service import RankingService, ServiceConfig
 
     return RankingService(ranker, repo, encoder=loop.encoder,
-                          config=ServiceConfig(refresh_s=0, sync_s=0, health_s=0))
+                          config=ServiceConfig(refresh_s=0, sync_s=0, health_s=0,
+                                                write_token=WRITE_TOKEN))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def sid_live(
     repo = copy_store(serving_loop, tmp_path_factory.mktemp("sid_store"), embeddings=True)
     service = _service(serving_loop, sid_ranker, repo)
     with BackgroundServer(create_app(service)) as url, httpx.Client(
-        base_url=url, timeout=60
+        base_url=url, timeout=60, headers=AUTH
     ) as client:
         yield client, service, repo
     service.close()
@@ -86,7 +87,7 @@ def _offline_scores(service: Any, ranker: Path, extra: dict[int, tuple[np.ndarra
     over the snapshot's vectors and codes (plus ``extra``: item -> (vector, code))."""
     from moon_rec.data.embeddings import load_moon_embeddings
     from moon_rec.ranking.evaluate import load_ranker
-    from moon_rec.ranking.modules import MoonContentArch, SemanticIdTable
+    from moon_rec.ranking.item_tables import MoonContentArch, SemanticIdTable
 
     emb = load_moon_embeddings(service.mfs.paths.embeddings_dir(), service.dim)
     assert emb.semantic_ids is not None

@@ -42,7 +42,15 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import RedisServer, ServeProcess, b64, copy_store, make_service, publish_wide
+from conftest import (
+    AUTH,
+    RedisServer,
+    ServeProcess,
+    b64,
+    copy_store,
+    make_service,
+    publish_wide,
+)
 
 from moon_rec.data.images import encode_png
 from moon_rec.loop import ServingArtifacts
@@ -120,7 +128,7 @@ def _fresh_user() -> int:
 
 
 def _post(url: str, path: str, body: dict[str, Any], timeout: float = 30.0) -> httpx.Response:
-    return httpx.post(f"{url}{path}", json=body, timeout=timeout)
+    return httpx.post(f"{url}{path}", json=body, timeout=timeout, headers=AUTH)
 
 
 def _behaviour(user: int, item: int, ts: datetime | None = None) -> dict[str, Any]:
@@ -184,7 +192,7 @@ def test_a_ts_outside_the_window_is_422_and_never_opens_the_breaker(
     user, item = world_ids["user"], world_ids["items"][0]
     url = cluster.procs[0].url
     rank = {"user_id": user, "item_ids": world_ids["items"][:20]}
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, headers=AUTH) as client:
         for _ in range(8):  # the issue: one such request a second opened it for everyone
             r = client.post("/behaviors", json={"user_id": user, "item_id": item, "ts": ts})
             assert r.status_code == 422, r.text
@@ -358,7 +366,7 @@ def test_redis_kill_and_restart_recovers_writes_within_2s_with_none_lost(
     counter = iter(range(10**6))
 
     def writer(url: str) -> None:
-        with httpx.Client(base_url=url, timeout=10) as c:
+        with httpx.Client(base_url=url, timeout=10, headers=AUTH) as c:
             while not stop.is_set():
                 with lock:
                     k = next(counter)

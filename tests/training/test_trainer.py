@@ -17,7 +17,7 @@ import torch
 from moon_rec.encoders import MoonEncoder
 from moon_rec.training.config import TrainConfig, load_config
 from moon_rec.training.data import WorldData, load_world
-from moon_rec.training.trainer import KILL_ENV, train_stage
+from moon_rec.training.trainer import train_stage
 
 FAST = ["pretrain.steps=4", "pretrain.batch_size=8", "pretrain.checkpoint_every=2",
         "pretrain.log_every=1", "encoder.hidden_size=32", "encoder.num_heads=2",
@@ -82,11 +82,33 @@ def _cli(out: Path, world: Path, extra_env: dict[str, str] | None = None,
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
+# ``moon encoder pretrain`` in a fresh interpreter (the same config as ``_cli``), SIGKILLed by
+# its own step hook once step 2's checkpoint is on disk (the hook of step 3 runs after it).
+_KILL_AT_STEP_3 = """
+import os, signal, sys
+from moon_rec.training.config import load_config
+from moon_rec.training.trainer import train_stage
+
+def kill(step, encoder):
+    if step == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+train_stage(sys.argv[1], "pretrain", load_config("tiny", overrides=sys.argv[3:]), sys.argv[2],
+            progress=False, on_step=kill)
+"""
+
+
+def _killed_after_checkpoint(out: Path, world: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", _KILL_AT_STEP_3, str(world), str(out), *FAST],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.slow  # two fresh interpreters importing torch + transformers
 def test_resume_after_kill_matches_an_uninterrupted_run(tiny_world: Path, pretrained: Path,
                                                         tmp_path: Path) -> None:
     out = tmp_path / "killed"
-    killed = _cli(out, tiny_world, {KILL_ENV: "2"})
+    killed = _killed_after_checkpoint(out, tiny_world)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (out / "encoder").exists()
     assert torch.load(out / "state" / "trainer.pt", weights_only=False)["step"] == 2

@@ -1,0 +1,331 @@
+"""Pretrained towers from local checkpoints (issue 26): tiny random checkpoints saved with
+``save_pretrained`` (CLIP, SigLIP, ViT) and a small CNN state dict load offline, encode to
+unit Matryoshka prefixes, train a step, round-trip through a MOON checkpoint and version
+their weights; bad sources get errors naming the path. The EfficientNet-Lite layout is
+checked against the original package (``efficientnet_lite_pytorch``) and, when fetched, on
+the real ImageNet file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from transformers import BertConfig, BertModel
+
+sys.path.insert(0, str(Path(__file__).parent))
+import pretrained_fixtures as fx
+
+from moon_rec.cli import main
+from moon_rec.encoders import EncoderConfig, MoonEncoder, build_encoder, make_tokenizer, matryoshka
+from moon_rec.encoders.backbones import ImageProcessing, ImageTower, load_dual_encoder
+from moon_rec.encoders.cnn import (
+    EfficientNetLite,
+    check_keys,
+    load_efficientnet_lite,
+    map_state_dict,
+    read_state_file,
+)
+from moon_rec.encoders.pretrained import PretrainedTowersEncoder
+from moon_rec.training.config import StageConfig, load_config
+from moon_rec.training.trainer import tower_param_groups, train_stage
+
+KINDS = ("clip", "siglip", "vit", "cnn")
+SMALL = dict(hidden_size=32, num_heads=2, vision_layers=1, text_layers=1, patch_size=16,
+             conv_stem=0, max_text_len=16, dims=(8, 16, 64), embed_dim=64)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("pretrained")
+    return {"clip": fx.make_clip(root / "clip"), "siglip": fx.make_siglip(root / "siglip"),
+            "vit": fx.make_vit(root / "vit"), "cnn": fx.make_cnn(root / "cnn")}
+
+
+def source_config(kind: str, path: Path, **kw: object) -> dict[str, object]:
+    """The encoder keys that start a ``kind`` encoder from ``path``."""
+    if kind in ("clip", "siglip"):
+        return {"pretrained": str(path), **kw}
+    extra: dict[str, object] = {"image_resolution": 32} if kind == "cnn" else {}
+    return {"image_tower": str(path), **extra, **kw}
+
+
+def make_encoder(kind: str, path: Path, **kw: object) -> MoonEncoder:
+    cfg = EncoderConfig.model_validate({**SMALL, **source_config(kind, path, **kw)})
+    return build_encoder(cfg, make_tokenizer(cfg, fx.TEXTS * 4)).eval()
+
+
+# -- EfficientNet-Lite: the key layout of the registry files -------------------------------
+
+
+@pytest.mark.parametrize("variant", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_lite_reproduces_the_original_package(variant: str, tmp_path: Path) -> None:
+    ref_pkg = pytest.importorskip("efficientnet_lite_pytorch")
+    torch.manual_seed(1)
+    ours = EfficientNetLite(variant)
+    with torch.no_grad():
+        for m in ours.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    path = tmp_path / f"{variant.replace('_', '-')}.pth"
+    torch.save(ours.state_dict(), path)
+    # image_size None: "SAME" padding computed per input, as ours (static padding is
+    # computed for the native resolution and differs at 64 px where a side turns odd)
+    ref = ref_pkg.EfficientNet.from_name(variant.replace("_", "-"), image_size=None)
+    state = torch.load(path, weights_only=True)
+    report = check_keys(ref, map_state_dict(state))  # one to one, both ways
+    assert not report.missing and not report.unexpected and not report.mismatched
+    ref.load_state_dict(state, strict=True)
+    loaded = load_efficientnet_lite(path)
+    assert loaded.variant == variant
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(x), ref.eval()(x), atol=1e-5)
+
+
+def _real_lite0() -> Path | None:
+    env = os.environ.get("MOON_EFFICIENTNET_LITE0")
+    candidates = [Path(env)] if env else []
+    candidates += sorted(Path(__file__).resolve().parents[2].glob(
+        "data/pretrained/efficientnet-lite0*.pth"))
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def test_real_efficientnet_lite0_file_maps_one_to_one() -> None:
+    path = _real_lite0()
+    if path is None:
+        pytest.skip("no real EfficientNet-Lite0 file (scripts/fetch_efficientnet_lite.sh)")
+    state = map_state_dict(read_state_file(path))
+    net = load_efficientnet_lite(path).eval()
+    report = check_keys(net, state)
+    assert not report.missing and not report.unexpected and not report.mismatched
+    assert len(state) == len(net.state_dict()) == 296
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 224, 224, generator=g) * 2 - 1
+    with torch.no_grad():
+        a, b = net(x), load_efficientnet_lite(path).eval()(x)
+    assert torch.equal(a, b)  # deterministic
+    probs = a.softmax(-1)
+    assert torch.isfinite(a).all() and float(probs.max(-1).values.min()) < 0.999
+    ref_pkg = pytest.importorskip("efficientnet_lite_pytorch")
+    ref = ref_pkg.EfficientNet.from_name("efficientnet-lite0")
+    ref.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    with torch.no_grad():
+        assert torch.allclose(ref.eval()(x), a, atol=1e-4)
+
+
+# -- every kind: encode, round-trip, version -----------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_loads_offline_and_encodes_unit_matryoshka_prefixes(kind: str,
+                                                            sources: dict[str, Path]) -> None:
+    enc = make_encoder(kind, sources[kind])
+    assert isinstance(enc, PretrainedTowersEncoder)
+    imgs = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outs = [enc.encode_text(fx.TEXTS), enc.encode_image(imgs),
+                enc.encode_product(fx.TEXTS, imgs), enc.encode_product(fx.TEXTS, None)]
+    for out in outs:
+        assert out.shape == (3, 64)
+        for d in enc.dims:
+            assert torch.allclose(matryoshka(out, d).norm(dim=1), torch.ones(3), atol=1e-5)
+    assert enc.pretrained_image_parameters()
+    assert bool(enc.pretrained_text_parameters()) == (kind in ("clip", "siglip"))
+
+
+def test_dual_encoder_keeps_its_joint_space(sources: dict[str, Path]) -> None:
+    """A CLIP's image / text features go through one shared orthonormal head: their
+    cosine is the pretrained model's own, as its processor prepares the image."""
+    from transformers import CLIPModel
+
+    enc = make_encoder("clip", sources["clip"])
+    clip = CLIPModel.from_pretrained(str(sources["clip"])).eval()
+    imgs = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    proc = ImageProcessing.from_folder(sources["clip"])
+    assert (proc.resize, proc.crop) == (32, 32)
+    assert proc.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+    ids, mask = enc.tokenizer(fx.TEXTS, 16)
+    with torch.no_grad():
+        img = clip.get_image_features(pixel_values=proc(imgs)).pooler_output
+        txt = clip.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+        want = F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T
+        got = enc.encode_image(imgs) @ enc.encode_text(fx.TEXTS).T
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_checkpoint_roundtrip_and_model_version(kind: str, sources: dict[str, Path],
+                                                tmp_path: Path) -> None:
+    src = sources[kind]
+    copy = tmp_path / "copy" / src.name
+    copy.parent.mkdir()
+    (shutil.copy if src.is_file() else shutil.copytree)(src, copy)
+    enc = make_encoder(kind, copy)
+    assert enc.model_version == make_encoder(kind, src).model_version  # path: provenance
+    path = enc.save_pretrained(tmp_path / "ckpt")
+    (copy.unlink if copy.is_file() else lambda: shutil.rmtree(copy))()
+    loaded = MoonEncoder.from_pretrained(path)
+    assert isinstance(loaded, PretrainedTowersEncoder)
+    assert loaded.model_version == enc.model_version
+    imgs = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for a, b in ((loaded.encode_product(fx.TEXTS[:2], imgs), enc.encode_product(fx.TEXTS[:2], imgs)),
+                     (loaded.encode_text(fx.TEXTS), enc.encode_text(fx.TEXTS)),
+                     (loaded.encode_image(imgs), enc.encode_image(imgs))):
+            assert torch.allclose(a, b, atol=1e-6)
+    # the weights are versioned: a change in the pretrained image side changes it
+    with torch.no_grad():
+        loaded.pretrained_image_parameters()[0].add_(0.01)
+    assert loaded.model_version != enc.model_version
+    # the checkpoint's own folder starts another encoder of the same weights
+    again_src = path / ("backbone" if kind in ("clip", "siglip") else "image_tower")
+    assert make_encoder(kind, again_src).model_version == enc.model_version
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_trains_a_step_with_tower_learning_rates(kind: str, sources: dict[str, Path],
+                                                 tiny_world: Path, tmp_path: Path) -> None:
+    enc_keys = {**SMALL, "dims": "[8, 16, 64]", **source_config(kind, sources[kind])}
+    overrides = [f"encoder.{k}={v}" for k, v in enc_keys.items()]
+    overrides += ["pretrain.steps=1", "pretrain.batch_size=4", "pretrain.warmup_steps=0",
+                  "pretrain.mix={title_image: 1.0}", "pretrain.image_tower_lr=1e-4",
+                  "pretrain.frozen_image_blocks=1"]
+    config = load_config("tiny", None, overrides)
+    summary = train_stage(tiny_world, "pretrain", config, tmp_path / "run", progress=False)
+    trained = MoonEncoder.from_pretrained(tmp_path / "run")
+    assert trained.model_version == summary["model_version"] != summary["init_version"]
+    fresh = make_encoder(kind, sources[kind])
+    frozen = {id(p) for p in fresh.image_blocks()[0].parameters()}
+    moved_frozen = moved_top = False
+    trained_image = {id(p) for p in trained.pretrained_image_parameters()}
+    for a, b in zip(trained.parameters(), fresh.parameters(), strict=True):
+        if id(b) in frozen:
+            moved_frozen |= not torch.equal(a, b)
+        elif id(a) in trained_image:
+            moved_top |= not torch.equal(a, b)
+    assert not moved_frozen and moved_top  # the stem stayed, the blocks above it trained
+
+
+def test_param_groups_freeze_and_rates(sources: dict[str, Path]) -> None:
+    enc = make_encoder("clip", sources["clip"])
+    sc = StageConfig(lr=1e-3, text_tower_lr=0.0, image_tower_lr=1e-5)
+    groups = tower_param_groups(enc, sc)
+    assert [g.get("lr") for g in groups] == [None, 1e-5]  # fresh heads, image side
+    assert not any(p.requires_grad for p in enc.pretrained_text_parameters())
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in enc.pretrained_image_parameters()}
+    enc = make_encoder("cnn", sources["cnn"])
+    n_blocks = len(enc.image_blocks())
+    assert n_blocks == 17  # stem + 16 MBConv blocks of Lite0
+    tower_param_groups(enc, StageConfig(frozen_image_blocks=n_blocks))
+    net = enc.image_tower.model  # type: ignore[union-attr]
+    head = {id(p) for m in (net._conv_head, net._bn1) for p in m.parameters()}
+    assert not any(k.startswith("image_tower.model._fc") for k in enc.state_dict())
+    assert all(p.requires_grad == (id(p) in head) for p in enc.pretrained_image_parameters())
+    with pytest.raises(ValueError, match="frozen_image_blocks 99: the image trunk has 17"):
+        tower_param_groups(enc, StageConfig(frozen_image_blocks=99))
+    enc = make_encoder("vit", sources["vit"])
+    groups = tower_param_groups(enc, StageConfig(freeze=["image_tower.*"]))
+    assert len(groups) == 1 and not any(p.requires_grad for p in enc.pretrained_image_parameters())
+    with pytest.raises(ValueError, match=r"'nothing\.\*' matches no parameter"):
+        tower_param_groups(enc, StageConfig(freeze=["nothing.*"]))
+
+
+def test_cnn_keeps_imagenet_batch_norm_statistics(sources: dict[str, Path]) -> None:
+    enc = make_encoder("cnn", sources["cnn"]).train()
+    before = enc.model_version
+    enc.encode_image(torch.rand(4, 3, 64, 64))
+    assert enc.model_version == before  # no running-stat update in train mode
+
+
+def test_resolution_and_random_init(sources: dict[str, Path]) -> None:
+    tower = ImageTower.from_source(sources["cnn"], resolution=48)
+    assert tower.processing.out_size == 48 and tower.feature_dim == 1280
+    vit = ImageTower.from_source(sources["vit"], resolution=48)  # position embeddings interpolated
+    assert vit(torch.rand(2, 3, 64, 64)).shape == (2, 32)
+    a = make_encoder("cnn", sources["cnn"])
+    b = make_encoder("cnn", sources["cnn"], image_tower_init="random")
+    assert a.model_version != b.model_version
+
+
+# -- bad sources are named -------------------------------------------------------------------
+
+
+def test_bad_sources_name_the_path(sources: dict[str, Path], tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="empty: not a transformers model folder"):
+        make_encoder("vit", empty)
+    with pytest.raises(FileNotFoundError, match="nowhere: no such folder"):
+        make_encoder("vit", tmp_path / "nowhere")
+    # a text model as the image tower
+    bert = tmp_path / "bert"
+    BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(str(bert))
+    with pytest.raises(ValueError, match=r"bert: a bert model takes input_ids, not images"):
+        make_encoder("vit", bert)
+    # a vision model as the dual encoder
+    with pytest.raises(ValueError, match=r"vit: a vit model has no get_image_features"):
+        load_dual_encoder(sources["vit"])
+    # missing processor files
+    no_proc = tmp_path / "clip_no_proc"
+    shutil.copytree(sources["clip"], no_proc)
+    (no_proc / "preprocessor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"clip_no_proc: no preprocessor_config\.json"):
+        make_encoder("clip", no_proc)
+    vit_no_proc = tmp_path / "vit_no_proc"
+    shutil.copytree(sources["vit"], vit_no_proc)
+    (vit_no_proc / "preprocessor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"vit_no_proc: no preprocessor_config\.json"):
+        make_encoder("vit", vit_no_proc)
+    # missing tokenizer files of a dual encoder
+    no_tok = tmp_path / "clip_no_tok"
+    shutil.copytree(sources["clip"], no_tok)
+    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        (no_tok / f).unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match="clip_no_tok: no"):
+        make_encoder("clip", no_tok)
+    # CNN files: wrong keys, not a state dict, unnamed architecture
+    wrong = tmp_path / "efficientnet-lite1-x.pth"
+    shutil.copy(sources["cnn"], wrong)  # a Lite0 file named as Lite1
+    with pytest.raises(ValueError, match=r"efficientnet-lite1-x\.pth are not an efficientnet_lite1"):
+        make_encoder("cnn", wrong)
+    junk = tmp_path / "efficientnet-lite0-junk.pth"
+    junk.write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match=r"lite0-junk\.pth: not a readable state dict"):
+        make_encoder("cnn", junk)
+    anon = tmp_path / "weights.pth"
+    shutil.copy(sources["cnn"], anon)
+    with pytest.raises(ValueError, match=r"weights\.pth: name the architecture"):
+        make_encoder("cnn", anon)
+    assert isinstance(make_encoder("cnn", anon, image_tower_arch="efficientnet_lite0"),
+                      PretrainedTowersEncoder)
+    # configs that contradict themselves
+    with pytest.raises(ValueError, match="brings both towers"):
+        EncoderConfig(pretrained=str(sources["clip"]), image_tower=str(sources["vit"]))
+    with pytest.raises(ValueError, match="dual_tower option"):
+        EncoderConfig(backbone="mllm", image_tower=str(sources["vit"]))
+
+
+def test_cli_init_from_each_kind(sources: dict[str, Path], tiny_world: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({"encoder": {**SMALL, "dims": [8, 16, 64],
+                                                  "image_resolution": 32}}))
+    for kind, flag in (("clip", "--pretrained"), ("cnn", "--image-tower")):
+        out = tmp_path / kind
+        assert main(["encoder", "init", "--world", str(tiny_world), "--out", str(out),
+                     "--config", str(config), flag, str(sources[kind])]) == 0
+        assert isinstance(MoonEncoder.from_pretrained(out), PretrainedTowersEncoder)
+    capsys.readouterr()
+    assert main(["encoder", "init", "--world", str(tiny_world), "--out", str(tmp_path / "x"),
+                 "--image-tower", str(tmp_path / "nowhere")]) != 0
+    assert "--image-tower" in (err := capsys.readouterr().err) and "nowhere: no such file" in err
