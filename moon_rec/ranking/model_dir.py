@@ -16,6 +16,7 @@ Everything that reads or writes these files goes through ``RankerDir``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,21 @@ class RankerDir:
         state: dict[str, Any] = torch.load(self.weights_file, map_location="cpu",
                                            weights_only=True)
         return state
+
+    def weights_version(self) -> str:
+        """The first 12 hex digits of a SHA-256 over ``model.pt``'s tensors (names, dtypes,
+        shapes, values): the same for the same weights, whatever bytes ``torch.save``
+        wrote around them (its archive carries a per-save id)."""
+        h = hashlib.sha256()
+        for name, value in sorted(self.load_weights().items()):
+            h.update(name.encode())
+            if isinstance(value, torch.Tensor):
+                t = value.detach().cpu().contiguous()
+                h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            else:
+                h.update(repr(value).encode())
+        return h.hexdigest()[:12]
 
     def remove_weights(self) -> None:
         """Drop ``model.pt`` and the checkpoints (a study keeps only meta and reports)."""

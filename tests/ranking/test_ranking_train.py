@@ -177,6 +177,10 @@ def test_model_pt_keeps_ids_not_vectors(cube_model: Path, ranker_data: Synthetic
 
     state = RankerDir(cube_model).load_weights()
     assert CONTENT_ROWS in state and CONTENT_VECTORS not in state
+    again = RankerDir(tmp_path / "again")
+    again.path.mkdir()
+    again.save_weights(state)  # other bytes (torch.save's per-save id), same weights
+    assert again.weights_version() == RankerDir(cube_model).weights_version()
     model, meta = load_ranker(cube_model)
     emb = load_moon_embeddings(ranker_data.embeddings, meta["moon_dim"])
     ids = state[CONTENT_ROWS].numpy()
