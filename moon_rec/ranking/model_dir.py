@@ -109,7 +109,7 @@ class RankerDir:
             if isinstance(value, torch.Tensor):
                 t = value.detach().cpu().contiguous()
                 h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
             else:
                 h.update(repr(value).encode())
         return h.hexdigest()[:12]
