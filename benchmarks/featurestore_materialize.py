@@ -36,7 +36,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-DIMS = (32, 64, 128, 256)
+from moon_rec.encoders.config import DEFAULT_DIMS
+
+DIMS = DEFAULT_DIMS  # the encoder config's default sizes
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 

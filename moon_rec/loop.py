@@ -46,6 +46,7 @@ from typing import Any
 
 from moon_rec.command import MoonCommand
 from moon_rec.data.commands import MovieLensImport, WorldGenerate, WorldShow, WorldValidate
+from moon_rec.data.embeddings import MANIFEST
 from moon_rec.featurestore.commands import Embed, FeaturesBuild, FeaturesPublish, TrainingSetBuild
 from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN
 from moon_rec.ranking.commands import EmbedQueries, RankerCompare, StyleEmbeddings
@@ -523,7 +524,7 @@ def embed_step(layout: Layout, *, encoder_dep: str = TRAIN_ENCODER,
     """The batch embedding job over the catalog (``embed.json``: its summary)."""
     embed = Embed(world=layout.world, checkpoint=layout.checkpoint, out=layout.embeddings,
                   no_progress=not progress, summary=layout.file("embed.json"))
-    return command_step(EMBED, layout.embeddings / "manifest.json", [embed], {},
+    return command_step(EMBED, layout.embeddings / MANIFEST, [embed], {},
                         (encoder_dep,), clean=(layout.embeddings,))
 
 

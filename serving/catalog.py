@@ -27,11 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from moon_rec.featurestore.layout import (
-    EMBEDDING_MANIFEST,
-    FeatureDataPaths,
-    embeddings_model_version,
-)
+from moon_rec.data.embeddings import EmbeddingSnapshot
+from moon_rec.featurestore.layout import FeatureDataPaths, embeddings_model_version
 from moon_rec.featurestore.push import ItemChangeLog
 from moon_rec.retrieval.ann import AnnConfig, AnnIndex
 from moon_rec.retrieval.semantic_ids import (
@@ -202,10 +199,7 @@ class Catalog:
 
     # -- refresh -------------------------------------------------------------------------
     def _snapshot_state(self) -> str:
-        try:
-            return (self.paths.embeddings_dir() / EMBEDDING_MANIFEST).read_text()
-        except OSError:
-            return ""
+        return EmbeddingSnapshot.state(self.paths.embeddings_dir())
 
     def refresh(self) -> bool:
         """Reload the center (and the quantiser) when the embed job wrote a new

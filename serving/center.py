@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from moon_rec.data.errors import DataError
+from moon_rec.data.rows import sorted_rows
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,10 @@ class _Part:
         return int(self.ids.shape[0])
 
     def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row [...] (N where absent), found [...] bool)."""
-        n = len(self)
-        if n == 0:
-            return np.zeros(ids.shape, np.int64), np.zeros(ids.shape, bool)
-        pos = np.searchsorted(self.ids, ids).clip(max=n - 1)
-        found = self.ids[pos] == ids
-        return np.where(found, pos, n), found
+        """(row [...] of the padded arrays (N, the zero row, where absent), found [...])."""
+        rows = sorted_rows(self.ids, ids)
+        found = rows >= 0
+        return np.where(found, rows, len(self)), found
 
 
 @dataclass(frozen=True)
@@ -125,9 +123,9 @@ class EmbeddingCenter:
         """Load the embed job's snapshot (``emb_{dim}``, and the ``semantic_ids`` codes
         when it has them) and the latest category / brand of each item from the
         item-features parquet (-1 where absent)."""
-        from moon_rec.data.embeddings import load_moon_embeddings
+        from moon_rec.data.embeddings import EmbeddingSnapshot
 
-        emb = load_moon_embeddings(embeddings, dim)
+        emb = EmbeddingSnapshot.open(embeddings).vectors(dim)
         codes = emb.semantic_ids
         levels = 0 if codes is None else int(codes.shape[1])
         if codes is None:
@@ -137,9 +135,9 @@ class EmbeddingCenter:
         brand = np.full(len(emb.item_ids), -1, np.int64)
         if item_features is not None and Path(item_features).is_file():
             f_ids, f_cat, f_brand = latest_item_attributes(item_features)
-            pos = np.searchsorted(f_ids, emb.item_ids).clip(max=max(len(f_ids) - 1, 0))
-            hit = (f_ids[pos] == emb.item_ids) if len(f_ids) else np.zeros(len(cat), bool)
-            cat[hit], brand[hit] = f_cat[pos[hit]], f_brand[pos[hit]]
+            rows = sorted_rows(f_ids, emb.item_ids)
+            hit = rows >= 0
+            cat[hit], brand[hit] = f_cat[rows[hit]], f_brand[rows[hit]]
         center._snap = cls._make(
             _part(emb.item_ids, emb.item_vectors, cat, brand, codes), _Part.empty(dim, levels)
         )

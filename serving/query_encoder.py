@@ -15,7 +15,6 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-import torch
 
 from moon_rec.data.errors import DataError
 from moon_rec.data.images import ImageLimits, decode_prepared
@@ -96,18 +95,16 @@ class QueryEncoder:
     def _encode(
         self, kind: str, text: str | None = None, image: np.ndarray | None = None
     ) -> dict[int, np.ndarray]:
-        from moon_rec.encoders import images_to_tensor, matryoshka
+        # the project's one encode path: a new item gets the vector the embed job would
+        # write, a query the vector recall measured
+        from moon_rec.data.embeddings import prefixes_of
+        from moon_rec.encoders.inference import encode
 
-        with self._lock, torch.inference_mode():
-            if kind == "text":
-                x = self.encoder.encode_text([text or ""])
-            elif kind == "image":
-                x = self.encoder.encode_image(images_to_tensor([image], self.image_size))
-            else:  # no image: a text-only product
-                pixels = None if image is None else images_to_tensor([image], self.image_size)
-                x = self.encoder.encode_product([text or ""], pixels)
-            full = x.float()
-        return {d: matryoshka(full, d)[0].numpy() for d in self.encoder.dims}
+        texts = None if kind == "image" else [text or ""]
+        images = None if image is None else [image]
+        with self._lock:
+            full = encode(self.encoder, kind, texts, images, batch_size=1)  # type: ignore[arg-type]
+        return {d: v[0] for d, v in prefixes_of(full, self.encoder.dims).items()}
 
     def encode(self, kind: str, field: str, **kw: Any) -> dict[int, np.ndarray]:
         """Matryoshka size -> [d] vector of a ``text``, ``image`` or ``product`` input;

@@ -40,7 +40,7 @@ from moon_rec.featurestore.online import OnlineFeatureClient
 from moon_rec.featurestore.push import OnlineWriter
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.evaluate import load_ranker, read_meta
-from moon_rec.ranking.train import WEIGHTS
+from moon_rec.ranking.model_dir import RankerDir
 from serving.catalog import Catalog, load_center, load_quantiser
 from serving.center import CenterContentArch, CenterSemanticIds, EmbeddingCenter
 from serving.config import ACTIONS, MAX_ID, ServiceConfig
@@ -55,7 +55,7 @@ from serving.query_encoder import QueryEncoder, decode_image_field
 from serving.ranking import RankResult, RequestRanker, ServedVersions
 from serving.repo import open_repo_store
 from serving.store_guard import StoreGuard
-from serving.version_gate import VersionGate, file_version
+from serving.version_gate import VersionGate
 from serving.writer import Writer
 
 __all__ = [
@@ -132,7 +132,7 @@ class RankingService:
         content = CenterContentArch(center) if self.ranker_config.uses_moon else None
         codes = CenterSemanticIds(center) if self.ranker_config.semantic_ids else None
         self.model, _ = load_ranker(model_dir, content=content, semantic_ids=codes)
-        self.model_version = f"ranker-{file_version(model_dir / WEIGHTS)}"
+        self.model_version = f"ranker-{RankerDir(model_dir).weights_version()}"
         lock = threading.Lock()  # one model / encoder call at a time
         limits = self.config.image_limits()
         self.query_encoder = QueryEncoder(self.encoder, self.dim, self.config.query_cache, lock,

@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 from moon_rec.data.errors import DataError
 from moon_rec.data.io import read_table, read_world_meta
+from moon_rec.data.rows import RowIndex
 from moon_rec.data.validation import table_files
 from moon_rec.data.world_config import EPOCH, WorldConfig
 
@@ -207,12 +208,7 @@ class UserOracle:
 
 def _rows_of(sorted_ids: np.ndarray, ids: np.ndarray, table: str, column: str) -> np.ndarray:
     """Row of each id in ``sorted_ids``; DataError naming the first unknown id."""
-    rows = np.searchsorted(sorted_ids, ids).clip(max=max(len(sorted_ids) - 1, 0))
-    bad = np.flatnonzero(sorted_ids[rows] != ids) if len(sorted_ids) else np.arange(len(ids))
-    if bad.size:
-        raise DataError(f"id {int(ids[bad[0]])} is not in {table}", column=column,
-                        row=int(bad[0]))
-    return rows
+    return RowIndex(sorted_ids, is_sorted=True).require(ids, what=table, column=column)
 
 
 def _vectors(table: pa.Table, column: str) -> np.ndarray:

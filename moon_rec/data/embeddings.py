@@ -14,23 +14,36 @@ Item embedding table (a parquet file, or a folder of parts such as ``moon embed`
 Query embedding table: the same with ``query_text`` (string) in place of ``item_id``. A file
 is told apart by its key column; files with no ``emb_`` column (the embed job's rejects and
 index) are not embedding files.
+
+Embedding snapshot (``EmbeddingSnapshot``): a folder of item parts (``part-*.parquet``)
+with a ``manifest.json`` (``SnapshotManifest``: model_version, Matryoshka sizes, parts,
+counts, the semantic-ID quantiser). The embed job writes it; every consumer (Feast views,
+materialization, pushes, rankers, compare, serving's center and its refresh) reads sizes,
+version and quantiser from it, never from a constant. A folder or file of embedding rows
+without a manifest (hand-made, synthetic) is a snapshot too: its sizes come from its
+columns and its version from its rows.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from moon_rec import runtime
 from moon_rec.data.errors import DataError
+from moon_rec.data.rows import sorted_rows
 from moon_rec.data.schemas import TIMESTAMP
 
 log = logging.getLogger(__name__)
@@ -237,12 +250,9 @@ class MoonEmbeddings:
     semantic_ids: np.ndarray | None = None
 
     def item_rows(self, ids: np.ndarray) -> np.ndarray:
-        """The row of ``item_ids`` holding each of ``ids`` (any shape), -1 where absent."""
-        ids = np.asarray(ids, np.int64)
-        if len(self.item_ids) == 0:
-            return np.full(ids.shape, -1, np.int64)
-        pos = np.searchsorted(self.item_ids, ids).clip(max=len(self.item_ids) - 1)
-        return np.where(self.item_ids[pos] == ids, pos, -1)
+        """The row of ``item_ids`` holding each of ``ids`` (any shape), -1 where absent
+        (``moon_rec.data.rows``)."""
+        return sorted_rows(self.item_ids, np.asarray(ids, np.int64))
 
     def query_rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(row index [N] (0 where absent), has_query [N] bool) of each query text."""
@@ -383,3 +393,208 @@ def load_moon_embeddings(
         n_bad_rows=n_bad,
         semantic_ids=codes[keep] if codes is not None else None,
     )
+
+
+# -- the snapshot: manifest and owner ------------------------------------------------------
+
+MANIFEST = "manifest.json"
+PART_GLOB = "part-*.parquet"
+UNKNOWN_MODEL_VERSION = "unknown"
+
+
+class SnapshotManifest(BaseModel):
+    """``manifest.json`` of an embedding snapshot: what the folder holds.
+
+    Args:
+        model_version: the encoder version of every vector.
+        dims: the Matryoshka sizes, one ``emb_{d}`` column each (ascending); a manifest
+            written without them (older or hand-made) gets them from the parts' columns.
+        n_items: rows over all parts (one per item).
+        n_rejects: catalog rows the embed job could not embed (its ``rejects.parquet``).
+        parts: the part files, in catalog order.
+        latest_event_ts: the newest row's event time (ISO-8601), None when empty.
+        part_rows: rows per part.
+        semantic_ids: the semantic-ID quantiser (``SemanticIdQuantiser.describe()``:
+            levels, codebook, dim, file, ...), None when the rows carry no codes.
+    """
+
+    # later writers may add fields (run figures, ...): kept, not refused
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    model_version: str
+    dims: tuple[int, ...] | None = None
+    n_items: int | None = None
+    n_rejects: int = 0
+    parts: tuple[str, ...] = ()
+    latest_event_ts: str | None = None
+    part_rows: int | None = None
+    semantic_ids: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def write(self, folder: str | Path) -> Path:
+        """Write ``folder/manifest.json`` atomically."""
+        return runtime.atomic_write_json(Path(folder) / MANIFEST, self.to_json())
+
+    @classmethod
+    def read(cls, folder: str | Path) -> SnapshotManifest:
+        """``folder/manifest.json``; a DataError naming the file and field when malformed,
+        FileNotFoundError when absent."""
+        path = Path(folder) / MANIFEST
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise DataError(f"unreadable snapshot manifest ({exc})", file=str(path)) from exc
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or None
+            raise DataError(f"bad snapshot manifest: {err['msg']}", file=str(path),
+                            column=field) from exc
+
+
+def _item_files(path: Path) -> list[Path]:
+    item_files, _ = embedding_files(path)
+    if not item_files:
+        raise DataError("no item embedding file (a parquet with column item_id)", file=str(path))
+    return item_files
+
+
+def _file_dims(path: Path) -> tuple[int, ...]:
+    """The Matryoshka sizes of the item files at ``path`` (all must have the same)."""
+    item_files = _item_files(path)
+    dims = embedding_dims(pq.read_schema(item_files[0]).names)
+    for f in item_files[1:]:
+        other = embedding_dims(pq.read_schema(f).names)
+        if other != dims:
+            raise DataError(f"Matryoshka sizes {list(other)} differ from {list(dims)} "
+                            f"of {item_files[0].name}", file=str(f))
+    return dims
+
+
+class EmbeddingSnapshot:
+    """An embedding snapshot: the one owner of its format (see the module docstring).
+
+    Open one with ``EmbeddingSnapshot.open(path)`` (a snapshot folder, or any embedding
+    file / folder of files) or ``EmbeddingSnapshot.find(folder)`` (None when the folder
+    holds nothing yet).
+
+    Args:
+        path: the folder (or file) of the item rows.
+        manifest: what it holds (for a folder without ``manifest.json``: derived from the
+            rows' columns and versions).
+        has_manifest: the manifest was read from ``manifest.json`` (written by the embed
+            job), not derived.
+    """
+
+    def __init__(self, path: Path, manifest: SnapshotManifest, has_manifest: bool) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.has_manifest = has_manifest
+        self._ids: np.ndarray | None = None
+
+    # -- opening ----------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path) -> EmbeddingSnapshot:
+        """The snapshot at ``path``: a folder with ``manifest.json``, else any embedding
+        file or folder of files (sizes from the columns, the one model_version of the
+        rows). DataError when there is no item embedding file or the rows disagree."""
+        path = Path(path)
+        if path.is_dir() and (path / MANIFEST).is_file():
+            manifest = SnapshotManifest.read(path)
+            if manifest.dims is None:
+                manifest = manifest.model_copy(update={"dims": _file_dims(path)})
+            return cls(path, manifest, True)
+        item_files = _item_files(path)
+        table = read_parquet(item_files, [ITEM_KEY, "model_version"])
+        versions = pc.unique(table.column("model_version").drop_null()).to_pylist()
+        manifest = SnapshotManifest(
+            # several versions: none to vouch for (readers of vectors refuse the mix)
+            model_version=str(versions[0]) if len(versions) == 1 else UNKNOWN_MODEL_VERSION,
+            dims=_file_dims(path), n_items=table.num_rows,
+            parts=tuple(str(f.relative_to(path)) if path.is_dir() else f.name
+                        for f in item_files),
+            part_rows=table.num_rows,
+        )
+        return cls(path, manifest, False)
+
+    @classmethod
+    def find(cls, folder: str | Path) -> EmbeddingSnapshot | None:
+        """The snapshot in ``folder``, or None when it holds no embedding rows yet (no
+        manifest and no part: the embed job has not run)."""
+        folder = Path(folder)
+        if (folder / MANIFEST).is_file():
+            return cls.open(folder)
+        if not folder.exists() or (folder.is_dir() and not any(folder.glob(PART_GLOB))):
+            return None
+        return cls.open(folder)
+
+    @staticmethod
+    def state(folder: str | Path) -> str:
+        """A token that changes whenever a new snapshot is swapped into ``folder`` (the
+        manifest's text; "" while there is none, e.g. mid-swap)."""
+        try:
+            return (Path(folder) / MANIFEST).read_text()
+        except OSError:
+            return ""
+
+    # -- what it holds ----------------------------------------------------------------
+    @property
+    def model_version(self) -> str:
+        return self.manifest.model_version
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """The Matryoshka sizes, ascending."""
+        return tuple(sorted(self.manifest.dims or ()))
+
+    @property
+    def quantiser(self) -> dict[str, Any] | None:
+        """The semantic-ID quantiser the rows' codes come from (its ``describe()``), or
+        None: no codes."""
+        return self.manifest.semantic_ids
+
+
+    def require_dim(self, dim: int) -> None:
+        """A DataError naming the snapshot unless it holds Matryoshka size ``dim``."""
+        if int(dim) not in self.dims:
+            raise DataError(f"no Matryoshka size {dim} in this snapshot (sizes: "
+                            f"{list(self.dims)})", file=str(self.path), column=emb_column(dim))
+
+    def vectors(self, dim: int, queries: str | Path | None = None) -> MoonEmbeddings:
+        """Every item's vector at size ``dim`` (and the query vectors of ``queries``, or of
+        the folder's query files), with the items' semantic-ID codes."""
+        self.require_dim(dim)
+        emb = load_moon_embeddings(self.path, dim, queries=queries)
+        if self.has_manifest and emb.model_version != self.model_version:
+            raise DataError(f"rows are model_version {emb.model_version}, the manifest says "
+                            f"{self.model_version}", file=str(self.path), column="model_version")
+        self._ids = emb.item_ids
+        return emb
+
+    def item_ids(self) -> np.ndarray:
+        """[N] the items, sorted (read once)."""
+        if self._ids is None:
+            files, _ = embedding_files(self.path)
+            ids = read_parquet(files, [ITEM_KEY]).column(ITEM_KEY).to_numpy(
+                zero_copy_only=False).astype(np.int64)
+            self._ids = np.unique(ids)
+        return self._ids
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The row of each of ``ids`` among ``item_ids()`` (and of ``vectors(d)``), -1
+        where the snapshot has no such item."""
+        return sorted_rows(self.item_ids(), np.asarray(ids, np.int64))
+
+    def codes(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(item_ids [N] sorted, semantic-ID codes [N, L]) or None when the rows carry none."""
+        if self.quantiser is None and self.has_manifest:
+            return None
+        emb = load_moon_embeddings(self.path, self.dims[0])
+        if emb.semantic_ids is None:
+            return None
+        return emb.item_ids, emb.semantic_ids

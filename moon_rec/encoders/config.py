@@ -13,6 +13,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Backbone = Literal["dual_tower", "mllm"]
+# The Matryoshka sizes of an encoder that declares none: the one place sizes are declared
+# (with the ``dims`` of the YAMLs in configs/encoder/). Everything downstream (the
+# snapshot, Feast, rankers, serving) takes its sizes from the snapshot it reads.
+DEFAULT_DIMS: tuple[int, ...] = (32, 64, 128, 256)
 
 
 class LoraConfig(BaseModel):
@@ -104,7 +108,7 @@ class EncoderConfig(BaseModel):
 
     backbone: Backbone = "dual_tower"
     embed_dim: int = 256
-    dims: tuple[int, ...] = (32, 64, 128, 256)
+    dims: tuple[int, ...] = DEFAULT_DIMS
     image_size: int = 64
     patch_size: int = 8
     hidden_size: int = 128

@@ -25,7 +25,6 @@ arrival) and ``behaviour_push`` (fresh behaviour).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +36,6 @@ from moon_rec.data.embeddings import SEMANTIC_IDS, emb_column
 from moon_rec.featurestore.layout import (
     BEHAVIOUR_PUSH,
     DEFAULT_SEQ_LEN,
-    EMBEDDING_DIMS,
-    EMBEDDING_MANIFEST,
     FEATURE_TTL,
     ITEM_ATTRIBUTES_PUSH,
     ITEM_ATTRIBUTES_VIEW,
@@ -56,8 +53,6 @@ from moon_rec.featurestore.layout import (
 __all__ = [
     "BEHAVIOUR_PUSH",
     "DEFAULT_SEQ_LEN",
-    "EMBEDDING_DIMS",
-    "EMBEDDING_MANIFEST",
     "FEATURE_TTL",
     "ITEM_ATTRIBUTES_PUSH",
     "ITEM_ATTRIBUTES_VIEW",
@@ -73,18 +68,26 @@ __all__ = [
     "build_definitions",
     "embeddings_model_version",
     "embeddings_semantic_ids",
+    "snapshot_dims",
 ]
 
 
 def embeddings_semantic_ids(paths: FeatureDataPaths) -> dict[str, object] | None:
-    """The semantic-ID quantiser the embed job's manifest records (levels, codebook, dim,
-    ...), or None: a snapshot without codes, or no manifest."""
-    manifest = paths.embeddings_dir() / EMBEDDING_MANIFEST
-    try:
-        sid = json.loads(manifest.read_text()).get("semantic_ids")
-    except (FileNotFoundError, ValueError, AttributeError):
-        return None
-    return dict(sid) if isinstance(sid, dict) else None
+    """The semantic-ID quantiser the snapshot at ``paths`` records (levels, codebook, dim,
+    ...), or None: a snapshot without codes, or none yet."""
+    snap = paths.snapshot()
+    return dict(snap.quantiser) if snap is not None and snap.quantiser else None
+
+
+def snapshot_dims(paths: FeatureDataPaths) -> tuple[int, ...]:
+    """The Matryoshka sizes the embedding view holds: the snapshot's, or, before the embed
+    job has run, the encoder config's default sizes (the one place they are declared)."""
+    snap = paths.snapshot()
+    if snap is not None:
+        return snap.dims
+    from moon_rec.encoders.config import EncoderConfig
+
+    return tuple(EncoderConfig().dims)
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def build_definitions(
     *,
     model_version: str | None = None,
     seq_len: int = DEFAULT_SEQ_LEN,
-    dims: tuple[int, ...] = EMBEDDING_DIMS,
+    dims: tuple[int, ...] | None = None,
     semantic_ids: bool | None = None,
 ) -> FeatureDefinitions:
     """Build the entities, sources and feature views over ``paths``.
@@ -123,12 +126,15 @@ def build_definitions(
         model_version: the encoder version the embedding view serves (its tag); default:
             read from the embed job's manifest.
         seq_len: L, the maximum behaviour sequence length (a tag of the behaviour view).
-        dims: the Matryoshka sizes, one ``emb_{d}`` field each.
+        dims: the Matryoshka sizes, one ``emb_{d}`` field each; default: the snapshot's
+            (``snapshot_dims``).
         semantic_ids: give the embedding view a ``semantic_ids`` field; default: when the
-            embed job's manifest records a quantiser.
+            snapshot records a quantiser.
     """
     if model_version is None:
         model_version = embeddings_model_version(paths)
+    if dims is None:
+        dims = snapshot_dims(paths)
     sid = embeddings_semantic_ids(paths)
     if semantic_ids is None:
         semantic_ids = sid is not None

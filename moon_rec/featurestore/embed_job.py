@@ -46,9 +46,7 @@ hardware has native bf16 (``--precision``; vectors within cosine 0.9999 of fp32)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -56,7 +54,7 @@ import shutil
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,16 +69,22 @@ from tqdm import tqdm
 
 from moon_rec import runtime
 from moon_rec.data.embeddings import (
+    MANIFEST,
+    PART_GLOB,
+    SnapshotManifest,
     emb_column,
     embedding_schema,
+    prefixes_of,
     vector_column,
     with_semantic_ids,
 )
 from moon_rec.data.errors import DataError
-from moon_rec.data.images import decode_image, prepare_image
+from moon_rec.data.images import decode_prepared
 from moon_rec.data.io import atomic_write_parquet
+from moon_rec.data.rows import RowIndex
 from moon_rec.data.schemas import ITEMS, TIMESTAMP
 from moon_rec.data.validation import check_column, check_columns, first_duplicate_row, table_files
+from moon_rec.encoders.inference import image_size_of, resolve_precision
 from moon_rec.retrieval.semantic_ids import (
     SEMANTIC_IDS_FILE,
     SemanticIdConfig,
@@ -89,11 +93,9 @@ from moon_rec.retrieval.semantic_ids import (
     load_semantic_ids,
 )
 
-MANIFEST = "manifest.json"
 INDEX = "_index.parquet"
 REJECTS = "rejects.parquet"
 WORK = ".work"
-PART_GLOB = "part-*.parquet"
 READ_BATCH = 1024
 
 
@@ -118,14 +120,13 @@ class EmbedJobConfig:
         part_rows: items per output part and per resumable work chunk.
         progress: show a progress bar.
         event_ts: the event time stamped on new rows (default: when the plan is made).
-        max_chunks: stop after embedding this many chunks (tests simulate a kill with it).
         device: run the encoder there (e.g. ``cuda``); default: where it was loaded.
         precision: ``fp32``; ``bf16`` (matmuls in bfloat16 under autocast, ~1.7x faster
             on CPUs with native bf16; product vectors stay within cosine 0.9999 of fp32:
             min 0.99994 over 512 items with each trained checkpoint we have); ``auto``
             (default): bf16 where the device computes it natively (CUDA, or a CPU with
-            AVX512-BF16/AMX), else fp32. The resolved precision is part of the resumable
-            plan and of the manifest.
+            AVX512-BF16/AMX), else fp32 (``moon_rec.encoders.inference``, the path recall
+            and serving use too). The resolved precision is part of the resumable plan.
         semantic_ids: the semantic-ID quantiser (its ``dim`` must not exceed the encoder's
             largest Matryoshka size); None writes no codes.
     """
@@ -134,30 +135,9 @@ class EmbedJobConfig:
     part_rows: int = 4096
     progress: bool = True
     event_ts: datetime | None = None
-    max_chunks: int | None = None
     device: str | None = None
     precision: str = "auto"
     semantic_ids: SemanticIdConfig | None = field(default_factory=SemanticIdConfig)
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``fp32`` or ``bf16``: what ``auto`` means on ``device`` (see ``EmbedJobConfig``)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if dev.type == "cpu":
-        native = torch.backends.mkldnn.is_available() and bool(
-            torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
-        return "bf16" if native else "fp32"
-    return "fp32"
 
 
 REJECT_SCHEMA = pa.schema(
@@ -281,67 +261,6 @@ def content_hashes(world: str | Path) -> tuple[np.ndarray, list[str]]:
     return ids, hashes
 
 
-def _decode_rgb(data: bytes | None, *, where: str) -> np.ndarray:
-    """``decode_image`` with less per-image work: the format is known to be PNG or JPEG and
-    an RGB image is not copied by a no-op ``convert``. Undecodable bytes go through
-    ``decode_image`` itself, so rejects carry its message."""
-    from PIL import Image
-
-    if data:
-        try:
-            with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as im:
-                im.load()
-                if im.mode == "RGB":
-                    return np.array(im, dtype=np.uint8)
-                return np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except Exception:
-            pass
-    return decode_image(data or b"", where=where)
-
-
-def _image_size(encoder: Any) -> int:
-    size = getattr(encoder, "image_size", None)
-    if size is None:
-        size = encoder.config.image_size
-    return int(size)
-
-
-class _LongestPadding:
-    """A tokenizer proxy that cuts the all-padding columns off the right of a batch.
-
-    ``MoonTokenizer`` pads every text to ``max_text_len`` (32) tokens; catalog titles have
-    ~10, so a third of the encoder's work went into padding. Padding is masked out of
-    attention and pooling, so the real tokens' outputs are the same (to float rounding,
-    ~1e-7; tests compare the job with ``encode_product``)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tokenizer, name)
-
-    def __call__(self, texts: Any, max_len: int, **kwargs: Any) -> tuple[torch.Tensor, ...]:
-        ids, mask = self._tokenizer(texts, max_len, **kwargs)
-        if mask.numel():
-            keep = int(mask.sum(1).max())
-            ids, mask = ids[:, :keep].contiguous(), mask[:, :keep].contiguous()
-        return ids, mask
-
-
-@contextlib.contextmanager
-def _longest_padding(encoder: Any) -> Iterator[None]:
-    """Batches padded to their longest text while the job runs (the job owns its encoder)."""
-    tok = getattr(encoder, "tokenizer", None)
-    if tok is None or not callable(tok) or isinstance(tok, _LongestPadding):
-        yield
-        return
-    encoder.tokenizer = _LongestPadding(tok)
-    try:
-        yield
-    finally:
-        encoder.tokenizer = tok
-
-
 def embed_rows(
     encoder: ProductEncoder,
     titles: list[str],
@@ -357,38 +276,14 @@ def embed_rows(
         images: (S, S, 3) uint8 arrays at the encoder's image size; None: text-only
             products (``encode_product(titles, None)``).
         precision: ``fp32`` or ``bf16`` (autocast; outputs are float32 either way).
-    """
-    from moon_rec.encoders.base import images_to_tensor, matryoshka
 
-    size = _image_size(encoder)
-    dims = tuple(encoder.dims)
-    n = len(titles)
-    out = {d: np.empty((n, d), np.float32) for d in dims}
-    if n == 0:
-        return out
-    pixels: torch.Tensor | None
-    if images is None:
-        pixels = None
-    elif all(a.shape == (size, size, 3) for a in images):
-        # one vectorised conversion, the same values as images_to_tensor's
-        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().float()
-        pixels /= 255.0
-    else:
-        pixels = images_to_tensor(images, size)  # raises, naming the row
-    device = getattr(encoder, "device", torch.device("cpu"))
-    dev_type = torch.device(device).type
-    with (
-        torch.inference_mode(),
-        torch.autocast(dev_type, dtype=torch.bfloat16, enabled=precision == "bf16"),
-        _longest_padding(encoder),
-    ):
-        for s in range(0, n, batch_size):
-            batch = None if pixels is None else pixels[s : s + batch_size]
-            x = encoder.encode_product(titles[s : s + batch_size], batch)
-            x = x.float()
-            for d in dims:
-                out[d][s : s + x.shape[0]] = matryoshka(x, d).cpu().numpy()
-    return out
+    The project's one encode path (``moon_rec.encoders.inference.embed_products``), so
+    recall measures exactly these vectors; each prefix by ``prefixes_of``.
+    """
+    from moon_rec.encoders.inference import embed_products
+
+    full = embed_products(encoder, titles, images, batch_size, precision=precision)
+    return prefixes_of(full, tuple(int(d) for d in encoder.dims))
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
@@ -539,7 +434,7 @@ def _embed_chunk(
     images: list[np.ndarray] = []
     ok_ids: list[int] = []
     rejects: list[tuple[int, int, str]] = []
-    size = _image_size(encoder)
+    size = image_size_of(encoder)
     for item, row, title, attributes, data in zip(
         chunk.item_ids, chunk.rows, chunk.titles, chunk.attributes, chunk.images, strict=True
     ):
@@ -551,7 +446,7 @@ def _embed_chunk(
             titles.append(product_text(str(title), attributes))
             continue
         try:
-            img = prepare_image(_decode_rgb(data, where=f"items row {row}"), size)
+            img = decode_prepared(data or b"", size, where=f"items row {row}")
         except DataError as exc:  # memory addresses out, so reruns give identical files
             rejects.append((item, row, re.sub(r" at 0x[0-9a-fA-F]+", "", str(exc))))
             continue
@@ -689,17 +584,16 @@ def _assemble(
         ]
         newest = max((t for ts in stamps for t in ts), default=None)
         # the snapshot's description only: identical snapshots have identical manifests
-        manifest = {
-            "model_version": model_version,
-            "dims": list(dims),
-            "n_items": len(keep),
-            "n_rejects": rejects.num_rows,
-            "parts": parts,
-            "latest_event_ts": newest.isoformat() if newest else None,
-            "part_rows": cfg.part_rows,
-            "semantic_ids": quantiser.describe() if quantiser is not None else None,
-        }
-        runtime.atomic_write_json(final / MANIFEST, manifest)
+        SnapshotManifest(
+            model_version=model_version,
+            dims=dims,
+            n_items=len(keep),
+            n_rejects=rejects.num_rows,
+            parts=tuple(parts),
+            latest_event_ts=newest.isoformat() if newest else None,
+            part_rows=cfg.part_rows,
+            semantic_ids=quantiser.describe() if quantiser is not None else None,
+        ).write(final)
         done_marker.write_text("ok\n")
     return _swap_in(out, final)
 
@@ -709,10 +603,6 @@ def _matrix(table: pa.Table, column: str, dim: int) -> np.ndarray:
     col = table.column(column).combine_chunks()
     flat = pc.list_flatten(col).to_numpy(zero_copy_only=False)
     return np.asarray(flat, np.float32).reshape(-1, dim)
-
-
-def _sorted(a: np.ndarray) -> bool:
-    return bool(a.size < 2 or (a[1:] > a[:-1]).all())
 
 
 @dataclass
@@ -732,6 +622,7 @@ class _SnapshotVectors:
         if ids.size > limit:
             ids = ids[np.sort(np.random.default_rng(seed).choice(ids.size, limit, replace=False))]
         todo = np.fromiter(self.todo, np.int64, len(self.todo))
+        index = RowIndex(ids)
         dim = max(self.dims)
         column = emb_column(dim)
         out = np.zeros((ids.size, dim), np.float32)
@@ -742,10 +633,7 @@ class _SnapshotVectors:
                 fid = t.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64)
                 take = np.isin(fid, ids) & (np.isin(fid, todo) == new)
                 if take.any():
-                    slot = np.searchsorted(ids, fid[take]) if _sorted(ids) else None
-                    if slot is None:  # catalog order is not id order: map through a dict
-                        pos = {int(i): k for k, i in enumerate(ids.tolist())}
-                        slot = np.array([pos[int(i)] for i in fid[take]], np.int64)
+                    slot = index.rows(fid[take])
                     out[slot] = _matrix(t, column, dim)[take]
                     seen[slot] = True
         if not seen.all():
@@ -784,21 +672,21 @@ def _quantiser(
 
 def _swap_in(out: Path, final: Path) -> dict[str, Any]:
     """Move a complete snapshot from ``final`` into ``out`` (idempotent, resumable)."""
-    manifest = json.loads((final / MANIFEST).read_text())
-    wanted = set(manifest["parts"])
+    manifest = SnapshotManifest.read(final)
+    wanted = set(manifest.parts)
     (out / MANIFEST).unlink(missing_ok=True)  # readers see "no manifest" mid-swap
     for p in out.glob(PART_GLOB):
         if p.name not in wanted:
             p.unlink()
-    if not manifest.get("semantic_ids"):  # no codes in this snapshot: no stale quantiser
+    if not manifest.semantic_ids:  # no codes in this snapshot: no stale quantiser
         (out / SEMANTIC_IDS_FILE).unlink(missing_ok=True)
-    for name in [*manifest["parts"], REJECTS, INDEX, SEMANTIC_IDS_FILE]:
+    for name in [*manifest.parts, REJECTS, INDEX, SEMANTIC_IDS_FILE]:
         src = final / name
         if src.is_file():
             os.replace(src, out / name)
     os.replace(final / MANIFEST, out / MANIFEST)
     shutil.rmtree(out / WORK, ignore_errors=True)
-    return dict(manifest)
+    return manifest.to_json()
 
 
 def _dist() -> tuple[int, int]:
@@ -829,6 +717,7 @@ def run_embed_job(
     cfg: EmbedJobConfig | None = None,
     *,
     encoder: ProductEncoder | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Embed the catalog of ``world`` into ``out`` (see the module docstring).
 
@@ -838,9 +727,12 @@ def run_embed_job(
         out: the output folder.
         cfg: job knobs.
         encoder: an already loaded encoder.
+        on_chunk: called with the number of chunks this call has embedded, after each
+            chunk is safely on disk (progress reporting; an exception raised there stops
+            the job as a kill would, and a rerun resumes).
     Returns:
-        the manifest (on rank 0; other ranks return their chunk counts), plus
-        ``interrupted: True`` when stopped early by ``cfg.max_chunks``.
+        the manifest (``SnapshotManifest``'s fields) with the run's figures (on rank 0;
+        other ranks return their chunk counts).
     """
     cfg = cfg or EmbedJobConfig()
     out = Path(out)
@@ -886,8 +778,6 @@ def run_embed_job(
             else:
                 pending.add(j)
         for chunk in _iter_chunk_inputs(world, plan, pending):
-            if cfg.max_chunks is not None and embedded >= cfg.max_chunks:
-                return {"interrupted": True, "chunks_done": embedded, "plan": plan.plan_id}
             table, rej = _embed_chunk(chunk, encoder, cfg, plan.event_ts, precision, text_only)
             j = chunk.index
             _write_parquet(rej, plan.dir / f"chunk-{j:05d}.rejects.parquet")
@@ -895,6 +785,8 @@ def run_embed_job(
             _write_parquet(table, plan.dir / f"chunk-{j:05d}.parquet")
             bar.update(len(chunk.item_ids))
             embedded += 1
+            if on_chunk is not None:
+                on_chunk(embedded)
     _barrier(world_size)
     if rank != 0:
         return {"rank": rank, "chunks": len(mine)}

@@ -1,6 +1,8 @@
-"""Names, sizes and data locations of the feature store, importable without Feast.
+"""Names and data locations of the feature store, importable without Feast.
 
-The CLI and the table builders use these without paying Feast's import time.
+The CLI and the table builders use these without paying Feast's import time. The
+embedding view's Matryoshka sizes and model_version are not declared here: they are the
+embedding snapshot's (``moon_rec.data.embeddings.EmbeddingSnapshot``, ``paths.snapshot()``).
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ import json
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-EMBEDDING_DIMS: tuple[int, ...] = (32, 64, 128, 256)
+from moon_rec.data.embeddings import UNKNOWN_MODEL_VERSION, EmbeddingSnapshot, embedding_dims
+from moon_rec.data.errors import DataError
+
 DEFAULT_SEQ_LEN = 50
 TIMESTAMP_FIELD = "event_timestamp"
 # Feast starts `materialize_incremental` at now - ttl when nothing was materialized yet
@@ -38,8 +43,6 @@ SEQUENCE_FIELDS: tuple[str, ...] = (
     "hist_actions",
     "hist_ts",
 )
-EMBEDDING_MANIFEST = "manifest.json"
-UNKNOWN_MODEL_VERSION = "unknown"
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,10 @@ class FeatureDataPaths:
         p = Path(self.item_embeddings)
         return p.parent if any(c in p.name for c in "*?[") or p.suffix else p
 
+    def snapshot(self) -> EmbeddingSnapshot | None:
+        """The embedding snapshot these paths serve (None: the embed job has not run)."""
+        return EmbeddingSnapshot.find(self.embeddings_dir())
+
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, sort_keys=True)
 
@@ -88,9 +95,32 @@ class FeatureDataPaths:
 
 
 def embeddings_model_version(paths: FeatureDataPaths) -> str:
-    """The ``model_version`` recorded by the embed job's manifest, or ``"unknown"``."""
-    manifest = paths.embeddings_dir() / EMBEDDING_MANIFEST
-    try:
-        return str(json.loads(manifest.read_text())["model_version"])
-    except (FileNotFoundError, KeyError, ValueError):
-        return UNKNOWN_MODEL_VERSION
+    """The ``model_version`` the embed job's manifest records for the snapshot at
+    ``paths``, or ``"unknown"`` when there is none (no snapshot yet, or hand-made parts
+    without a manifest: then nothing checks the rows' versions)."""
+    snap = paths.snapshot()
+    return snap.model_version if snap is not None and snap.has_manifest else UNKNOWN_MODEL_VERSION
+
+
+def view_dims(view: Any) -> tuple[int, ...]:
+    """The Matryoshka sizes an applied ``item_embedding`` view holds (its ``emb_{d}``
+    fields): what materialization and pushes write."""
+    return embedding_dims([f.name for f in view.features])
+
+
+def check_view_fits(view: Any, names: list[str], where: str) -> tuple[int, ...]:
+    """The view's sizes (``view_dims``), after checking that embedding rows with columns
+    ``names`` bring no size the view lacks (it would be dropped silently) and lack none it
+    holds. DataError naming ``where`` and the size otherwise."""
+    have, want = embedding_dims(names), view_dims(view)
+    extra = [d for d in have if d not in want]
+    if extra:
+        raise DataError(f"Matryoshka size {extra[0]} is not in the applied "
+                        f"{ITEM_EMBEDDING_VIEW} view (sizes {list(want)}): run "
+                        f"`moon features apply` for this snapshot", file=where,
+                        column=f"emb_{extra[0]}")
+    missing = [d for d in want if d not in have]
+    if missing:
+        raise DataError(f"missing column of the embedding rows (the {ITEM_EMBEDDING_VIEW} "
+                        f"view holds sizes {list(want)})", file=where, column=f"emb_{missing[0]}")
+    return want

@@ -39,15 +39,15 @@ import pyarrow.parquet as pq
 from feast.protos.feast.types.Value_pb2 import FloatList, Int32List
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from moon_rec.data.embeddings import SEMANTIC_IDS, emb_column
+from moon_rec.data.embeddings import SEMANTIC_IDS, emb_column, embedding_dims
 from moon_rec.data.errors import DataError
 from moon_rec.featurestore.definitions import (
-    EMBEDDING_DIMS,
     ITEM_ATTRIBUTES_VIEW,
     ITEM_EMBEDDING_VIEW,
     TIMESTAMP_FIELD,
     USER_BEHAVIOUR_VIEW,
 )
+from moon_rec.featurestore.layout import check_view_fits
 from moon_rec.featurestore.online_stores import EncodedRows, WriteRow, from_epoch_micros
 from moon_rec.featurestore.store import MoonFeatureStore
 
@@ -151,18 +151,21 @@ def _code_values(col: pa.Array | pa.ChunkedArray) -> list[bytes]:
     ]
 
 
-def embedding_encoded(batch: pa.RecordBatch, dims: tuple[int, ...] = EMBEDDING_DIMS) -> EncodedRows:
+def embedding_encoded(batch: pa.RecordBatch, dims: tuple[int, ...] | None = None) -> EncodedRows:
     """One record batch of the embedding parquet -> rows in Feast's wire format.
 
     Args:
         batch: columns item_id int64 [N], emb_{d} list<float32> [N, d] per d in ``dims``,
             model_version string [N], event_timestamp timestamp [N]; optional
             semantic_ids list<int32> [N, L].
+        dims: the sizes to write (default: every ``emb_{d}`` column of the batch).
     Returns:
         ``EncodedRows`` with features emb_{d}..., (semantic_ids) and model_version (bytes
         identical to ``ValueProto.SerializeToString``), for a store's ``write_encoded``.
     """
     names = batch.schema.names
+    if dims is None:
+        dims = embedding_dims(names)
     for col in ("item_id", "model_version", TIMESTAMP_FIELD, *(emb_column(d) for d in dims)):
         if col not in names:
             raise DataError("missing column of the embedding parquet", column=col)
@@ -191,7 +194,7 @@ def embedding_encoded(batch: pa.RecordBatch, dims: tuple[int, ...] = EMBEDDING_D
     return EncodedRows(join_key="item_id", ids=ids, values=values, event_us=event_us, texts=texts)
 
 
-def embedding_rows(batch: pa.RecordBatch, dims: tuple[int, ...] = EMBEDDING_DIMS) -> list[WriteRow]:
+def embedding_rows(batch: pa.RecordBatch, dims: tuple[int, ...] | None = None) -> list[WriteRow]:
     """One record batch of the embedding parquet -> ``online_write_batch`` rows.
 
     Returns:
@@ -278,7 +281,6 @@ def materialize_embeddings(
     source: str | Path | None = None,
     *,
     batch_rows: int = DEFAULT_BATCH_ROWS,
-    dims: tuple[int, ...] = EMBEDDING_DIMS,
     progress: Callable[[int], object] | None = None,
     record: bool = True,
     prefetch: int = 1,
@@ -302,6 +304,11 @@ def materialize_embeddings(
     files = parquet_files(source if source is not None else mfs.paths.item_embeddings)
     store = mfs.store
     fv = store.get_feature_view(ITEM_EMBEDDING_VIEW)
+    # the view's sizes (the snapshot's, when it was applied); a part with another set of
+    # sizes is refused by name rather than written in part
+    dims: tuple[int, ...] = ()
+    for f in files:
+        dims = check_view_fits(fv, pq.read_schema(f).names, str(f))
     provider = store._get_provider()  # the SDK's write path for the configured store
     report = MaterializeReport(view=ITEM_EMBEDDING_VIEW, files=files)
     columns = ["item_id", *(emb_column(d) for d in dims), "model_version", TIMESTAMP_FIELD]

@@ -43,11 +43,11 @@ from moon_rec.data.embeddings import SEMANTIC_IDS, emb_column
 from moon_rec.data.errors import DataError
 from moon_rec.data.schemas import TIMESTAMP
 from moon_rec.featurestore.layout import (
-    EMBEDDING_DIMS,
     ITEM_ATTRIBUTES_VIEW,
     ITEM_EMBEDDING_VIEW,
     TIMESTAMP_FIELD,
     USER_BEHAVIOUR_VIEW,
+    check_view_fits,
 )
 from moon_rec.featurestore.online import OnlineFeatureClient
 from moon_rec.featurestore.online_stores import OnlineRow, epoch_micros
@@ -201,16 +201,19 @@ class OnlineWriter:
         self.max_len = int(self.behaviour_view.tags.get("max_len", "50"))
         self.changes = ItemChangeLog(self.config, self.online_store, self.embedding_view)
 
-    def item_embeddings(self, table: pa.Table, dims: tuple[int, ...] = EMBEDDING_DIMS) -> int:
+    def item_embeddings(self, table: pa.Table) -> int:
         """Write embedding rows (the embed job's format) of new or re-embedded items.
 
         Args:
             table: item_id, emb_{d} list<float32> per d, model_version, event_timestamp [N];
                 semantic_ids list<int32> [N, L] (``encode_codes`` of the snapshot's
                 quantiser) when the view carries codes.
+            The sizes written are the view's (the snapshot's); rows with another set of
+            sizes are refused by name.
         Returns:
             N, the rows sent (rows older than what the store holds are skipped by it).
         """
+        dims = check_view_fits(self.embedding_view, table.column_names, "embedding push")
         cols = ["item_id", *(emb_column(d) for d in dims), "model_version", TIMESTAMP_FIELD]
         missing = [c for c in cols if c not in table.column_names]
         if missing:
@@ -290,11 +293,9 @@ class OnlineWriter:
         return len(keys)
 
 
-def push_item_embeddings(
-    mfs: MoonFeatureStore, table: pa.Table, dims: tuple[int, ...] = EMBEDDING_DIMS
-) -> int:
+def push_item_embeddings(mfs: MoonFeatureStore, table: pa.Table) -> int:
     """``OnlineWriter.item_embeddings`` (views read from the registry for this call)."""
-    return OnlineWriter(mfs).item_embeddings(table, dims)
+    return OnlineWriter(mfs).item_embeddings(table)
 
 
 def push_item_attributes(mfs: MoonFeatureStore, table: pa.Table) -> int:

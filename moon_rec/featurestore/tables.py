@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from moon_rec.data.errors import DataError
+from moon_rec.data.rows import RowIndex
 from moon_rec.data.schemas import TIMESTAMP
 from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN, ITEM_STAT_FIELDS, TIMESTAMP_FIELD
 
@@ -64,17 +65,8 @@ def _ts_array(micros: np.ndarray) -> pa.Array:
 
 def _category_lookup(items: pa.Table, item_ids: np.ndarray) -> np.ndarray:
     """category_id of each of ``item_ids`` (-1 where the item is unknown)."""
-    ids = items.column("item_id").to_numpy()
-    cats = items.column("category_id").to_numpy()
-    order = np.argsort(ids, kind="stable")
-    pos = np.searchsorted(ids[order], item_ids)
-    pos = np.clip(pos, 0, len(ids) - 1) if len(ids) else pos
-    found = len(ids) > 0
-    out = np.full(len(item_ids), -1, dtype=np.int64)
-    if found:
-        hit = ids[order][pos] == item_ids
-        out[hit] = cats[order][pos[hit]]
-    return out
+    index = RowIndex(items.column("item_id").to_numpy())
+    return index.take(items.column("category_id").to_numpy(), item_ids, -1).astype(np.int64)
 
 
 def build_user_sequences(

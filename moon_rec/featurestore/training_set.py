@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from moon_rec.data.io import has_table, read_table, train_end
+from moon_rec.data.rows import RowIndex
 from moon_rec.data.schemas import TIMESTAMP
 from moon_rec.data.training_set import TRAINING_SET_SCHEMA, write_training_set
 from moon_rec.featurestore.definitions import (
@@ -46,14 +47,7 @@ FEATURES = [
 def _lookup(
     keys: np.ndarray, table_keys: np.ndarray, values: np.ndarray, default: object
 ) -> np.ndarray:
-    order = np.argsort(table_keys, kind="stable")
-    sk = table_keys[order]
-    pos = np.clip(np.searchsorted(sk, keys), 0, max(len(sk) - 1, 0))
-    out = np.full(len(keys), default, dtype=values.dtype if len(values) else object)
-    if len(sk):
-        hit = sk[pos] == keys
-        out[hit] = values[order][pos[hit]]
-    return out
+    return RowIndex(table_keys).take(values, keys, default)
 
 
 def assemble_training_set(

@@ -112,20 +112,17 @@ def _reusable(
 ) -> dict[str, Any] | None:
     """The meta of a finished model in ``model_dir`` that training ``config`` now would
     reproduce (same config, training set and, for ``ids+moon``, embedding version)."""
-    from moon_rec.data.embeddings import load_moon_embeddings
+    from moon_rec.data.embeddings import EmbeddingSnapshot
+    from moon_rec.ranking.model_dir import RankerDir
 
-    path = model_dir / "meta.json"
-    if not (path.is_file() and (model_dir / "model.pt").is_file()):
-        return None
-    meta: dict[str, Any] = json.loads(path.read_text())
-    if not meta.get("done") or meta.get("config") != config.to_dict():
+    meta = RankerDir(model_dir).finished_meta()
+    if meta is None or meta.get("config") != config.to_dict():
         return None
     if meta.get("training_set") != str(Path(training_set).resolve()):
         return None
-    if config.uses_embeddings:
-        version = load_moon_embeddings(embeddings, config.moon_dim).model_version
-        if meta.get("model_version") != version:
-            return None
+    if (config.uses_embeddings
+            and meta.get("model_version") != EmbeddingSnapshot.open(embeddings).model_version):
+        return None
     meta["reused"] = True
     return meta
 

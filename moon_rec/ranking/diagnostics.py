@@ -61,8 +61,9 @@ from moon_rec.data.click_model import (
 )
 from moon_rec.data.embeddings import embedding_table, prefixes_of, write_embedding_table
 from moon_rec.data.io import read_table
+from moon_rec.encoders.config import DEFAULT_DIMS
 
-DIMS: tuple[int, ...] = (32, 64, 128, 256)
+DIMS: tuple[int, ...] = DEFAULT_DIMS  # the encoder config's default sizes
 
 
 def has_style_truth(world: str | Path) -> bool:

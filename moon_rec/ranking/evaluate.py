@@ -10,7 +10,6 @@ tables). A metric that is undefined on the data
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,23 +17,75 @@ from typing import Any
 import numpy as np
 import torch
 
-from moon_rec.data.embeddings import MoonEmbeddings, load_moon_embeddings
+from moon_rec.data.embeddings import EmbeddingSnapshot, MoonEmbeddings
 from moon_rec.data.errors import DataError
+from moon_rec.data.rows import RowIndex
 from moon_rec.metrics.ranking import auc, gauc, logloss
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.data import TrainingSet, load_training_set
 from moon_rec.ranking.item_tables import FrozenContentTable, SemanticIdTable
 from moon_rec.ranking.model import ContentLookup, MoonRanker, SemanticIdLookup
+from moon_rec.ranking.model_dir import CODE_ROWS, CONTENT_ROWS, SNAPSHOT_COPIES, RankerDir
 from moon_rec.ranking.sparse import TableSizes
-from moon_rec.ranking.train import META, WEIGHTS
 
 
 def read_meta(model_dir: str | Path) -> dict[str, Any]:
-    path = Path(model_dir) / META
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (is {model_dir} a ranker model directory?)")
-    meta: dict[str, Any] = json.loads(path.read_text())
-    return meta
+    """The ``meta.json`` of a ranker model directory (``RankerDir.read_meta``)."""
+    return RankerDir(model_dir).read_meta()
+
+
+def snapshot_of(meta: dict[str, Any], embeddings: str | Path | None = None) -> EmbeddingSnapshot:
+    """The embedding snapshot a ranker was trained on (``embeddings`` overrides the path
+    its meta records); a DataError when there is none or it is of another model_version."""
+    path = embeddings or meta.get("embeddings")
+    if path is None:
+        raise DataError("the model uses MOON features: pass --embeddings")
+    snap = EmbeddingSnapshot.open(path)
+    if snap.model_version != meta.get("model_version"):
+        raise DataError(
+            f"embeddings are model_version {snap.model_version}, the ranker was trained "
+            f"on {meta.get('model_version')}",
+            file=str(path),
+            column="model_version",
+        )
+    return snap
+
+
+def _trained_rows(emb: MoonEmbeddings, ids: torch.Tensor, what: str, where: str) -> np.ndarray:
+    rows = emb.item_rows(ids.numpy())
+    missing = np.flatnonzero(rows < 0)
+    if missing.size:
+        raise DataError(
+            f"item {int(ids[int(missing[0])])} that the ranker's {what} was trained with is not "
+            f"in the snapshot", file=where, column="item_id")
+    return rows
+
+
+def snapshot_lookups(
+    config: RankerConfig, meta: dict[str, Any], state: dict[str, Any],
+    embeddings: str | Path | None = None,
+) -> tuple[ContentLookup | None, SemanticIdLookup | None]:
+    """The frozen content table and semantic-ID table of a trained ranker, rebuilt from
+    the snapshot for the item ids ``model.pt`` keeps (None where the ranker has none)."""
+    if not config.uses_embeddings:
+        return None, None
+    snap = snapshot_of(meta, embeddings)
+    dim = config.moon_dim if config.moon_dim in snap.dims else snap.dims[-1]
+    emb = snap.vectors(dim)
+    content: ContentLookup | None = None
+    codes: SemanticIdLookup | None = None
+    if config.uses_moon and CONTENT_ROWS in state:
+        ids = state[CONTENT_ROWS]
+        rows = _trained_rows(emb, ids, "content table", str(snap.path))
+        content = FrozenContentTable(ids, torch.from_numpy(emb.item_vectors[rows]))
+    if config.semantic_ids is not None and CODE_ROWS in state:
+        ids = state[CODE_ROWS]
+        if emb.semantic_ids is None:
+            raise DataError("the ranker reads semantic IDs; the snapshot has no codes",
+                            file=str(snap.path), column="semantic_ids")
+        rows = _trained_rows(emb, ids, "semantic-ID table", str(snap.path))
+        codes = SemanticIdTable(ids, torch.from_numpy(emb.semantic_ids[rows]))
+    return content, codes
 
 
 def load_ranker(
@@ -43,22 +94,29 @@ def load_ranker(
     *,
     content: ContentLookup | None = None,
     semantic_ids: SemanticIdLookup | None = None,
+    embeddings: str | Path | None = None,
 ) -> tuple[MoonRanker, dict[str, Any]]:
     """The trained, unsharded ranker of ``model_dir`` in eval mode, and its meta dict.
 
     Args:
         content: the ranker's content lookup (an ``nn.Module``, e.g. a serving-side center
-            of the same model_version); default: the content table saved with the weights
-            (a ``FrozenContentTable``, unsharded: the same vectors the sharded training
-            table held). Ignored by an ``ids`` ranker.
+            of the same model_version); default: a ``FrozenContentTable`` of the vectors
+            the embedding snapshot holds for the item ids ``model.pt`` keeps (the vectors
+            the sharded training table held). Ignored by an ``ids`` ranker.
         semantic_ids: the item -> code lookup (an ``nn.Module``, e.g. over serving's
-            center, which also knows items added since training); default: the codes
-            saved with the weights. Ignored by a ranker without semantic IDs.
+            center, which also knows items added since training); default: the
+            snapshot's codes of the trained item ids. Ignored by a ranker without
+            semantic IDs.
+        embeddings: the snapshot to read them from (default: the one meta.json records;
+            its model_version must be the ranker's).
+
+    Raises:
+        DataError: the snapshot is missing, of another model_version, or lacks an item the
+            ranker was trained with.
     """
-    meta = read_meta(model_dir)
-    weights = Path(model_dir) / WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found (training did not finish?)")
+    rdir = RankerDir(model_dir)
+    meta = rdir.read_meta()
+    state = rdir.load_weights()
     config = RankerConfig.from_dict(meta["config"])
     given = content is not None and config.uses_moon
     if given and content is not None and content.dim != config.moon_dim:
@@ -66,31 +124,29 @@ def load_ranker(
             f"{model_dir}: the ranker reads {config.moon_dim}-dim MOON content, the given "
             f"content lookup has {content.dim}"
         )
-    if config.uses_moon and content is None:
-        n = int(meta["content_rows"])
-        content = FrozenContentTable(
-            torch.zeros(n, dtype=torch.long), torch.zeros(n, config.moon_dim)
-        )
     given_sid = semantic_ids is not None and config.semantic_ids is not None
-    if config.semantic_ids is not None and semantic_ids is None:
-        n = int(meta.get("semantic_id_rows", 0))
-        semantic_ids = SemanticIdTable(
-            torch.zeros(n, dtype=torch.long),
-            torch.zeros(n, config.semantic_ids.levels, dtype=torch.int32),
-        )
+    need_content = config.uses_moon and content is None
+    need_codes = config.semantic_ids is not None and semantic_ids is None
+    if need_content or need_codes:
+        own_content, own_codes = snapshot_lookups(config, meta, state, embeddings)
+        content = own_content if need_content else content
+        semantic_ids = own_codes if need_codes else semantic_ids
     model = MoonRanker(config, TableSizes(**meta["tables"]), content, semantic_ids)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    # a given lookup replaces the one saved with the weights
+    own = model.state_dict()
+    # the snapshot's vectors and codes (not in model.pt); a given lookup replaces the one
+    # the ranker was trained with
+    state = state | {k: own[k] for k in SNAPSHOT_COPIES if k in own}
     for prefix, replaced in (("content_arch.", given), ("semantic_id_table.", given_sid)):
         if replaced:
-            own = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
-            state = {k: v for k, v in state.items() if not k.startswith(prefix)} | own
+            mine = {k: v for k, v in own.items() if k.startswith(prefix)}
+            state = {k: v for k, v in state.items() if not k.startswith(prefix)} | mine
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # written by another version of the architecture
         first = str(exc).splitlines()[1:2] or [str(exc)]
         raise ValueError(
-            f"{weights}: does not fit this version of the ranker ({first[0].strip()}); retrain it"
+            f"{rdir.weights_file}: does not fit this version of the ranker ({first[0].strip()}); "
+            "retrain it"
         ) from exc
     return model.to(device).eval(), meta
 
@@ -131,13 +187,7 @@ def oracle_probabilities(
     shift = np.int64(max(int(w_item.max(initial=0)), int(item_id.max(initial=0))) + 1)
     w_key = w_req * shift + w_item
     key = request_id.astype(np.int64) * shift + item_id.astype(np.int64)
-    order = np.argsort(w_key, kind="stable")
-    pos = np.searchsorted(w_key[order], key).clip(max=max(len(order) - 1, 0))
-    out = np.full(len(key), np.nan)
-    if len(order):
-        hit = w_key[order][pos] == key
-        out[hit] = w_p[order][pos[hit]]
-    return out
+    return RowIndex(w_key).take(w_p, key, np.nan)
 
 
 def ranking_report(
@@ -188,24 +238,14 @@ def score_test_split(
     Raises:
         DataError: embeddings of another encoder version, no test rows.
     """
-    model, meta = load_ranker(model_dir)
+    model, meta = load_ranker(model_dir, embeddings=embeddings)
     config = model.config
     ts_path = training_set or meta["training_set"]
     data = load_training_set(ts_path, config.max_seq_len, config.query_token_buckets)
     emb: MoonEmbeddings | None = None
-    emb_path = embeddings or meta.get("embeddings")
     if config.uses_moon:
-        if emb_path is None:
-            raise DataError("the model uses MOON features: pass --embeddings")
         q_path = query_embeddings or meta.get("query_embeddings")
-        emb = load_moon_embeddings(emb_path, config.moon_dim, queries=q_path)
-        if emb.model_version != meta["model_version"]:
-            raise DataError(
-                f"embeddings are model_version {emb.model_version}, the ranker was trained "
-                f"on {meta['model_version']}",
-                file=str(emb_path),
-                column="model_version",
-            )
+        emb = snapshot_of(meta, embeddings).vectors(config.moon_dim, queries=q_path)
         data.attach_queries(emb)
     rows = np.flatnonzero(data.is_test)
     if rows.size == 0:

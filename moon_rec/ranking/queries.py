@@ -17,15 +17,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from moon_rec.data.embeddings import (
     QUERY_KEY,
     embedding_table,
     parquet_files,
+    prefixes_of,
     write_embedding_table,
 )
 
@@ -41,24 +40,19 @@ def distinct_queries(training_set: str | Path) -> list[str]:
     return sorted(texts)
 
 
-@torch.inference_mode()
 def write_query_embeddings(
     training_set: str | Path, checkpoint: str | Path, out: str | Path, batch_size: int = 256
 ) -> Path:
     """Encode the training set's query texts with the encoder at ``checkpoint``; write
     ``out`` (a parquet file, atomically; no rows when it has no query texts). Returns
-    ``out``."""
-    from moon_rec.encoders import MoonEncoder, matryoshka
+    ``out``. The texts go through the project's one encode path
+    (``moon_rec.encoders.inference``), as serving's query vectors do."""
+    from moon_rec.encoders import MoonEncoder
+    from moon_rec.encoders.inference import embed_texts
 
     encoder = MoonEncoder.from_pretrained(checkpoint).eval()
     texts = distinct_queries(training_set)
-    parts = [
-        encoder.encode_text(texts[i : i + batch_size]).float().cpu()
-        for i in range(0, len(texts), batch_size)
-    ]
-    full = torch.cat(parts) if parts else torch.zeros((0, encoder.embed_dim))
-    prefixes = {d: matryoshka(full, d).numpy().astype(np.float32).reshape(len(texts), d)
-                for d in encoder.dims}
-    table = embedding_table(texts, prefixes, encoder.model_version, datetime.now(UTC),
-                            key=QUERY_KEY)
+    full = embed_texts(encoder, texts, batch_size)
+    table = embedding_table(texts, prefixes_of(full, encoder.dims), encoder.model_version,
+                            datetime.now(UTC), key=QUERY_KEY)
     return write_embedding_table(table, Path(out))

@@ -24,9 +24,10 @@ import pyarrow.parquet as pq
 
 from moon_rec.data.embeddings import QUERY_KEY, embedding_table, prefixes_of, write_embedding_table
 from moon_rec.data.training_set import TRAINING_SET_SCHEMA
+from moon_rec.encoders.config import DEFAULT_DIMS
 from moon_rec.retrieval.semantic_ids import SEMANTIC_IDS_FILE, SemanticIdConfig, fit_semantic_ids
 
-DIMS: tuple[int, ...] = (32, 64, 128, 256)
+DIMS: tuple[int, ...] = DEFAULT_DIMS  # the encoder config's default sizes
 TS = pa.timestamp("us", tz="UTC")
 SYNTHETIC_SEMANTIC_IDS = SemanticIdConfig(levels=2, codebook=16, dim=32)
 

@@ -13,10 +13,8 @@ optimizer, but TorchRec 1.8 allows the dense kernel only for data-parallel (repl
 tables, which is what the content table must not be. The global batch is split evenly over ranks, so one rank and
 two ranks see the same examples per step.
 
-Model directory (``--out``):
-    meta.json       config, table sizes, encoder model_version, inputs, progress
-    model.pt        the full (unsharded) weights, written on rank 0 at the end
-    checkpoint.pt   full weights + optimizer states + position, for resume (any world size)
+Model directory (``--out``): ``moon_rec.ranking.model_dir.RankerDir`` owns its layout
+(meta.json, model.pt without copies of the snapshot's vectors, checkpoint.pt).
 """
 
 from __future__ import annotations
@@ -58,13 +56,11 @@ from moon_rec.ranking.data import TrainingSet, load_training_set
 from moon_rec.ranking.item_tables import CONTENT_TABLE, FrozenContentTable, SemanticIdTable
 from moon_rec.ranking.look_head import behaviour_pairs, pretrain_look_head
 from moon_rec.ranking.model import MoonRanker
+from moon_rec.ranking.model_dir import RankerDir, save
 from moon_rec.ranking.sparse import TableSizes
 
 log = logging.getLogger(__name__)
 
-META = "meta.json"
-WEIGHTS = "model.pt"
-CHECKPOINT = "checkpoint.pt"
 
 
 def table_sizes(data: TrainingSet, config: RankerConfig) -> TableSizes:
@@ -379,11 +375,6 @@ def load_full_state(current: Any, full: Any) -> None:
             load_full_state(value, full[key])
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    with runtime.atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def _meta(
     config: RankerConfig,
     tables: TableSizes,
@@ -442,6 +433,7 @@ def train_ranker(
         loading included).
     """
     out = Path(out)
+    rdir = RankerDir(out)
     started = time.perf_counter()
     with runtime.process_group(device) as env:
         data = load_training_set(training_set, config.max_seq_len, config.query_token_buckets)
@@ -468,7 +460,7 @@ def train_ranker(
         meta["n_queries"] = len(emb.query_index) if emb is not None else 0
         seed = config.train.seed
         model = build_model(config, tables, emb, seed, data)
-        ckpt_path = out / CHECKPOINT
+        ckpt_path = rdir.checkpoint_file
         if emb is not None and not (resume and ckpt_path.is_file()):
             # a resumed run restores the post-trained head from its checkpoint
             meta["look_head"] = pretrain_head(model, data, emb, seed, progress and env.is_main)
@@ -483,10 +475,7 @@ def train_ranker(
         if resume and ckpt_path.is_file():
             step = _resume(ckpt_path, dmp, optimizer, meta, env)
         if env.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            runtime.atomic_write_json(
-                out / META, {**meta, "steps": step, "total_steps": total_steps, "done": False}
-            )
+            rdir.write_meta({**meta, "steps": step, "total_steps": total_steps, "done": False})
         stop = total_steps if max_steps is None else min(total_steps, max_steps)
         bar = tqdm(
             total=total_steps, initial=step, disable=not (progress and env.is_main), desc="ranker"
@@ -526,7 +515,7 @@ def train_ranker(
         weights = gather_full_state(dmp.state_dict(), env)
         if env.is_main:
             if done:
-                _atomic_save(weights, out / WEIGHTS)
+                rdir.save_weights(weights)
             meta.update(
                 steps=step,
                 total_steps=total_steps,
@@ -536,13 +525,13 @@ def train_ranker(
                 examples_per_s=n_examples / elapsed if elapsed > 0 and n_examples else None,
                 train_seconds=round(time.perf_counter() - started, 1),
             )
-            runtime.atomic_write_json(out / META, meta)
+            rdir.write_meta(meta)
         runtime.barrier()
         return meta
 
 
 def _fused_file(path: Path, env: runtime.DistributedEnv) -> Path:
-    return path.with_name(f"{path.stem}.fused.rank{env.rank}-of-{env.world_size}.pt")
+    return RankerDir(path.parent).fused_checkpoint_file(env.rank, env.world_size)
 
 
 def _local_fused_state(fused: Any) -> dict[tuple[str, str], list[torch.Tensor]]:
@@ -584,7 +573,7 @@ def _save_checkpoint(
 ) -> None:
     fused, dense = optimizer.optimizers[0][1], optimizer.optimizers[1][1]
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save({"step": step, "state": _local_fused_state(fused)}, _fused_file(path, env))
+    save({"step": step, "state": _local_fused_state(fused)}, _fused_file(path, env))
     state = {
         "model": gather_full_state(dmp.state_dict(), env),
         "dense_optimizer": gather_full_state(dense.state_dict(), env),
@@ -596,7 +585,7 @@ def _save_checkpoint(
     }
     runtime.barrier()  # every rank's fused state is on disk before the main file names the step
     if env.is_main:
-        _atomic_save(state, path)
+        save(state, path)
     runtime.barrier()
 
 

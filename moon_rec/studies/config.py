@@ -29,11 +29,12 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moon_rec._yaml_config import load_yaml_config
+from moon_rec.encoders.config import DEFAULT_DIMS
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESET_DIR = ROOT / "configs" / "studies"
 KS: tuple[int, ...] = (1, 10, 100)
-DIMS: tuple[int, ...] = (32, 64, 128, 256)
+DIMS: tuple[int, ...] = DEFAULT_DIMS  # the encoder config's default sizes
 STYLE_PROBE_DIM = 64
 OTHER_METRICS: tuple[str, ...] = ("text_recall@10", "probe_acc", "image_title_align", "style_r2")
 METRICS: tuple[str, ...] = (

@@ -522,10 +522,9 @@ class Study:
 
 def _drop_weights(model_dir: Path) -> None:
     """The weights are not needed again once evaluated; keep the study directory small."""
-    for leftover in ("model.pt", "checkpoint.pt"):
-        (model_dir / leftover).unlink(missing_ok=True)
-    for fused in model_dir.glob("checkpoint.fused.*"):
-        fused.unlink()
+    from moon_rec.ranking.model_dir import RankerDir
+
+    RankerDir(model_dir).remove_weights()
 
 
 def write_item_embeddings(item_ids: np.ndarray, emb: np.ndarray, dims: tuple[int, ...],

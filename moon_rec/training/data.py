@@ -21,6 +21,7 @@ import torch
 from moon_rec.data.errors import DataError
 from moon_rec.data.images import decode_image, decode_prepared
 from moon_rec.data.io import has_table, read_table, read_world_meta, train_end_us
+from moon_rec.data.rows import RowIndex
 from moon_rec.encoders.base import product_text
 
 
@@ -93,17 +94,11 @@ class WorldData:
 
     def rows_of(self, item_ids: np.ndarray) -> np.ndarray:
         """Catalog rows of item ids (all must exist)."""
-        item_ids = np.asarray(item_ids, dtype=np.int64)
-        idx = np.searchsorted(self._sorted_ids, item_ids)
-        rows = self._sorted_rows[np.clip(idx, 0, max(len(self._sorted_ids) - 1, 0))]
-        if len(item_ids) and not np.array_equal(self.item_id[rows], np.asarray(item_ids)):
-            raise DataError("unknown item id", file="items", column="item_id")
-        return rows
+        return self._index.require(np.asarray(item_ids, dtype=np.int64), what="items",
+                                   column="item_id", file="items")
 
     def __post_init__(self) -> None:
-        order = np.argsort(self.item_id, kind="stable")
-        self._sorted_ids = self.item_id[order]
-        self._sorted_rows = order
+        self._index = RowIndex(self.item_id)
         self._query_row = {int(q): r for r, q in enumerate(self.query_id.tolist())}
         self._product_titles = (
             [product_text(t, a) for t, a in zip(self.title, self.attributes, strict=True)]

@@ -477,9 +477,10 @@ def train_stage(
                 mined = np.asarray(trainer_state["mined"])  # resume: the same neighbours
             else:
 
+                # training-time mining in fp32, whatever the hardware's batch precision
                 warm_emb = embed_products(
                     encoder, [data.product_titles[r] for r in warm],
-                    None if data.images is None else data.images[warm])
+                    None if data.images is None else data.images[warm], precision="fp32")
                 mined = MinedHardNegatives.mine(data.item_id[warm], torch.from_numpy(warm_emb),
                                                 sc.hard_negative_pool)
                 encoder.train()

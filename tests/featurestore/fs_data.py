@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from moon_rec.featurestore.layout import EMBEDDING_DIMS
+from moon_rec.encoders.config import DEFAULT_DIMS as EMBEDDING_DIMS
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

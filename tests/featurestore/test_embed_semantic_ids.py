@@ -108,9 +108,13 @@ def test_codes_survive_kill_and_resume(tmp_path: Path) -> None:
     ref = tmp_path / "ref"
     run_embed_job(tmp_path / "w", None, ref, _cfg(), encoder=TitleEncoder())
     out = tmp_path / "out"
+    def killed(done: int) -> None:
+        raise KeyboardInterrupt  # a kill after one chunk is on disk
+
     for _ in range(2):
-        r = run_embed_job(tmp_path / "w", None, out, _cfg(max_chunks=1), encoder=TitleEncoder())
-        assert r.get("interrupted")
+        with pytest.raises(KeyboardInterrupt):
+            run_embed_job(tmp_path / "w", None, out, _cfg(), encoder=TitleEncoder(),
+                          on_chunk=killed)
     run_embed_job(tmp_path / "w", None, out, _cfg(), encoder=TitleEncoder())
     assert _codes(out) == _codes(ref)
     assert (out / SEMANTIC_IDS_FILE).read_bytes() == (ref / SEMANTIC_IDS_FILE).read_bytes()

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from fs_data import embedding_table
 
+from moon_rec.encoders.config import DEFAULT_DIMS as EMBEDDING_DIMS
 from moon_rec.featurestore.layout import (
-    EMBEDDING_DIMS,
     ITEM_ATTRIBUTES_VIEW,
     ITEM_EMBEDDING_VIEW,
     USER_BEHAVIOUR_VIEW,
@@ -313,3 +313,52 @@ def test_bulk_path_writes_what_feasts_write_path_writes(
     assert got[0]["model_version"] == ["v3", "v1", "v1", "v1", "version-22", "v1", None]
     want = _vectors(first, 256)[6]  # item 300's newest row
     np.testing.assert_array_equal(np.array(got[0]["emb_256"][0], dtype=np.float32), want)
+
+
+def test_a_size_the_code_has_never_seen_materializes_and_reads_back(
+    make_store: Any, tmp_path: Path, time0: datetime
+) -> None:
+    """The snapshot owns its sizes: a snapshot of Matryoshka sizes (24, 48, 96) gets a view
+    of those fields, materializes, pushes and reads back online; rows of another size set
+    are refused naming the size, never dropped silently."""
+    from moon_rec.data.embeddings import (
+        EmbeddingSnapshot,
+        SnapshotManifest,
+        prefixes_of,
+    )
+    from moon_rec.data.embeddings import (
+        embedding_table as snapshot_rows,
+    )
+    from moon_rec.data.errors import DataError
+    from moon_rec.featurestore.materialize import materialize_embeddings
+    from moon_rec.featurestore.online import OnlineFeatureClient
+    from moon_rec.featurestore.push import OnlineWriter
+
+    dims = (24, 48, 96)
+    rng = np.random.default_rng(3)
+    full = rng.standard_normal((30, 96)).astype(np.float32)
+    rows = snapshot_rows(np.arange(30), prefixes_of(full, dims), "v-new", time0)
+    emb_dir = tmp_path / "data" / "item_embeddings"
+    _write_parts(tmp_path / "data", rows)
+    SnapshotManifest(model_version="v-new", dims=dims, n_items=30, parts=("part-00000.parquet",),
+                     part_rows=30).write(emb_dir)
+    snap = EmbeddingSnapshot.open(emb_dir)
+    assert snap.dims == dims and snap.model_version == "v-new"
+    mfs = make_store()
+    fv = mfs.store.get_feature_view(ITEM_EMBEDDING_VIEW)
+    assert [f.name for f in fv.features] == ["emb_24", "emb_48", "emb_96", "model_version"]
+    assert fv.tags["model_version"] == "v-new" and fv.tags["dims"] == "24,48,96"
+    assert materialize_embeddings(mfs).rows == 30
+    client = OnlineFeatureClient(mfs)
+    for d in dims:
+        got = client.item_embeddings([4, 29, 77], dim=d)
+        assert got.found.tolist() == [True, True, False]
+        np.testing.assert_array_equal(got.vectors[:2], prefixes_of(full, dims)[d][[4, 29]])
+    new = snapshot_rows([77], prefixes_of(full[:1], dims), "v-new", time0 + timedelta(days=1))
+    assert OnlineWriter(mfs).item_embeddings(new) == 1
+    assert client.item_embeddings([77], dim=48).found.tolist() == [True]
+    wider = rng.standard_normal((1, 192)).astype(np.float32)
+    other = snapshot_rows([78], prefixes_of(wider, (24, 48, 96, 192)), "v-new",
+                          time0 + timedelta(days=1))
+    with pytest.raises(DataError, match="emb_192"):
+        OnlineWriter(mfs).item_embeddings(other)

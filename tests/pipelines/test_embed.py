@@ -20,6 +20,20 @@ from moon_rec.featurestore.embed_job import EmbedJobConfig, run_embed_job
 CFG = EmbedJobConfig(batch_size=4, part_rows=8, progress=False, event_ts=T0)
 
 
+class Killed(Exception):
+    """Stands for a kill after a chunk is on disk."""
+
+
+def kill_after(n: int) -> Any:
+    """An ``on_chunk`` hook that stops the job once ``n`` chunks were embedded."""
+
+    def hook(done: int) -> None:
+        if done >= n:
+            raise Killed
+
+    return hook
+
+
 def _read(out: Path) -> pa.Table:
     parts = sorted(out.glob("part-*.parquet"))
     return pa.concat_tables([pq.read_table(p) for p in parts])
@@ -64,17 +78,17 @@ def test_kill_and_resume_equals_uninterrupted(catalog: Path, tmp_path: Path) -> 
     run_embed_job(catalog, None, ref, CFG, encoder=StandInEncoder())
     out = tmp_path / "out"
     for k in (1, 2):  # killed after one chunk, then after another one
-        cfg = EmbedJobConfig(batch_size=4, part_rows=8, progress=False, event_ts=T0, max_chunks=1)
+        cfg = EmbedJobConfig(batch_size=4, part_rows=8, progress=False, event_ts=T0)
         if k == 2:  # a later start time must not leak in: the plan recorded its time
             cfg = EmbedJobConfig(
                 batch_size=4,
                 part_rows=8,
                 progress=False,
                 event_ts=T0 + timedelta(days=1),
-                max_chunks=1,
             )
-        r = run_embed_job(catalog, None, out, cfg, encoder=StandInEncoder())
-        assert r.get("interrupted")
+        with pytest.raises(Killed):
+            run_embed_job(catalog, None, out, cfg, encoder=StandInEncoder(),
+                          on_chunk=kill_after(1))
     enc = StandInEncoder()
     m = run_embed_job(
         catalog, None, out, EmbedJobConfig(batch_size=4, part_rows=8, progress=False), encoder=enc
@@ -190,8 +204,8 @@ def test_tiny_world_real_encoder_kill_resume_and_torchrun(tiny_world: Path, tmp_
     n_items = pq.read_table(tiny_world / "items.parquet", columns=["item_id"]).num_rows
     assert m["n_items"] + m["n_rejects"] == n_items and m["n_rejects"] == 0
     out = tmp_path / "resumed"
-    killed = EmbedJobConfig(batch_size=32, part_rows=128, progress=False, event_ts=T0, max_chunks=1)
-    assert run_embed_job(tiny_world, ckpt, out, killed).get("interrupted")
+    with pytest.raises(Killed):
+        run_embed_job(tiny_world, ckpt, out, cfg, on_chunk=kill_after(1))
     run_embed_job(tiny_world, ckpt, out, cfg)
     _assert_same_output(ref, out)
     # incremental: nothing changed, nothing embedded
@@ -269,10 +283,12 @@ def test_precision_bf16_within_tolerance_of_fp32_and_the_public_api(
         np.testing.assert_allclose(fp32, want, atol=1e-5)
         bf16 = np.array(outs["bf16"].column(f"emb_{d}").to_pylist(), dtype=np.float32)
         assert (bf16 * want).sum(1).min() > 0.999
-    assert embed.resolve_precision("fp32", "cpu") == "fp32"
-    assert embed.resolve_precision("auto", "cpu") in ("fp32", "bf16")
+    from moon_rec.encoders.inference import resolve_precision
+
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("auto", "cpu") in ("fp32", "bf16")
     with pytest.raises(ValueError, match="precision"):
-        embed.resolve_precision("fp16", "cpu")
+        resolve_precision("fp16", "cpu")
 
 
 @pytest.mark.parametrize("backbone", ["dual_tower", "mllm"])
@@ -354,3 +370,28 @@ def test_text_only_catalog_embeds_product_text(tmp_path: Path) -> None:
     rej = pq.read_table(out / "rejects.parquet").to_pylist()
     assert [(r["item_id"], r["reason"]) for r in rej] == [(items.column("item_id")[5].as_py(),
                                                           "empty title")]
+
+
+def test_recall_measures_exactly_what_the_embed_job_writes(tiny_world: Path,
+                                                          tmp_path: Path) -> None:
+    """One encode path: the catalog vectors recall ranks (``evaluate_encoder``'s
+    ``embed_products``, at the hardware's batch precision) are the vectors the embed job
+    writes, size by size."""
+    from moon_rec.data.embeddings import EmbeddingSnapshot, prefixes_of
+    from moon_rec.encoders import MoonEncoder
+    from moon_rec.encoders.inference import embed_products
+    from moon_rec.training.data import load_world
+
+    ckpt = _tiny_checkpoint(tiny_world, tmp_path / "ckpt")
+    out = tmp_path / "emb"
+    cfg = EmbedJobConfig(batch_size=256, part_rows=4096, progress=False, event_ts=T0)
+    run_embed_job(tiny_world, ckpt, out, cfg)
+    snap = EmbeddingSnapshot.open(out)
+    data = load_world(tiny_world)
+    enc = MoonEncoder.from_pretrained(ckpt)
+    recall_vectors = prefixes_of(embed_products(enc, data.product_titles, data.images), enc.dims)
+    for d in snap.dims:
+        written = snap.vectors(d)
+        rows = written.item_rows(data.item_id)
+        assert (rows >= 0).all()
+        np.testing.assert_array_equal(written.item_vectors[rows], recall_vectors[d])

@@ -15,8 +15,9 @@ from moon_rec.metrics.ranking import logloss
 from moon_rec.ranking.config import load_ranker_config
 from moon_rec.ranking.data import load_training_set
 from moon_rec.ranking.evaluate import evaluate_ranker
+from moon_rec.ranking.model_dir import CHECKPOINT, WEIGHTS
 from moon_rec.ranking.synthetic import SyntheticPaths
-from moon_rec.ranking.train import CHECKPOINT, WEIGHTS, train_ranker
+from moon_rec.ranking.train import train_ranker
 
 CONFIGS_FILE = Path(__file__).resolve().parents[2] / "configs" / "ranker" / "experiments.yaml"
 
@@ -161,6 +162,34 @@ def test_eval_rejects_other_encoder_version(
         pq.write_table(t, tmp_path / f"{name}.parquet")
     with pytest.raises(DataError, match="model_version"):
         evaluate_ranker(cube_model, embeddings=tmp_path)
+
+
+def test_model_pt_keeps_ids_not_vectors(cube_model: Path, ranker_data: SyntheticPaths,
+                                        tmp_path: Path) -> None:
+    """The snapshot is the truth: model.pt keeps the item ids of the frozen content table,
+    not its vectors; loading reads them back from the snapshot the meta records, and a
+    snapshot without an item the ranker was trained with is refused by name."""
+    import pyarrow.parquet as pq
+
+    from moon_rec.data.embeddings import load_moon_embeddings
+    from moon_rec.ranking.evaluate import load_ranker
+    from moon_rec.ranking.model_dir import CONTENT_ROWS, CONTENT_VECTORS, RankerDir
+
+    state = RankerDir(cube_model).load_weights()
+    assert CONTENT_ROWS in state and CONTENT_VECTORS not in state
+    again = RankerDir(tmp_path / "again")
+    again.path.mkdir()
+    again.save_weights(state)  # other bytes (torch.save's per-save id), same weights
+    assert again.weights_version() == RankerDir(cube_model).weights_version()
+    model, meta = load_ranker(cube_model)
+    emb = load_moon_embeddings(ranker_data.embeddings, meta["moon_dim"])
+    ids = state[CONTENT_ROWS].numpy()
+    weight = model.state_dict()[CONTENT_VECTORS]
+    np.testing.assert_array_equal(weight[:-1].numpy(), emb.item_vectors[emb.item_rows(ids)])
+    t = pq.read_table(ranker_data.embeddings / "items.parquet")
+    pq.write_table(t.slice(1), tmp_path / "items.parquet")  # one trained item gone
+    with pytest.raises(DataError, match="not in the snapshot"):
+        load_ranker(cube_model, embeddings=tmp_path)
 
 
 def test_unseen_id_rows_start_at_zero_and_init_scale(ranker_data: SyntheticPaths) -> None:

@@ -43,7 +43,7 @@ def test_a_non_square_photo_gets_one_vector_by_import_and_by_post_items(
     assert main(["data", "import", "--items", str(catalog), "--images", str(images),
                  "--out", str(world), "--image-size", str(size)]) == 0
     assert main(["embed", "--world", str(world), "--checkpoint", str(serving_loop.encoder),
-                 "--out", str(emb), "--precision", "fp32", "--no-progress"]) == 0
+                 "--out", str(emb), "--no-progress"]) == 0  # the default precision
 
     service = make_service(serving_loop, copy_store(serving_loop, tmp_path / "store"))
     dim = service.dim

@@ -211,7 +211,7 @@ def test_no_checkpoint_load_runs_pickled_code(serving_loop: ServingArtifacts, tm
     import torch
 
     from moon_rec.ranking.evaluate import load_ranker
-    from moon_rec.ranking.train import WEIGHTS
+    from moon_rec.ranking.model_dir import WEIGHTS
     from moon_rec.training.trainer import _load_trainer_state
 
     root = Path(__file__).resolve().parents[2]
