@@ -144,7 +144,9 @@ def write_report(layout: Layout, *, preset: str, seed: int, experiments: list[st
 
     stats = world.get("summary", world)
     real = stats.get("source") == "movielens-100k"
+    source = stats.get("source")
     title = (f"MovieLens-100k, seed {seed}" if real
+             else f"imported world `{source}`, seed {seed}" if isinstance(source, str)
              else f"world preset `{preset}`, seed {seed}")
     md: list[str] = [f"# MOON demo report ({title})", ""]
     line = (f"{stats.get('n_items', '?')} items, {stats.get('n_users', '?')} users, "
