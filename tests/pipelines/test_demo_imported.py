@@ -71,3 +71,27 @@ def test_demo_on_an_imported_world_end_to_end(tmp_path: Path) -> None:
         assert row["oracle_auc"] is None and 0 < row["auc"] < 1
     report = (art / "report.md").read_text()
     assert "imported world `shop-logs`" in report and "Oracle AUC: n/a" in report
+
+
+@pytest.mark.slow
+def test_demo_on_the_hm_layout_with_photos(tmp_path: Path) -> None:
+    """The H&M fixture with photos through every step of the demo (every article with a
+    photo: the encoder's training data takes a catalog all with photos or text-only)."""
+    from hm_data import write_hm
+
+    world_dir = tmp_path / "hm-world"
+    assert moon(["data", "import", "hm", "--path", str(write_hm(tmp_path / "hm", scale=10, photo_missing=False)),
+                 "--out", str(world_dir)]) == 0
+    tower = save_tiny_bert(tmp_path / "tower")
+    art = tmp_path / "art"
+    steps = build_steps("movielens", 0, art, world_dir=world_dir, text_tower=tower,
+                        experiments=RANKERS, encoder_overrides=ENCODER)
+    run_steps(steps, art / "demo_state.json", label="demo")
+    world = json.loads((art / "world" / "world.json").read_text())
+    assert world["source"] == "hm" and not world["text_only"]
+    compare = json.loads((art / "rankers" / "compare.json").read_text())
+    for row in compare["rows"].values():
+        assert row["oracle_auc"] is None and 0 < row["auc"] < 1
+    report = (art / "report.md").read_text()
+    assert "imported world `hm`" in report and "Oracle AUC: n/a" in report
+    assert "No image queries" in report  # photos, but no user photos to search with
