@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= small
 SEED ?= 0
+# WORLD_DIR=W: the loop on a world imported before (moon data import logs / recbole / hm).
 # WORLD=movielens: MovieLens-100k + all-MiniLM-L6-v2, both fetched into DOWNLOADS when absent
 # (GroupLens terms: research use, no redistribution; never commit the data or the weights).
 WORLD ?= synthetic
@@ -29,7 +30,11 @@ install:
 	bash scripts/install.sh
 
 demo: install
-ifeq ($(WORLD),movielens)
+ifneq ($(WORLD_DIR),)
+	bash scripts/fetch_minilm.sh $(TEXT_TOWER)
+	$(PY) -m pipelines.demo --world-dir $(WORLD_DIR) --text-tower $(TEXT_TOWER) \
+	  --seed $(SEED) --artifacts $(ART)/imported
+else ifeq ($(WORLD),movielens)
 	bash scripts/fetch_movielens.sh $(MOVIELENS)
 	bash scripts/fetch_minilm.sh $(TEXT_TOWER)
 	$(PY) -m pipelines.demo --world movielens --movielens-path $(MOVIELENS) \

@@ -45,7 +45,13 @@ from pathlib import Path
 from typing import Any
 
 from moon_rec.command import MoonCommand
-from moon_rec.data.commands import MovieLensImport, WorldGenerate, WorldShow, WorldValidate
+from moon_rec.data.commands import (
+    MovieLensImport,
+    WorldCopy,
+    WorldGenerate,
+    WorldShow,
+    WorldValidate,
+)
 from moon_rec.data.embeddings import MANIFEST
 from moon_rec.featurestore.commands import Embed, FeaturesBuild, FeaturesPublish, TrainingSetBuild
 from moon_rec.featurestore.layout import DEFAULT_SEQ_LEN
@@ -427,7 +433,7 @@ def encoder_step(layout: Layout, preset: str, *, threads: int = 2,
                         params, deps, clean=(layout.encoder,))
 
 
-IMPORT_SOURCES = ("movielens",)
+IMPORT_SOURCES = ("movielens", "world")
 
 
 def import_steps(layout: Layout, source: str, path: str | Path, *,
@@ -436,9 +442,11 @@ def import_steps(layout: Layout, source: str, path: str | Path, *,
 
     Args:
         source: ``movielens`` (MovieLens-100k: the widedeep parquet files or a GroupLens
-            ``ml-100k`` folder; ``moon data import movielens``).
+            ``ml-100k`` folder; ``moon data import movielens``) or ``world`` (a world
+            already imported: ``moon data import logs | recbole | hm``, copied in).
         path: the folder of the source files (``scripts/fetch_movielens.sh`` fetches them).
-        split_quantile: the time split (the first q of the ratings are the train period).
+        split_quantile: the time split (the first q of the ratings are the train period;
+            ``world``: the imported world's own split).
     """
     if source not in IMPORT_SOURCES:
         raise ValueError(f"unknown import source {source!r} ({', '.join(IMPORT_SOURCES)})")
@@ -447,11 +455,11 @@ def import_steps(layout: Layout, source: str, path: str | Path, *,
     # the source files' identity; a missing folder is the import's error to name
     params = {"source": source, "path": str(src), "split_quantile": split_quantile,
               "files": folder_digest(src) if src.is_dir() else None}
+    request: MoonCommand = (
+        WorldCopy(world=src, out=world) if source == "world" else
+        MovieLensImport(path=src, out=world, split_quantile=split_quantile, overwrite=True))
     return [
-        command_step(IMPORT_WORLD, world / "world.json",
-                     [MovieLensImport(path=src, out=world, split_quantile=split_quantile,
-                                      overwrite=True)],
-                     params, clean=(world,)),
+        command_step(IMPORT_WORLD, world / "world.json", [request], params, clean=(world,)),
         _validate_step(layout, IMPORT_WORLD),
     ]
 

@@ -4,12 +4,18 @@ DuckDB offline store), on a synthetic world or on MovieLens-100k.
     python -m pipelines.demo --preset small --seed 0 --artifacts artifacts     # make demo
     python -m pipelines.demo --world movielens --movielens-path P --text-tower T \
         --artifacts artifacts/movielens                          # make demo WORLD=movielens
+    python -m pipelines.demo --world-dir W --text-tower T \
+        --artifacts artifacts/imported                           # make demo WORLD_DIR=W
 
 On MovieLens (``scripts/fetch_movielens.sh P``; the text tower all-MiniLM-L6-v2 from
 ``scripts/fetch_minilm.sh T``) the world is imported instead of generated, the encoder is
 post-trained from the pretrained text tower (``configs/encoder/movielens.yaml``, no
 pretraining), and the rankers are the ``*_movielens`` experiments; a real world has no
 oracle, so the report gives AUC overall and on cold movies instead of the gap closed.
+``--world-dir W`` runs the same steps on any world imported before (``moon data import
+logs | recbole | hm``): it is validated and copied in, then treated as MovieLens is (the
+text-tower encoder recipe, the ``*_movielens`` rankers); what needs ground truth reads
+"n/a" in the report.
 
 The loop's steps are ``moon_rec.loop.main_steps`` (world, encoder, recall, embed, feature
 store, training set, query embeddings, rankers); the demo adds two of its own: it serves
@@ -58,6 +64,7 @@ TEXT_TOWER = DOWNLOADS / "all-MiniLM-L6-v2"
 
 def build_steps(preset: str, seed: int, art: Path, *, world: str = "synthetic",
                 movielens_path: Path = MOVIELENS_PATH, text_tower: Path = TEXT_TOWER,
+                world_dir: Path | None = None,
                 experiments: list[str] | None = None,
                 encoder_overrides: tuple[str, ...] = ()) -> list[Step]:
     """The whole demo, in order (see the module docstring).
@@ -66,6 +73,8 @@ def build_steps(preset: str, seed: int, art: Path, *, world: str = "synthetic",
         preset: the synthetic world's preset (ignored for ``movielens``).
         world: ``synthetic`` (generated) or ``movielens`` (imported from ``movielens_path``,
             the encoder post-trained from ``text_tower``).
+        world_dir: a world imported before (``moon data import logs | recbole | hm``),
+            run as MovieLens is (``world`` is then ignored).
         experiments: the rankers (default ``ranker_experiments``: the baseline first, the
             served MOON ranker second).
         encoder_overrides: ``key=value`` overrides of the MovieLens encoder recipe.
@@ -73,13 +82,17 @@ def build_steps(preset: str, seed: int, art: Path, *, world: str = "synthetic",
     if world not in WORLDS:
         raise ValueError(f"--world {world!r}: one of {', '.join(WORLDS)}")
     layout = Layout.at(art)
+    if world_dir is not None:
+        world = "movielens"  # the same recipe: text tower, real-world rankers, no oracle
     name = "movielens" if world == "movielens" else preset
     experiments = experiments or ranker_experiments(name)
     threads = max(1, min(2, os.cpu_count() or 1))  # the demo owns the machine
     model = layout.rankers / experiments[1]
     serving = layout.file("serving.json")
     if world == "movielens":
-        steps = imported_main_steps(layout, "movielens", movielens_path, text_tower, experiments,
+        source, path = ("world", world_dir) if world_dir is not None else (
+            "movielens", movielens_path)
+        steps = imported_main_steps(layout, source, path, text_tower, experiments,
                                     seed=seed, threads=threads,
                                     encoder_overrides=encoder_overrides)
         report_deps: tuple[str, ...] = (RECALL, SERVE)  # no photos: no contact sheet
@@ -111,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="synthetic world preset (tiny for a smoke run)")
     parser.add_argument("--movielens-path", type=Path, default=MOVIELENS_PATH,
                         help="the MovieLens-100k files (scripts/fetch_movielens.sh DIR)")
+    parser.add_argument("--world-dir", type=Path, default=None,
+                        help="run on a world imported before (moon data import logs | recbole "
+                        "| hm) instead")
     parser.add_argument("--text-tower", type=Path, default=TEXT_TOWER,
                         help="the pretrained text model folder of the MovieLens encoder "
                         "(scripts/fetch_minilm.sh DIR)")
@@ -125,16 +141,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # torchrec / fbgemm deprecation chatter would bury the step lines
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     art: Path = args.artifacts or (
+        Path("artifacts") / "imported" if args.world_dir is not None else
         Path("artifacts") / "movielens" if args.world == "movielens" else Path("artifacts"))
     steps = build_steps(args.preset, args.seed, art, world=args.world,
-                        movielens_path=args.movielens_path, text_tower=args.text_tower)
+                        movielens_path=args.movielens_path, text_tower=args.text_tower,
+                        world_dir=args.world_dir)
     if args.dry_run:
         for i, s in enumerate(steps, 1):
             print(f"[{i:2d}] {s.name}\n     $ {s.command}\n     -> {s.output}")
         return 0
-    if args.world == "movielens":
-        for folder, script in ((args.movielens_path, "fetch_movielens.sh"),
-                               (args.text_tower, "fetch_minilm.sh")):
+    if args.world == "movielens" or args.world_dir is not None:
+        needed = [(args.text_tower, "fetch_minilm.sh")]
+        if args.world_dir is None:
+            needed.insert(0, (args.movielens_path, "fetch_movielens.sh"))
+        for folder, script in needed:
             if not folder.is_dir():
                 print(f"demo: error: {folder}: no such folder (fetch it with "
                       f"scripts/{script} {folder})", file=sys.stderr)

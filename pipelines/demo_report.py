@@ -144,7 +144,9 @@ def write_report(layout: Layout, *, preset: str, seed: int, experiments: list[st
 
     stats = world.get("summary", world)
     real = stats.get("source") == "movielens-100k"
+    source = stats.get("source")
     title = (f"MovieLens-100k, seed {seed}" if real
+             else f"imported world `{source}`, seed {seed}" if isinstance(source, str)
              else f"world preset `{preset}`, seed {seed}")
     md: list[str] = [f"# MOON demo report ({title})", ""]
     line = (f"{stats.get('n_items', '?')} items, {stats.get('n_users', '?')} users, "
@@ -186,6 +188,10 @@ def write_report(layout: Layout, *, preset: str, seed: int, experiments: list[st
                     f"{final.get('n_items')} catalog items (exact faiss search). Encoder "
                     f"`{final.get('model_version')}`. R@K at the full dimension (the colour "
                     "histogram has its own), then recall@10 of each Matryoshka prefix.")
+        elif stats.get("text_only") is False:
+            head = (f"No image queries (user photos) in this world, so image-search recall "
+                    f"(R@K) is n/a. {final.get('n_items')} catalog items embedded from photo, "
+                    f"title and attributes by encoder `{final.get('model_version')}`.")
         else:
             head = (f"A text-only world: no photos, so image-search recall (R@K) is n/a. "
                     f"{final.get('n_items')} catalog items embedded from title + attributes "

@@ -9,6 +9,7 @@ from pathlib import Path
 from moon_rec.command import handled_by
 from moon_rec.data.commands import (
     MovieLensImport,
+    WorldCopy,
     WorldGenerate,
     WorldShow,
     WorldValidate,
@@ -56,6 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="print the report as JSON")
     val.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
     val.set_defaults(**handled_by(WorldValidate))
+
+    copy = wsub.add_parser(
+        "copy", help="validate a world and copy it (tables, id maps, world.json) into --out",
+        description="The first step of `make demo WORLD_DIR=W`: a world imported before "
+        "(moon data import logs | recbole | hm) becomes the demo's world.")
+    copy.add_argument("world", type=Path)
+    copy.add_argument("--out", required=True, type=Path, help="the destination (replaced)")
+    copy.set_defaults(**handled_by(WorldCopy))
 
     show = wsub.add_parser("show", help="write a contact sheet: catalog photos beside image queries")
     show.add_argument("world", type=Path)

@@ -100,6 +100,24 @@ class WorldValidate(MoonCommand):
         return 0
 
 
+class WorldCopy(MoonCommand):
+    """``moon world copy WORLD --out DIR``: validate a world (an import's output) and copy
+    its tables, id maps and world.json into ``DIR``, replacing what is there."""
+
+    words = ("world", "copy")
+    positional = ("world",)
+    code = ("moon_rec.data.io",)
+
+    world: Path
+    out: Path
+
+    def run(self) -> int:
+        from moon_rec.data.io import copy_world
+
+        print(f"copied {self.world} -> {copy_world(self.world, self.out)}")
+        return 0
+
+
 class WorldShow(MoonCommand):
     """``moon world show WORLD``: a contact sheet, catalog photos beside image queries."""
 

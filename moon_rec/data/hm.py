@@ -15,9 +15,11 @@ derives each article's photo name).
                                 10-digit zero-padded id, then that id
 
 What becomes what:
-    items        item_id = article_id (kept: an integer, leading zeros or not); title =
-                 prod_name; category = product_type_name; spu_id = product_code (the
-                 variants of one product); attributes = the group / colour / department /
+    items        item_id = a stable dense int64 id of article_id (the key, as written, in
+                 ``WORLD/id_maps/item.parquet``: the rankers size their id tables by the
+                 largest id, and article ids are ~10^8); title = prod_name; category =
+                 product_type_name; spu_id = a stable id of product_code (the variants of
+                 one product); attributes = the group / colour / department /
                  section names and detail_desc as text; the names also as extra string
                  columns; image = the photo through ``prepare_image``, null when there is
                  none (a text-only item); launch = the first purchase.
@@ -102,7 +104,9 @@ def hm_mapping(path: str | Path, *, negatives: NegativeSampling | None = None,
     return LogsMapping(
         source="hm",
         time=TimeFormat(format="iso8601", timezone="UTC"),
-        ids={"user": "map", "item": "keep", "spu": "keep"},
+        # dense ids: the rankers size their id tables by the largest id, and article ids
+        # are ~10^8 (the article id stays the key of WORLD/id_maps/item.parquet)
+        ids={"user": "map", "item": "map", "spu": "map"},
         images=root / "images",
         image_size=image_size,
         items=ItemsSource(

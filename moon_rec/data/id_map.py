@@ -1,7 +1,8 @@
 """Stable int64 ids for a source's own ids (strings of any kind: hex customer ids, SKUs,
 "u_17"), written beside the world so that serving and a later import agree.
 
-One map per kind of id (``user``, ``item``, ``query``, ``category``, ``brand``, ``spu``) lives in
+One map per kind of id (``user``, ``item``, ``query``, ``category``, ``brand``, ``spu``,
+``request``) lives in
 ``WORLD/id_maps/<kind>.parquet`` (columns ``key`` string, ``id`` int64; the owner of that
 format is this module). A key keeps its id forever: a later import of the same world loads
 the maps first and gives only new keys new ids (the next after the largest), so an id a
@@ -28,9 +29,10 @@ from moon_rec.data.errors import DataError
 
 ID_MAPS = "id_maps"
 IdPolicy = Literal["map", "keep"]
-KINDS: tuple[str, ...] = ("user", "item", "query", "category", "brand", "spu")
+KINDS: tuple[str, ...] = ("user", "item", "query", "category", "brand", "spu", "request")
 # the first id a kind's map hands out (0 is "no category / no brand" in the items table)
-FIRST_ID = {"user": 0, "item": 0, "query": 0, "category": 1, "brand": 1, "spu": 0}
+FIRST_ID = {"user": 0, "item": 0, "query": 0, "category": 1, "brand": 1, "spu": 0,
+            "request": 1}
 
 
 def map_path(root: str | Path, kind: str) -> Path:

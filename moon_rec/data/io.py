@@ -170,3 +170,41 @@ def conform(table: pa.Table, name: str) -> pa.Table:
         {f.name: table.column(f.name).cast(f.type) for f in cols},
         schema=pa.schema(cols),
     )
+
+
+def copy_world(src: str | Path, dst: str | Path) -> Path:
+    """Validate world ``src`` (every table, the references, world.json) and copy its
+    tables, ``id_maps/`` and ``world.json`` into ``dst``, replacing what is there; the copy
+    is staged beside ``dst`` and moved in whole (a failed copy leaves ``dst`` as it was).
+
+    Raises:
+        DataError: naming file, column and row of the first problem of ``src``.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from moon_rec.data.validation import validate_world
+
+    src, dst = Path(src), Path(dst)
+    validate_world(src)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.copy-", dir=dst.parent))
+    try:
+        for name in TABLES:
+            for f in table_files(src, name):
+                rel = f.relative_to(src)
+                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, stage / rel)
+        if (src / "id_maps").is_dir():
+            shutil.copytree(src / "id_maps", stage / "id_maps")
+        shutil.copy2(src / WORLD_META, stage / WORLD_META)
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if dst.exists():
+            os.replace(dst, old)
+        os.replace(stage, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return dst

@@ -7,6 +7,7 @@ The mapping (:class:`LogsMapping`; relative paths are relative to the YAML's fol
 
     time: {format: unix_s | unix_ms | iso8601, timezone: UTC}   # zone of values without one
     ids: {user: map, item: keep}           # map: string ids -> stable int64 (default); keep
+                                           # kinds: user item query category brand spu request
     images: photos/                        # folder of the items' / image queries' files
     items:                                 # optional: else the world's items (moon data import)
       path: articles.csv
@@ -39,8 +40,9 @@ interaction. Extra columns of ``users`` / ``items`` are kept as typed columns (i
 float64, string, bool; empty = null), for the ranker's feature spec.
 
 Reading is streaming (pyarrow's CSV reader, parquet row groups, JSON lines a line at a
-time): memory holds the integer columns of the logs (about 30 bytes per row), the id maps
-and one batch of text, never the text of the whole file. The first bad record stops the
+time): memory holds the integer columns of the logs (user, item, time, label: about 32
+bytes per row, and the query text of logs that map one), the id maps, the users table and
+one batch of text; items (photos included) are staged part by part. The first bad record stops the
 import with ``FILE: column C: row R: why`` (CSV / TSV / JSON lines: R is the line, the
 header being line 1; parquet: the row from 0) and nothing is written: every table and the
 id maps are written and validated in a staging folder beside ``--out``, then moved in.
@@ -235,7 +237,8 @@ class LogsMapping(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     time: TimeFormat = TimeFormat()
-    ids: dict[Literal["user", "item", "query", "category", "brand", "spu"], IdPolicy] = Field(
+    ids: dict[Literal["user", "item", "query", "category", "brand", "spu", "request"],
+              IdPolicy] = Field(
         default_factory=dict)
     images: Path | None = None
     image_size: int = Field(default=64, ge=0)
@@ -689,7 +692,6 @@ class _Import:
             self.item_ids = t.column("item_id").to_numpy()
             self.item_cat = t.column("category_id").to_numpy()
             self.item_launch = t.column("launch_ts").cast(pa.int64()).to_numpy()
-            self.item_rows = np.zeros(0, np.int64)
             self.own_items = False
             return
         self.own_items = True
@@ -702,7 +704,6 @@ class _Import:
         ids: list[np.ndarray] = []
         cats: list[np.ndarray] = []
         launches: list[np.ndarray] = []
-        rows: list[np.ndarray] = []
         seen: dict[int, int] = {}
         for n, b in enumerate(self._batches("items", src, needed)):
             t, item_id, cat, launch = self._item_batch(b, src, extras, seen)
@@ -713,13 +714,11 @@ class _Import:
             ids.append(item_id)
             cats.append(cat)
             launches.append(launch)
-            rows.append(np.asarray([b.row(i) for i in range(len(b))], np.int64))
         if not ids:
             raise DataError("no items", file=str(src.path))
         self.item_ids = np.concatenate(ids)
         self.item_cat = np.concatenate(cats)
         self.item_launch = np.concatenate(launches)
-        self.item_rows = np.concatenate(rows)
 
     def _item_batch(self, b: Batch, src: ItemsSource, extras: dict[str, ExtraColumn],
                     seen: dict[int, int]) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
@@ -918,7 +917,7 @@ class _Import:
             log.label.append(clicked)
             if "request_id" in b.cols:
                 log.request.append(ids_of(b, "request_id", src.their("request_id") or "",
-                                          "keep", IdMap("query")))
+                                          self.m.policy("request"), self.maps["request"]))
             if "position" in b.cols:
                 pos = floats_of(b, "position", src.their("position") or "")
                 if ((pos < 0) | (pos != np.floor(pos)) | (pos > 2**31 - 1)).any():
@@ -1319,15 +1318,25 @@ def _items_from_logs(imp: _Import) -> None:
 
 
 def _write_items(imp: _Import, world: Path) -> None:
-    """The staged item parts, launch times filled, in id order, into ``items.parquet``."""
-    order = np.argsort(imp.item_ids, kind="stable")
-    parts = [pq.read_table(p) for p in imp.item_parts]
-    t = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-    t = t.set_column(t.column_names.index("launch_ts"), "launch_ts",
-                     pa.array(imp.item_launch).cast(TIMESTAMP))
-    t = t.take(pa.array(order))
-    pq.write_table(conform(t, "items"), world / "items.parquet", compression="zstd",
-                   row_group_size=16_384)
+    """The staged item parts, launch times filled, into ``items.parquet`` part by part
+    (in the source's order: the photos of the whole catalog are never in memory at once)."""
+    writer: pq.ParquetWriter | None = None
+    offset = 0
+    try:
+        for path in imp.item_parts:
+            t = pq.read_table(path)
+            n = t.num_rows
+            t = t.set_column(t.column_names.index("launch_ts"), "launch_ts",
+                             pa.array(imp.item_launch[offset: offset + n]).cast(TIMESTAMP))
+            t = conform(t, "items")
+            if writer is None:
+                writer = pq.ParquetWriter(world / "items.parquet", t.schema, compression="zstd")
+            writer.write_table(t, row_group_size=16_384)
+            offset += n
+            path.unlink()
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _categories(imp: _Import, mapping: LogsMapping) -> pa.Table:

@@ -286,7 +286,7 @@ def evaluate_encoder(encoder: MoonEncoder, data: WorldData, *, batch_size: int =
     if item_emb is None:
         item_emb = embed_products(encoder, data.product_titles, data.images, batch_size)
     result: dict[str, Any] = {"model_version": encoder.model_version}
-    if data.text_only:
+    if data.text_only or not q.any():  # no photos, or no image queries (a shop's logs)
         result.update(image_search_na(encoder.dims))
     else:
         query_emb = embed_images(encoder, data.query_images[torch.from_numpy(q)], batch_size)
@@ -316,7 +316,7 @@ def evaluate_encoder(encoder: MoonEncoder, data: WorldData, *, batch_size: int =
 
 def evaluate_color_histogram(data: WorldData, *, bins: int = 8, seed: int = 0) -> dict[str, Any]:
     """The colour-histogram image baseline: photo histogram vs catalog-photo histogram
-    (every metric "n/a" in a text-only world)."""
+    (every metric "n/a" in a text-only world; image search "n/a" without image queries)."""
     t0 = time.time()
     if data.images is None:
         return {"model_version": f"color_histogram_{bins}", **image_search_na((bins ** 3,)),
@@ -324,10 +324,13 @@ def evaluate_color_histogram(data: WorldData, *, bins: int = 8, seed: int = 0) -
                 "seconds": 0.0}
     q = data.eval_query_mask
     item_h = color_histogram(data.images, bins)
-    query_h = color_histogram(data.query_images[torch.from_numpy(q)], bins)
     d = bins ** 3
     result: dict[str, Any] = {"model_version": f"color_histogram_{bins}"}
-    result.update(ImageSearchRecall(data.item_id, item_h, (d,))(query_h, data.query_item_id[q]))
+    if q.any():
+        query_h = color_histogram(data.query_images[torch.from_numpy(q)], bins)
+        result.update(ImageSearchRecall(data.item_id, item_h, (d,))(query_h, data.query_item_id[q]))
+    else:  # photos but no image queries (a real shop's log): image search n/a
+        result.update(image_search_na((d,)))
     result["text_recall@10"] = None
     result["next_item_recall@10"] = next_item_recall(next_item_queries(data, seed=seed),
                                                      data.item_id, item_h)

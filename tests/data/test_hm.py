@@ -5,76 +5,18 @@ CTR impressions."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from PIL import Image
+from hm_data import CUSTOMERS, TYPES, write_hm
 
 from moon_rec.cli import main
 from moon_rec.data.id_map import IdMap
 from moon_rec.data.images import decode_image
 from moon_rec.data.io import read_table, read_world_meta
 from moon_rec.data.validation import validate_world
-
-ARTICLE_HEADER = ("article_id,product_code,prod_name,product_type_no,product_type_name,"
-                  "product_group_name,graphical_appearance_no,graphical_appearance_name,"
-                  "colour_group_code,colour_group_name,perceived_colour_value_id,"
-                  "perceived_colour_value_name,perceived_colour_master_id,"
-                  "perceived_colour_master_name,department_no,department_name,index_code,"
-                  "index_name,index_group_no,index_group_name,section_no,section_name,"
-                  "garment_group_no,garment_group_name,detail_desc")
-TYPES = ["Vest top", "Trousers", "Sweater"]
-COLOURS = ["Black", "White", "Red", "Blue"]
-# 12 articles: (article_id as written, product_code); the last has no photo
-ARTICLES = [(f"0{108775015 + 1000 * i}", f"0{108775 + i // 2}") for i in range(11)] + [
-    ("0999999001", "0999999")]
-CUSTOMERS = [
-    ("00000dbacae5abe5e23885899a1fa44253a17956c6d1c3d25f88aa139fdfc657", "1.0", "1.0",
-     "ACTIVE", "Regularly", "49", "52043ee2162cf5aa7ee79974281641c6f11a68d276429a91f8ca0d4b6efa8100"),
-    ("0000423b00ade91418cceaf3b26c6af3dd342b51fd051eec9c12fb36984420fa", "", "", "ACTIVE",
-     "NONE", "25", "2973abc54daa8a5f8ccfe9362140c63247c5eee03f1d93f4c830291c32bc3057"),
-    ("000058a12d5b43e67d225668fa1f8d618c13dc232df0cad8ffe7ad4a1091e318", "", "", "ACTIVE",
-     "NONE", "", "2c29ae653a9282cce4151bd87643c907644e09541abc28ae87dea0d1f6603b1c"),
-    ("00005ca1c9ed5f5146b52ac8639a40ca9d57aeff4d1bd2c5feb1ca5dff07c43e", "1.0", "1.0",
-     "PRE-CREATE", "Monthly", "54", "5d36574f52495e81f019b680c843c443bd343d5ca5b1c222539af5973a23ae6d"),
-]
-
-
-def _jpeg(colour: tuple[int, int, int], w: int = 12, h: int = 16) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (w, h), colour).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-def write_hm(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    rows = [ARTICLE_HEADER]
-    for i, (aid, code) in enumerate(ARTICLES):
-        t, c = TYPES[i % 3], COLOURS[i % 4]
-        desc = f'"Soft {c.lower()} {t.lower()}, with a ""fit"" note"' if i % 2 else ""
-        rows.append(f"{aid},{code},{c} {t} {i},{253 + i % 3},{t},Garment Upper body,1010016,"
-                    f"Solid,9,{c},4,Dark,5,{c},1676,Jersey Basic,A,Ladieswear,1,Ladieswear,16,"
-                    f"Womens Everyday Basics,1002,Jersey Basic,{desc}")
-    (root / "articles.csv").write_text("\n".join(rows) + "\n")
-    rows = ["customer_id,FN,Active,club_member_status,fashion_news_frequency,age,postal_code"]
-    rows += [",".join(c) for c in CUSTOMERS]
-    (root / "customers.csv").write_text("\n".join(rows) + "\n")
-    rng = np.random.default_rng(0)
-    rows = ["t_dat,customer_id,article_id,price,sales_channel_id"]
-    for d in range(1, 29):
-        for c in CUSTOMERS[: 3 + d % 2]:
-            if rng.random() < 0.6:
-                aid = ARTICLES[int(rng.integers(0, 8 if d < 24 else 12))][0]
-                rows.append(f"2018-09-{d:02d},{c[0]},{aid},0.0{int(rng.integers(10, 99))},2")
-    (root / "transactions_train.csv").write_text("\n".join(rows) + "\n")
-    for i, (aid, _) in enumerate(ARTICLES[:-1]):
-        folder = root / "images" / aid[:3]
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{aid}.jpg").write_bytes(_jpeg((20 * i, 100, 200 - 10 * i)))
-    return root
 
 
 def test_hm_layout_becomes_a_world_with_photos(tmp_path: Path) -> None:
@@ -85,13 +27,16 @@ def test_hm_layout_becomes_a_world_with_photos(tmp_path: Path) -> None:
     validate_world(out)
     items = read_table(out, "items")
     assert items.num_rows == 12
-    assert items.column("item_id").to_pylist()[0] == 108775015  # leading zero dropped
-    by_id = {r["item_id"]: r for r in items.to_pylist()}
+    imap = IdMap.load(out, "item")  # article ids as written -> dense ids from 0
+    assert items.column("item_id").to_pylist() == list(range(12))
+    assert imap.get("0108775015") == 0
+    rows = {r["item_id"]: r for r in items.to_pylist()}
+    by_id = {int(imap.keys_of(np.array([k]))[0] or -1): r for k, r in rows.items()}
     no_photo = by_id[999999001]
     assert no_photo["image"] is None
     first = by_id[108775015]
     assert decode_image(first["image"]).shape == (16, 16, 3)  # 12 x 16 padded, resized
-    assert first["spu_id"] == 108775 and by_id[108776015]["spu_id"] == 108775
+    assert first["spu_id"] == by_id[108776015]["spu_id"] != by_id[108777015]["spu_id"]
     assert first["colour"] == "Black" and first["department"] == "Jersey Basic"
     assert "colour: Black" in first["attributes"]
     assert 'description: Soft white trousers, with a "fit" note' in by_id[108776015]["attributes"]

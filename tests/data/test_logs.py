@@ -357,3 +357,56 @@ def test_jsonl_bad_record_names_its_line(tmp_path: Path, capsys: pytest.CaptureF
     assert _import(m, tmp_path / "w") == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'log.jsonl'}: column 'w': row 3: missing field")
+
+
+def test_behaviour_impression_and_image_query_logs(tmp_path: Path) -> None:
+    """Logs that already have impressions and behaviours (with image queries) are taken as
+    they are: request ids, positions, clicks, actions, query text and query photos."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("q1.png", "q2.png"):
+        Image.new("RGB", (9, 9), (10, 200, 10)).save(photos / name)
+    (tmp_path / "queries.csv").write_text(
+        "qid,sku,at,file\nq-1,A-1,2024-01-02T10:00:00Z,q1.png\nq-2,B-1,2024-01-05T10:00:00Z,q2.png\n")
+    (tmp_path / "imp.csv").write_text(
+        "req,cust,sku,at,pos,click,q\n"
+        "r1,u-aa,A-1,2024-01-02T10:00:00Z,0,1,red dress\n"
+        "r1,u-aa,A-2,2024-01-02T10:00:00Z,1,0,red dress\n"
+        "r2,u-bb,B-1,2024-01-03T10:00:00Z,0,0,boots\n"
+        "r2,u-bb,B-2,2024-01-03T10:00:00Z,1,1,boots\n"
+        "r3,u-cc,C-1,2024-01-06T10:00:00Z,0,1,\n"
+        "r3,u-cc,C-2,2024-01-06T10:00:00Z,1,0,\n")
+    (tmp_path / "beh.csv").write_text(
+        "cust,sku,at,what,q,photo\n"
+        "u-aa,A-1,2024-01-02T10:00:01Z,CLICK,red dress,\n"
+        "u-aa,A-1,2024-01-02T10:05:00Z,buy,red dress,q-1\n"
+        "u-bb,B-2,2024-01-03T10:00:01Z,cart,boots,\n")
+    cols = {"user_id": "cust", "item_id": "sku", "ts": "at"}
+    m = _mapping(tmp_path, interactions=None, negatives=None, images="photos",
+                 time={"format": "iso8601"},
+                 ids={"query": "map"},
+                 impressions={"path": "imp.csv", "columns": {**cols, "request_id": "req",
+                                                             "position": "pos",
+                                                             "clicked": "click",
+                                                             "query_text": "q"}},
+                 behaviors={"path": "beh.csv", "columns": {**cols, "action": "what",
+                                                           "query_text": "q",
+                                                           "query_image_id": "photo"}},
+                 image_queries={"path": "queries.csv", "columns": {"query_id": "qid",
+                                                                   "item_id": "sku", "ts": "at",
+                                                                   "image": "file"}})
+    out = tmp_path / "w"
+    assert _import(m, out) == 0
+    validate_world(out)
+    imps = read_table(out, "impressions")
+    assert imps.column("request_id").to_pylist() == [1, 1, 2, 2, 3, 3]
+    assert imps.column("clicked").to_pylist() == [1, 0, 0, 1, 1, 0]
+    assert imps.column("query_text").to_pylist()[:2] == ["red dress"] * 2
+    beh = read_table(out, "behaviors")
+    assert beh.column("action").to_pylist() == ["click", "buy", "cart"]
+    qmap = IdMap.load(out, "query")
+    assert beh.column("query_image_id").to_pylist() == [None, qmap.get("q-1"), None]
+    iq = read_table(out, "image_queries")
+    assert iq.num_rows == 2 and sorted(iq.column("query_id").to_pylist()) == [0, 1]
