@@ -249,6 +249,11 @@ def test_cnn_keeps_imagenet_batch_norm_statistics(sources: dict[str, Path]) -> N
 def test_resolution_and_random_init(sources: dict[str, Path]) -> None:
     tower = ImageTower.from_source(sources["cnn"], resolution=48)
     assert tower.processing.out_size == 48 and tower.feature_dim == 1280
+    x = tower.processing(torch.rand(2, 3, 64, 64))
+    with torch.no_grad():
+        maps = tower.model.stage_maps(x)  # stem, 7 stages, head (the look_layers probe)
+        assert len(maps) == 9 and torch.equal(maps[-1], tower.model.feature_map(x))
+        assert [m.shape[1] for m in maps] == [32, 16, 24, 40, 80, 112, 192, 320, 1280]
     vit = ImageTower.from_source(sources["vit"], resolution=48)  # position embeddings interpolated
     assert vit(torch.rand(2, 3, 64, 64)).shape == (2, 32)
     a = make_encoder("cnn", sources["cnn"])
