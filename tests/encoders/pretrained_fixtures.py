@@ -108,3 +108,26 @@ def make_qwen2vl(folder: Path) -> Path:
     Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
                              min_pixels=16 * 16, max_pixels=64 * 64).save_pretrained(str(folder))
     return folder
+
+
+def make_convnext(folder: Path) -> Path:
+    """A 2-stage ConvNeXt (4D last hidden state) with ConvNeXt's crop_pct processor."""
+    from transformers import ConvNextConfig, ConvNextImageProcessorPil, ConvNextModel
+
+    torch.manual_seed(0)
+    ConvNextModel(ConvNextConfig(num_stages=2, hidden_sizes=[16, 32], depths=[1, 1],
+                                 image_size=32)).save_pretrained(str(folder))
+    ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=0.875).save_pretrained(str(folder))
+    return folder
+
+
+def make_dinov2(folder: Path) -> Path:
+    from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64, image_size=32, patch_size=8)
+                ).save_pretrained(str(folder))
+    BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                         do_center_crop=True).save_pretrained(str(folder))
+    return folder

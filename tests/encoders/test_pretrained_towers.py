@@ -35,7 +35,7 @@ from moon_rec.encoders.pretrained import PretrainedTowersEncoder
 from moon_rec.training.config import StageConfig, load_config
 from moon_rec.training.trainer import tower_param_groups, train_stage
 
-KINDS = ("clip", "siglip", "vit", "cnn")
+KINDS = ("clip", "siglip", "vit", "convnext", "dinov2", "cnn")
 SMALL = dict(hidden_size=32, num_heads=2, vision_layers=1, text_layers=1, patch_size=16,
              conv_stem=0, max_text_len=16, dims=(8, 16, 64), embed_dim=64)
 
@@ -45,7 +45,8 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("pretrained")
     return {"clip": fx.make_clip(root / "clip"), "siglip": fx.make_siglip(root / "siglip"),
-            "vit": fx.make_vit(root / "vit"), "cnn": fx.make_cnn(root / "cnn")}
+            "vit": fx.make_vit(root / "vit"), "convnext": fx.make_convnext(root / "convnext"),
+            "dinov2": fx.make_dinov2(root / "dinov2"), "cnn": fx.make_cnn(root / "cnn")}
 
 
 def source_config(kind: str, path: Path, **kw: object) -> dict[str, object]:
@@ -215,6 +216,25 @@ def test_trains_a_step_with_tower_learning_rates(kind: str, sources: dict[str, P
     assert not moved_frozen and moved_top  # the stem stayed, the blocks above it trained
 
 
+@pytest.mark.parametrize("kind", ["clip", "cnn"])
+def test_resume_reproduces_the_uninterrupted_run(kind: str, sources: dict[str, Path],
+                                                 tiny_world: Path, tmp_path: Path) -> None:
+    enc_keys = {**SMALL, "dims": "[8, 16, 64]", **source_config(kind, sources[kind])}
+    overrides = [f"encoder.{k}={v}" for k, v in enc_keys.items()]
+    overrides += ["pretrain.steps=2", "pretrain.batch_size=4", "pretrain.warmup_steps=0",
+                  "pretrain.checkpoint_every=1", "pretrain.mix={title_image: 1.0}",
+                  "pretrain.image_tower_lr=1e-4", "pretrain.text_tower_lr=0",
+                  "pretrain.frozen_image_blocks=1"]
+    config = load_config("tiny", None, overrides)
+    full = train_stage(tiny_world, "pretrain", config, tmp_path / "full", progress=False)
+    # a run killed after step 1: only the state of step 1 is there
+    shutil.copytree(tmp_path / "full" / "state", tmp_path / "killed" / "state")
+    resumed = train_stage(tiny_world, "pretrain", config, tmp_path / "killed", progress=False)
+    assert resumed["resumed_from_step"] == 1
+    assert resumed["model_version"] == full["model_version"]
+    assert resumed["init_version"] == full["init_version"]
+
+
 def test_param_groups_freeze_and_rates(sources: dict[str, Path]) -> None:
     enc = make_encoder("clip", sources["clip"])
     sc = StageConfig(lr=1e-3, text_tower_lr=0.0, image_tower_lr=1e-5)
@@ -254,6 +274,9 @@ def test_resolution_and_random_init(sources: dict[str, Path]) -> None:
         maps = tower.model.stage_maps(x)  # stem, 7 stages, head (the look_layers probe)
         assert len(maps) == 9 and torch.equal(maps[-1], tower.model.feature_map(x))
         assert [m.shape[1] for m in maps] == [32, 16, 24, 40, 80, 112, 192, 320, 1280]
+    conv = ImageProcessing.from_folder(sources["convnext"])  # ConvNeXt: resize 32/0.875, crop 32
+    assert (conv.resize, conv.crop) == (36, 32)
+    assert conv(torch.rand(1, 3, 64, 64)).shape == (1, 3, 32, 32)
     vit = ImageTower.from_source(sources["vit"], resolution=48)  # position embeddings interpolated
     assert vit(torch.rand(2, 3, 64, 64)).shape == (2, 32)
     a = make_encoder("cnn", sources["cnn"])
