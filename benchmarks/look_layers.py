@@ -6,12 +6,19 @@ logistic accuracy of the colour, the pattern and the shape (within its category)
 each stage of an encoder checkpoint's image tower (the conv stem's channel mean + std, the
 stem pooled to 4x4, the ViT tokens mean-pooled and flattened, the 64-dim image vector, the
 64-dim product vector) and, with ``--ranker``, on a look-head ranker's look vectors
-(``moon_rec.ranking.look_head``, applied to every item's MOON vector). The same-run
-baseline is the photo itself at 16x16 pixels.
+(``moon_rec.ranking.look_head``, applied to every item's MOON vector). With ``--cnn`` (a
+pretrained CNN state-dict file, e.g. EfficientNet-Lite0 from
+``scripts/fetch_efficientnet_lite.sh``) the frozen trunk is read the same way at each
+``--cnn-resolution`` (the 64 px photo resized inside, ImageNet normalisation): every stage's
+channel mean + std, the pooled 1280-d head (what ``encoder.image_tower`` feeds the heads),
+and two 64-d linear maps of it (PCA fitted on the probe's train items; a seeded Gaussian
+projection). The same-run baseline is the photo itself at 16x16 pixels.
 
     python benchmarks/look_layers.py --world artifacts/world \\
         --encoder artifacts/encoder/stage2/encoder --embeddings artifacts/embeddings \\
         --ranker artifacts/rankers/cube_moon_look
+    python benchmarks/look_layers.py --world artifacts/world \
+        --cnn data/pretrained/efficientnet-lite0-57934424.pth --cnn-resolution 64,224
 
 Prints JSON: one probe dict per feature (dims, r2, color, pattern, shape).
 """
@@ -45,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embeddings", help="the embed job's snapshot (with --ranker)")
     p.add_argument("--ranker", help="a ranker trained with look_head")
     p.add_argument("--items", type=int, default=4000, help="look-driven items probed")
+    p.add_argument("--cnn", action="append", default=[],
+                   help="a pretrained CNN state-dict file, probed frozen (repeatable)")
+    p.add_argument("--cnn-resolution", default="224",
+                   help="comma-separated pixels the CNN runs at (the photo resized inside)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -83,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, Any] = {"world": args.world, "n_items": len(keep)}
     images = None
-    if args.encoder:
+    if args.encoder or args.cnn:
         images = images_to_tensor(
             [decode_prepared(items.column("image")[int(i)].as_py(), 64) for i in keep], 64)
         report["pixels_16x16"] = probe(F.avg_pool2d(images, 4).numpy())
@@ -109,6 +120,34 @@ def main(argv: list[str] | None = None) -> int:
                 feats["product_64"].append(
                     F.normalize(enc.encode_product(titles, b)[:, :64], dim=-1))
         report[ck] = {k: probe(torch.cat(v).numpy()) for k, v in feats.items()}
+    for path in args.cnn:
+        import time
+
+        from moon_rec.encoders.backbones import ImageTower
+
+        assert images is not None
+        for res in (int(r) for r in args.cnn_resolution.split(",")):
+            t0 = time.time()
+            tower = ImageTower.from_source(path, resolution=res).eval()
+            maps: list[list[torch.Tensor]] = []
+            with torch.no_grad():
+                for s in range(0, len(keep), 128):
+                    stages = tower.model.stage_maps(tower.processing(images[s:s + 128]))
+                    maps.append([torch.cat([m.mean((2, 3)), m.std((2, 3))], 1) for m in stages])
+            seconds = time.time() - t0
+            cols = [torch.cat([b[k] for b in maps]).numpy() for k in range(len(maps[0]))]
+            names = ["stem", *(f"stage{k}" for k in range(1, len(cols) - 1)), "head"]
+            out: dict[str, Any] = {"resolution": res, "embed_seconds": round(seconds, 1)}
+            for name, f in zip(names[:-1], cols[:-1], strict=True):
+                out[f"{name}_mean_std"] = probe(f)
+            head = cols[-1][:, :cols[-1].shape[1] // 2]  # the pooled mean: the tower's output
+            out["head_1280"] = probe(head)
+            centred = head - head[tr].mean(0)
+            _, _, vt = np.linalg.svd(centred[tr], full_matrices=False)
+            out["head_pca64"] = probe(centred @ vt[:64].T)
+            gauss = np.random.default_rng(0).standard_normal((head.shape[1], 64)) / 8.0
+            out["head_rand64"] = probe(head @ gauss)
+            report[f"{path}@{res}"] = out
     if args.ranker:
         from moon_rec.ranking.evaluate import load_ranker
 

@@ -126,12 +126,14 @@ class EfficientNetLite(nn.Module):
         self._bn0 = _bn(32)
         blocks: list[nn.Module] = []
         last = len(_STAGES) - 1
+        self.stage_ends: list[int] = []  # index of each stage's last block
         for i, (reps, k, s, e, c_in, c_out) in enumerate(_STAGES):
             c_in = 32 if i == 0 else _round_filters(c_in, width)
             c_out = _round_filters(c_out, width)
             n = reps if i in (0, last) else math.ceil(depth * reps)
             for j in range(n):
                 blocks.append(MBConvBlock(c_in if j == 0 else c_out, c_out, k, s if j == 0 else 1, e))
+            self.stage_ends.append(len(blocks) - 1)
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(_round_filters(320, width), FEATURE_DIM, 1, bias=False)
         self._bn1 = _bn(FEATURE_DIM)
@@ -154,6 +156,18 @@ class EfficientNetLite(nn.Module):
                 return x
             x = block(x)
         return F.relu6(self._bn1(self._conv_head(x)))
+
+    def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised pixels -> the feature map after the stem, after each of the 7 stages
+        and after the head (9 maps, coarser along the list): where a probe reads a trunk."""
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        maps = [x]
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in self.stage_ends:
+                maps.append(x)
+        maps.append(F.relu6(self._bn1(self._conv_head(x))))
+        return maps
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised pixels [N, 3, H, W] -> globally average-pooled features [N, 1280]."""

@@ -32,7 +32,7 @@ class LoraConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     r: int = Field(default=8, ge=1)
-    alpha: float = 16.0
+    alpha: int = Field(default=16, ge=1)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj",
                                                                 "o_proj"])

@@ -212,7 +212,8 @@ class PretrainedTokenizer:
     def __call__(
         self, texts: Sequence[str], max_len: int, *, field: str = "text", add_eos: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenise with the tower's special tokens, truncate and right-pad to ``max_len``.
+        """Tokenise with the tower's special tokens, truncate and right-pad to ``max_len``
+        (``add_eos``: the tokenizer's EOS, or SEP, after the last real token).
 
         Returns:
             (input_ids LongTensor[N, max_len], attention_mask LongTensor[N, max_len]).
@@ -220,13 +221,23 @@ class PretrainedTokenizer:
         Raises:
             DataError: naming ``field`` and the row when a text is not a non-blank string.
         """
-        if add_eos:
-            raise ValueError("add_eos is a MoonTokenizer option (the MLLM's captions)")
         _check_texts(texts, field)
-        enc = self.hf(list(texts), max_length=max_len, truncation=True, padding="max_length",
+        cap = max_len - 1 if add_eos else max_len
+        enc = self.hf(list(texts), max_length=cap, truncation=True, padding="max_length",
                       return_tensors="pt", return_attention_mask=True,
                       return_token_type_ids=False)
-        return enc["input_ids"].long(), enc["attention_mask"].long()
+        ids, mask = enc["input_ids"].long(), enc["attention_mask"].long()
+        if add_eos:  # the MLLM's captions: EOS right after the last real token
+            eos = self.hf.eos_token_id if self.hf.eos_token_id is not None else self.hf.sep_token_id
+            if eos is None:
+                raise ValueError("the tokenizer has no EOS (nor SEP) token to end a caption")
+            ids = torch.cat([ids, torch.full((ids.shape[0], 1), self.pad_id)], 1)
+            mask = torch.cat([mask, torch.zeros((mask.shape[0], 1), dtype=torch.long)], 1)
+            end = mask.sum(1)
+            rows = torch.arange(ids.shape[0])
+            ids[rows, end] = int(eos)
+            mask[rows, end] = 1
+        return ids, mask
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.hf.decode([int(i) for i in ids], skip_special_tokens=True))

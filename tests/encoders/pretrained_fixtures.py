@@ -89,3 +89,45 @@ def make_cnn(folder: Path) -> Path:
     path = folder / "efficientnet-lite0-test.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+def make_qwen2vl(folder: Path) -> Path:
+    """A 1-layer Qwen2-VL (vision patch 8, 2x2 merge) with a WordPiece tokenizer and a
+    Qwen2-VL image processor."""
+    from transformers import Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    from moon_rec.encoders.config import EncoderConfig
+    from moon_rec.encoders.mllm import qwen2vl_config
+
+    vocab = save_tokenizer(folder)
+    torch.manual_seed(0)
+    cfg = qwen2vl_config(EncoderConfig(backbone="mllm", hidden_size=32, num_heads=2,
+                                       vision_layers=1, text_layers=1, patch_size=8,
+                                       image_size=32, dims=(8, 16, 64), embed_dim=64), vocab)
+    Qwen2VLForConditionalGeneration(cfg).save_pretrained(str(folder))
+    Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
+                             min_pixels=16 * 16, max_pixels=64 * 64).save_pretrained(str(folder))
+    return folder
+
+
+def make_convnext(folder: Path) -> Path:
+    """A 2-stage ConvNeXt (4D last hidden state) with ConvNeXt's crop_pct processor."""
+    from transformers import ConvNextConfig, ConvNextImageProcessorPil, ConvNextModel
+
+    torch.manual_seed(0)
+    ConvNextModel(ConvNextConfig(num_stages=2, hidden_sizes=[16, 32], depths=[1, 1],
+                                 image_size=32)).save_pretrained(str(folder))
+    ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=0.875).save_pretrained(str(folder))
+    return folder
+
+
+def make_dinov2(folder: Path) -> Path:
+    from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64, image_size=32, patch_size=8)
+                ).save_pretrained(str(folder))
+    BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                         do_center_crop=True).save_pretrained(str(folder))
+    return folder

@@ -35,7 +35,7 @@ from moon_rec.encoders.pretrained import PretrainedTowersEncoder
 from moon_rec.training.config import StageConfig, load_config
 from moon_rec.training.trainer import tower_param_groups, train_stage
 
-KINDS = ("clip", "siglip", "vit", "cnn")
+KINDS = ("clip", "siglip", "vit", "convnext", "dinov2", "cnn")
 SMALL = dict(hidden_size=32, num_heads=2, vision_layers=1, text_layers=1, patch_size=16,
              conv_stem=0, max_text_len=16, dims=(8, 16, 64), embed_dim=64)
 
@@ -45,7 +45,8 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("pretrained")
     return {"clip": fx.make_clip(root / "clip"), "siglip": fx.make_siglip(root / "siglip"),
-            "vit": fx.make_vit(root / "vit"), "cnn": fx.make_cnn(root / "cnn")}
+            "vit": fx.make_vit(root / "vit"), "convnext": fx.make_convnext(root / "convnext"),
+            "dinov2": fx.make_dinov2(root / "dinov2"), "cnn": fx.make_cnn(root / "cnn")}
 
 
 def source_config(kind: str, path: Path, **kw: object) -> dict[str, object]:
@@ -215,6 +216,25 @@ def test_trains_a_step_with_tower_learning_rates(kind: str, sources: dict[str, P
     assert not moved_frozen and moved_top  # the stem stayed, the blocks above it trained
 
 
+@pytest.mark.parametrize("kind", ["clip", "cnn"])
+def test_resume_reproduces_the_uninterrupted_run(kind: str, sources: dict[str, Path],
+                                                 tiny_world: Path, tmp_path: Path) -> None:
+    enc_keys = {**SMALL, "dims": "[8, 16, 64]", **source_config(kind, sources[kind])}
+    overrides = [f"encoder.{k}={v}" for k, v in enc_keys.items()]
+    overrides += ["pretrain.steps=2", "pretrain.batch_size=4", "pretrain.warmup_steps=0",
+                  "pretrain.checkpoint_every=1", "pretrain.mix={title_image: 1.0}",
+                  "pretrain.image_tower_lr=1e-4", "pretrain.text_tower_lr=0",
+                  "pretrain.frozen_image_blocks=1"]
+    config = load_config("tiny", None, overrides)
+    full = train_stage(tiny_world, "pretrain", config, tmp_path / "full", progress=False)
+    # a run killed after step 1: only the state of step 1 is there
+    shutil.copytree(tmp_path / "full" / "state", tmp_path / "killed" / "state")
+    resumed = train_stage(tiny_world, "pretrain", config, tmp_path / "killed", progress=False)
+    assert resumed["resumed_from_step"] == 1
+    assert resumed["model_version"] == full["model_version"]
+    assert resumed["init_version"] == full["init_version"]
+
+
 def test_param_groups_freeze_and_rates(sources: dict[str, Path]) -> None:
     enc = make_encoder("clip", sources["clip"])
     sc = StageConfig(lr=1e-3, text_tower_lr=0.0, image_tower_lr=1e-5)
@@ -249,6 +269,14 @@ def test_cnn_keeps_imagenet_batch_norm_statistics(sources: dict[str, Path]) -> N
 def test_resolution_and_random_init(sources: dict[str, Path]) -> None:
     tower = ImageTower.from_source(sources["cnn"], resolution=48)
     assert tower.processing.out_size == 48 and tower.feature_dim == 1280
+    x = tower.processing(torch.rand(2, 3, 64, 64))
+    with torch.no_grad():
+        maps = tower.model.stage_maps(x)  # stem, 7 stages, head (the look_layers probe)
+        assert len(maps) == 9 and torch.equal(maps[-1], tower.model.feature_map(x))
+        assert [m.shape[1] for m in maps] == [32, 16, 24, 40, 80, 112, 192, 320, 1280]
+    conv = ImageProcessing.from_folder(sources["convnext"])  # ConvNeXt: resize 32/0.875, crop 32
+    assert (conv.resize, conv.crop) == (36, 32)
+    assert conv(torch.rand(1, 3, 64, 64)).shape == (1, 3, 32, 32)
     vit = ImageTower.from_source(sources["vit"], resolution=48)  # position embeddings interpolated
     assert vit(torch.rand(2, 3, 64, 64)).shape == (2, 32)
     a = make_encoder("cnn", sources["cnn"])
@@ -329,3 +357,85 @@ def test_cli_init_from_each_kind(sources: dict[str, Path], tiny_world: Path, tmp
     assert main(["encoder", "init", "--world", str(tiny_world), "--out", str(tmp_path / "x"),
                  "--image-tower", str(tmp_path / "nowhere")]) != 0
     assert "--image-tower" in (err := capsys.readouterr().err) and "nowhere: no such file" in err
+
+
+# -- the MLLM from a Qwen2-VL-family checkpoint, optionally through LoRA ----------------------
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fx.make_qwen2vl(tmp_path_factory.mktemp("qwen") / "qwen2vl")
+
+
+def mllm_keys(path: Path, lora: bool) -> dict[str, object]:
+    keys: dict[str, object] = {"backbone": "mllm", "pretrained": str(path), "max_text_len": 16,
+                               "dims": (8, 16, 64), "embed_dim": 64}
+    return {**keys, "lora": {"r": 4}} if lora else keys
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_mllm_from_a_qwen2vl_checkpoint_round_trips(lora: bool, qwen: Path, tmp_path: Path) -> None:
+    from moon_rec.encoders.mllm import MllmEncoder
+
+    cfg = EncoderConfig.model_validate(mllm_keys(qwen, lora))
+    enc = build_encoder(cfg, make_tokenizer(cfg, [])).eval()
+    assert isinstance(enc, MllmEncoder) and enc.processing is not None
+    assert enc.processing.out_size == 64 and enc.image_grid == 4  # 64 px, patch 8, merge 2
+    imgs = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        outs = [enc.encode_text(fx.TEXTS), enc.encode_image(imgs), enc.encode_product(fx.TEXTS, imgs)]
+    for out in outs:
+        for d in enc.dims:
+            assert torch.allclose(matryoshka(out, d).norm(dim=1), torch.ones(3), atol=1e-5)
+    lora_params = [n for n, p in enc.named_parameters() if "lora_" in n]
+    assert bool(lora_params) == lora
+    if lora:  # the decoder's base weights are frozen, its adapters and the vision tower train
+        decoder = enc.backbone.model.language_model
+        assert all(p.requires_grad == ("lora_" in n) for n, p in decoder.named_parameters())
+        assert all(p.requires_grad for p in enc.pretrained_image_parameters())
+    path = enc.save_pretrained(tmp_path / "ckpt")
+    assert (path / "backbone" / "lora.safetensors").is_file() == lora
+    loaded = MoonEncoder.from_pretrained(path)
+    assert loaded.model_version == enc.model_version
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_product(fx.TEXTS, imgs), outs[2], atol=1e-6)
+        name = lora_params[0] if lora else "backbone.model.visual.patch_embed.proj.weight"
+        dict(loaded.named_parameters())[name].add_(0.01)
+    assert loaded.model_version != enc.model_version
+
+
+def test_mllm_trains_a_step_through_lora(qwen: Path, tiny_world: Path, tmp_path: Path) -> None:
+    overrides = [f"encoder.{k}={v}" for k, v in
+                 {**mllm_keys(qwen, True), "dims": "[8, 16, 64]", "lora": "{r: 4}",
+                  "conv_stem": 0}.items()]
+    overrides += ["pretrain.steps=1", "pretrain.batch_size=4", "pretrain.warmup_steps=0",
+                  "pretrain.mix={title_image: 1.0}", "pretrain.caption_weight=0.5",
+                  "pretrain.image_tower_lr=0"]
+    config = load_config("tiny", None, overrides)
+    summary = train_stage(tiny_world, "pretrain", config, tmp_path / "run", progress=False)
+    trained = dict(MoonEncoder.from_pretrained(tmp_path / "run").named_parameters())
+    cfg = EncoderConfig.model_validate(mllm_keys(qwen, True))
+    fresh = dict(build_encoder(cfg, make_tokenizer(cfg, [])).named_parameters())
+    changed = {n for n, p in fresh.items() if not torch.equal(p, trained[n])}
+    assert summary["model_version"] != summary["init_version"]
+    assert any("lora_" in n for n in changed)  # the adapters trained
+    assert not any(".base_layer." in n for n in changed)  # the decoder's base did not
+    assert not any(".visual." in n for n in changed)  # image_tower_lr 0: frozen
+    assert "proj.weight" in changed  # the Matryoshka head trained
+
+
+def test_mllm_bad_checkpoints_name_the_path(qwen: Path, sources: dict[str, Path],
+                                            tmp_path: Path) -> None:
+    from moon_rec.encoders.mllm import load_mllm
+
+    with pytest.raises(ValueError, match=r"clip: a clip model, not a Qwen2-VL-family one"):
+        load_mllm(EncoderConfig.model_validate(mllm_keys(sources["clip"], False)))
+    no_proc = tmp_path / "qwen_no_proc"
+    shutil.copytree(qwen, no_proc)
+    (no_proc / "preprocessor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"qwen_no_proc: no preprocessor_config\.json"):
+        load_mllm(EncoderConfig.model_validate(mllm_keys(no_proc, False)))
+    with pytest.raises(FileNotFoundError, match="nowhere: no such folder"):
+        load_mllm(EncoderConfig.model_validate(mllm_keys(tmp_path / "nowhere", False)))
+    with pytest.raises(ValueError, match="lora adapts a pretrained mllm"):
+        EncoderConfig(lora={"r": 4})  # type: ignore[arg-type]
