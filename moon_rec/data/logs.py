@@ -40,9 +40,11 @@ interaction. Extra columns of ``users`` / ``items`` are kept as typed columns (i
 float64, string, bool; empty = null), for the ranker's feature spec.
 
 Reading is streaming (pyarrow's CSV reader, parquet row groups, JSON lines a line at a
-time): memory holds the integer columns of the logs (user, item, time, label: about 32
-bytes per row, and the query text of logs that map one), the id maps, the users table and
-one batch of text; items (photos included) are staged part by part. The first bad record stops the
+time): memory holds the integer columns of the logs (user, item, time, label; and the
+query text of logs that map one), the id maps, the users table and one batch of text;
+items (photos included) are staged part by part. It is not constant: with the sort and
+the final validation, about 170 bytes a row (benchmarks/import_logs.py: 0.98 GB peak for
+5M rows). The first bad record stops the
 import with ``FILE: column C: row R: why`` (CSV / TSV / JSON lines: R is the line, the
 header being line 1; parquet: the row from 0) and nothing is written: every table and the
 id maps are written and validated in a staging folder beside ``--out``, then moved in.
@@ -653,8 +655,13 @@ class _Log:
         return cls([], [], [], [], [], [], [], [], [])
 
     def cat(self, name: str) -> np.ndarray:
+        """Column ``name`` as one array (concatenated once: the batches are let go)."""
         parts = getattr(self, name)
-        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+        if not parts:
+            return np.empty(0, np.int64)
+        if len(parts) > 1:
+            parts[:] = [np.concatenate(parts)]
+        return parts[0]
 
     def text(self, name: str) -> pa.ChunkedArray:
         return pa.chunked_array(getattr(self, name), pa.string())
@@ -1002,6 +1009,11 @@ class _Import:
         return pa.concat_tables(parts)
 
 
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The arrays end to end (the one array itself, not a copy, when there is one)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def _first(keys: np.ndarray, by: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """[K] the earliest ``ts`` where ``by`` == each key, -1 where none."""
     out = np.full(keys.size, -1, np.int64)
@@ -1098,11 +1110,11 @@ def _run(mapping: LogsMapping, out: Path, stage: Path, hooks: dict[str, Hook] | 
     main_log = next(iter(imp.logs.values()))
     ts_all = main_log.cat("ts")
     train_end = _split_end(ts_all, mapping.split)
-    all_ts = np.concatenate([lg.cat("ts") for lg in imp.logs.values()])
+    all_ts = _joined([lg.cat("ts") for lg in imp.logs.values()])
     start, end = int(all_ts.min()), int(all_ts.max())
 
     # items: launch at the mapped time, else the first interaction, else the log's start
-    every_item = np.concatenate([lg.cat("item") for lg in imp.logs.values()])
+    every_item = _joined([lg.cat("item") for lg in imp.logs.values()])
     first_seen = _first(imp.item_ids, every_item, all_ts)
     launch = np.where(imp.item_launch >= 0, imp.item_launch,
                       np.where(first_seen >= 0, first_seen, start))
@@ -1118,7 +1130,7 @@ def _run(mapping: LogsMapping, out: Path, stage: Path, hooks: dict[str, Hook] | 
     tables["image_queries"] = image_queries
 
     # users: from the users source, else everyone in the logs; sign-up at the first event
-    every_user = np.concatenate([lg.cat("user") for lg in imp.logs.values()])
+    every_user = _joined([lg.cat("user") for lg in imp.logs.values()])
     if imp.user_table is not None:
         uid = imp.user_table.column("user_id").to_numpy()
         signup = imp.user_table.column("signup_ts").to_numpy()
