@@ -6,7 +6,8 @@ MovieLens adapters are mappings over this one path.
 The mapping (:class:`LogsMapping`; relative paths are relative to the YAML's folder)::
 
     time: {format: unix_s | unix_ms | iso8601, timezone: UTC}   # zone of values without one
-    ids: {user: map, item: keep}           # map: string ids -> stable int64 (default); keep
+    ids: {user: map, item: keep}           # map: string ids -> stable int64 (default; item
+                                           # ids onto a `moon data import` catalog: keep); keep
                                            # kinds: user item query category brand spu request
     images: photos/                        # folder of the items' / image queries' files
     items:                                 # optional: else the world's items (moon data import)
@@ -34,8 +35,9 @@ impression never sees its own label) -- MovieLens's construction. Without a labe
 positives (implicit feedback): behaviours, and with ``negatives`` the CTR impressions of
 ``moon_rec.data.negatives`` (each positive one request: itself clicked + k negatives,
 positions shuffled by the seed). ``behaviors`` and ``impressions`` sources are taken as
-they are. Items launch at ``launch_ts`` when mapped, else at their first interaction (cold
-= launched after the split); users sign up at ``signup_ts``, else at their first
+they are. Items launch at ``launch_ts`` when mapped (or the catalog's, for a catalog
+already in ``--out``) or at their first interaction, whichever is earlier (cold =
+launched after the split); users sign up at ``signup_ts``, else at their first
 interaction. Extra columns of ``users`` / ``items`` are kept as typed columns (int64,
 float64, string, bool; empty = null), for the ranker's feature spec.
 
@@ -73,7 +75,7 @@ from PIL import UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from moon_rec.data.errors import DataError
-from moon_rec.data.id_map import KINDS, IdMap, IdPolicy
+from moon_rec.data.id_map import KINDS, IdMap, IdPolicy, map_path
 from moon_rec.data.images import decode_prepared, encode_png
 from moon_rec.data.images import image_size as header_size
 from moon_rec.data.importer import ImportLimits, _json_records, image_path
@@ -1084,6 +1086,10 @@ def import_logs(mapping: LogsMapping, out: str | Path, *, overwrite: bool = Fals
     if existing and not overwrite:
         raise DataError(f"the world already has {', '.join(existing)}; pass --overwrite",
                         file=str(out))
+    if ("item" not in mapping.ids and mapping.items is None and not mapping.items_from_logs
+            and not map_path(out, "item").is_file()):
+        # the items are a catalog from `moon data import`: its integer ids are the ids
+        mapping = mapping.model_copy(update={"ids": {**mapping.ids, "item": "keep"}})
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
@@ -1113,11 +1119,14 @@ def _run(mapping: LogsMapping, out: Path, stage: Path, hooks: dict[str, Hook] | 
     all_ts = _joined([lg.cat("ts") for lg in imp.logs.values()])
     start, end = int(all_ts.min()), int(all_ts.max())
 
-    # items: launch at the mapped time, else the first interaction, else the log's start
+    # items: live from their launch or their first interaction, whichever is earlier (a
+    # catalog's launch defaults to its import time); never seen: the launch, else the start
     every_item = _joined([lg.cat("item") for lg in imp.logs.values()])
     first_seen = _first(imp.item_ids, every_item, all_ts)
-    launch = np.where(imp.item_launch >= 0, imp.item_launch,
-                      np.where(first_seen >= 0, first_seen, start))
+    catalog_launch = imp.item_launch
+    launch = np.where(catalog_launch >= 0, catalog_launch, np.where(first_seen >= 0, first_seen,
+                                                                    start))
+    launch = np.where(first_seen >= 0, np.minimum(launch, first_seen), launch)
     imp.item_launch = launch
 
     meta: dict[str, Any] = {"source": mapping.source, "imported_at": datetime.now(UTC).isoformat()}
@@ -1151,9 +1160,15 @@ def _run(mapping: LogsMapping, out: Path, stage: Path, hooks: dict[str, Hook] | 
         pq.write_table(conform(t, name), world / f"{name}.parquet", compression="zstd",
                        row_group_size=65_536)
     if not imp.own_items:  # the catalog already in --out, validated with the new tables
+        if (launch != catalog_launch).any():  # items sold before their stated launch
+            items = read_table(out, "items")
+            items = items.set_column(items.column_names.index("launch_ts"), "launch_ts",
+                                     pa.array(launch).cast(TIMESTAMP))
+            pq.write_table(conform(items, "items"), world / "items.parquet",
+                           compression="zstd", row_group_size=16_384)
         for name in ("items", "categories"):
             src = out / f"{name}.parquet"
-            if src.is_file():
+            if src.is_file() and not (world / f"{name}.parquet").exists():
                 os.link(src, world / f"{name}.parquet")
 
     test = impressions.column("ts").cast(pa.int64()).to_numpy() >= train_end

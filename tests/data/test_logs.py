@@ -410,3 +410,38 @@ def test_behaviour_impression_and_image_query_logs(tmp_path: Path) -> None:
     assert beh.column("query_image_id").to_pylist() == [None, qmap.get("q-1"), None]
     iq = read_table(out, "image_queries")
     assert iq.num_rows == 2 and sorted(iq.column("query_id").to_pylist()) == [0, 1]
+
+
+def test_logs_onto_a_catalog_from_moon_data_import(tmp_path: Path) -> None:
+    """The catalog step first (integer item ids kept), then the logs referring to them."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    lines = ["item_id,title,image,category"]
+    for i in range(6):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(photos / f"{i}.png")
+        lines.append(f"{100 + i},Item {i},{i}.png,{'dress' if i % 2 else 'hat'}")
+    (tmp_path / "catalog.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "w"
+    assert main(["data", "import", "--items", str(tmp_path / "catalog.csv"), "--images",
+                 str(photos), "--out", str(out)]) == 0
+    (tmp_path / "log.csv").write_text("customer,article,when\n" + "".join(
+        f"u-{k % 3},{100 + k % 6},{1704153600 + 3600 * k}\n" for k in range(30)))
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({
+        "time": {"format": "unix_s"},
+        "interactions": {"path": "log.csv", "columns": {"user_id": "customer",
+                                                       "item_id": "article", "ts": "when"}},
+        "negatives": {"k": 2}}))
+    assert _import(tmp_path / "m.yaml", out) == 0
+    validate_world(out)
+    assert set(read_table(out, "behaviors").column("item_id").to_pylist()) == set(range(100, 106))
+    assert read_table(out, "items").column("image").null_count == 0  # the catalog's photos
+    assert read_world_meta(out)["catalog"]["n_items"] == 6
+    assert not (out / "id_maps" / "item.parquet").exists()
+    # the catalog's launch (its import time) is moved back to each item's first sale
+    imps = read_table(out, "impressions")
+    short = read_world_meta(out)["negatives"]["n_short"]
+    assert imps.num_rows == 90 - short and short < 5  # only the first hours lack live items
+    launch = read_table(out, "items", ["launch_ts"]).column("launch_ts").to_pylist()
+    assert max(launch).year == 2024
