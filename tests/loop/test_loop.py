@@ -21,6 +21,7 @@ from moon_rec.loop import (
     code_modules,
     command_step,
     encoder_step,
+    import_steps,
     imported_main_steps,
     main_steps,
     ranker_experiments,
@@ -160,14 +161,16 @@ def test_encoder_step_snapshots_change_only_their_own_key(tmp_path: Path) -> Non
 
 
 def _every_loop_step(tmp_path: Path) -> list[Step]:
-    """The steps of every composition of the loop: the synthetic and MovieLens demos, the
-    studies' recipe (snapshots, overrides) and the serving loop."""
+    """The steps of every composition of the loop: the synthetic and MovieLens demos, an
+    imported world copied in (``make demo WORLD_DIR=W``), the studies' recipe (snapshots,
+    overrides) and the serving loop."""
     layout = Layout.at(tmp_path / "art")
     return [
         *main_steps(layout, "tiny", 0, ranker_experiments("tiny")),
         *imported_main_steps(Layout.at(tmp_path / "ml"), "movielens", tmp_path / "src",
                              tmp_path / "tower", ranker_experiments("movielens"),
                              encoder_overrides=("stage1.steps=3",)),
+        *import_steps(Layout.at(tmp_path / "imported"), "world", tmp_path / "w"),
         encoder_step(layout, "small", threads=1, overrides=["stage1.steps=12"],
                      snapshots={"stage1": [6, 3]}, progress=False),
         *serving_steps(Layout.at(tmp_path / "serve"), given_encoder=False, profile="production",
