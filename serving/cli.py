@@ -71,6 +71,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             ann_kind=args.ann,
             threads=args.threads,
             workers=args.workers,
+            write_workers=args.write_workers,
             max_queue=args.max_queue,
             header_timeout_s=args.header_timeout_s,
             max_image_pixels=args.max_image_pixels,
@@ -95,7 +96,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     writes = "writes need the write token" if config.write_token else "writes refused (no token)"
     print(
         f"moon serve: ranker {info['model_version']}, embeddings {info['embedding_version']}, "
-        f"{info['items_in_center']} items in the center, {config.workers} workers, {writes}, "
+        f"{info['items_in_center']} items in the center, {config.workers} + "
+        f"{config.write_workers} workers, {writes}, "
         f"http://{args.host}:{args.port}/docs",
         flush=True,
     )
@@ -105,6 +107,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                     access_log=False, http=header_timeout_protocol(config.header_timeout_s))
     finally:
         app.state.pool.close()
+        app.state.write_pool.close()
         service.close()
     return 0
 
@@ -140,6 +143,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads")
     p.add_argument("--workers", type=int, default=d.workers,
                    help=f"threads running requests off the event loop (default {d.workers})")
+    p.add_argument("--write-workers", type=int, default=d.write_workers,
+                   help="threads running POST /items and /behaviors (default "
+                        f"{d.write_workers}: one store write at a time per process)")
     p.add_argument("--max-queue", type=int, default=d.max_queue,
                    help="requests waiting for a worker before 503 + Retry-After "
                         f"(default {d.max_queue})")
