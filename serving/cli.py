@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from moon_rec.data.errors import DataError
 
 TOKEN_ENV = "MOON_WRITE_TOKEN"
+GIL_SWITCH_S = 0.0005  # Python's default is 0.005
 log = logging.getLogger("moon.serve")
 
 
@@ -84,6 +86,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         err = exc.errors()[0]
         name = str(err["loc"][0]).replace("_", "-") if err["loc"] else "config"
         raise DataError(f"--{name}: {err['msg']}") from None
+    # the convoy effect: a worker back from a store call (the GIL released) waits for the
+    # GIL up to a switch interval per other busy thread, and a SQLite write transaction
+    # makes several such calls while it holds the database's write lock, which the
+    # other processes' writers wait on; a short interval keeps the transaction short
+    sys.setswitchinterval(GIL_SWITCH_S)
     warning = exposure_warning(args.host, args.port, config.write_token is not None)
     if warning:
         log.warning(warning)
