@@ -4,7 +4,7 @@
     POST /items      {item_id, title, image, category_id?, brand_id?, ...} -> embedded + pushed
     POST /search     {query_text | query_image, k} -> nearest catalog items (ANN)
     POST /behaviors  {user_id, item_id, action, ts?} -> pushed; the next /rank sees it
-    GET  /healthz    200 when the store answers, 503 otherwise; the worker pool's load
+    GET  /healthz    200 when the store answers, 503 otherwise; the worker pools' load
     GET  /metrics    Prometheus text exposition (not JSON): request counts and latency
                      histograms per endpoint and status
 
@@ -23,13 +23,16 @@ name the field; ids and counts are strict integers and ``price`` a strict number
 ``true`` or ``"281"`` is neither), 413 for a body over the limit (refused before it is
 read), 401 / 403 for a write without the token, 404 for unknown users / items, 503 while
 the online store is down (the breaker; bad input never opens it) and 503 with
-``Retry-After`` while the worker pool is full. The schema's bounds are the service's
+``Retry-After`` while a worker pool is full. The schema's bounds are the service's
 (``top_k``, ``k``, candidates, images; the ``ts`` window is relative to now, so it is in
 the field's description).
 
-The endpoints' work (decoding, encoding, ranking, store calls) runs on a bounded worker
-pool (``serving.workers``), off the event loop: ``/healthz`` and refusals never wait
-behind an expensive request.
+The endpoints' work (decoding, encoding, ranking, store calls) runs on bounded worker
+pools (``serving.workers``), off the event loop: ``/healthz`` and refusals never wait
+behind an expensive request. Reads (``/rank``, ``/search``) share ``workers`` threads;
+writes (``/items``, ``/behaviors``) run on their own ``write_workers`` (one by default: a
+store has one write lock, and more writers of one process only queue on it and, SQLite's
+busy wait being unfair, starve the other processes' writers).
 """
 
 from __future__ import annotations
@@ -309,12 +312,14 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-def create_app(service: RankingService, pool: WorkerPool | None = None) -> FastAPI:
-    """The FastAPI app over ``service``; its endpoints' work runs on ``pool`` (default: a
-    pool of the service's ``workers`` and ``max_queue``; ``app.state.pool``)."""
+def create_app(service: RankingService) -> FastAPI:
+    """The FastAPI app over ``service``; the reads' work runs on a pool of the service's
+    ``workers`` (``app.state.pool``), the writes' on one of its ``write_workers``
+    (``app.state.write_pool``), each with ``max_queue`` waiting at most."""
     cfg = service.config
     models = request_models(cfg)
-    pool = pool or WorkerPool(cfg.workers, cfg.max_queue, cfg.retry_after_s)
+    pool = WorkerPool(cfg.workers, cfg.max_queue, cfg.retry_after_s)
+    write_pool = WorkerPool(cfg.write_workers, cfg.max_queue, cfg.retry_after_s)
     token = cfg.write_token.get_secret_value().strip() if cfg.write_token else None
     app = FastAPI(
         title="moon_rec ranking service",
@@ -337,6 +342,7 @@ def create_app(service: RankingService, pool: WorkerPool | None = None) -> FastA
     )
     app.state.service = service
     app.state.pool = pool
+    app.state.write_pool = write_pool
 
     @app.middleware("http")
     async def _observe(request: Request, call_next: Any) -> Response:
@@ -420,7 +426,7 @@ def create_app(service: RankingService, pool: WorkerPool | None = None) -> FastA
         """Embed a new item (title + image), push it online and into the center (needs the
         write token)."""
         q = req
-        out = await pool.run(service.add_item, q.item_id, q.title, q.image,
+        out = await write_pool.run(service.add_item, q.item_id, q.title, q.image,
                              category_id=q.category_id, brand_id=q.brand_id, spu_id=q.spu_id,
                              price=q.price, attributes=q.attributes)
         return ItemResponse(**out)
@@ -442,17 +448,20 @@ def create_app(service: RankingService, pool: WorkerPool | None = None) -> FastA
         """Append a behaviour event to the user's online sequence (push source; needs the
         write token)."""
         q = req
-        out = await pool.run(service.add_behaviour, q.user_id, q.item_id, q.action, q.ts)
+        out = await write_pool.run(service.add_behaviour, q.user_id, q.item_id, q.action,
+                                   q.ts)
         return BehaviourResponse(**out)
 
     @app.get("/healthz", responses={503: {"model": ErrorResponse}})
     async def healthz() -> JSONResponse:
         """Liveness + the store: 200 while the store answers, else 503 (the breaker's
         state and the background health probe; never waits on a store call or a worker),
-        and the worker pool's load (``workers``: busy, queued and the bounds)."""
+        and the worker pools' load (``workers`` of the reads, ``write_workers`` of the
+        writes: busy, queued and the bounds)."""
         ok = service.check_store()
         body = {"status": "ok" if ok else "store unavailable", "store": ok,
-                "workers": pool.stats(), **service.info()}
+                "workers": pool.stats(), "write_workers": write_pool.stats(),
+                **service.info()}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", response_class=PrometheusText, responses={200: {

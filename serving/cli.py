@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from moon_rec.data.errors import DataError
 
 TOKEN_ENV = "MOON_WRITE_TOKEN"
+GIL_SWITCH_S = 0.0005  # Python's default is 0.005
 log = logging.getLogger("moon.serve")
 
 
@@ -71,6 +73,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             ann_kind=args.ann,
             threads=args.threads,
             workers=args.workers,
+            write_workers=args.write_workers,
             max_queue=args.max_queue,
             header_timeout_s=args.header_timeout_s,
             max_image_pixels=args.max_image_pixels,
@@ -83,6 +86,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         err = exc.errors()[0]
         name = str(err["loc"][0]).replace("_", "-") if err["loc"] else "config"
         raise DataError(f"--{name}: {err['msg']}") from None
+    # the convoy effect: a worker back from a store call (the GIL released) waits for the
+    # GIL up to a switch interval per other busy thread, and a SQLite write transaction
+    # makes several such calls while it holds the database's write lock, which the
+    # other processes' writers wait on; a short interval keeps the transaction short
+    sys.setswitchinterval(GIL_SWITCH_S)
     warning = exposure_warning(args.host, args.port, config.write_token is not None)
     if warning:
         log.warning(warning)
@@ -95,7 +103,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     writes = "writes need the write token" if config.write_token else "writes refused (no token)"
     print(
         f"moon serve: ranker {info['model_version']}, embeddings {info['embedding_version']}, "
-        f"{info['items_in_center']} items in the center, {config.workers} workers, {writes}, "
+        f"{info['items_in_center']} items in the center, {config.workers} + "
+        f"{config.write_workers} workers, {writes}, "
         f"http://{args.host}:{args.port}/docs",
         flush=True,
     )
@@ -105,6 +114,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                     access_log=False, http=header_timeout_protocol(config.header_timeout_s))
     finally:
         app.state.pool.close()
+        app.state.write_pool.close()
         service.close()
     return 0
 
@@ -140,6 +150,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads")
     p.add_argument("--workers", type=int, default=d.workers,
                    help=f"threads running requests off the event loop (default {d.workers})")
+    p.add_argument("--write-workers", type=int, default=d.write_workers,
+                   help="threads running POST /items and /behaviors (default "
+                        f"{d.write_workers}: one store write at a time per process)")
     p.add_argument("--max-queue", type=int, default=d.max_queue,
                    help="requests waiting for a worker before 503 + Retry-After "
                         f"(default {d.max_queue})")

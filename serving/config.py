@@ -41,9 +41,12 @@ class ServiceConfig(BaseModel):
         behaviour_max_age_s: oldest accepted behaviour ``ts``, seconds before now.
         behaviour_max_ahead_s: latest accepted behaviour ``ts``, seconds after now (clock
             skew); outside the window a behaviour is a 422 naming ``ts``.
-        workers: threads running the endpoints' work (decoding, encoding, ranking, store
-            calls) off the event loop (``serving.workers``).
-        max_queue: requests admitted beyond the busy workers; more are 503 with
+        workers: threads running the reads' work (/rank, /search: decoding, encoding,
+            ranking, store reads) off the event loop (``serving.workers``).
+        write_workers: threads running the writes (/items, /behaviors); one: a store has
+            one write lock, and more writers of one process only queue on it and (SQLite's
+            busy wait being unfair) starve the other processes' writers past their timeout.
+        max_queue: requests admitted beyond the busy workers of a pool; more are 503 with
             ``Retry-After`` (``retry_after_s``).
         header_timeout_s: a connection whose request line and headers have not all
             arrived this long after it opened (or after its previous response) is closed.
@@ -74,6 +77,7 @@ class ServiceConfig(BaseModel):
     behaviour_max_age_s: float = Field(default=30 * 86_400.0, ge=0)
     behaviour_max_ahead_s: float = Field(default=300.0, ge=0)
     workers: int = Field(default=4, ge=1)
+    write_workers: int = Field(default=1, ge=1)
     max_queue: int = Field(default=32, ge=0)
     retry_after_s: int = Field(default=1, ge=1)
     header_timeout_s: float = Field(default=10.0, gt=0)

@@ -29,7 +29,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -56,6 +56,7 @@ from serving.ranking import RankResult, RequestRanker, ServedVersions
 from serving.repo import open_repo_store
 from serving.store_guard import StoreGuard
 from serving.version_gate import VersionGate
+from serving.workers import SerialCalls
 from serving.writer import Writer
 
 __all__ = [
@@ -118,8 +119,14 @@ class RankingService:
             snapshot=(embeddings_model_version(self.mfs.paths), self.mfs.paths.embeddings_dir()),
         )
         self.embedding_version = self.gate.embedding_version
-        self.client = OnlineFeatureClient(self.mfs, expected_model_version=self.embedding_version)
-        self.online = OnlineWriter(self.mfs)  # the feature views, resolved once
+        # every store call of this process one at a time (SerialCalls: requests run on
+        # worker threads, the SQLite store shares one connection among them)
+        store_lock = threading.RLock()
+        self.client = cast(OnlineFeatureClient, SerialCalls(
+            OnlineFeatureClient(self.mfs, expected_model_version=self.embedding_version),
+            store_lock))
+        self.online = cast(OnlineWriter, SerialCalls(  # the feature views, resolved once
+            OnlineWriter(self.mfs), store_lock, nested=("changes",)))
         self.guard = StoreGuard(lambda: self.client.user_sequences([0]),
                                 retry_s=self.config.store_retry_s,
                                 health_s=self.config.health_s)

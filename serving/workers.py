@@ -97,3 +97,42 @@ class WorkerPool:
     def close(self) -> None:
         """Stop taking calls; the running ones finish, the waiting ones are dropped."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class SerialCalls:
+    """``target``'s methods (and those of its ``nested`` attributes), one call at a time
+    per process: each call holds ``lock``; other attributes pass through.
+
+    Why, for the online store's clients: the SQLite store shares one connection among a
+    process's threads, and a write's ``BEGIN IMMEDIATE`` issued while another thread's
+    read statement is open on that connection fails at once ("database is locked", no
+    busy wait) whenever another process has committed since the read began. With the
+    request work on worker threads, reads and writes of one process overlap; serialising
+    the store calls (milliseconds each; model work still overlaps) keeps them apart, as
+    the event loop did. A store that reads on connections of its own makes this moot.
+
+    Example::
+
+        lock = threading.RLock()
+        client = SerialCalls(OnlineFeatureClient(mfs), lock)
+        writer = SerialCalls(OnlineWriter(mfs), lock, nested=("changes",))
+    """
+
+    def __init__(self, target: Any, lock: Any, nested: tuple[str, ...] = ()) -> None:
+        self._target = target
+        self._lock = lock
+        self._nested = {name: SerialCalls(getattr(target, name), lock) for name in nested}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._nested:
+            return self._nested[name]
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return call

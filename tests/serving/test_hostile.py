@@ -144,6 +144,8 @@ def test_healthz_answers_while_an_expensive_request_runs(
         worker.join()
     assert seen_busy is not None, "no /healthz answer ever overlapped a running request"
     assert seen_busy["workers"] == 4 and seen_busy["max_queue"] == 32
+    writers = httpx.get(f"{served.url}/healthz", timeout=30).json()["write_workers"]
+    assert writers["workers"] == 1  # the writes' own lane: one store write at a time
     assert statuses and set(statuses) == {200}
 
 
