@@ -285,8 +285,10 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
         msg = str(err["msg"]).removeprefix("Value error, ")
         if len(loc) >= 2 and loc[0] == "features" and isinstance(loc[1], int):
             entry = feats[loc[1]] if loc[1] < len(feats) else {}
-            label = (entry.get("name") or entry.get("source") or f"#{loc[1]}"
-                     if isinstance(entry, dict) else f"#{loc[1]}")
+            label = f"#{loc[1]}"
+            if isinstance(entry, dict):  # the entry's column name, as elsewhere
+                source = str(entry.get("source") or "")
+                label = str(entry.get("name") or source.partition(":")[2] or source or label)
             key = ".".join(str(p) for p in loc[2:])
             what = (f"unknown key {key}" if err["type"] == "extra_forbidden"
                     else f"{key}: {msg}" if key else msg)
