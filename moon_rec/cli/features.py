@@ -5,7 +5,7 @@ moon features init --data DIR [--embeddings E]     # record paths for feature_re
 moon features apply [--profile embedded|production]
 moon features materialize [--batch-rows N]         # chunked embeddings + Feast for the rest
 moon features publish --data DIR --serving-repo R  # init + apply + materialize + repo folder
-moon features training-set --world W --out T       # point-in-time ranker training set
+moon features training-set --world W --out T [--features full]  # point-in-time training set
 moon embed --world W --checkpoint C --out E        # batch embedding job
 """
 
@@ -68,7 +68,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_apply(args: argparse.Namespace) -> int:
     mfs = _open(args)
     views = [v.name for v in mfs.store.list_feature_views()]
-    print(json.dumps({"project": mfs.config.project, "feature_views": views}))
+    services = [s.name for s in mfs.store.list_feature_services()]
+    print(json.dumps({"project": mfs.config.project, "feature_views": views,
+                      "feature_services": services}))
     return 0
 
 
@@ -140,6 +142,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, default=None, help="feature tables (default: built now)")
     p.add_argument("--profile", default="embedded")
     p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN)
+    p.add_argument("--features", default="ids",
+                   help="feature spec (configs/features/<name>.yaml or a YAML file): its extra "
+                   "features become columns (default: ids, the base columns only)")
     _add_summary_arg(p)
     p.set_defaults(**handled_by(TrainingSetBuild))
 

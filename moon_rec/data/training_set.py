@@ -17,6 +17,12 @@ One row per impression, point-in-time correct (features as of the impression's `
     is_cold                        bool: the item launched at or after train_end_ts
     look_driven                    bool: the item's category is look-driven
 
+then, after these, one column per *extra* feature of the feature spec it was built with
+(:mod:`moon_rec.data.feature_spec`: ``spec.extras()``, in spec order, named by the entry):
+int64 for a categorical, float64 for a numeric (raw, as stored; null when unknown then;
+transforms are the ranker's, fitted on the train split). A training set built with the
+``ids`` spec has exactly the columns above.
+
 A file, or a folder of parquet parts. Embeddings are not copied in: the ranker joins them
 by item_id / query_text from the embedding table (``moon_rec.data.embeddings``).
 """
@@ -30,6 +36,7 @@ import pyarrow.parquet as pq
 
 from moon_rec.data.embeddings import parquet_files, read_parquet
 from moon_rec.data.errors import DataError
+from moon_rec.data.feature_spec import FeatureSpec
 from moon_rec.data.io import atomic_write_parquet
 from moon_rec.data.schemas import TIMESTAMP
 
@@ -62,27 +69,51 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 OPTIONAL_FLAGS: tuple[str, ...] = ("is_cold", "look_driven")
 
 
-def write_training_set(table: pa.Table, path: str | Path) -> Path:
-    """Cast ``table`` to ``TRAINING_SET_SCHEMA`` (column order included) and write it
-    atomically; a missing column or an uncastable type is a DataError naming it."""
+def training_set_schema(spec: FeatureSpec | None = None) -> pa.Schema:
+    """``TRAINING_SET_SCHEMA`` plus the columns of ``spec``'s extra features (None: none)."""
+    if spec is None:
+        return TRAINING_SET_SCHEMA
+    extra = [
+        pa.field(e.column, pa.int64() if e.kind == "categorical" else pa.float64())
+        for e in spec.extras()
+    ]
+    return pa.schema(list(TRAINING_SET_SCHEMA) + extra)
+
+
+def write_training_set(
+    table: pa.Table, path: str | Path, spec: FeatureSpec | None = None
+) -> Path:
+    """Cast ``table`` to ``training_set_schema(spec)`` (column order included, nothing
+    else kept) and write it atomically; a missing column or an uncastable type is a
+    DataError naming it."""
     path = Path(path)
-    missing = [f.name for f in TRAINING_SET_SCHEMA if f.name not in table.column_names]
+    schema = training_set_schema(spec)
+    missing = [f.name for f in schema if f.name not in table.column_names]
     if missing:
         raise DataError("missing column of the training set", file=str(path), column=missing[0])
     try:
-        table = table.select(TRAINING_SET_SCHEMA.names).cast(TRAINING_SET_SCHEMA)
+        table = table.select(schema.names).cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise DataError(f"not the training set's types ({exc})", file=str(path)) from exc
     return atomic_write_parquet(table, path, row_group_size=16_384)
 
 
-def read_training_set(path: str | Path) -> pa.Table:
-    """The required columns and the optional flags present of a training set (file or
-    folder), checked for presence; a missing column is a DataError naming file and column."""
+def read_training_set(path: str | Path, spec: FeatureSpec | None = None) -> pa.Table:
+    """The required columns, the optional flags present and ``spec``'s extra columns of a
+    training set (file or folder), checked for presence; a missing column is a DataError
+    naming file and column (for an extra: the feature, and the spec to rebuild with)."""
     files = parquet_files(path)
     names = set(pq.read_schema(files[0]).names)
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
         raise DataError("missing column in training set", file=str(files[0]), column=missing[0])
+    extras = [e.column for e in spec.extras()] if spec is not None else []
+    absent = [c for c in extras if c not in names]
+    if absent:
+        assert spec is not None
+        raise DataError(
+            f"no column for feature {absent[0]} of feature spec {spec.name!r} (build the "
+            f"training set with it: moon features training-set --features {spec.name})",
+            file=str(files[0]), column=absent[0])
     flags = [c for c in OPTIONAL_FLAGS if c in names]
-    return read_parquet(files, list(REQUIRED_COLUMNS) + flags)
+    return read_parquet(files, list(REQUIRED_COLUMNS) + flags + extras)

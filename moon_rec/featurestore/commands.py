@@ -115,12 +115,14 @@ class TrainingSetBuild(MoonCommand):
     data: Path | None = None
     profile: str = "embedded"
     seq_len: int = DEFAULT_SEQ_LEN
+    features: str = "ids"
     summary: Path | None = None
 
     def run(self) -> int:
         from moon_rec.featurestore.training_set import build_training_set
 
         summary = build_training_set(self.world, self.out, data_dir=self.data,
-                                     profile=self.profile, seq_len=self.seq_len)
+                                     profile=self.profile, seq_len=self.seq_len,
+                                     features=self.features)
         _report(summary, self.summary)
         return 0

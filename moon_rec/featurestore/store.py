@@ -107,8 +107,17 @@ class MoonFeatureStore:
         return self.store.config
 
     def apply(self) -> None:
-        """Register every definition (``feast apply``) and create online tables."""
-        self.store.apply(self.definitions.objects())  # type: ignore[arg-type]
+        """Register every definition (``feast apply``) and create online tables, with one
+        ``FeatureService`` per feature spec (:mod:`moon_rec.featurestore.services`; a spec
+        naming a feature the definitions lack, or type differently, is a FeatureSpecError
+        naming it, before anything is registered)."""
+        from feast import FeatureView
+
+        from moon_rec.featurestore.services import feature_services
+
+        objects = self.definitions.objects()
+        services = feature_services(o for o in objects if isinstance(o, FeatureView))
+        self.store.apply([*objects, *services])  # type: ignore[list-item]
 
     def teardown(self) -> None:
         """Drop this project's online tables and registry entries (tests, re-inits).

@@ -4,10 +4,12 @@ One row per impression, in the impressions' order, with the user's behaviour seq
 the item's category/brand as of the impression's ``ts`` (Feast ``get_historical_features``
 on DuckDB; only behaviours strictly before ``ts``), plus ``split`` (train before the
 world's ``train_end_ts``, test after), ``is_cold`` (item launched after ``train_end_ts``) and
-``look_driven`` (the item's category). Embeddings are not copied in: the ranker joins them
-from the embedding parquet by item_id / query_text.
+``look_driven`` (the item's category), and one column per extra feature of the feature
+spec (``--features``, default ``ids``: exactly the base columns; the spec's Feast
+features are read as of ``ts`` like the others). Embeddings are not copied in: the ranker
+joins them from the embedding parquet by item_id / query_text.
 
-    moon features training-set --world W --out T [--data DIR] [--seq-len 50]
+    moon features training-set --world W --out T [--data DIR] [--seq-len 50] [--features full]
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from moon_rec.data.feature_spec import FeatureSpec, load_feature_spec
 from moon_rec.data.io import has_table, read_table, train_end
 from moon_rec.data.rows import RowIndex
 from moon_rec.data.schemas import TIMESTAMP
-from moon_rec.data.training_set import TRAINING_SET_SCHEMA, write_training_set
+from moon_rec.data.training_set import training_set_schema, write_training_set
 from moon_rec.featurestore.definitions import (
     DEFAULT_SEQ_LEN,
     ITEM_ATTRIBUTES_VIEW,
@@ -32,6 +35,7 @@ from moon_rec.featurestore.definitions import (
 )
 from moon_rec.featurestore.feature_tables import build_feature_tables
 from moon_rec.featurestore.retrieval import historical_features
+from moon_rec.featurestore.services import check_spec
 from moon_rec.featurestore.store import open_store
 
 FEATURES = [
@@ -56,8 +60,10 @@ def assemble_training_set(
     items: pa.Table,
     categories: pa.Table | None,
     train_end: datetime,
+    spec: FeatureSpec | None = None,
 ) -> pa.Table:
-    """The contract table from impressions [N] and their as-of features [N] (same order)."""
+    """The contract table from impressions [N] and their as-of features [N] (same order;
+    ``joined`` holds a column per Feast field ``spec``'s extras read)."""
     n = impressions.num_rows
     ts_us = pc.cast(impressions.column("ts"), TIMESTAMP).cast(pa.int64()).to_numpy()
     end_us = int(train_end.timestamp() * 1_000_000)
@@ -92,10 +98,19 @@ def assemble_training_set(
         "is_cold": pa.array(is_cold),
         "look_driven": pa.array(look),
     }
-    return pa.table(
-        {f.name: pc.cast(cols[f.name], f.type) for f in TRAINING_SET_SCHEMA},
-        schema=TRAINING_SET_SCHEMA,
-    )
+    for e in spec.extras() if spec is not None else []:
+        cols[e.column] = joined.column(e.field)
+    schema = training_set_schema(spec)
+    return pa.table({f.name: pc.cast(cols[f.name], f.type) for f in schema}, schema=schema)
+
+
+def spec_features(spec: FeatureSpec) -> list[str]:
+    """The Feast features the training set reads: the base ones and ``spec``'s extras."""
+    out = list(FEATURES)
+    for ref in (e.source for e in spec.extras()):
+        if ref not in out:
+            out.append(ref)
+    return out
 
 
 def build_training_set(
@@ -106,6 +121,7 @@ def build_training_set(
     state_dir: str | Path | None = None,
     profile: str = "embedded",
     seq_len: int = DEFAULT_SEQ_LEN,
+    features: str | Path | FeatureSpec = "ids",
 ) -> dict[str, object]:
     """Write the ranker training set of ``world`` to ``out`` (parquet).
 
@@ -117,9 +133,12 @@ def build_training_set(
         state_dir: the store's local state (default: a temporary folder).
         profile: the feature store profile (its offline store is DuckDB in both).
         seq_len: L, when the feature tables are built here.
+        features: the feature spec (a name of ``configs/features/``, a YAML file, or a
+            spec): its extra features become columns.
     Returns:
         a summary (rows, split counts, null counts).
     """
+    spec = features if isinstance(features, FeatureSpec) else load_feature_spec(features)
     end = train_end(world)
     impressions = read_table(
         world,
@@ -145,9 +164,10 @@ def build_training_set(
                 "ts": impressions.column("ts"),
             }
         )
-        joined = historical_features(mfs, entities, FEATURES, timestamp_column="ts")
-    table = assemble_training_set(impressions, joined, items, categories, end)
-    write_training_set(table, out)
+        check_spec(mfs, spec)  # every feature in the store, with its type, or named
+        joined = historical_features(mfs, entities, spec_features(spec), timestamp_column="ts")
+    table = assemble_training_set(impressions, joined, items, categories, end, spec)
+    write_training_set(table, out, spec)
     split = table.column("split").to_numpy(zero_copy_only=False)
     return {
         "out": str(out),
@@ -156,4 +176,6 @@ def build_training_set(
         "test_rows": int((split == "test").sum()),
         "rows_without_history": table.column("hist_item_ids").null_count,
         "rows_without_item_features": table.column("category_id").null_count,
+        "features": spec.name,
+        "extra_columns": [e.column for e in spec.extras()],
     }

@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -30,11 +31,10 @@ from pydantic import (
 )
 
 from moon_rec._yaml_config import read_yaml
+from moon_rec.data.feature_spec import FeatureSpec, FeatureSpecError, load_feature_spec, spec_path
 
-FeatureSet = Literal["ids", "ids+moon"]
 IdPolicy = Literal["oov", "hash"]
 
-FEATURE_SETS: tuple[str, ...] = get_args(FeatureSet)
 ID_POLICIES: tuple[str, ...] = get_args(IdPolicy)
 
 
@@ -196,7 +196,10 @@ class RankerConfig(_Section):
     """One ranker experiment.
 
     Args:
-        feature_set: ``ids`` (ID-only baseline) or ``ids+moon`` (adds MOON content features).
+        feature_set: the feature spec the ranker reads (``configs/features/<name>.yaml``, or
+            a spec YAML file; :mod:`moon_rec.data.feature_spec`): ``ids`` (the ID-only
+            baseline), ``ids+moon`` (adds MOON content features), ``full`` (adds stored
+            item attributes and statistics), or any other.
         embedding_dim: dimension of every ID embedding table.
         moon_dim: Matryoshka size of the MOON embeddings used (column ``emb_{moon_dim}``).
         max_seq_len: behaviours kept per impression (most recent first; longer are cut).
@@ -226,7 +229,7 @@ class RankerConfig(_Section):
         behaviour, over_arch, train: see their classes.
     """
 
-    feature_set: FeatureSet = "ids"
+    feature_set: str = "ids"
     embedding_dim: int = Field(default=16, gt=0)
     moon_dim: int = Field(default=64, gt=0)
     max_seq_len: int = Field(default=50, gt=0)
@@ -242,19 +245,35 @@ class RankerConfig(_Section):
     over_arch: OverArchConfig = Field(default_factory=OverArchConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @field_validator("feature_set")
+    @classmethod
+    def _known_spec(cls, name: str) -> str:
+        try:
+            _spec(name)
+        except FeatureSpecError as exc:
+            raise ValueError(str(exc)) from None
+        return name
+
     @model_validator(mode="after")
     def _content_modules_need_moon(self) -> RankerConfig:
         if BEHAVIOUR_KINDS[self.behaviour.module].needs_content and not self.uses_moon:
             raise ValueError(
-                f"behaviour.module: {self.behaviour.module!r} needs feature_set 'ids+moon'"
+                f"behaviour.module: {self.behaviour.module!r} needs a feature_set with a "
+                "moon_embedding feature (e.g. 'ids+moon')"
             )
         if self.look_head is not None and not self.uses_moon:
-            raise ValueError("look_head: needs feature_set 'ids+moon' (it reads MOON vectors)")
+            raise ValueError("look_head: needs a feature_set with a moon_embedding feature "
+                             "(e.g. 'ids+moon'; it reads MOON vectors)")
         return self
 
     @property
     def uses_moon(self) -> bool:
-        return self.feature_set == "ids+moon"
+        """Whether the spec reads the item's MOON vector."""
+        return self.feature_spec().uses_moon
+
+    def feature_spec(self) -> FeatureSpec:
+        """The feature spec ``feature_set`` names (read once per file version)."""
+        return _spec(self.feature_set)
 
     @property
     def uses_embeddings(self) -> bool:
@@ -284,6 +303,17 @@ class RankerConfig(_Section):
         """A validated copy with nested ``overrides`` merged in, e.g.
         ``{"train": {"epochs": 1}, "max_seq_len": 20}``."""
         return RankerConfig.from_dict(merge_overrides(self.to_dict(), overrides))
+
+
+def _spec(name: str) -> FeatureSpec:
+    path = spec_path(name)
+    stamp = path.stat().st_mtime_ns if path.is_file() else -1
+    return _spec_at(name, stamp)
+
+
+@functools.lru_cache(maxsize=64)
+def _spec_at(name: str, stamp: int) -> FeatureSpec:
+    return load_feature_spec(name)
 
 
 def _describe(exc: ValidationError, model: type[BaseModel]) -> str:

@@ -34,6 +34,7 @@ from moon_rec.data.embeddings import (
     MoonEmbeddings,
 )
 from moon_rec.data.errors import DataError
+from moon_rec.data.feature_spec import FeatureSpec, FittedFeatures, fit_features
 from moon_rec.data.training_set import read_training_set
 from moon_rec.ranking.features import RankerBatch, make_batch, query_tokens
 
@@ -72,6 +73,9 @@ class TrainingSet:
         query_tokens: [N, 8] hashed tokens padded with -1; query_token_lengths [N].
         hist_item_ids, hist_category_ids: [N, L] padded with -1; hist_lengths [N] (<= L).
         is_test, is_cold, look_driven: [N] bool.
+        extra_raw: the spec's extra features as stored, [N] each (int64 ids, -1 for null;
+            float64, NaN for null); :meth:`encode_features` turns them into
+        extra_ids ([N] table rows per sparse extra) and dense ([N, F] float32).
     """
 
     path: str
@@ -94,6 +98,26 @@ class TrainingSet:
     look_driven: np.ndarray
     query_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     has_query: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    extra_raw: dict[str, np.ndarray] = field(default_factory=dict)
+    extra_ids: dict[str, np.ndarray] = field(default_factory=dict)
+    dense: np.ndarray | None = None
+
+    def fit_features(self, spec: FeatureSpec) -> FittedFeatures:
+        """Fit ``spec``'s extras on the train split (DataError naming the feature: nulls
+        without a fill rule, a vocabulary overflow)."""
+        try:
+            return fit_features(spec, self.extra_raw, ~self.is_test)
+        except ValueError as exc:
+            raise DataError(str(exc), file=self.path) from None
+
+    def encode_features(self, fitted: FittedFeatures) -> None:
+        """Set ``extra_ids`` and ``dense`` from ``extra_raw`` through ``fitted``."""
+        try:
+            self.extra_ids, self.dense = fitted.encode(self.extra_raw)
+        except ValueError as exc:
+            raise DataError(str(exc), file=self.path) from None
+        if not fitted.spec.extras():
+            self.dense = np.zeros((len(self), 0), np.float32)
 
     def __len__(self) -> int:
         return int(self.item_id.shape[0])
@@ -131,6 +155,8 @@ class TrainingSet:
             query_embedding=q,
             has_query=has,
             labels=self.clicked[rows],
+            extra_ids={k: v[rows] for k, v in self.extra_ids.items()},
+            dense=None if self.dense is None else self.dense[rows],
         )
 
 
@@ -145,20 +171,24 @@ def _ids(table: pa.Table, name: str, file: str) -> np.ndarray:
         raise DataError(f"expected integers ({exc})", file=file, column=name) from exc
 
 
-def load_training_set(path: str | Path, max_seq_len: int, query_token_buckets: int) -> TrainingSet:
+def load_training_set(
+    path: str | Path, max_seq_len: int, query_token_buckets: int,
+    spec: FeatureSpec | None = None,
+) -> TrainingSet:
     """Read a training-set parquet (file or directory) into padded arrays.
 
     Args:
         path: the training set.
         max_seq_len: L, behaviours kept per row (most recent first).
         query_token_buckets: hash buckets of query tokens.
+        spec: also read the spec's extra feature columns (raw, into ``extra_raw``).
 
     Raises:
         DataError: missing column, null id, label outside {0, 1}, split outside
             {train, test}, different history lengths of items and categories.
     """
     where = str(path)
-    table = read_training_set(path)
+    table = read_training_set(path, spec)
     n = table.num_rows
     clicked = _ids(table, "clicked", where)
     bad = np.flatnonzero((clicked != 0) & (clicked != 1))
@@ -207,8 +237,22 @@ def load_training_set(path: str | Path, max_seq_len: int, query_token_buckets: i
             return np.zeros(n, bool)
         return table.column(name).fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
 
+    extra_raw: dict[str, np.ndarray] = {}
+    for e in spec.extras() if spec is not None else []:
+        col = table.column(e.column)
+        try:
+            if e.kind == "categorical":
+                extra_raw[e.column] = (col.cast(pa.int64()).fill_null(-1)
+                                       .to_numpy(zero_copy_only=False).astype(np.int64))
+            else:
+                extra_raw[e.column] = (col.cast(pa.float64()).fill_null(np.nan)
+                                       .to_numpy(zero_copy_only=False).astype(np.float64))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise DataError(f"feature {e.column}: not a {e.kind} column ({exc})", file=where,
+                            column=e.column) from exc
     return TrainingSet(
         path=where,
+        extra_raw=extra_raw,
         request_id=_ids(table, "request_id", where),
         user_id=_ids(table, "user_id", where),
         item_id=_ids(table, "item_id", where),

@@ -131,7 +131,8 @@ def load_ranker(
         own_content, own_codes = snapshot_lookups(config, meta, state, embeddings)
         content = own_content if need_content else content
         semantic_ids = own_codes if need_codes else semantic_ids
-    model = MoonRanker(config, TableSizes(**meta["tables"]), content, semantic_ids)
+    features = rdir.features(meta)
+    model = MoonRanker(config, TableSizes(**meta["tables"]), content, semantic_ids, features)
     own = model.state_dict()
     # the snapshot's vectors and codes (not in model.pt); a given lookup replaces the one
     # the ranker was trained with
@@ -241,7 +242,11 @@ def score_test_split(
     model, meta = load_ranker(model_dir, embeddings=embeddings)
     config = model.config
     ts_path = training_set or meta["training_set"]
-    data = load_training_set(ts_path, config.max_seq_len, config.query_token_buckets)
+    features = model.features
+    assert features is not None  # load_ranker always gives the ranker its features
+    data = load_training_set(ts_path, config.max_seq_len, config.query_token_buckets,
+                             features.spec)
+    data.encode_features(features)
     emb: MoonEmbeddings | None = None
     if config.uses_moon:
         q_path = query_embeddings or meta.get("query_embeddings")

@@ -11,8 +11,13 @@ caller can never index past a table. Two KeyedJaggedTensors:
   (one value each: the target) and ``hist_item_ids``, ``hist_category_ids`` (the behaviour
   sequence, most recent first, zero or more values each, the same count for both).
 
+The feature spec's sparse extras (:mod:`moon_rec.data.feature_spec`) follow
+POOLED_FEATURES in ``pooled``, one value each, already table rows
+(``FittedFeatures.encode``).
+
 Dense: ``query_embedding`` [B, C], the MOON embedding of the query text (zeros where there
-is none, with ``has_query`` False); ``labels`` [B] clicks as float.
+is none, with ``has_query`` False); ``dense`` [B, F] the spec's transformed numeric
+features (F may be 0); ``labels`` [B] clicks as float.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class RankerBatch:
         query_embedding: [B, C] float (C = moon_dim; C may be 0 for the ``ids`` set).
         has_query: [B] bool.
         labels: [B] float in {0, 1} (zeros when unknown, e.g. at serving).
+        dense: [B, F] float, the spec's transformed numeric features (F may be 0).
     """
 
     pooled: KeyedJaggedTensor
@@ -67,6 +73,7 @@ class RankerBatch:
     query_embedding: torch.Tensor
     has_query: torch.Tensor
     labels: torch.Tensor
+    dense: torch.Tensor
 
     @property
     def batch_size(self) -> int:
@@ -79,6 +86,7 @@ class RankerBatch:
             query_embedding=self.query_embedding.to(device, non_blocking=non_blocking),
             has_query=self.has_query.to(device, non_blocking=non_blocking),
             labels=self.labels.to(device, non_blocking=non_blocking),
+            dense=self.dense.to(device, non_blocking=non_blocking),
         )
 
 
@@ -107,6 +115,8 @@ def make_batch(
     query_embedding: np.ndarray,
     has_query: np.ndarray,
     labels: np.ndarray | None = None,
+    extra_ids: dict[str, np.ndarray] | None = None,
+    dense: np.ndarray | None = None,
 ) -> RankerBatch:
     """Build a RankerBatch from padded numpy arrays (B rows).
 
@@ -117,6 +127,8 @@ def make_batch(
             hist_lengths: [B] valid count (the rest is padding, never read).
         query_embedding: [B, C] float32; has_query: [B] bool.
         labels: [B] clicks (None: zeros).
+        extra_ids: the spec's sparse extras, [B] table rows each, in spec order.
+        dense: [B, F] the spec's transformed numerics (None: F = 0).
     """
     b = int(item_id.shape[0])
     one = np.ones(b, dtype=np.int32)
@@ -124,10 +136,11 @@ def make_batch(
     h_len = np.minimum(hist_lengths, hist_item_ids.shape[1]).astype(np.int32)
     q_mask = np.arange(query_tokens_padded.shape[1])[None, :] < q_len[:, None]
     h_mask = np.arange(hist_item_ids.shape[1])[None, :] < h_len[:, None]
+    extra = extra_ids or {}
     pooled = _kjt(
-        POOLED_FEATURES,
-        [user_id, brand_id, position, query_tokens_padded[q_mask]],
-        [one, one, one, q_len],
+        POOLED_FEATURES + tuple(extra),
+        [user_id, brand_id, position, query_tokens_padded[q_mask], *extra.values()],
+        [one, one, one, q_len, *(one for _ in extra)],
     )
     sequence = _kjt(
         SEQUENCE_FEATURES,
@@ -141,6 +154,10 @@ def make_batch(
         has_query=torch.from_numpy(np.asarray(has_query, dtype=bool)),
         labels=torch.from_numpy(
             np.zeros(b, np.float32) if labels is None else np.asarray(labels, np.float32)
+        ),
+        dense=torch.from_numpy(
+            np.zeros((b, 0), np.float32) if dense is None
+            else np.ascontiguousarray(dense, dtype=np.float32)
         ),
     )
 
@@ -160,6 +177,8 @@ def request_batch(
     content_dim: int,
     position: int = 0,
     max_query_tokens: int = 8,
+    extra_ids: dict[str, np.ndarray] | None = None,
+    dense: np.ndarray | None = None,
 ) -> RankerBatch:
     """The RankerBatch of one ranking request: B candidates of one user and query.
 
@@ -175,6 +194,8 @@ def request_batch(
         query_embedding: [C] the query's MOON embedding (None: none, ``has_query`` False).
         content_dim: C (0 for the ``ids`` feature set).
         position: the display position every candidate is scored at.
+        extra_ids, dense: the spec's extras of the B candidates, encoded
+            (``FittedFeatures.encode``; None: the spec has none).
     """
     b = len(item_ids)
     toks = query_tokens(query_text, query_token_buckets, max_query_tokens)
@@ -204,4 +225,6 @@ def request_batch(
         hist_lengths=np.full(b, h, np.int64),
         query_embedding=q,
         has_query=np.full(b, has_q, bool),
+        extra_ids=extra_ids,
+        dense=dense,
     )

@@ -7,6 +7,12 @@ The pairwise dots (``over_arch.interaction: dot``) are taken between the user, b
 position, query-token, target item and category embeddings, the behaviour module's
 ID-space interests and (``ids+moon``) a linear projection of the target's MOON embedding.
 
+The feature spec's extras (:class:`moon_rec.data.feature_spec.FittedFeatures`): each
+sparse extra (categorical, bucketised numeric) is a pooled table of the SparseArch; those
+of the ranker's ``embedding_dim`` also join the pairwise dots; the transformed numerics
+(``batch.dense``) go straight into the over-arch. A spec without extras builds exactly the
+model of before (same modules, same order, same seeded weights).
+
 where the MOON dense features (``ids+moon`` only) are the target's MOON embedding at the
 configured Matryoshka size and its cosine with the query's MOON embedding.
 
@@ -36,6 +42,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from moon_rec.data.feature_spec import FittedFeatures
 from moon_rec.ranking.behaviours import BehaviourInputs, build_behaviour_module, cosine
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.features import RankerBatch
@@ -78,6 +85,7 @@ class MoonRanker(nn.Module):
             ``nn.Module``) in serving.
         semantic_ids: the item -> code lookup (required when ``config.semantic_ids`` is
             set, ignored otherwise): a ``SemanticIdTable``, or any ``SemanticIdLookup``.
+        features: the spec's extras as fitted on the train split (None: none).
 
     Example::
 
@@ -93,6 +101,7 @@ class MoonRanker(nn.Module):
         tables: TableSizes,
         content: ContentLookup | None = None,
         semantic_ids: SemanticIdLookup | None = None,
+        features: FittedFeatures | None = None,
     ) -> None:
         super().__init__()
         if config.uses_moon and content is None:
@@ -108,7 +117,15 @@ class MoonRanker(nn.Module):
                 )
         self.config = config
         self.tables = tables
-        self.sparse_arch = SparseArch(config, tables)
+        self.features = features
+        d = config.embedding_dim
+        extra_tables = features.tables(d) if features is not None else []
+        self.dense_dim = len(features.dense_names) if features is not None else 0
+        self.sparse_arch = SparseArch(config, tables, extra_tables)
+        # sparse extras of width D join the ID-space vectors (dots); the others the MLP only
+        dims = self.sparse_arch.extra_dims
+        self.extra_in_dots = [i for i, e in enumerate(dims) if e == d]
+        self.extra_outside = [i for i, e in enumerate(dims) if e != d]
         self.content_arch: ContentLookup | None = content if config.uses_moon else None
         self.semantic_id_table: SemanticIdLookup | None = semantic_ids if sid else None
         self.semantic_id_arch = SemanticIdArch(config) if sid is not None else None
@@ -125,11 +142,10 @@ class MoonRanker(nn.Module):
         )
         self.behaviour = build_behaviour_module(config.behaviour, self.target_dim, content_dim)
         moon_dense = content_dim + 1 if config.uses_moon else 0
-        d = config.embedding_dim
         self.interaction: PairwiseDotArch | None = None
         n_vectors = (
             self.sparse_arch.pooled_dim + self.target_dim + self.behaviour.id_space_dim
-        ) // d
+        ) // d + len(self.extra_in_dots)
         # The target's MOON embedding, projected into the ID space, joins the dot products:
         # user . W content is a learned taste x style term that also works for cold items.
         self.content_projection: nn.Linear | None = None
@@ -144,6 +160,8 @@ class MoonRanker(nn.Module):
             + self.behaviour.output_dim
             + moon_dense
             + (self.interaction.output_dim if self.interaction is not None else 0)
+            + sum(dims)
+            + self.dense_dim
         )
         self.over_arch = OverArch(in_features, config.over_arch)
         self.dot_logit: nn.Linear | None = None
@@ -152,7 +170,14 @@ class MoonRanker(nn.Module):
             nn.init.zeros_(self.dot_logit.weight)
 
     def behaviour_inputs(self, batch: RankerBatch) -> tuple[torch.Tensor, BehaviourInputs]:
-        """The pooled ID features [B, P*D] and the behaviour modules' inputs of ``batch``."""
+        """The ID-space features [B, P*D + E (+ D per D-wide sparse extra)] and the
+        behaviour modules' inputs of ``batch``; the other extras in ``self._outside``."""
+        ids, inputs, _ = self._inputs(batch)
+        return ids, inputs
+
+    def _inputs(
+        self, batch: RankerBatch
+    ) -> tuple[torch.Tensor, BehaviourInputs, list[torch.Tensor]]:
         sparse = self.sparse_arch(batch.pooled, batch.sequence)
         target, behaviours = sparse.target, sparse.behaviours
         item_ids = None
@@ -192,7 +217,9 @@ class MoonRanker(nn.Module):
             inputs.content_mask = found[:, 1:] & sparse.mask
             inputs.query_content = batch.query_embedding
             inputs.query_mask = batch.has_query
-        return torch.cat([sparse.pooled, target], dim=1), inputs
+        in_dots = [sparse.extra[i] for i in self.extra_in_dots]
+        outside = [sparse.extra[i] for i in self.extra_outside]
+        return torch.cat([sparse.pooled, *in_dots, target], dim=1), inputs, outside
 
     def forward(self, batch: RankerBatch) -> torch.Tensor:
         """
@@ -202,7 +229,7 @@ class MoonRanker(nn.Module):
         Returns:
             click logits [B].
         """
-        ids, inputs = self.behaviour_inputs(batch)
+        ids, inputs, outside = self._inputs(batch)
         behaviour = self.behaviour(inputs)
         parts = [ids, behaviour]
         wide = None
@@ -220,4 +247,7 @@ class MoonRanker(nn.Module):
         if inputs.target_content is not None:
             assert inputs.query_similarity is not None  # set beside the content
             parts += [inputs.target_content, inputs.query_similarity.unsqueeze(1)]
+        parts += outside
+        if self.dense_dim:
+            parts.append(batch.dense)
         return self.over_arch(torch.cat(parts, dim=1), wide)

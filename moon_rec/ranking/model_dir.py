@@ -1,7 +1,9 @@
 """The ranker's model directory: the one owner of its layout.
 
     meta.json      config, table sizes, the embedding snapshot's model_version and path,
-                   inputs, progress (``done`` once training finished)
+                   inputs, progress (``done`` once training finished), and ``features``:
+                   the feature spec the ranker read and its extras' fitted transforms and
+                   table rows (``FittedFeatures``, fitted on the train split)
     model.pt       the trained weights (unsharded), written on rank 0 at the end. The frozen
                    MOON vectors and semantic-ID codes are not copied into it: it keeps the
                    item ids the ranker was trained on, and loading reads their vectors and
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 
 from moon_rec import runtime
+from moon_rec.data.feature_spec import FeatureSpecError, FittedFeatures, load_feature_spec
 
 META = "meta.json"
 WEIGHTS = "model.pt"
@@ -83,6 +86,23 @@ class RankerDir:
             return None
         meta = self.read_meta()
         return meta if meta.get("done") else None
+
+    def features(self, meta: dict[str, Any] | None = None) -> FittedFeatures:
+        """The feature spec and fitted transforms the ranker was trained with (a model
+        directory written before specs existed: its ``feature_set``'s spec, which then has
+        no extras). FeatureSpecError naming the directory when they do not read."""
+        meta = self.read_meta() if meta is None else meta
+        try:
+            if "features" in meta:
+                return FittedFeatures.from_dict(meta["features"])
+            spec = load_feature_spec(meta["config"].get("feature_set", "ids"))
+        except (ValueError, KeyError) as exc:
+            raise FeatureSpecError(f"{self.meta_file}: its feature spec does not read ({exc})"
+                                   ) from None
+        if spec.extras():
+            raise FeatureSpecError(f"{self.meta_file}: no fitted features recorded for spec "
+                                   f"{spec.name!r}; retrain the ranker")
+        return FittedFeatures(spec=spec)
 
     # -- weights ------------------------------------------------------------------------
     def save_weights(self, state: dict[str, Any]) -> None:

@@ -12,7 +12,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -122,6 +123,7 @@ class SparseFeatures:
         packed_behaviours: [N, E] the real behaviours' embeddings, N = mask.sum(), in the
             row-major order of ``mask`` (``behaviours[mask]``, straight from the jagged
             lookup, so no gather): what the attention scores.
+        extra: the feature spec's sparse extras, [B, d_f] each, in spec order.
     """
 
     pooled: torch.Tensor
@@ -129,6 +131,7 @@ class SparseFeatures:
     behaviours: torch.Tensor
     mask: torch.Tensor
     packed_behaviours: torch.Tensor | None = None
+    extra: list[torch.Tensor] = field(default_factory=list)
 
 
 class SparseArch(nn.Module):
@@ -137,6 +140,9 @@ class SparseArch(nn.Module):
     Args:
         config: the ranker config (embedding_dim D, max_seq_len L, id_policy).
         tables: rows of each table.
+        extra_tables: the feature spec's sparse extras, (table, feature names, rows, dim)
+            each (``FittedFeatures.tables``): more pooled tables in the same
+            EmbeddingBagCollection (sharded with the others), after the base ones.
 
     Example::
 
@@ -145,12 +151,20 @@ class SparseArch(nn.Module):
         out.behaviours.shape                       # [B, 50, 32]
     """
 
-    def __init__(self, config: RankerConfig, tables: TableSizes) -> None:
+    def __init__(
+        self,
+        config: RankerConfig,
+        tables: TableSizes,
+        extra_tables: Sequence[tuple[str, list[str], int, int]] = (),
+    ) -> None:
         super().__init__()
         d = config.embedding_dim
         self.max_seq_len = config.max_seq_len
         self.embedding_dim = d
-        self.remap = IdRemap(tables.feature_rows(), config.id_policy)
+        extra_rows = {f: rows for _, feats, rows, _ in extra_tables for f in feats}
+        self.extra_features = [f for _, feats, _, _ in extra_tables for f in feats]
+        self.extra_dims = [dim for _, feats, _, dim in extra_tables for _ in feats]
+        self.remap = IdRemap(tables.feature_rows() | extra_rows, config.id_policy)
         self.item_id_dropout = float(config.item_id_dropout)
         self.item_oov_row = tables.item - 1
         scale = float(config.embedding_init_scale)
@@ -186,6 +200,16 @@ class SparseArch(nn.Module):
                     feature_names=["query_tokens"],
                     pooling=PoolingType.MEAN,
                 ),
+            ]
+            + [
+                EmbeddingBagConfig(
+                    name=f"extra_{name}",
+                    embedding_dim=dim,
+                    **init,
+                    num_embeddings=rows,
+                    feature_names=list(feats),
+                )
+                for name, feats, rows, dim in extra_tables
             ]
         )
         # Target and behaviours share the item and category tables (feature_names).
@@ -241,6 +265,7 @@ class SparseArch(nn.Module):
             # lengths beyond max_seq_len (not from make_batch) hold more values than mask
             # has real places: the attention then sees the counts differ and gathers
             packed_behaviours=packed,
+            extra=[bags[k] for k in self.extra_features],
         )
 
     def _drop_item_ids(self, sequence: KeyedJaggedTensor) -> KeyedJaggedTensor:

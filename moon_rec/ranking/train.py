@@ -51,6 +51,7 @@ from tqdm import tqdm
 from moon_rec import runtime
 from moon_rec.data.embeddings import MoonEmbeddings, load_moon_embeddings
 from moon_rec.data.errors import DataError
+from moon_rec.data.feature_spec import FittedFeatures
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.data import TrainingSet, load_training_set
 from moon_rec.ranking.item_tables import CONTENT_TABLE, FrozenContentTable, SemanticIdTable
@@ -140,15 +141,18 @@ def build_model(
     embeddings: MoonEmbeddings | None,
     seed: int,
     data: TrainingSet | None = None,
+    features: FittedFeatures | None = None,
 ) -> MoonRanker:
     """The unsharded model with seeded initial weights (identical on every rank).
 
-    With ``data``, the rows of user / item / brand ids that never occur in its train split
+    ``features``: the spec's extras as fitted on the train split (their tables and dense
+    inputs). With ``data``, the rows of user / item / brand ids that never occur in its train split
     start at zero: they are never trained, and at test time (cold items) random initial
     values would only add noise."""
     torch.manual_seed(seed)
     model = MoonRanker(
-        config, tables, content_arch(embeddings, config), semantic_id_table(embeddings, config)
+        config, tables, content_arch(embeddings, config), semantic_id_table(embeddings, config),
+        features,
     )
     if data is not None:
         zero_unseen_rows(model, data)
@@ -381,9 +385,11 @@ def _meta(
     embeddings: MoonEmbeddings | None,
     training_set: str,
     embeddings_path: str | None,
+    features: FittedFeatures,
 ) -> dict[str, Any]:
     return {
         "config": config.to_dict(),
+        "features": features.to_dict(),
         "tables": asdict(tables),
         "model_version": embeddings.model_version if embeddings is not None else None,
         "moon_dim": config.moon_dim,
@@ -436,7 +442,12 @@ def train_ranker(
     rdir = RankerDir(out)
     started = time.perf_counter()
     with runtime.process_group(device) as env:
-        data = load_training_set(training_set, config.max_seq_len, config.query_token_buckets)
+        spec = config.feature_spec()
+        data = load_training_set(training_set, config.max_seq_len, config.query_token_buckets,
+                                 spec)
+        # fitted on the train split only, before anything trains (bad features named here)
+        features = data.fit_features(spec)
+        data.encode_features(features)
         emb = None
         if embeddings is not None:
             emb = load_moon_embeddings(embeddings, config.moon_dim, queries=query_embeddings)
@@ -452,14 +463,15 @@ def train_ranker(
             )
         tables = table_sizes(data, config)
         meta = _meta(
-            config, tables, emb, str(training_set), str(embeddings) if embeddings else None
+            config, tables, emb, str(training_set), str(embeddings) if embeddings else None,
+            features,
         )
         meta["query_embeddings"] = (
             str(Path(query_embeddings).resolve()) if query_embeddings else None
         )
         meta["n_queries"] = len(emb.query_index) if emb is not None else 0
         seed = config.train.seed
-        model = build_model(config, tables, emb, seed, data)
+        model = build_model(config, tables, emb, seed, data, features)
         ckpt_path = rdir.checkpoint_file
         if emb is not None and not (resume and ckpt_path.is_file()):
             # a resumed run restores the post-trained head from its checkpoint
@@ -582,6 +594,7 @@ def _save_checkpoint(
         "config": meta["config"],
         "training_set": meta["training_set"],
         "model_version": meta["model_version"],
+        "features": meta["features"],
     }
     runtime.barrier()  # every rank's fused state is on disk before the main file names the step
     if env.is_main:
@@ -600,7 +613,7 @@ def _resume(
     load at any world size; the fused (sparse) optimizer state needs the same world size,
     else it restarts (with a warning)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("config", "training_set", "model_version"):
+    for key in ("config", "training_set", "model_version", "features"):
         if state.get(key) != meta[key]:
             raise ValueError(
                 f"{path}: checkpoint was made with another {key}; pass --no-resume or a new --out"

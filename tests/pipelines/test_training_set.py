@@ -137,3 +137,30 @@ def test_training_set_on_tiny_world(tiny_world: Path, tmp_path: Path) -> None:
             assert max(hist) < ts and hist == sorted(hist, reverse=True)
     assert summary["train_rows"] > 0 and summary["test_rows"] > 0
     assert t.column("category_id").null_count == 0
+
+
+def test_training_set_has_exactly_the_specs_columns(
+    tmp_path: Path, time0: datetime, hour: timedelta
+) -> None:
+    """``--features full``: the base columns, then one per extra feature of the spec, in
+    spec order, point-in-time like the others (counts strictly before each row's ts)."""
+    from moon_rec.data.feature_spec import load_feature_spec
+    from moon_rec.data.training_set import training_set_schema
+
+    world = _world(tmp_path / "w", time0, hour)
+    out = tmp_path / "train.parquet"
+    spec = load_feature_spec("full")
+    summary = build_training_set(world, out, seq_len=2, features="full")
+    t = pq.read_table(out)
+    extras = [e.column for e in spec.extras()]
+    assert t.column_names == TRAINING_SET_SCHEMA.names + extras
+    assert t.schema.equals(training_set_schema(spec))
+    assert summary["extra_columns"] == extras
+    rows = t.to_pylist()
+    assert rows[3]["price"] == 1.0 and rows[3]["price_bucket"] == 1.0  # item 10
+    assert rows[3]["spu_id"] == 1
+    # counts as of each row's ts (the stats snapshots are daily: none has passed yet)
+    assert rows[3]["n_clicks"] == 0.0 and rows[6]["n_impressions"] == 0.0
+    # the ids spec keeps exactly today's columns
+    build_training_set(world, tmp_path / "ids.parquet", seq_len=2, features="ids")
+    assert pq.read_table(tmp_path / "ids.parquet").schema.equals(TRAINING_SET_SCHEMA)

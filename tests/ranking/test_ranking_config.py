@@ -99,7 +99,7 @@ def test_behaviour_kinds_are_one_registry() -> None:
     for kind, spec in BEHAVIOUR_KINDS.items():
         data = {"feature_set": "ids", "behaviour": {"module": kind}}
         if spec.needs_content:
-            with pytest.raises(ConfigError, match="needs feature_set 'ids\\+moon'"):
+            with pytest.raises(ConfigError, match="needs a feature_set with a moon_embedding feature"):
                 RankerConfig.from_dict(data)
         else:
             assert RankerConfig.from_dict(data).behaviour.module == kind

@@ -1,0 +1,245 @@
+"""The feature spec: YAML round trip, rules named by feature, transforms fitted on the
+train split, the store check, and a ranker trained on a spec's extra features."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from feast import Entity, FeatureView, Field, FileSource, ValueType
+from feast.types import Array, Float64, Int64, String
+
+from moon_rec.data.errors import DataError
+from moon_rec.data.feature_spec import (
+    FeatureSpec,
+    FeatureSpecError,
+    dump_feature_spec,
+    fit_features,
+    known_specs,
+    load_feature_spec,
+)
+from moon_rec.featurestore.services import check_spec, feature_services, service_name
+from moon_rec.ranking.config import ConfigError, load_ranker_config
+from moon_rec.ranking.synthetic import SyntheticPaths
+
+BASE = [
+    {"source": "item_attributes:category_id", "kind": "categorical", "table": "category"},
+    {"source": "item_attributes:brand_id", "kind": "categorical", "table": "brand"},
+    {"source": "user_behaviour:hist_item_ids", "kind": "id_sequence", "table": "item"},
+    {"source": "user_behaviour:hist_category_ids", "kind": "id_sequence",
+     "table": "category"},
+]
+
+
+def _spec(*extra: dict[str, object], name: str = "t") -> dict[str, object]:
+    return {"name": name, "features": [*BASE, *extra]}
+
+
+@pytest.mark.parametrize("name", ["ids", "ids+moon", "full"])
+def test_spec_round_trips_through_yaml(name: str, tmp_path: Path) -> None:
+    spec = load_feature_spec(name)
+    again = load_feature_spec(dump_feature_spec(spec, tmp_path / "s.yaml"))
+    assert again == spec
+    assert FeatureSpec.from_dict(json.loads(json.dumps(spec.model_dump()))) == spec
+
+
+def test_known_specs_and_what_they_read() -> None:
+    assert {"ids", "ids+moon", "full"} <= set(known_specs())
+    assert not load_feature_spec("ids").extras()
+    assert load_feature_spec("ids+moon").uses_moon
+    assert "item_embedding:emb_32" in load_feature_spec("ids+moon").feast_features(32)
+    full = load_feature_spec("full")
+    assert "item_attributes:price" in full.feast_features()
+    assert [e.column for e in full.dense_extras()][:1] == ["price"]
+    assert {e.column for e in full.sparse_extras()} == {"spu_id", "price_bucket"}
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (_spec({"source": "item_attributes:price", "kind": "numerc"}), r"feature price: kind"),
+        (_spec({"source": "item_attributes:price", "kind": "numeric", "lenght": 3}),
+         r"feature price: unknown key lenght"),
+        (_spec({"source": "price", "kind": "numeric"}), r"feature price: source: .*view:field"),
+        (_spec({"source": "item_attributes:price", "kind": "numeric",
+                "transform": ["log1p", "bucketise"], "buckets": 4}), r"bucketise is a transform"),
+        (_spec({"source": "item_attributes:price", "kind": "categorical", "fill": 0}),
+         r"feature price: .*numeric"),
+        (_spec({"source": "item_attributes:spu_id", "kind": "categorical"},
+               {"source": "item_attributes:spu_id", "kind": "numeric"}),
+         r"feature spu_id: named twice"),
+        ({"name": "t", "features": BASE[1:]}, r"feature category_id: missing"),
+        (_spec({"source": "item_attributes:spu_id", "kind": "categorical", "table": "brand"}),
+         r"table brand: a table of the base ranker"),
+    ],
+)
+def test_bad_specs_are_named(data: dict[str, object], match: str) -> None:
+    with pytest.raises(FeatureSpecError, match=match):
+        FeatureSpec.from_dict(data)
+
+
+def test_unknown_spec_lists_the_known(tmp_path: Path) -> None:
+    with pytest.raises(FeatureSpecError, match=r"unknown feature spec 'nope'.*known: .*full"):
+        load_feature_spec("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_spec({"source": "item_attributes:price",
+                                         "kind": "numeric", "transform": ["log2"]})))
+    with pytest.raises(FeatureSpecError, match=r"bad.yaml: feature price: transform"):
+        load_feature_spec(bad)
+    with pytest.raises(ConfigError, match=r"feature_set: .*unknown feature spec 'nope'"):
+        from moon_rec.ranking.config import RankerConfig
+
+        RankerConfig.from_dict({"feature_set": "nope"})
+
+
+def test_transforms_fit_on_train_only_and_nulls_need_a_fill() -> None:
+    spec = FeatureSpec.from_dict(_spec(
+        {"source": "item_attributes:price", "kind": "numeric",
+         "transform": ["log1p", "standardise"], "fill": "mean"},
+        {"source": "item_attributes:n_clicks", "kind": "numeric", "transform": ["bucketise"],
+         "buckets": 2, "fill": 0},
+        {"source": "item_attributes:spu_id", "kind": "categorical"},
+    ))
+    raw = {"price": np.array([0.0, np.nan, 2.0, 1000.0]),
+           "n_clicks": np.array([1.0, 5.0, np.nan, 99.0]),
+           "spu_id": np.array([3, 7, -1, 50])}
+    train = np.array([True, True, True, False])
+    fitted = fit_features(spec, raw, train)
+    t = fitted.transforms["price"]
+    assert t.fill == pytest.approx(1.0)  # mean of the non-null train values 0 and 2
+    assert t.mean == pytest.approx(np.mean(np.log1p([0.0, 1.0, 2.0])))  # not the test 1000
+    assert fitted.rows["spu_id"] == 9  # train max 7 + 2: the test id 50 is OOV
+    ids, dense = fitted.encode(raw)
+    assert dense.shape == (4, 1) and dense.dtype == np.float32
+    assert ids["spu_id"].tolist() == [3, 7, 8, 8]
+    assert ids["n_clicks"].max() < fitted.rows["n_clicks"]
+    again = type(fitted).from_dict(json.loads(json.dumps(fitted.to_dict())))
+    assert again == fitted
+
+    no_fill = FeatureSpec.from_dict(_spec({"source": "item_attributes:price",
+                                           "kind": "numeric"}))
+    with pytest.raises(ValueError, match=r"feature price: 1 null values .*no fill rule"):
+        fit_features(no_fill, {"price": np.array([1.0, np.nan])}, np.array([True, True]))
+    small = FeatureSpec.from_dict(_spec({"source": "item_attributes:spu_id",
+                                         "kind": "categorical", "rows": 5}))
+    with pytest.raises(ValueError, match=r"feature spu_id: id 7 overflows its vocabulary"):
+        fit_features(small, {"spu_id": np.array([1, 7])}, np.array([True, True]))
+    hashed = FeatureSpec.from_dict(_spec({"source": "item_attributes:spu_id",
+                                          "kind": "categorical", "rows": 5, "hash": True}))
+    ids, _ = fit_features(hashed, {"spu_id": np.array([1, 7])},
+                          np.array([True, True])).encode({"spu_id": np.array([1, 7, -1])})
+    assert ids["spu_id"].tolist() == [1, 3, 4]
+
+
+def _views(price_type: object = Float64) -> list[FeatureView]:
+    item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64)
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
+    src = FileSource(name="s", path="/tmp/none.parquet", timestamp_field="event_timestamp")
+    attrs = FeatureView(name="item_attributes", entities=[item], source=src, schema=[
+        Field(name="category_id", dtype=Int64), Field(name="brand_id", dtype=Int64),
+        Field(name="price", dtype=price_type)])
+    seq = FeatureView(name="user_behaviour", entities=[user], source=src, schema=[
+        Field(name="hist_item_ids", dtype=Array(Int64)),
+        Field(name="hist_category_ids", dtype=Array(Int64))])
+    return [attrs, seq]
+
+
+def test_store_lacking_a_feature_or_typing_it_otherwise_is_refused_by_name() -> None:
+    price = {"source": "item_attributes:price", "kind": "numeric", "fill": 0}
+    spec = FeatureSpec.from_dict(_spec(price))
+    check_spec(_views(), spec)  # holds
+    with pytest.raises(FeatureSpecError, match=r"feature price .*holds it as String"):
+        check_spec(_views(String), spec)
+    lacking = FeatureSpec.from_dict(_spec({"source": "item_attributes:n_buys",
+                                           "kind": "numeric", "fill": 0}))
+    with pytest.raises(FeatureSpecError, match=r"feature n_buys .*has no field 'n_buys'"):
+        check_spec(_views(), lacking)
+    other_view = FeatureSpec.from_dict(_spec({"source": "user_stats:clicks_7d",
+                                              "kind": "numeric", "fill": 0}))
+    with pytest.raises(FeatureSpecError, match=r"feature clicks_7d .*no feature view 'user_stats'"):
+        check_spec(_views(), other_view)
+    with pytest.raises(FeatureSpecError, match=r"feature spec 'full': feature spu_id"):
+        feature_services(_views(), ["full"])  # the views here have no spu_id
+    (svc,) = feature_services(_views(), ["ids"])
+    assert svc.name == service_name("ids") == "moon_ids"
+    assert service_name("ids+moon") == "moon_ids_plus_moon"
+
+
+def _with_extras(ranker_data: SyntheticPaths, out: Path, *, null_price: bool = False) -> Path:
+    """The synthetic training set plus stored-feature columns (price of the item, SPU)."""
+    t = pq.read_table(ranker_data.training_set)
+    item = t.column("item_id").to_numpy()
+    price = (item % 17).astype(np.float64) * 3.5
+    price_col = pa.array(price, pa.float64())
+    if null_price:
+        price_col = pa.array([None if i % 5 == 0 else p for i, p in enumerate(price)],
+                             pa.float64())
+    t = t.append_column("price", price_col).append_column(
+        "spu_id", pa.array(item // 3, pa.int64()))
+    pq.write_table(t, out)
+    return out
+
+
+def _spec_file(path: Path, fill: bool = True) -> Path:
+    price = {"source": "item_attributes:price", "kind": "numeric",
+             "transform": ["log1p", "standardise"]}
+    if fill:
+        price["fill"] = "mean"
+    path.write_text(yaml.safe_dump(_spec(
+        price, {"source": "item_attributes:spu_id", "kind": "categorical"}, name="extras")))
+    return path
+
+
+def test_ranker_trains_on_the_specs_extras_and_reloads_them(
+    ranker_data: SyntheticPaths, configs_file: Path, tmp_path: Path
+) -> None:
+    from moon_rec.ranking.evaluate import evaluate_ranker, load_ranker
+    from moon_rec.ranking.train import train_ranker
+
+    ts = _with_extras(ranker_data, tmp_path / "ts.parquet")
+    spec = _spec_file(tmp_path / "extras.yaml")
+    cfg = load_ranker_config(configs_file, "din_ids_tiny").with_overrides(
+        {"feature_set": str(spec), "train": {"epochs": 1}})
+    meta = train_ranker(ts, cfg, tmp_path / "m", progress=False)
+    assert meta["done"] and meta["features"]["spec"]["name"] == "extras"
+    assert set(meta["features"]["transforms"]) == {"price"}
+    model, _ = load_ranker(tmp_path / "m")
+    tables = model.sparse_arch.embedding_bag_collection.embedding_bag_configs()
+    assert [t.name for t in tables][-1] == "extra_spu_id"
+    assert model.dense_dim == 1
+    report = evaluate_ranker(tmp_path / "m")
+    assert 0.5 < report["auc"] <= 1.0
+
+
+def test_a_null_numeric_without_fill_is_named_before_training(
+    ranker_data: SyntheticPaths, configs_file: Path, tmp_path: Path
+) -> None:
+    from moon_rec.ranking.train import train_ranker
+
+    ts = _with_extras(ranker_data, tmp_path / "ts.parquet", null_price=True)
+    spec = _spec_file(tmp_path / "extras.yaml", fill=False)
+    cfg = load_ranker_config(configs_file, "din_ids_tiny").with_overrides(
+        {"feature_set": str(spec)})
+    with pytest.raises(DataError, match=r"feature price: \d+ null values .*no fill rule"):
+        train_ranker(ts, cfg, tmp_path / "m", progress=False)
+    assert not (tmp_path / "m" / "model.pt").exists()
+    # a training set without the spec's columns: named, with the way to build one
+    cfg_full = cfg.with_overrides({"feature_set": "full"})
+    with pytest.raises(DataError, match=r"no column for feature spu_id of feature spec 'full'"):
+        train_ranker(ranker_data.training_set, cfg_full, tmp_path / "m2", progress=False)
+    # and from the CLI: an error line, not a traceback
+    cfg_yaml = tmp_path / "cfg.yaml"
+    cfg_yaml.write_text(yaml.safe_dump(cfg.to_dict()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "moon_rec.cli", "ranker", "train", "--training-set", str(ts),
+         "--config", str(cfg_yaml), "--out", str(tmp_path / "m3"), "--quiet"],
+        capture_output=True, text=True, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "feature price" in proc.stderr and "Traceback" not in proc.stderr
