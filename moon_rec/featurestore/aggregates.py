@@ -83,7 +83,7 @@ def item_ctr_fields() -> tuple[list[str], list[str], list[str]]:
 
 
 def _schema(keys: list[str], ints: list[str], floats: list[str],
-            stamps: list[str] = ()) -> pa.Schema:  # type: ignore[assignment]
+            stamps: tuple[str, ...] = ()) -> pa.Schema:
     return pa.schema(
         [pa.field(k, pa.int64(), nullable=False) for k in keys]
         + [pa.field(TIMESTAMP_FIELD, TIMESTAMP, nullable=False)]
@@ -93,7 +93,7 @@ def _schema(keys: list[str], ints: list[str], floats: list[str],
     )
 
 
-USER_CLICKS_SCHEMA = _schema(["user_id"], user_click_fields(), [], ["user_last_click_ts"])
+USER_CLICKS_SCHEMA = _schema(["user_id"], user_click_fields(), [], ("user_last_click_ts",))
 USER_CATEGORY_SCHEMA = _schema(["user_id", "category_id"], *pair_fields("category"))
 USER_BRAND_SCHEMA = _schema(["user_id", "brand_id"], *pair_fields("brand"))
 _IMP, _CLK, _CTR = item_ctr_fields()

@@ -49,7 +49,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.data_format import ParquetFormat
 from feast.types import Array, Bool, Float32, Float64, Int32, Int64, String, UnixTimestamp
@@ -63,8 +62,8 @@ from moon_rec.featurestore.layout import (
     FEATURE_TTL,
     ITEM_ATTRIBUTES_PUSH,
     ITEM_ATTRIBUTES_VIEW,
-    ITEM_EMBEDDING_PUSH,
     ITEM_CTR_VIEW,
+    ITEM_EMBEDDING_PUSH,
     ITEM_EMBEDDING_VIEW,
     ITEM_EXTRA_ATTRIBUTES_VIEW,
     ITEM_STAT_FIELDS,
