@@ -27,3 +27,14 @@ behaviour_push = _definitions.behaviour_push
 item_embedding = _definitions.item_embedding
 item_attributes = _definitions.item_attributes
 user_behaviour = _definitions.user_behaviour
+# the entities of the user x category / brand views, the daily aggregates and the entity
+# attributes (item_extra_attributes only when the items have extra columns)
+category = _definitions.category
+brand = _definitions.brand
+user_clicks = _definitions.user_clicks
+user_category_clicks = _definitions.user_category_clicks
+user_brand_clicks = _definitions.user_brand_clicks
+item_ctr = _definitions.item_ctr
+user_attributes = _definitions.user_attributes
+if _definitions.item_extra_attributes is not None:
+    item_extra_attributes = _definitions.item_extra_attributes

@@ -19,6 +19,24 @@ Feature views (entity, fields):
     user_behaviour    user: hist_item_ids, hist_category_ids (Array(Int64)), hist_actions
                       (Array(String)), hist_ts (Array(UnixTimestamp)): the last L behaviours
                       strictly before the row's timestamp, most recent first; seq_len (Int64).
+    user_clicks       user: user_clicks_7d, user_clicks_30d (Int64), user_last_click_ts
+                      (UnixTimestamp): daily snapshots, see below.
+    user_category_clicks  user x category (join keys user_id, category_id: the row's
+                      target item's category): user_category_clicks_{7,30}d (Int64),
+                      user_category_share_{7,30}d (Float64).
+    user_brand_clicks user x brand (user_id, brand_id): user_brand_clicks_{7,30}d,
+                      user_brand_share_{7,30}d.
+    item_ctr          item: item_impressions_{7,30}d, item_clicks_{7,30}d (Int64),
+                      item_ctr_{7,30}d (Float64, Beta-prior smoothed; the prior's a, b in
+                      the view's tags).
+    user_attributes   user: signup_ts (UnixTimestamp) and every typed extra column of the
+                      users table (Int64 / Float64 / String / Bool), at signup_ts.
+    item_extra_attributes  item: the items' typed extra columns, at launch_ts; defined
+                      only when the items have extra columns.
+The windowed views are daily snapshots (``moon_rec.featurestore.aggregates``): a row
+stamped at the day boundary D holds the window [D - w, D), so a row stamped t summarises
+only events strictly before t. Their schemas (extra columns, the CTR prior) are read from
+the built tables when they exist.
 Push sources: ``new_item_embedding_push``, ``new_item_attributes_push`` (new items on
 arrival) and ``behaviour_push`` (fresh behaviour).
 """
@@ -27,30 +45,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.data_format import ParquetFormat
-from feast.types import Array, Float32, Float64, Int32, Int64, String, UnixTimestamp
+from feast.types import Array, Bool, Float32, Float64, Int32, Int64, String, UnixTimestamp
 
 from moon_rec.data.embeddings import SEMANTIC_IDS, emb_column
 from moon_rec.featurestore.layout import (
+    AGGREGATE_VIEWS,
+    AGGREGATE_WINDOWS,
     BEHAVIOUR_PUSH,
     DEFAULT_SEQ_LEN,
     FEATURE_TTL,
     ITEM_ATTRIBUTES_PUSH,
     ITEM_ATTRIBUTES_VIEW,
+    ITEM_CTR_VIEW,
     ITEM_EMBEDDING_PUSH,
     ITEM_EMBEDDING_VIEW,
+    ITEM_EXTRA_ATTRIBUTES_VIEW,
     ITEM_STAT_FIELDS,
     SEQUENCE_FIELDS,
     TIMESTAMP_FIELD,
     UNKNOWN_MODEL_VERSION,
+    USER_ATTRIBUTES_VIEW,
     USER_BEHAVIOUR_VIEW,
+    USER_BRAND_CLICKS_VIEW,
+    USER_CATEGORY_CLICKS_VIEW,
+    USER_CLICKS_VIEW,
     FeatureDataPaths,
     embeddings_model_version,
 )
 
 __all__ = [
+    "AGGREGATE_VIEWS",
     "BEHAVIOUR_PUSH",
     "DEFAULT_SEQ_LEN",
     "FEATURE_TTL",
@@ -105,10 +135,122 @@ class FeatureDefinitions:
     item_embedding: FeatureView
     item_attributes: FeatureView
     user_behaviour: FeatureView
+    category: Entity
+    brand: Entity
+    user_clicks: FeatureView
+    user_category_clicks: FeatureView
+    user_brand_clicks: FeatureView
+    item_ctr: FeatureView
+    user_attributes: FeatureView
+    item_extra_attributes: FeatureView | None  # None: the items have no extra column
 
     def objects(self) -> list[object]:
         """All objects, in the order ``FeatureStore.apply`` takes them."""
-        return [getattr(self, name) for name in self.__dataclass_fields__]
+        objs = [getattr(self, name) for name in self.__dataclass_fields__]
+        return [o for o in objs if o is not None]
+
+    def views(self) -> dict[str, FeatureView]:
+        """The feature views by name."""
+        return {o.name: o for o in self.objects() if isinstance(o, FeatureView)}
+
+
+# pyarrow types of the attribute tables' columns -> Feast types
+_FEAST_TYPES: list[tuple[pa.DataType, Any]] = [
+    (pa.int64(), Int64),
+    (pa.float64(), Float64),
+    (pa.string(), String),
+    (pa.bool_(), Bool),
+    (pa.timestamp("us", tz="UTC"), UnixTimestamp),
+]
+
+
+def feast_type(type_: pa.DataType, where: str) -> Any:
+    """The Feast type of an attribute column (``EXTRA_TYPES`` and timestamps)."""
+    for arrow, feast_t in _FEAST_TYPES:
+        if type_.equals(arrow):
+            return feast_t
+    raise ValueError(f"{where}: column type {type_} has no Feast type here "
+                     f"(known: {', '.join(str(a) for a, _ in _FEAST_TYPES)})")
+
+
+def _table_schema(path: str) -> pa.Schema | None:
+    """The schema of a built table, None before the batch job has written it."""
+    return pq.read_schema(path) if Path(path).is_file() else None
+
+
+def _attribute_fields(schema: pa.Schema | None, keys: tuple[str, ...], path: str) -> list[Field]:
+    if schema is None:
+        return []
+    skip = {*keys, TIMESTAMP_FIELD}
+    return [Field(name=f.name, dtype=feast_type(f.type, f"{path}: {f.name}"))
+            for f in schema if f.name not in skip]
+
+
+def aggregate_views(
+    paths: FeatureDataPaths, user: Entity, item: Entity, category: Entity, brand: Entity,
+    source: Any,
+) -> dict[str, FeatureView | None]:
+    """The aggregate and attribute views over ``paths.table(view)`` (see the module
+    docstring); ``item_extra_attributes`` None when the built items have no extra column."""
+    windows = AGGREGATE_WINDOWS
+    daily = ("daily snapshot: the row stamped at day boundary D holds the window [D - w, D) "
+             "(events strictly before D); ")
+
+    def view(name: str, entities: list[Entity], schema: list[Field], description: str,
+             tags: dict[str, str] | None = None) -> FeatureView:
+        return FeatureView(name=name, entities=entities, ttl=FEATURE_TTL, schema=schema,
+                           source=source(f"{name}_parquet", paths.table(name)), online=True,
+                           tags={"windows_days": ",".join(map(str, windows)), **(tags or {})},
+                           description=description)
+
+    def pair(kind: str, entity: Entity) -> FeatureView:
+        return view(
+            f"user_{kind}_clicks", [user, entity],
+            [Field(name=f"user_{kind}_clicks_{w}d", dtype=Int64) for w in windows]
+            + [Field(name=f"user_{kind}_share_{w}d", dtype=Float64) for w in windows],
+            daily + f"the user's clicks on the {kind} (join keys user_id, {kind}_id: the "
+            f"target item's) and their share of the user's clicks in the window; no row: 0",
+        )
+
+    ctr_schema = _table_schema(paths.table(ITEM_CTR_VIEW))
+    meta = {k.decode(): v.decode() for k, v in ((ctr_schema.metadata or {}) if ctr_schema
+                                                  else {}).items() if k.startswith(b"prior_")}
+    user_attr_path = paths.table(USER_ATTRIBUTES_VIEW)
+    item_extra_path = paths.table(ITEM_EXTRA_ATTRIBUTES_VIEW)
+    user_extra = _attribute_fields(_table_schema(user_attr_path), ("user_id", "signup_ts"),
+                                   user_attr_path)
+    item_extra = _attribute_fields(_table_schema(item_extra_path), ("item_id",), item_extra_path)
+    return {
+        USER_CLICKS_VIEW: view(
+            USER_CLICKS_VIEW, [user],
+            [Field(name=f"user_clicks_{w}d", dtype=Int64) for w in windows]
+            + [Field(name="user_last_click_ts", dtype=UnixTimestamp)],
+            daily + "the user's clicks (behaviours) in the window, and the time of the last "
+            "click strictly before the row's time (recency = request ts - "
+            "user_last_click_ts, computed by the consumer; null: no click yet)",
+        ),
+        USER_CATEGORY_CLICKS_VIEW: pair("category", category),
+        USER_BRAND_CLICKS_VIEW: pair("brand", brand),
+        ITEM_CTR_VIEW: view(
+            ITEM_CTR_VIEW, [item],
+            [Field(name=f"item_{n}_{w}d", dtype=Int64) for w in windows
+             for n in ("impressions", "clicks")]
+            + [Field(name=f"item_ctr_{w}d", dtype=Float64) for w in windows],
+            daily + "the item's impressions, clicked impressions and CTR smoothed by a "
+            "Beta(a, b) prior: (clicks + a) / (impressions + a + b), a = m p0, b = m (1 - p0), "
+            "p0 the train-period CTR (tags prior_*)",
+            tags=meta,
+        ),
+        USER_ATTRIBUTES_VIEW: view(
+            USER_ATTRIBUTES_VIEW, [user],
+            [Field(name="signup_ts", dtype=UnixTimestamp), *user_extra],
+            "the user's signup time and the users table's typed extra columns, at signup_ts",
+        ),
+        ITEM_EXTRA_ATTRIBUTES_VIEW: view(
+            ITEM_EXTRA_ATTRIBUTES_VIEW, [item], item_extra,
+            "the items table's typed extra columns, at launch_ts",
+        ) if item_extra else None,
+    }
 
 
 def build_definitions(
@@ -148,6 +290,10 @@ def build_definitions(
     user = Entity(
         name="user", join_keys=["user_id"], value_type=ValueType.INT64, description="a user"
     )
+    category = Entity(name="category", join_keys=["category_id"], value_type=ValueType.INT64,
+                      description="an item category (with user: the user x category views)")
+    brand = Entity(name="brand", join_keys=["brand_id"], value_type=ValueType.INT64,
+                   description="a brand (with user: the user x brand views)")
 
     def source(name: str, path: str) -> FileSource:
         return FileSource(
@@ -212,6 +358,7 @@ def build_definitions(
         tags={"max_len": str(seq_len)},
         description="the user's last L behaviours strictly before each row's time, most recent first",
     )
+    agg = aggregate_views(paths, user, item, category, brand, source)
     return FeatureDefinitions(
         item=item,
         user=user,
@@ -224,4 +371,12 @@ def build_definitions(
         item_embedding=item_embedding,
         item_attributes=item_attributes,
         user_behaviour=user_behaviour,
+        category=category,
+        brand=brand,
+        user_clicks=agg[USER_CLICKS_VIEW],  # type: ignore[arg-type]
+        user_category_clicks=agg[USER_CATEGORY_CLICKS_VIEW],  # type: ignore[arg-type]
+        user_brand_clicks=agg[USER_BRAND_CLICKS_VIEW],  # type: ignore[arg-type]
+        item_ctr=agg[ITEM_CTR_VIEW],  # type: ignore[arg-type]
+        user_attributes=agg[USER_ATTRIBUTES_VIEW],  # type: ignore[arg-type]
+        item_extra_attributes=agg[ITEM_EXTRA_ATTRIBUTES_VIEW],
     )

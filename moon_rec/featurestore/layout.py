@@ -26,6 +26,23 @@ FEATURE_TTL = timedelta(days=3650)
 ITEM_EMBEDDING_VIEW = "item_embedding"
 ITEM_ATTRIBUTES_VIEW = "item_attributes"
 USER_BEHAVIOUR_VIEW = "user_behaviour"
+# windowed aggregates and entity attributes (moon_rec.featurestore.aggregates)
+USER_CLICKS_VIEW = "user_clicks"
+USER_CATEGORY_CLICKS_VIEW = "user_category_clicks"
+USER_BRAND_CLICKS_VIEW = "user_brand_clicks"
+ITEM_CTR_VIEW = "item_ctr"
+USER_ATTRIBUTES_VIEW = "user_attributes"
+ITEM_EXTRA_ATTRIBUTES_VIEW = "item_extra_attributes"
+AGGREGATE_WINDOWS: tuple[int, ...] = (7, 30)  # days
+# the views over the aggregate / attribute tables, in materialization order
+AGGREGATE_VIEWS: tuple[str, ...] = (
+    USER_CLICKS_VIEW,
+    USER_CATEGORY_CLICKS_VIEW,
+    USER_BRAND_CLICKS_VIEW,
+    ITEM_CTR_VIEW,
+    USER_ATTRIBUTES_VIEW,
+    ITEM_EXTRA_ATTRIBUTES_VIEW,
+)
 ITEM_EMBEDDING_PUSH = "new_item_embedding_push"
 ITEM_ATTRIBUTES_PUSH = "new_item_attributes_push"
 BEHAVIOUR_PUSH = "behaviour_push"
@@ -53,18 +70,35 @@ class FeatureDataPaths:
         item_embeddings: a parquet file or glob of parts (the batch embed job's output).
         item_features: parquet of item attributes/statistics rows.
         user_sequences: parquet of user behaviour sequence rows.
+        aggregates: the folder of the aggregate / attribute tables, one
+            ``{view}.parquet`` per view of ``AGGREGATE_VIEWS`` (default: the folder of
+            ``item_features``, so paths recorded before them still load).
     """
 
     item_embeddings: str
     item_features: str
     user_sequences: str
+    aggregates: str = ""
+
+    def __post_init__(self) -> None:
+        # paths recorded before the aggregate tables existed: they sit beside item_features
+        if not self.aggregates:
+            object.__setattr__(self, "aggregates", str(Path(self.item_features).parent))
+
+    def table(self, view: str) -> str:
+        """The parquet file of aggregate / attribute view ``view`` (``AGGREGATE_VIEWS``):
+        ``{aggregates}/{view}.parquet``."""
+        if view not in AGGREGATE_VIEWS:
+            raise KeyError(f"not an aggregate view: {view}")
+        return str(Path(self.aggregates) / f"{view}.parquet")
 
     @classmethod
     def from_dir(
         cls, data_dir: str | Path, embeddings_dir: str | Path | None = None
     ) -> FeatureDataPaths:
-        """The standard layout: ``DIR/item_features.parquet``, ``DIR/user_sequences.parquet``
-        and embedding parts ``E/part-*.parquet`` (E defaults to ``DIR/item_embeddings``)."""
+        """The standard layout: ``DIR/item_features.parquet``, ``DIR/user_sequences.parquet``,
+        ``DIR/{view}.parquet`` per aggregate view and embedding parts
+        ``E/part-*.parquet`` (E defaults to ``DIR/item_embeddings``)."""
         root = Path(data_dir).expanduser().resolve()
         emb = (
             Path(embeddings_dir).expanduser().resolve()
@@ -75,6 +109,7 @@ class FeatureDataPaths:
             item_embeddings=str(emb / "part-*.parquet"),
             item_features=str(root / "item_features.parquet"),
             user_sequences=str(root / "user_sequences.parquet"),
+            aggregates=str(root),
         )
 
     def embeddings_dir(self) -> Path:

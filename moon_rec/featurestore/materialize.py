@@ -16,8 +16,11 @@ building ValueProto messages (parse from bytes, ``SerializeToString`` again in t
 and per-row Python, ~35% SQLite; now ~70% SQLite itself (5 upserted rows per item, ~2 KB
 each) and ~15% reading the parquet.
 
-Smaller views (attributes, behaviour sequences) go through Feast's own ``materialize``
-with a tuned ``online_write_batch_size``.
+Smaller views (attributes, behaviour sequences, the daily aggregates and entity
+attributes) go through Feast's own ``materialize`` with a tuned
+``online_write_batch_size``: the DuckDB offline store hands it only the latest row per
+entity key in the interval, so its memory grows with the number of keys (users, items,
+user x category / brand pairs), not with the history of snapshots.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from moon_rec.featurestore.definitions import (
     TIMESTAMP_FIELD,
     USER_BEHAVIOUR_VIEW,
 )
-from moon_rec.featurestore.layout import check_view_fits
+from moon_rec.featurestore.layout import AGGREGATE_VIEWS, check_view_fits
 from moon_rec.featurestore.online_stores import EncodedRows, WriteRow, from_epoch_micros
 from moon_rec.featurestore.store import MoonFeatureStore
 
@@ -389,13 +392,29 @@ def materialize_all(
     embeddings: bool = True,
     views: bool = True,
 ) -> list[dict[str, Any]]:
-    """Load the online store: the embeddings (chunked, ``materialize_embeddings``) and the
-    item-attribute and behaviour views (Feast's own path). Returns one report dict per view
-    (what ``moon features materialize`` prints)."""
+    """Load the online store: the embeddings (chunked, ``materialize_embeddings``), the
+    item-attribute and behaviour views and the aggregate / attribute views that have a
+    built table (Feast's own path). Returns one report dict per view (what ``moon
+    features materialize`` prints)."""
     reports: list[dict[str, Any]] = []
     if embeddings:
         reports.append(materialize_embeddings(mfs, batch_rows=batch_rows).as_dict())
     if views:
         reports += [r.as_dict() for r in materialize_views(
-            mfs, [ITEM_ATTRIBUTES_VIEW, USER_BEHAVIOUR_VIEW], batch_rows=batch_rows)]
+            mfs, [ITEM_ATTRIBUTES_VIEW, USER_BEHAVIOUR_VIEW, *aggregate_views_to_load(mfs)],
+            batch_rows=batch_rows)]
     return reports
+
+
+def aggregate_views_to_load(mfs: MoonFeatureStore) -> list[str]:
+    """The aggregate / attribute views of ``mfs`` (``AGGREGATE_VIEWS``) whose table the
+    batch job has written with rows: feature tables built before them, an empty log or
+    items without extra columns leave nothing to load (and Feast would fail on a missing
+    file)."""
+    defined = mfs.definitions.views()
+    out = []
+    for name in AGGREGATE_VIEWS:
+        path = Path(mfs.paths.table(name))
+        if name in defined and path.is_file() and pq.ParquetFile(path).metadata.num_rows:
+            out.append(name)
+    return out

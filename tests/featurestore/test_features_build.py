@@ -55,4 +55,7 @@ def test_a_failed_build_leaves_no_folder_and_keeps_an_existing_one(
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert main(["features", "build", "--world", str(tiny_world), "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"keep.txt", "user_sequences.parquet",
-                                               "item_features.parquet"}
+                                               "item_features.parquet", "user_clicks.parquet",
+                                               "user_category_clicks.parquet",
+                                               "user_brand_clicks.parquet", "item_ctr.parquet",
+                                               "user_attributes.parquet"}

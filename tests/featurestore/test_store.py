@@ -15,8 +15,10 @@ from fs_data import embedding_table
 
 from moon_rec.encoders.config import DEFAULT_DIMS as EMBEDDING_DIMS
 from moon_rec.featurestore.layout import (
+    AGGREGATE_VIEWS,
     ITEM_ATTRIBUTES_VIEW,
     ITEM_EMBEDDING_VIEW,
+    ITEM_EXTRA_ATTRIBUTES_VIEW,
     USER_BEHAVIOUR_VIEW,
 )
 
@@ -35,7 +37,9 @@ def _vectors(t: pa.Table, dim: int) -> np.ndarray:
 def test_apply_registers_views_with_model_version_tag(make_store: Any) -> None:
     mfs = make_store(model_version="v7")
     views = {v.name: v for v in mfs.store.list_feature_views()}
-    assert set(views) == {ITEM_EMBEDDING_VIEW, ITEM_ATTRIBUTES_VIEW, USER_BEHAVIOUR_VIEW}
+    # the aggregate views too; item_extra_attributes only with the items' extra columns
+    assert set(views) == {ITEM_EMBEDDING_VIEW, ITEM_ATTRIBUTES_VIEW, USER_BEHAVIOUR_VIEW,
+                          *AGGREGATE_VIEWS} - {ITEM_EXTRA_ATTRIBUTES_VIEW}
     emb = views[ITEM_EMBEDDING_VIEW]
     assert emb.tags["model_version"] == "v7"
     assert [f.name for f in emb.features] == [
