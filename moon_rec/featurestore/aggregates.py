@@ -28,8 +28,9 @@ Tables (``AGGREGATE_WINDOWS`` = 7, 30 days; ``{w}`` below):
   last click strictly before the row's time; null before the first; recency at a request
   = request ts - user_last_click_ts, computed by the consumer). A base row at
   ``signup_ts`` (zeros) when it precedes the first snapshot.
-- ``user_category_clicks`` (user_id, category_id) and ``user_brand_clicks`` (user_id,
-  brand_id): user_{category,brand}_clicks_{w}d and user_{category,brand}_share_{w}d (the
+- ``user_category_clicks`` (user_id, target_category_id) and ``user_brand_clicks``
+  (user_id, target_brand_id; the category / brand of a ranker row's target item):
+  user_{category,brand}_clicks_{w}d and user_{category,brand}_share_{w}d (the
   key's clicks / the user's clicks in the window; 0 when the user has none).
 - ``item_ctr`` (item_id): item_impressions_{w}d, item_clicks_{w}d (clicked impressions)
   and item_ctr_{w}d = (clicks + a) / (impressions + a + b), a Beta(a, b) prior with
@@ -58,7 +59,12 @@ import pyarrow.compute as pc
 from moon_rec.data.errors import DataError
 from moon_rec.data.rows import RowIndex
 from moon_rec.data.schemas import TABLES, TIMESTAMP
-from moon_rec.featurestore.layout import AGGREGATE_WINDOWS, TIMESTAMP_FIELD
+from moon_rec.featurestore.layout import (
+    AGGREGATE_WINDOWS,
+    TARGET_BRAND_KEY,
+    TARGET_CATEGORY_KEY,
+    TIMESTAMP_FIELD,
+)
 
 DAY = timedelta(days=1)
 DEFAULT_PRIOR_STRENGTH = 20.0
@@ -94,8 +100,8 @@ def _schema(keys: list[str], ints: list[str], floats: list[str],
 
 
 USER_CLICKS_SCHEMA = _schema(["user_id"], user_click_fields(), [], ("user_last_click_ts",))
-USER_CATEGORY_SCHEMA = _schema(["user_id", "category_id"], *pair_fields("category"))
-USER_BRAND_SCHEMA = _schema(["user_id", "brand_id"], *pair_fields("brand"))
+USER_CATEGORY_SCHEMA = _schema(["user_id", TARGET_CATEGORY_KEY], *pair_fields("category"))
+USER_BRAND_SCHEMA = _schema(["user_id", TARGET_BRAND_KEY], *pair_fields("brand"))
 _IMP, _CLK, _CTR = item_ctr_fields()
 ITEM_CTR_SCHEMA = _schema(["item_id"], [x for pair in zip(_IMP, _CLK, strict=True)
                                         for x in pair], _CTR)
@@ -289,7 +295,7 @@ def build_user_clicks(behaviors: pa.Table, users: pa.Table | None = None, *,
 def build_user_pair_clicks(behaviors: pa.Table, items: pa.Table, kind: str, *,
                            grid: DayGrid | None = None) -> pa.Table:
     """``user_{kind}_clicks`` rows (kind: ``category`` | ``brand``), see the module
-    docstring: one row per (user, {kind}_id) at every boundary where the user's window
+    docstring: one row per (user, target_{kind}_id) at every boundary where the user's window
     changes, from the day after the pair's first click to the day its last click leaves
     the longest window (capped at the horizon).
 
@@ -297,8 +303,11 @@ def build_user_pair_clicks(behaviors: pa.Table, items: pa.Table, kind: str, *,
         behaviors: user_id, item_id, ts [B rows].
         items: item_id, {kind}_id (every behaviour's item must be in it).
     """
+    if kind not in ("category", "brand"):
+        raise ValueError(f"kind must be category or brand, got {kind!r}")
     schema = USER_CATEGORY_SCHEMA if kind == "category" else USER_BRAND_SCHEMA
-    column = f"{kind}_id"
+    column = f"{kind}_id"  # of the items table
+    key = TARGET_CATEGORY_KEY if kind == "category" else TARGET_BRAND_KEY
     u = _ints(behaviors, "user_id")
     ts = _micros(behaviors.column("ts"))
     grid = grid or DayGrid.of([ts])
@@ -338,7 +347,7 @@ def build_user_pair_clicks(behaviors: pa.Table, items: pa.Table, kind: str, *,
     cnt_names, share_names = pair_fields(kind)
     cols: dict[str, pa.Array] = {
         "user_id": pa.array(user_ids[qu]),
-        column: pa.array(pairs[row_pair, 1]),
+        key: pa.array(pairs[row_pair, 1]),
         TIMESTAMP_FIELD: _ts_array(grid.stamp(qd)),
     }
     for name, c in zip(cnt_names, counts, strict=True):
@@ -503,3 +512,23 @@ def build_aggregate_tables(
         user_attributes=build_user_attributes(users),
         item_extra_attributes=build_item_extra_attributes(items),
     )
+
+
+def with_target_keys(rows: pa.Table, items: pa.Table) -> pa.Table:
+    """``rows`` (with ``item_id``) plus the join keys of the user x category / brand views:
+    ``target_category_id`` / ``target_brand_id``, the category / brand of each row's item
+    (from ``items``: item_id, category_id, brand_id), as a ranker's entity rows need them.
+
+    Raises:
+        DataError: naming the first row whose item is not in ``items``.
+    """
+    index = RowIndex(_ints(items, "item_id"))
+    at = index.require(_ints(rows, "item_id"), what="items", column="item_id")
+    out = rows
+    for key, column in ((TARGET_CATEGORY_KEY, "category_id"), (TARGET_BRAND_KEY, "brand_id")):
+        values = pa.array(_ints(items, column)[at])
+        if key in out.column_names:
+            out = out.set_column(out.schema.get_field_index(key), key, values)
+        else:
+            out = out.append_column(key, values)
+    return out

@@ -21,10 +21,12 @@ Feature views (entity, fields):
                       strictly before the row's timestamp, most recent first; seq_len (Int64).
     user_clicks       user: user_clicks_7d, user_clicks_30d (Int64), user_last_click_ts
                       (UnixTimestamp): daily snapshots, see below.
-    user_category_clicks  user x category (join keys user_id, category_id: the row's
-                      target item's category): user_category_clicks_{7,30}d (Int64),
+    user_category_clicks  user x target_category (join keys user_id, target_category_id:
+                      the category of the row's target item; not ``category_id``, a field
+                      of item_attributes): user_category_clicks_{7,30}d (Int64),
                       user_category_share_{7,30}d (Float64).
-    user_brand_clicks user x brand (user_id, brand_id): user_brand_clicks_{7,30}d,
+    user_brand_clicks user x target_brand (user_id, target_brand_id):
+                      user_brand_clicks_{7,30}d,
                       user_brand_share_{7,30}d.
     item_ctr          item: item_impressions_{7,30}d, item_clicks_{7,30}d (Int64),
                       item_ctr_{7,30}d (Float64, Beta-prior smoothed; the prior's a, b in
@@ -68,6 +70,8 @@ from moon_rec.featurestore.layout import (
     ITEM_EXTRA_ATTRIBUTES_VIEW,
     ITEM_STAT_FIELDS,
     SEQUENCE_FIELDS,
+    TARGET_BRAND_KEY,
+    TARGET_CATEGORY_KEY,
     TIMESTAMP_FIELD,
     UNKNOWN_MODEL_VERSION,
     USER_ATTRIBUTES_VIEW,
@@ -90,6 +94,8 @@ __all__ = [
     "ITEM_EMBEDDING_VIEW",
     "ITEM_STAT_FIELDS",
     "SEQUENCE_FIELDS",
+    "TARGET_BRAND_KEY",
+    "TARGET_CATEGORY_KEY",
     "TIMESTAMP_FIELD",
     "UNKNOWN_MODEL_VERSION",
     "USER_BEHAVIOUR_VIEW",
@@ -208,8 +214,9 @@ def aggregate_views(
             f"user_{kind}_clicks", [user, entity],
             [Field(name=f"user_{kind}_clicks_{w}d", dtype=Int64) for w in windows]
             + [Field(name=f"user_{kind}_share_{w}d", dtype=Float64) for w in windows],
-            daily + f"the user's clicks on the {kind} (join keys user_id, {kind}_id: the "
-            f"target item's) and their share of the user's clicks in the window; no row: 0",
+            daily + f"the user's clicks on the {kind} (join keys user_id, target_{kind}_id: "
+            f"the target item's {kind}_id) and their share of the user's clicks in the window;"
+            " no row: 0",
         )
 
     ctr_schema = _table_schema(paths.table(ITEM_CTR_VIEW))
@@ -290,10 +297,11 @@ def build_definitions(
     user = Entity(
         name="user", join_keys=["user_id"], value_type=ValueType.INT64, description="a user"
     )
-    category = Entity(name="category", join_keys=["category_id"], value_type=ValueType.INT64,
-                      description="an item category (with user: the user x category views)")
-    brand = Entity(name="brand", join_keys=["brand_id"], value_type=ValueType.INT64,
-                   description="a brand (with user: the user x brand views)")
+    category = Entity(name="target_category", join_keys=[TARGET_CATEGORY_KEY],
+                      value_type=ValueType.INT64,
+                      description="the category of a row's target item (user x category views)")
+    brand = Entity(name="target_brand", join_keys=[TARGET_BRAND_KEY], value_type=ValueType.INT64,
+                   description="the brand of a row's target item (user x brand views)")
 
     def source(name: str, path: str) -> FileSource:
         return FileSource(

@@ -34,6 +34,12 @@ ITEM_CTR_VIEW = "item_ctr"
 USER_ATTRIBUTES_VIEW = "user_attributes"
 ITEM_EXTRA_ATTRIBUTES_VIEW = "item_extra_attributes"
 AGGREGATE_WINDOWS: tuple[int, ...] = (7, 30)  # days
+# the join keys of the user x category / brand views: the category / brand of the row's
+# target item. Not ``category_id`` / ``brand_id``: those are fields of item_attributes, and a
+# join key named like a requested field breaks Feast (historical retrieval: "Duplicate
+# column name"; online: the field's value silently replaces the key's)
+TARGET_CATEGORY_KEY = "target_category_id"
+TARGET_BRAND_KEY = "target_brand_id"
 # the views over the aggregate / attribute tables, in materialization order
 AGGREGATE_VIEWS: tuple[str, ...] = (
     USER_CLICKS_VIEW,

@@ -64,7 +64,7 @@ def test_views_apply_join_point_in_time_and_read_back_online(
     assert [f.name for f in views[ITEM_EXTRA_ATTRIBUTES_VIEW].features] == ["colour_group"]
     assert float(views["item_ctr"].tags["prior_ctr"]) == pytest.approx(2 / 3)
     # the point-in-time join: a request at exactly T0 + 8d does not see the click at T0 + 8d
-    entity = pd.DataFrame({"user_id": [1, 1, 1], "category_id": [5, 5, 6],
+    entity = pd.DataFrame({"user_id": [1, 1, 1], "target_category_id": [5, 5, 6],
                            "event_timestamp": [T0 + 8 * D, T0 + 9 * D + pd.Timedelta(hours=3),
                                                T0 + 2 * D]})
     hist = mfs.store.get_historical_features(
@@ -72,7 +72,7 @@ def test_views_apply_join_point_in_time_and_read_back_online(
         features=["user_category_clicks:user_category_clicks_7d",
                   "user_category_clicks:user_category_share_30d", "user_clicks:user_clicks_30d"],
     ).to_df().sort_values("event_timestamp")
-    got = hist[["category_id", "user_category_clicks_7d", "user_category_share_30d",
+    got = hist[["target_category_id", "user_category_clicks_7d", "user_category_share_30d",
                 "user_clicks_30d"]].to_numpy().tolist()
     assert got[0][0] == 6 and pd.isna(got[0][1])  # no click on category 6 before day 3
     assert got[1] == [5, 0, pytest.approx(2 / 3), 3]
@@ -84,8 +84,8 @@ def test_views_apply_join_point_in_time_and_read_back_online(
                        "user_brand_clicks:user_brand_clicks_30d", "user_clicks:user_clicks_7d",
                        "user_clicks:user_last_click_ts", "user_attributes:age",
                        "user_attributes:gender"],
-                 [{"user_id": 1, "category_id": 6, "brand_id": 1},
-                  {"user_id": 2, "category_id": 5, "brand_id": 2}])
+                 [{"user_id": 1, "target_category_id": 6, "target_brand_id": 1},
+                  {"user_id": 2, "target_category_id": 5, "target_brand_id": 2}])
     assert on["user_category_share_7d"] == [1.0, None]
     assert on["user_brand_clicks_30d"] == [1, None]
     assert on["user_clicks_7d"] == [1, 0]
@@ -114,3 +114,36 @@ def test_a_world_without_extra_columns_gets_no_extra_fields(
     materialize_views(mfs, aggregate_views_to_load(mfs), end=T0 + 100 * D)
     on = _online(mfs, ["user_attributes:signup_ts"], [{"user_id": 2}])
     assert pd.Timestamp(on["signup_ts"][0]) == T0 - 5 * D
+
+
+def test_the_target_keys_do_not_collide_with_item_attribute_fields(
+    make_store: Any, tmp_path: Path
+) -> None:
+    """A ranker reads item_attributes:category_id and the user x category share of the same
+    item in one call: the views' join keys (target_category_id) are no field of another
+    view, so neither Feast path breaks (a join key ``category_id`` would: "Duplicate
+    column name" offline, the field's value overwriting the key online)."""
+    from moon_rec.featurestore.materialize import materialize_views
+    from moon_rec.featurestore.tables import build_item_features
+
+    data = tmp_path / "data"
+    _write(data, extras=False)
+    items = items_table().append_column("spu_id", pa.array([1, 2, 3], pa.int64())) \
+        .append_column("price", pa.array([1.0, 2.0, 3.0]))
+    write_table(build_item_features(items, behaviours(LOG).append_column(
+        "action", pa.array(["click"] * len(LOG)))), data / "item_features.parquet")
+    mfs = make_store()
+    refs = ["item_attributes:category_id", "item_attributes:brand_id",
+            "user_category_clicks:user_category_share_30d",
+            "user_brand_clicks:user_brand_share_30d"]
+    entity = pd.DataFrame({"user_id": [1], "item_id": [10], "target_category_id": [5],
+                           "target_brand_id": [1], "event_timestamp": [T0 + 9 * D]})
+    hist = mfs.store.get_historical_features(entity_df=entity, features=refs).to_df()
+    row = hist.iloc[0]
+    assert (row["category_id"], row["brand_id"]) == (5, 1)
+    assert row["user_category_share_30d"] == 0.75 and row["user_brand_share_30d"] == 0.75
+    materialize_views(mfs, ["item_attributes", "user_category_clicks", "user_brand_clicks"],
+                      end=T0 + 100 * D)
+    on = _online(mfs, refs, [{"user_id": 1, "item_id": 11, "target_category_id": 5,
+                              "target_brand_id": 2}])
+    assert (on["category_id"], on["brand_id"], on["target_category_id"]) == ([5], [2], [5])

@@ -97,7 +97,7 @@ def test_user_category_and_brand_shares_by_hand() -> None:
     cat = build_user_pair_clicks(behaviours(LOG), items_table(), "category")
     c5 = {(t - T0) // D: (r["user_category_clicks_7d"], r["user_category_share_7d"],
                           r["user_category_clicks_30d"], r["user_category_share_30d"])
-          for t, r in _rows(cat, {"user_id": 1, "category_id": 5}).items()}
+          for t, r in _rows(cat, {"user_id": 1, "target_category_id": 5}).items()}
     assert c5[1] == (2, 1.0, 2, 1.0)
     assert c5[3] == (2, pytest.approx(2 / 3), 2, pytest.approx(2 / 3))
     assert c5[8] == (0, 0.0, 2, pytest.approx(2 / 3))
@@ -105,14 +105,14 @@ def test_user_category_and_brand_shares_by_hand() -> None:
     # the pair's rows end when its last click (day 8) leaves the 30-day window
     assert max(c5) == 39 and c5[39] == (0, 0.0, 0, 0.0)
     c6 = {(t - T0) // D: (r["user_category_clicks_7d"], r["user_category_share_7d"])
-          for t, r in _rows(cat, {"user_id": 1, "category_id": 6}).items()}
+          for t, r in _rows(cat, {"user_id": 1, "target_category_id": 6}).items()}
     assert min(c6) == 3 and c6[3] == (1, pytest.approx(1 / 3)) and c6[41] == (1, 1.0)
     brand = build_user_pair_clicks(behaviours(LOG), items_table(), "brand")
     b1 = {(t - T0) // D: (r["user_brand_clicks_30d"], r["user_brand_share_30d"])
-          for t, r in _rows(brand, {"user_id": 1, "brand_id": 1}).items()}
+          for t, r in _rows(brand, {"user_id": 1, "target_brand_id": 1}).items()}
     assert b1[1] == (1, 0.5) and b1[3] == (2, pytest.approx(2 / 3)) and b1[9] == (3, 0.75)
     u2 = _rows(brand, {"user_id": 2})
-    assert [(r["brand_id"], (t - T0) // D, r["user_brand_share_7d"])
+    assert [(r["target_brand_id"], (t - T0) // D, r["user_brand_share_7d"])
             for t, r in sorted(u2.items())][:2] == [(1, 2, 1.0), (1, 9, 0.0)]
 
 
@@ -159,8 +159,8 @@ def _brute(log: pa.Table, stamp: int, window_days: int, **key: int) -> int:
     for r in log.to_pylist():
         t = _us(r["ts"])
         it = cat[r["item_id"]]
-        if r["user_id"] == key["user_id"] and all(it[k] == v for k, v in key.items()
-                                                   if k != "user_id"):
+        if r["user_id"] == key["user_id"] and all(it[k.removeprefix("target_")] == v
+                                                   for k, v in key.items() if k != "user_id"):
             n += stamp - window_days * 86_400 * US <= t < stamp
     return n
 
@@ -177,7 +177,7 @@ def test_aggregates_match_a_brute_force_count_at_any_time() -> None:
         user, cat = int(rng.integers(0, 6)), int(rng.choice([5, 6]))
         for table, key, field in (
             (tables.user_clicks, {"user_id": user}, "user_clicks"),
-            (tables.user_category_clicks, {"user_id": user, "category_id": cat},
+            (tables.user_category_clicks, {"user_id": user, "target_category_id": cat},
              "user_category_clicks"),
         ):
             rows = [(_us(t), r) for t, r in _rows(table, key).items() if _us(t) <= q]
@@ -231,3 +231,15 @@ def test_an_empty_log_builds_empty_aggregates() -> None:
     assert tables.user_clicks.num_rows == 2  # the signup rows
     assert tables.item_ctr.num_rows == 3  # the launch rows, CTR = prior mean (0 here)
     assert DayGrid.of([np.zeros(0, np.int64)]) is None
+
+
+def test_entity_rows_get_their_target_keys() -> None:
+    from moon_rec.data.errors import DataError
+    from moon_rec.featurestore.aggregates import with_target_keys
+
+    rows = pa.table({"user_id": [1, 2], "item_id": pa.array([11, 12], pa.int64())})
+    out = with_target_keys(rows, items_table())
+    assert out.column("target_category_id").to_pylist() == [5, 6]
+    assert out.column("target_brand_id").to_pylist() == [2, 1]
+    with pytest.raises(DataError, match="row 1: id 99 is not in items"):
+        with_target_keys(pa.table({"item_id": pa.array([10, 99], pa.int64())}), items_table())
