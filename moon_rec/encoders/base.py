@@ -278,6 +278,8 @@ class MoonEncoder(nn.Module, ABC):
         with runtime.atomic_dir(path) as tmp:
             with quiet_transformers():
                 for folder, part in self._pretrained_parts().items():
+                    inner = getattr(part, "model", part)  # a model, or a wrapper of one
+                    _unset_sub_config_dtypes(getattr(inner, "config", None))
                     part.save_pretrained(tmp / folder)
             heads = {
                 f"{name}.{k}": v.detach().cpu().contiguous()
@@ -318,8 +320,6 @@ class MoonEncoder(nn.Module, ABC):
             tokenizer: TextTokenizer = (PretrainedTokenizer.load(path) if config.tokenizer_folder
                                         else MoonTokenizer.load(path))
             model = impl._load_backbone(config, tokenizer, path / BACKBONE_DIR)
-        for part in model._pretrained_parts().values():
-            _unset_sub_config_dtypes(getattr(part, "config", None))
         heads = load_file(str(path / HEADS_FILE))
         for name, mod in model._head_modules().items():
             sd = {k[len(name) + 1:]: v for k, v in heads.items() if k.startswith(name + ".")}
@@ -340,9 +340,10 @@ class MoonEncoder(nn.Module, ABC):
 
 
 def _unset_sub_config_dtypes(config: Any) -> None:
-    """Undo what ``from_pretrained`` adds to a composite config: the ``dtype`` of each
-    sub-config (text_config, vision_config), which a fresh model leaves unset, so a
-    loaded-then-saved checkpoint (a resumed run) writes the same ``config.json``."""
+    """Unset the ``dtype`` of each sub-config (text_config, vision_config) of a composite
+    config: ``from_pretrained`` sets them, a model built from its config leaves them
+    unset, so without this a loaded-then-saved checkpoint (a resumed run) writes another
+    ``config.json`` than the first save (the model's own ``dtype`` stays)."""
     for name in getattr(config, "sub_configs", {}) or {}:
         sub = getattr(config, name, None)
         if sub is not None and getattr(sub, "dtype", None) is not None:
