@@ -429,7 +429,11 @@ def extra_columns(table: pa.Table, name: str) -> list[str]:
     """The typed extra columns of world table ``name`` (users | items) in ``table``:
     neither contract columns nor ``oracle_*``."""
     contract = {c.name for c in TABLES[name].columns}
-    return [c for c in table.column_names if c not in contract and not c.startswith("oracle_")]
+    extras = [c for c in table.column_names if c not in contract and not c.startswith("oracle_")]
+    if TIMESTAMP_FIELD in extras:
+        raise DataError(f"extra column name '{TIMESTAMP_FIELD}' is the feature store's time "
+                        "column; rename it", file=name, column=TIMESTAMP_FIELD)
+    return extras
 
 
 def build_user_attributes(users: pa.Table) -> pa.Table:

@@ -243,3 +243,11 @@ def test_entity_rows_get_their_target_keys() -> None:
     assert out.column("target_brand_id").to_pylist() == [2, 1]
     with pytest.raises(DataError, match="row 1: id 99 is not in items"):
         with_target_keys(pa.table({"item_id": pa.array([10, 99], pa.int64())}), items_table())
+
+
+def test_an_extra_column_named_like_the_time_column_is_refused() -> None:
+    from moon_rec.data.errors import DataError
+
+    users = users_table().append_column("event_timestamp", pa.array([1, 2], pa.int64()))
+    with pytest.raises(DataError, match="users: column 'event_timestamp'"):
+        build_user_attributes(users)
