@@ -38,3 +38,13 @@ item_ctr = _definitions.item_ctr
 user_attributes = _definitions.user_attributes
 if _definitions.item_extra_attributes is not None:
     item_extra_attributes = _definitions.item_extra_attributes
+
+# One FeatureService per feature spec (configs/features/*.yaml), as `moon features apply`
+# registers them (moon_rec.featurestore.services; a spec naming a feature these views lack
+# is an error naming it).
+from feast import FeatureView  # noqa: E402
+
+from moon_rec.featurestore.services import feature_services  # noqa: E402
+
+for _service in feature_services(o for o in _definitions.objects() if isinstance(o, FeatureView)):
+    globals()[_service.name] = _service

@@ -568,13 +568,23 @@ def feature_store_step(layout: Layout, *, profile: str = "embedded", project: st
                         (EMBED, FEATURE_TABLES), clean=(state, layout.serving_repo))
 
 
-def training_set_step(layout: Layout, *, seq_len: int | None = None) -> Step:
-    """The point-in-time ranker training set through Feast (DuckDB offline store)."""
+# The loop's training set carries the widest stored spec's columns, so that every
+# experiment (``feature_set: ids | ids+moon | full``) finds its features in it; a ranker
+# reads only its own spec's columns.
+LOOP_FEATURES = "full"
+
+
+def training_set_step(
+    layout: Layout, *, seq_len: int | None = None, features: str = LOOP_FEATURES
+) -> Step:
+    """The point-in-time ranker training set through Feast (DuckDB offline store), with
+    the columns of feature spec ``features``."""
     length = seq_len or DEFAULT_SEQ_LEN
     build = TrainingSetBuild(world=layout.world, out=layout.training_set,
-                             data=layout.feature_data, seq_len=length,
+                             data=layout.feature_data, seq_len=length, features=features,
                              summary=layout.file("training_set.json"))
-    return command_step(TRAINING_SET, layout.training_set, [build], {"seq_len": length},
+    return command_step(TRAINING_SET, layout.training_set, [build],
+                        {"seq_len": length, "features": features},
                         (FEATURE_TABLES,), clean=(layout.training_set,))
 
 

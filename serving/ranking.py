@@ -1,7 +1,8 @@
 """Ranking and search of one request: the trained ranker over the catalog and the user's
 online behaviour sequence.
 
-- rank: one online-store read per request (the user's behaviour sequence); candidate and
+- rank: one online-store read per request (the user's behaviour sequence; and one per
+  view of the ranker's extra features, when its spec has them); candidate and
   behaviour-item embeddings and attributes come from the catalog (the ranker's content
   lookup is the same center); the ``RankerBatch`` is built by
   ``moon_rec.ranking.features.request_batch`` (the same ``make_batch`` and query hashing
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from moon_rec.featurestore.online import SpecFeatureReader
 from moon_rec.ranking.features import request_batch
 from moon_rec.ranking.model import MoonRanker
 from serving.catalog import Catalog
@@ -62,6 +64,8 @@ class RequestRanker:
         config: limits and policies.
         versions: reported with every result.
         lock: the model lock shared with the encoder.
+        spec_reader: the online reads of the ranker's extra features (None: its spec has
+            none); encoded by the model's fitted transforms, as in training.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class RequestRanker:
         config: ServiceConfig,
         versions: ServedVersions,
         lock: threading.Lock,
+        spec_reader: SpecFeatureReader | None = None,
     ) -> None:
         self.model = model
         self.ranker_config = model.config
@@ -84,6 +89,7 @@ class RequestRanker:
         self.config = config
         self.versions = versions
         self._lock = lock
+        self.spec_reader = spec_reader
 
     def search(
         self, query_text: str | None, query_image: str | bytes | None, k: int
@@ -142,6 +148,13 @@ class RequestRanker:
         if not found.all():
             bad = np.unique(cands[~found])[:10].tolist()
             raise NotFound(f"item_ids: unknown items {bad}", "item_ids")
+        extra_ids, dense = None, None
+        if self.spec_reader is not None and self.model.features is not None:
+            raw = self.guard.call("item features", self.spec_reader.read, user_id, cands)
+            try:
+                extra_ids, dense = self.model.features.encode(raw)
+            except ValueError as exc:  # a stored null the ranker has no fill rule for
+                raise NotFound(f"item_ids: {exc}", "item_ids") from None
         batch = request_batch(
             user_id=user_id,
             item_ids=cands,
@@ -154,6 +167,8 @@ class RequestRanker:
             query_token_buckets=self.ranker_config.query_token_buckets,
             max_seq_len=self.ranker_config.max_seq_len,
             content_dim=self.model.content_dim,
+            extra_ids=extra_ids,
+            dense=dense,
         )
         with self._lock, torch.inference_mode():
             scores = torch.sigmoid(self.model(batch)).numpy().astype(np.float64)

@@ -17,7 +17,11 @@
   ``moon_rec.featurestore.push.OnlineWriter``: views resolved once, atomic appends);
 - ``serving.ranking.RequestRanker``: rank and search, with the trained ranker built on the
   catalog's center as its content and semantic-ID lookup (new items are rankable at once,
-  with their codes).
+  with their codes);
+- ``moon_rec.featurestore.online.SpecFeatureReader``: the ranker's feature spec checked
+  against the store's registry at start (a missing feature, or one of another type, refuses
+  the start naming it), and its extra features read online per request, encoded by the
+  transforms fitted in training (``FittedFeatures``, from the model directory).
 
 Errors: ``BadInput`` (422) / ``NotFound`` (404) name the field; ``StoreUnavailable`` (503).
 """
@@ -36,7 +40,7 @@ import numpy as np
 from moon_rec import runtime
 from moon_rec.encoders import MoonEncoder
 from moon_rec.featurestore.layout import ITEM_EMBEDDING_VIEW, embeddings_model_version
-from moon_rec.featurestore.online import OnlineFeatureClient
+from moon_rec.featurestore.online import OnlineFeatureClient, SpecFeatureReader
 from moon_rec.featurestore.push import OnlineWriter
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.evaluate import load_ranker, read_meta
@@ -127,6 +131,11 @@ class RankingService:
             store_lock))
         self.online = cast(OnlineWriter, SerialCalls(  # the feature views, resolved once
             OnlineWriter(self.mfs), store_lock, nested=("changes",)))
+        # the ranker's feature spec against the store: a missing feature, or one of another
+        # type, refuses the start (FeatureSpecError naming it); its extras are read online
+        # (through the serialised client)
+        self.features = RankerDir(model_dir).features(self.meta)
+        self.spec_reader = SpecFeatureReader(self.client, self.features.spec)
         self.guard = StoreGuard(lambda: self.client.user_sequences([0]),
                                 retry_s=self.config.store_retry_s,
                                 health_s=self.config.health_s)
@@ -149,6 +158,7 @@ class RankingService:
         self.ranker = RequestRanker(
             self.model, self.catalog, self.client, self.guard, self.query_encoder, self.config,
             ServedVersions(self.model_version, self.embedding_version), lock,
+            self.spec_reader if self.features.spec.extras() else None,
         )
         self.started = time.time()
 
@@ -233,6 +243,7 @@ class RankingService:
             "embedding_version": self.embedding_version,
             "behaviour_module": self.ranker_config.behaviour.module,
             "feature_set": self.ranker_config.feature_set,
+            "feature_spec": self.features.spec.name,
             "moon_dim": self.dim,
             "semantic_ids": (self.catalog.quantiser.describe()
                              if self.catalog.quantiser is not None else None),

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from moon_rec.data.embeddings import SEMANTIC_IDS, emb_column
+from moon_rec.data.feature_spec import FeatureSpec, FeatureSpecError
 from moon_rec.featurestore.layout import (
     ITEM_ATTRIBUTES_VIEW,
     ITEM_EMBEDDING_VIEW,
@@ -24,6 +25,7 @@ from moon_rec.featurestore.layout import (
     UNKNOWN_MODEL_VERSION,
     USER_BEHAVIOUR_VIEW,
 )
+from moon_rec.featurestore.services import check_spec
 from moon_rec.featurestore.store import MoonFeatureStore
 
 
@@ -201,3 +203,54 @@ class OnlineFeatureClient:
             actions[i, :m] = got["hist_actions"][i][:m]
             ts[i, :m] = [_micros(t) for t in got["hist_ts"][i][:m]]
         return SequenceLookup(items, cats, actions, ts, lengths)
+
+
+class SpecFeatureReader:
+    """The online values of a feature spec's extra features for one request: what
+    ``FittedFeatures.encode`` takes, read like the training set holds them (int64 ids,
+    -1 for null; float64, NaN for null).
+
+    Args:
+        client: the online client.
+        spec: the ranker's feature spec; checked against the store's registry here (a
+            missing feature, or one of another type, is a FeatureSpecError naming it: the
+            service refuses to start).
+
+    Example:
+        >>> reader = SpecFeatureReader(client, spec)  # doctest: +SKIP
+        >>> raw = reader.read(user_id=4, item_ids=[3, 7])  # {"price": [2], ...}
+    """
+
+    def __init__(self, client: OnlineFeatureClient, spec: FeatureSpec) -> None:
+        self.client = client
+        self.spec = spec
+        check_spec(client.store, spec, "the online store's registry")
+        self.refs: dict[str, list[str]] = {}  # join key -> feature refs, in spec order
+        for e in spec.extras():
+            keys = client.store.get_feature_view(e.view).join_keys
+            if keys not in (["item_id"], ["user_id"]):
+                raise FeatureSpecError(
+                    f"feature spec {spec.name!r}: feature {e.column} ({e.source}): view "
+                    f"{e.view} is keyed by {keys}; the ranker reads item and user views")
+            refs = self.refs.setdefault(keys[0], [])
+            if e.source not in refs:
+                refs.append(e.source)
+
+    def read(self, user_id: int, item_ids: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """Raw values [B] per extra column for the B candidates (user features repeated)."""
+        b = len(item_ids)
+        got: dict[str, list[Any]] = {}
+        for key, refs in self.refs.items():
+            ids = item_ids if key == "item_id" else [user_id]
+            values = self.client._get(refs, key, ids)
+            got.update({ref: values[ref.split(":", 1)[1]] for ref in refs})
+        out: dict[str, np.ndarray] = {}
+        for e in self.spec.extras():
+            vals = got[e.source]
+            if len(vals) == 1 and b != 1:
+                vals = vals * b
+            if e.kind == "categorical":
+                out[e.column] = np.array([-1 if v is None else v for v in vals], np.int64)
+            else:
+                out[e.column] = np.array([np.nan if v is None else v for v in vals], np.float64)
+        return out

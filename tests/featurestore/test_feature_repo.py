@@ -65,6 +65,9 @@ def test_feast_cli_apply_materialize_serve(tmp_path: Path, profile: str, time0: 
     env = {**os.environ, "MOON_FEATURE_DATA": str(data)}
     try:
         _feast([*args, "apply"], env, elsewhere)
+        # one FeatureService per feature spec, applied with the repository
+        services = _feast([*args, "feature-services", "list"], env, elsewhere)
+        assert "moon_ids" in services and "moon_full" in services
         _feast(
             [*args, "materialize-incremental", "2030-01-01T00:00:00", "--views", "item_embedding"],
             env,

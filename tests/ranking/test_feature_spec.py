@@ -243,3 +243,26 @@ def test_a_null_numeric_without_fill_is_named_before_training(
         capture_output=True, text=True, check=False)
     assert proc.returncode == 2, proc.stderr
     assert "feature price" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ids_spec_ranker_ignores_other_columns_and_keeps_its_auc(
+    ranker_data: SyntheticPaths, configs_file: Path, tmp_path: Path
+) -> None:
+    """The loop's training set carries the ``full`` spec's columns: an ``ids`` ranker on it
+    is the ranker of the plain training set (same AUC to the last digit), and a spec given
+    as a file equal to ``ids`` is ``ids``."""
+    from moon_rec.data.feature_spec import SPEC_DIR
+    from moon_rec.ranking.evaluate import evaluate_ranker
+    from moon_rec.ranking.train import train_ranker
+
+    cfg = load_ranker_config(configs_file, "din_ids_tiny").with_overrides(
+        {"train": {"epochs": 1}})
+    wide = _with_extras(ranker_data, tmp_path / "wide.parquet")
+    train_ranker(ranker_data.training_set, cfg, tmp_path / "plain", progress=False)
+    train_ranker(wide, cfg, tmp_path / "wide", progress=False)
+    copy = tmp_path / "ids_copy.yaml"
+    copy.write_text((SPEC_DIR / "ids.yaml").read_text())
+    train_ranker(wide, cfg.with_overrides({"feature_set": str(copy)}), tmp_path / "file",
+                 progress=False)
+    aucs = {name: evaluate_ranker(tmp_path / name)["auc"] for name in ("plain", "wide", "file")}
+    assert aucs["plain"] == aucs["wide"] == aucs["file"], aucs

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pytest
 import torch
-from conftest import make_service
+from conftest import TRAIN, WRITE_TOKEN, make_service
 
 from moon_rec.loop import ServingArtifacts
 
@@ -47,3 +49,98 @@ def test_request_batch_matches_the_training_batch(serving_loop: ServingArtifacts
     q = service.query_vector(text, None)
     assert q is not None
     assert np.allclose(q, emb.query_vectors[data.query_rows[rows[0]]], atol=1e-4)
+
+
+def test_full_spec_served_score_equals_the_offline_score(
+    serving_loop: ServingArtifacts, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A DIN ranker on the ``full`` spec (price, counts, SPU): (1) a training row scored
+    through the request path equals its training batch; (2) the service's score of a
+    request equals the model's score of a batch built offline from the feature tables'
+    latest rows (what the online store was materialized from) for the same request."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from moon_rec.data.feature_spec import FeatureSpecError
+    from moon_rec.featurestore.layout import FeatureDataPaths
+    from moon_rec.loop import RANKER_EXPERIMENTS
+    from moon_rec.ranking.config import load_ranker_config
+    from moon_rec.ranking.data import load_training_set
+    from moon_rec.ranking.features import request_batch
+    from moon_rec.ranking.train import train_ranker
+    from serving.service import RankingService, ServiceConfig
+
+    out = tmp_path_factory.mktemp("full") / "ranker"
+    cfg = load_ranker_config(RANKER_EXPERIMENTS, "din_full_tiny").with_overrides(TRAIN)
+    train_ranker(serving_loop.training_set, cfg, out, embeddings=serving_loop.embeddings,
+                 progress=False)
+    service = RankingService(out, serving_loop.repo, encoder=serving_loop.encoder,
+                             config=ServiceConfig(refresh_s=0, write_token=WRITE_TOKEN))
+    try:
+        model, fitted = service.model, service.model.features
+        assert fitted is not None and fitted.spec.name == "full"
+        assert service.info()["feature_spec"] == "full"
+        data = load_training_set(serving_loop.training_set, cfg.max_seq_len,
+                                 cfg.query_token_buckets, fitted.spec)
+        data.encode_features(fitted)
+        rows = np.flatnonzero(data.hist_lengths > 0)[::97][:10]
+        with torch.inference_mode():
+            train_logits = model(data.batch(rows, None))
+            for k, r in enumerate(rows):
+                n = int(data.hist_lengths[r])
+                ids, dense = fitted.encode({c: v[r : r + 1] for c, v in data.extra_raw.items()})
+                online = request_batch(
+                    user_id=int(data.user_id[r]), item_ids=data.item_id[r : r + 1],
+                    category_ids=data.category_id[r : r + 1],
+                    brand_ids=data.brand_id[r : r + 1],
+                    hist_item_ids=data.hist_item_ids[r, :n],
+                    hist_category_ids=data.hist_category_ids[r, :n],
+                    query_text=data.query_vocab[data.query_code[r]], query_embedding=None,
+                    query_token_buckets=cfg.query_token_buckets, max_seq_len=cfg.max_seq_len,
+                    content_dim=0, position=int(data.position[r]), extra_ids=ids, dense=dense)
+                assert torch.allclose(model(online), train_logits[k : k + 1], atol=1e-5)
+
+        # (2) one request through the service vs the same request built offline
+        paths = FeatureDataPaths.from_dir(serving_loop.feature_data)
+        items = pq.read_table(paths.item_features)
+        latest = items.take(pc.sort_indices(items, [("item_id", "ascending"),
+                                                     ("event_timestamp", "descending")]))
+        ids_col = latest.column("item_id").to_numpy()
+        first = np.concatenate([[True], ids_col[1:] != ids_col[:-1]])
+        latest = latest.filter(pa.array(first))
+        cands = latest.column("item_id").to_numpy()[:7]
+        user = int(data.user_id[rows[0]])
+        served = service.rank(user, cands.tolist(), query_text="red shoe")
+        seq = service.client.user_sequences([user])
+        n = int(seq.lengths[0])
+        raw = {e.column: latest.column(e.field).to_numpy(zero_copy_only=False)[:7]
+               .astype(np.int64 if e.kind == "categorical" else np.float64)
+               for e in fitted.spec.extras()}
+        ids, dense = fitted.encode(raw)
+        offline = request_batch(
+            user_id=user, item_ids=cands,
+            category_ids=latest.column("category_id").to_numpy()[:7],
+            brand_ids=latest.column("brand_id").to_numpy()[:7],
+            hist_item_ids=seq.item_ids[0, :n], hist_category_ids=seq.category_ids[0, :n],
+            query_text="red shoe", query_embedding=None,
+            query_token_buckets=cfg.query_token_buckets, max_seq_len=cfg.max_seq_len,
+            content_dim=0, extra_ids=ids, dense=dense)
+        with torch.inference_mode():
+            expected = torch.sigmoid(model(offline)).numpy()
+        assert np.allclose(served.scores, expected, atol=1e-6)
+    finally:
+        service.close()
+
+    # a store whose registry lacks a spec feature is refused at start, naming it
+    meta_path = out / "meta.json"
+    import json
+
+    meta = json.loads(meta_path.read_text())
+    meta["features"]["spec"]["features"].append(
+        {"source": "item_attributes:n_returns", "kind": "numeric", "fill": 0.0})
+    meta["features"]["transforms"]["n_returns"] = {"name": "n_returns", "steps": [],
+                                                   "fill": 0.0}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(FeatureSpecError, match=r"feature n_returns .*has no field 'n_returns'"):
+        RankingService(out, serving_loop.repo, encoder=serving_loop.encoder,
+                       config=ServiceConfig(refresh_s=0, write_token=WRITE_TOKEN))
