@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a pretrained CNN state-dict file, probed frozen (repeatable)")
     p.add_argument("--cnn-resolution", default="224",
                    help="comma-separated pixels the CNN runs at (the photo resized inside)")
+    p.add_argument("--cnn-stages", default="",
+                   help="also probe these stages' mean + std concatenated (and a 64-d PCA), "
+                   "e.g. 0,4,5: encoder.image_tower_stages")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -147,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             out["head_pca64"] = probe(centred @ vt[:64].T)
             gauss = np.random.default_rng(0).standard_normal((head.shape[1], 64)) / 8.0
             out["head_rand64"] = probe(head @ gauss)
+            if args.cnn_stages:  # the multi-scale pooling of encoder.image_tower_stages
+                picks = [int(k) for k in args.cnn_stages.split(",")]
+                multi = np.concatenate([cols[k] for k in picks], 1)
+                key = "stages" + "+".join(map(str, picks))
+                out[f"{key}_mean_std"] = probe(multi)
+                mc = (multi - multi[tr].mean(0)) / (multi[tr].std(0) + 1e-6)
+                _, _, vt = np.linalg.svd(mc[tr], full_matrices=False)
+                out[f"{key}_pca64"] = probe(mc @ vt[:64].T)
             report[f"{path}@{res}"] = out
     if args.ranker:
         from moon_rec.ranking.evaluate import load_ranker
