@@ -103,21 +103,22 @@ def main(argv: list[str] | None = None) -> int:
         report["pixels_16x16"] = probe(F.avg_pool2d(images, 4).numpy())
     for ck in args.encoder:
         enc = MoonEncoder.from_pretrained(ck).eval()
-        if getattr(enc, "stem", None) is None:
-            raise SystemExit(f"{ck}: not a dual-tower encoder with a conv stem")
-        feats: dict[str, list[torch.Tensor]] = {
-            k: [] for k in ("stem_mean_std", "stem_4x4", "tokens_mean", "tokens_flat",
-                            "image_64", "product_64")}
+        # a scratch tower is read inside (stem, tokens); any other encoder (a pretrained
+        # image tower, the MLLM) at its outputs only
+        inside = getattr(enc, "stem", None) is not None
+        names = ("stem_mean_std", "stem_4x4", "tokens_mean", "tokens_flat") if inside else ()
+        feats: dict[str, list[torch.Tensor]] = {k: [] for k in (*names, "image_64", "product_64")}
         with torch.no_grad():
             assert images is not None
             for s in range(0, len(keep), 256):
                 b = images[s:s + 256]
-                st = enc.stem((b - 0.5) / 0.5)
-                feats["stem_mean_std"].append(torch.cat([st.mean((2, 3)), st.std((2, 3))], 1))
-                feats["stem_4x4"].append(F.avg_pool2d(st, 4).flatten(1))
-                h = enc._vision()(pixel_values=st).last_hidden_state
-                feats["tokens_mean"].append(h.mean(1))
-                feats["tokens_flat"].append(h.flatten(1))
+                if inside:
+                    st = enc.stem((b - 0.5) / 0.5)
+                    feats["stem_mean_std"].append(torch.cat([st.mean((2, 3)), st.std((2, 3))], 1))
+                    feats["stem_4x4"].append(F.avg_pool2d(st, 4).flatten(1))
+                    h = enc._vision()(pixel_values=st).last_hidden_state
+                    feats["tokens_mean"].append(h.mean(1))
+                    feats["tokens_flat"].append(h.flatten(1))
                 feats["image_64"].append(F.normalize(enc._image(b)[:, :64], dim=-1))
                 titles = [items.column("title")[int(i)].as_py() for i in keep[s:s + 256]]
                 feats["product_64"].append(
