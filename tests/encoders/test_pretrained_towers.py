@@ -457,3 +457,24 @@ def test_mllm_bad_checkpoints_name_the_path(qwen: Path, sources: dict[str, Path]
         load_mllm(EncoderConfig.model_validate(mllm_keys(tmp_path / "nowhere", False)))
     with pytest.raises(ValueError, match="lora adapts a pretrained mllm"):
         EncoderConfig(lora={"r": 4})  # type: ignore[arg-type]
+
+
+def test_image_tower_beside_a_pretrained_text_tower(sources: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    text = tmp_path / "bert"
+    vocab = fx.save_tokenizer(text)
+    BertModel(BertConfig(vocab_size=vocab, hidden_size=24, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=48,
+                         max_position_embeddings=32)).save_pretrained(str(text))
+    enc = make_encoder("vit", sources["vit"], text_tower=str(text))
+    assert enc.text_proj.in_features == 24 and enc.image_proj.in_features == 32
+    assert enc.pretrained_text_parameters() and enc.pretrained_image_parameters()
+    path = enc.save_pretrained(tmp_path / "ckpt")
+    assert (path / "text_tower" / "config.json").is_file()
+    assert (path / "image_tower" / "config.json").is_file()
+    loaded = MoonEncoder.from_pretrained(path)
+    imgs = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_product(fx.TEXTS[:2], imgs),
+                              enc.encode_product(fx.TEXTS[:2], imgs), atol=1e-6)
+    assert loaded.model_version == enc.model_version
