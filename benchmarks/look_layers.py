@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a pretrained CNN state-dict file, probed frozen (repeatable)")
     p.add_argument("--cnn-resolution", default="224",
                    help="comma-separated pixels the CNN runs at (the photo resized inside)")
+    p.add_argument("--cnn-stages", default="",
+                   help="also probe these stages' mean + std concatenated (and a 64-d PCA), "
+                   "e.g. 0,4,5: encoder.image_tower_stages")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -100,21 +103,22 @@ def main(argv: list[str] | None = None) -> int:
         report["pixels_16x16"] = probe(F.avg_pool2d(images, 4).numpy())
     for ck in args.encoder:
         enc = MoonEncoder.from_pretrained(ck).eval()
-        if getattr(enc, "stem", None) is None:
-            raise SystemExit(f"{ck}: not a dual-tower encoder with a conv stem")
-        feats: dict[str, list[torch.Tensor]] = {
-            k: [] for k in ("stem_mean_std", "stem_4x4", "tokens_mean", "tokens_flat",
-                            "image_64", "product_64")}
+        # a scratch tower is read inside (stem, tokens); any other encoder (a pretrained
+        # image tower, the MLLM) at its outputs only
+        inside = getattr(enc, "stem", None) is not None
+        names = ("stem_mean_std", "stem_4x4", "tokens_mean", "tokens_flat") if inside else ()
+        feats: dict[str, list[torch.Tensor]] = {k: [] for k in (*names, "image_64", "product_64")}
         with torch.no_grad():
             assert images is not None
             for s in range(0, len(keep), 256):
                 b = images[s:s + 256]
-                st = enc.stem((b - 0.5) / 0.5)
-                feats["stem_mean_std"].append(torch.cat([st.mean((2, 3)), st.std((2, 3))], 1))
-                feats["stem_4x4"].append(F.avg_pool2d(st, 4).flatten(1))
-                h = enc._vision()(pixel_values=st).last_hidden_state
-                feats["tokens_mean"].append(h.mean(1))
-                feats["tokens_flat"].append(h.flatten(1))
+                if inside:
+                    st = enc.stem((b - 0.5) / 0.5)
+                    feats["stem_mean_std"].append(torch.cat([st.mean((2, 3)), st.std((2, 3))], 1))
+                    feats["stem_4x4"].append(F.avg_pool2d(st, 4).flatten(1))
+                    h = enc._vision()(pixel_values=st).last_hidden_state
+                    feats["tokens_mean"].append(h.mean(1))
+                    feats["tokens_flat"].append(h.flatten(1))
                 feats["image_64"].append(F.normalize(enc._image(b)[:, :64], dim=-1))
                 titles = [items.column("title")[int(i)].as_py() for i in keep[s:s + 256]]
                 feats["product_64"].append(
@@ -147,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
             out["head_pca64"] = probe(centred @ vt[:64].T)
             gauss = np.random.default_rng(0).standard_normal((head.shape[1], 64)) / 8.0
             out["head_rand64"] = probe(head @ gauss)
+            if args.cnn_stages:  # the multi-scale pooling of encoder.image_tower_stages
+                picks = [int(k) for k in args.cnn_stages.split(",")]
+                multi = np.concatenate([cols[k] for k in picks], 1)
+                key = "stages" + "+".join(map(str, picks))
+                out[f"{key}_mean_std"] = probe(multi)
+                mc = (multi - multi[tr].mean(0)) / (multi[tr].std(0) + 1e-6)
+                _, _, vt = np.linalg.svd(mc[tr], full_matrices=False)
+                out[f"{key}_pca64"] = probe(mc @ vt[:64].T)
             report[f"{path}@{res}"] = out
     if args.ranker:
         from moon_rec.ranking.evaluate import load_ranker

@@ -1,6 +1,8 @@
 """MOON encoders: one interface (text query, image, product -> one Matryoshka vector) over
 two backbones built from `transformers` configs (SigLIP-style dual tower, Qwen2-VL-style
-MLLM); the dual tower's text side may be a pretrained text model from a local folder."""
+MLLM) or started from local checkpoints: a pretrained text tower, a pretrained image tower
+(a Hugging Face vision model or an EfficientNet-Lite state dict) or a full dual encoder
+(``pretrained``: ``PretrainedTowersEncoder``), a Qwen2-VL-family MLLM (optionally LoRA)."""
 
 from moon_rec.encoders.base import (
     MoonEncoder,

@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from moon_rec.encoders.cnn import (
+    HEAD_STAGE,
     LITE_MEAN,
     LITE_STD,
     LITE_VARIANTS,
@@ -256,17 +257,30 @@ class ImageTower(nn.Module):
         processing: the checkpoint's preprocessing (``ImageProcessing.at`` the resolution).
         pool: ``mean`` of the last hidden states / feature map, or ``head`` (the model's own
             pooled output; a CNN's is the mean).
+        stages: a CNN only: pool these ``stage_maps`` (0 the stem, 1-7 the stages, 8 the
+            head) by their channel means and standard deviations, concatenated, instead of
+            the head's mean (a multi-scale look: colour and pattern statistics live in the
+            middle stages); the trunk above the last one is not run. () : the head's mean.
 
     A CNN keeps its batch-norm statistics (ImageNet's) while training: small batches of one
     catalog would skew them, and they are not parameters a learning rate reaches.
     """
 
-    def __init__(self, model: nn.Module, processing: ImageProcessing, pool: str = "mean") -> None:
+    def __init__(self, model: nn.Module, processing: ImageProcessing, pool: str = "mean",
+                 stages: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.model: Any = model  # a transformers vision model or an EfficientNetLite
         self.processing = processing
         self.pool = pool
         self.is_cnn = isinstance(model, EfficientNetLite)
+        if stages and not self.is_cnn:
+            raise ValueError(f"image_tower_stages {list(stages)}: a CNN option, not for a "
+                             f"{type(model).__name__}")
+        if stages and (list(stages) != sorted(set(stages)) or stages[0] < 0
+                       or stages[-1] > HEAD_STAGE):
+            raise ValueError(f"image_tower_stages {list(stages)}: ascending stage numbers in "
+                             f"0..{HEAD_STAGE}")
+        self.stages = tuple(stages)
         self._interpolate = False
         if not self.is_cnn:
             native = native_size(model)
@@ -277,6 +291,9 @@ class ImageTower(nn.Module):
 
     def _feature_dim(self) -> int:
         if self.is_cnn:
+            if self.stages:
+                channels = self.model.stage_channels()
+                return sum(2 * channels[k] for k in self.stages)
             return int(self.model._conv_head.out_channels)
         cfg = self.model.config
         hidden = getattr(cfg, "hidden_sizes", None)
@@ -303,6 +320,10 @@ class ImageTower(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pixels = self.processing(images)
         if self.is_cnn:
+            if self.stages:
+                maps = self.model.stage_maps(pixels, last=self.stages[-1])
+                return torch.cat([t for k in self.stages for t in
+                                  (maps[k].mean((2, 3)), maps[k].std((2, 3), correction=0))], 1)
             fmap: torch.Tensor = self.model.feature_map(pixels)
             return fmap.mean((2, 3))
         kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
@@ -319,7 +340,8 @@ class ImageTower(nn.Module):
     # -- sources and checkpoints -------------------------------------------------------
     @classmethod
     def from_source(cls, path: str | Path, *, arch: str | None = None, init: str = "pretrained",
-                    resolution: int = 0, pool: str = "mean") -> ImageTower:
+                    resolution: int = 0, pool: str = "mean",
+                    stages: tuple[int, ...] = ()) -> ImageTower:
         """An image tower from a local source: a CNN state-dict file, a checkpoint's saved
         CNN folder (``cnn.json``), or a `transformers` vision model folder.
 
@@ -334,10 +356,10 @@ class ImageTower(nn.Module):
             cnn.drop_classifier()
             native = LITE_VARIANTS[cnn.variant][2]
             proc = ImageProcessing(native, native, LITE_MEAN, LITE_STD, "bilinear")
-            return cls(cnn, proc.at(resolution), pool)
+            return cls(cnn, proc.at(resolution), pool, stages)
         if (p / CNN_META).is_file() or (p / TOWER_META).is_file():  # a checkpoint's copy
             tower = cls.load(p)
-            return cls(tower.model, tower.processing.at(resolution), pool)
+            return cls(tower.model, tower.processing.at(resolution), pool, stages)
         _check_model_folder(p, "image tower")
         from transformers import AutoConfig, AutoModel
 
@@ -351,14 +373,15 @@ class ImageTower(nn.Module):
         processing = ImageProcessing.from_folder(p)
         model = (AutoModel.from_config(cfg) if init == "random"
                  else AutoModel.from_pretrained(str(p), local_files_only=True))
-        return cls(model, processing.at(resolution), pool)
+        return cls(model, processing.at(resolution), pool, stages)
 
     def save(self, folder: str | Path) -> Path:
         """Write the tower so that ``ImageTower.load(folder)`` rebuilds it exactly: a
         `transformers` model folder with its preprocessing, or a CNN's weights and meta."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        meta: dict[str, Any] = {"processing": asdict(self.processing), "pool": self.pool}
+        meta: dict[str, Any] = {"processing": asdict(self.processing), "pool": self.pool,
+                                "stages": list(self.stages)}
         if self.is_cnn:
             net = self.model
             assert isinstance(net, EfficientNetLite)
@@ -382,7 +405,8 @@ class ImageTower(nn.Module):
             meta = json.loads(cnn_meta.read_text())
             net = EfficientNetLite(meta["arch"], num_classes=int(meta["num_classes"]))
             net.load_state_dict(load_file(str(folder / CNN_WEIGHTS)), strict=True)
-            return cls(net, ImageProcessing(**_tuples(meta["processing"])), meta["pool"])
+            return cls(net, ImageProcessing(**_tuples(meta["processing"])), meta["pool"],
+                       tuple(meta.get("stages", ())))
         meta_path = folder / TOWER_META
         if not meta_path.is_file():
             raise FileNotFoundError(f"{folder}: no saved image tower (missing {meta_path.name})")

@@ -42,6 +42,7 @@ LITE_VARIANTS: dict[str, tuple[float, float, int]] = {
     "efficientnet_lite2": (1.1, 1.2, 260),
 }
 FEATURE_DIM = 1280  # the head's channels, not scaled in the Lite variants
+HEAD_STAGE = 8  # stage_maps: 0 the stem, 1-7 the stages, 8 the head
 # the TensorFlow release normalises with mean 127 and std 128 on 0..255 pixels
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
@@ -102,6 +103,11 @@ class MBConvBlock(nn.Module):
         return y + x if self.residual else y
 
 
+def _block_out(block: nn.Module) -> int:
+    assert isinstance(block, MBConvBlock)
+    return int(block._bn2.num_features)
+
+
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite with the EfficientNet-PyTorch module names.
 
@@ -157,17 +163,26 @@ class EfficientNetLite(nn.Module):
             x = block(x)
         return F.relu6(self._bn1(self._conv_head(x)))
 
-    def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Normalised pixels -> the feature map after the stem, after each of the 7 stages
-        and after the head (9 maps, coarser along the list): where a probe reads a trunk."""
+    def stage_maps(self, x: torch.Tensor, last: int = HEAD_STAGE) -> list[torch.Tensor]:
+        """Normalised pixels -> the feature maps after the stem (0), after each of the 7
+        stages (1-7) and after the head (8), coarser along the list, up to stage ``last``
+        (the trunk above it is not run): where a probe or a multi-scale pooling reads it."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         maps = [x]
         for i, block in enumerate(self._blocks):
+            if len(maps) > last:
+                return maps
             x = block(x)
             if i in self.stage_ends:
                 maps.append(x)
-        maps.append(F.relu6(self._bn1(self._conv_head(x))))
+        if last >= HEAD_STAGE:
+            maps.append(F.relu6(self._bn1(self._conv_head(x))))
         return maps
+
+    def stage_channels(self) -> list[int]:
+        """Channels of the 9 ``stage_maps``."""
+        outs = [int(_block_out(self._blocks[i])) for i in self.stage_ends]
+        return [int(self._bn0.num_features), *outs, int(self._bn1.num_features)]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised pixels [N, 3, H, W] -> globally average-pooled features [N, 1280]."""

@@ -96,6 +96,11 @@ class EncoderConfig(BaseModel):
         image_tower_arch: the CNN of a state-dict file (``efficientnet_lite0`` / ``1`` /
             ``2``; None: read from the file name).
         image_tower_init: ``pretrained`` or ``random`` (the ablation).
+        image_tower_stages: a CNN image tower only: pool these of its stage maps (0 the
+            stem, 1-7 its stages, 8 the head) by channel mean and std, concatenated, instead
+            of the head's mean; the trunk above the last one is not run. Probed on the small
+            world (``benchmarks/look_layers.py --cnn``), the middle stages keep colour,
+            pattern and shape that the ImageNet head pools away.
         image_resolution: pixels a pretrained image side runs at (the photos of
             ``image_size`` are resized to it inside the encoder); 0: its processor's size.
         lora: mllm with ``pretrained`` only: train low-rank adapters (peft) on the decoder
@@ -131,6 +136,7 @@ class EncoderConfig(BaseModel):
     image_tower_arch: Literal["efficientnet_lite0", "efficientnet_lite1",
                               "efficientnet_lite2"] | None = None
     image_tower_init: Literal["pretrained", "random"] = "pretrained"
+    image_tower_stages: tuple[int, ...] = ()
     image_resolution: int = Field(default=0, ge=0)
     lora: LoraConfig | None = None
 

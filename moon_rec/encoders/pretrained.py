@@ -149,7 +149,8 @@ class PretrainedTowersEncoder(MoonEncoder):
         tower = ImageTower.from_source(config.image_tower, arch=config.image_tower_arch,
                                        init=config.image_tower_init,
                                        resolution=config.image_resolution,
-                                       pool=config.vision_pool)
+                                       pool=config.vision_pool,
+                                       stages=tuple(config.image_tower_stages))
         # the fresh parts start the same whichever form (file, checkpoint folder) the tower
         # was read from: loading draws from the RNG differently
         torch.manual_seed(config.seed)

@@ -274,6 +274,13 @@ def test_resolution_and_random_init(sources: dict[str, Path]) -> None:
         maps = tower.model.stage_maps(x)  # stem, 7 stages, head (the look_layers probe)
         assert len(maps) == 9 and torch.equal(maps[-1], tower.model.feature_map(x))
         assert [m.shape[1] for m in maps] == [32, 16, 24, 40, 80, 112, 192, 320, 1280]
+    multi = ImageTower.from_source(sources["cnn"], resolution=64, stages=(4, 5))
+    assert multi.feature_dim == 2 * (80 + 112)
+    assert multi(torch.rand(2, 3, 64, 64)).shape == (2, 384)
+    with pytest.raises(ValueError, match="a CNN option, not for a ViTModel"):
+        ImageTower.from_source(sources["vit"], stages=(1,))
+    with pytest.raises(ValueError, match=r"ascending stage numbers in 0\.\.8"):
+        ImageTower.from_source(sources["cnn"], stages=(5, 4))
     conv = ImageProcessing.from_folder(sources["convnext"])  # ConvNeXt: resize 32/0.875, crop 32
     assert (conv.resize, conv.crop) == (36, 32)
     assert conv(torch.rand(1, 3, 64, 64)).shape == (1, 3, 32, 32)
@@ -282,6 +289,17 @@ def test_resolution_and_random_init(sources: dict[str, Path]) -> None:
     a = make_encoder("cnn", sources["cnn"])
     b = make_encoder("cnn", sources["cnn"], image_tower_init="random")
     assert a.model_version != b.model_version
+
+
+def test_multiscale_cnn_features_round_trip(sources: dict[str, Path], tmp_path: Path) -> None:
+    enc = make_encoder("cnn", sources["cnn"], image_tower_stages=(0, 4, 5), image_resolution=64)
+    assert enc.image_proj.in_features == 2 * (32 + 80 + 112)
+    imgs = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    loaded = MoonEncoder.from_pretrained(enc.save_pretrained(tmp_path / "ckpt"))
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_product(fx.TEXTS[:2], imgs),
+                              enc.encode_product(fx.TEXTS[:2], imgs), atol=1e-6)
+    assert loaded.model_version == enc.model_version
 
 
 # -- bad sources are named -------------------------------------------------------------------
@@ -439,3 +457,24 @@ def test_mllm_bad_checkpoints_name_the_path(qwen: Path, sources: dict[str, Path]
         load_mllm(EncoderConfig.model_validate(mllm_keys(tmp_path / "nowhere", False)))
     with pytest.raises(ValueError, match="lora adapts a pretrained mllm"):
         EncoderConfig(lora={"r": 4})  # type: ignore[arg-type]
+
+
+def test_image_tower_beside_a_pretrained_text_tower(sources: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    text = tmp_path / "bert"
+    vocab = fx.save_tokenizer(text)
+    BertModel(BertConfig(vocab_size=vocab, hidden_size=24, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=48,
+                         max_position_embeddings=32)).save_pretrained(str(text))
+    enc = make_encoder("vit", sources["vit"], text_tower=str(text))
+    assert enc.text_proj.in_features == 24 and enc.image_proj.in_features == 32
+    assert enc.pretrained_text_parameters() and enc.pretrained_image_parameters()
+    path = enc.save_pretrained(tmp_path / "ckpt")
+    assert (path / "text_tower" / "config.json").is_file()
+    assert (path / "image_tower" / "config.json").is_file()
+    loaded = MoonEncoder.from_pretrained(path)
+    imgs = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_product(fx.TEXTS[:2], imgs),
+                              enc.encode_product(fx.TEXTS[:2], imgs), atol=1e-6)
+    assert loaded.model_version == enc.model_version
