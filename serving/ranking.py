@@ -150,7 +150,8 @@ class RequestRanker:
             raise NotFound(f"item_ids: unknown items {bad}", "item_ids")
         extra_ids, dense = None, None
         if self.spec_reader is not None and self.model.features is not None:
-            raw = self.guard.call("item features", self.spec_reader.read, user_id, cands)
+            raw = self.guard.call("spec features", self.spec_reader.read, user_id, cands,
+                                  cat, brand)
             try:
                 extra_ids, dense = self.model.features.encode(raw)
             except ValueError as exc:  # a stored null the ranker has no fill rule for

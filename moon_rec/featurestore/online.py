@@ -22,6 +22,8 @@ from moon_rec.featurestore.layout import (
     ITEM_ATTRIBUTES_VIEW,
     ITEM_EMBEDDING_VIEW,
     ITEM_STAT_FIELDS,
+    TARGET_BRAND_KEY,
+    TARGET_CATEGORY_KEY,
     UNKNOWN_MODEL_VERSION,
     USER_BEHAVIOUR_VIEW,
 )
@@ -113,6 +115,13 @@ class OnlineFeatureClient:
     ) -> dict[str, list[Any]]:
         rows = [{key: int(i)} for i in np.asarray(ids, dtype=np.int64).tolist()]
         return self.store.get_online_features(features=features, entity_rows=rows).to_dict()
+
+    def online_rows(
+        self, features: list[str], entity_rows: list[dict[str, int]]
+    ) -> dict[str, list[Any]]:
+        """``get_online_features`` of ``features`` for ``entity_rows`` (field -> values)."""
+        return self.store.get_online_features(features=features,
+                                              entity_rows=entity_rows).to_dict()
 
     def item_embeddings(
         self,
@@ -210,6 +219,10 @@ class SpecFeatureReader:
     ``FittedFeatures.encode`` takes, read like the training set holds them (int64 ids,
     -1 for null; float64, NaN for null).
 
+    Entity rows per view from its join keys: ``item_id`` the candidate, ``user_id`` the
+    user, ``target_category_id`` / ``target_brand_id`` the candidate's category / brand
+    (the user x category / brand views), as the training set's entity rows had them.
+
     Args:
         client: the online client.
         spec: the ranker's feature spec; checked against the store's registry here (a
@@ -218,37 +231,56 @@ class SpecFeatureReader:
 
     Example:
         >>> reader = SpecFeatureReader(client, spec)  # doctest: +SKIP
-        >>> raw = reader.read(user_id=4, item_ids=[3, 7])  # {"price": [2], ...}
+        >>> raw = reader.read(4, [3, 7], [1, 1], [9, 2])  # {"price": [2], ...}
     """
+
+    KEYS = ("item_id", "user_id", TARGET_CATEGORY_KEY, TARGET_BRAND_KEY)
 
     def __init__(self, client: OnlineFeatureClient, spec: FeatureSpec) -> None:
         self.client = client
         self.spec = spec
         check_spec(client.store, spec, "the online store's registry")
-        self.refs: dict[str, list[str]] = {}  # join key -> feature refs, in spec order
+        self.refs: dict[tuple[str, ...], list[str]] = {}  # join keys -> refs, spec order
         for e in spec.extras():
-            keys = client.store.get_feature_view(e.view).join_keys
-            if keys not in (["item_id"], ["user_id"]):
+            keys = tuple(client.store.get_feature_view(e.view).join_keys)
+            if not set(keys) <= set(self.KEYS):
                 raise FeatureSpecError(
                     f"feature spec {spec.name!r}: feature {e.column} ({e.source}): view "
-                    f"{e.view} is keyed by {keys}; the ranker reads item and user views")
-            refs = self.refs.setdefault(keys[0], [])
+                    f"{e.view} is keyed by {list(keys)}; the ranker reads views keyed by "
+                    f"{', '.join(self.KEYS)}")
+            refs = self.refs.setdefault(keys, [])
             if e.source not in refs:
                 refs.append(e.source)
 
-    def read(self, user_id: int, item_ids: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
-        """Raw values [B] per extra column for the B candidates (user features repeated)."""
+    def read(
+        self,
+        user_id: int,
+        item_ids: Sequence[int] | np.ndarray,
+        category_ids: Sequence[int] | np.ndarray | None = None,
+        brand_ids: Sequence[int] | np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Raw values [B] per extra column for the B candidates (user-only views are read
+        once and repeated)."""
         b = len(item_ids)
+        per_key: dict[str, list[int]] = {
+            "item_id": [int(i) for i in item_ids],
+            "user_id": [int(user_id)] * b,
+            TARGET_CATEGORY_KEY: [int(c) for c in (category_ids if category_ids is not None
+                                                    else [-1] * b)],
+            TARGET_BRAND_KEY: [int(c) for c in (brand_ids if brand_ids is not None
+                                                 else [-1] * b)],
+        }
         got: dict[str, list[Any]] = {}
-        for key, refs in self.refs.items():
-            ids = item_ids if key == "item_id" else [user_id]
-            values = self.client._get(refs, key, ids)
-            got.update({ref: values[ref.split(":", 1)[1]] for ref in refs})
+        for keys, refs in self.refs.items():
+            n = 1 if keys == ("user_id",) else b
+            rows = [{k: per_key[k][i] for k in keys} for i in range(n)]
+            values = self.client.online_rows(refs, rows)
+            for ref in refs:
+                vals = list(values[ref.split(":", 1)[1]])
+                got[ref] = vals * b if n == 1 else vals
         out: dict[str, np.ndarray] = {}
         for e in self.spec.extras():
             vals = got[e.source]
-            if len(vals) == 1 and b != 1:
-                vals = vals * b
             if e.kind == "categorical":
                 out[e.column] = np.array([-1 if v is None else v for v in vals], np.int64)
             else:

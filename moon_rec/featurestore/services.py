@@ -100,6 +100,19 @@ def _views(source: Any) -> dict[str, FeatureView]:
     return {v.name: v for v in found}
 
 
+def extra_join_keys(store_or_views: Any, spec: FeatureSpec) -> list[str]:
+    """The join keys of the views ``spec``'s extras read (``item_id``, ``user_id``, and
+    ``target_category_id`` / ``target_brand_id`` for the user x category / brand views),
+    in order of first use."""
+    views = _views(store_or_views)
+    keys: list[str] = []
+    for e in spec.extras():
+        for key in views[e.view].join_keys:
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
 def feature_service(spec: FeatureSpec, views: Iterable[FeatureView]) -> FeatureService:
     """The ``FeatureService`` of ``spec`` over ``views`` (checked first: FeatureSpecError
     naming a feature the views lack or type differently)."""

@@ -27,6 +27,7 @@ from moon_rec.data.io import has_table, read_table, train_end
 from moon_rec.data.rows import RowIndex
 from moon_rec.data.schemas import TIMESTAMP
 from moon_rec.data.training_set import training_set_schema, write_training_set
+from moon_rec.featurestore.aggregates import with_target_keys
 from moon_rec.featurestore.definitions import (
     DEFAULT_SEQ_LEN,
     ITEM_ATTRIBUTES_VIEW,
@@ -34,8 +35,9 @@ from moon_rec.featurestore.definitions import (
     FeatureDataPaths,
 )
 from moon_rec.featurestore.feature_tables import build_feature_tables
+from moon_rec.featurestore.layout import TARGET_BRAND_KEY, TARGET_CATEGORY_KEY
 from moon_rec.featurestore.retrieval import historical_features
-from moon_rec.featurestore.services import check_spec
+from moon_rec.featurestore.services import check_spec, extra_join_keys
 from moon_rec.featurestore.store import open_store
 
 FEATURES = [
@@ -145,7 +147,8 @@ def build_training_set(
         "impressions",
         columns=["request_id", "user_id", "ts", "query_text", "item_id", "position", "clicked"],
     )
-    items = read_table(world, "items", columns=["item_id", "category_id", "launch_ts"])
+    items = read_table(world, "items",
+                       columns=["item_id", "category_id", "brand_id", "launch_ts"])
     categories = (
         read_table(world, "categories", columns=["category_id", "look_driven"])
         if has_table(world, "categories")
@@ -165,6 +168,9 @@ def build_training_set(
             }
         )
         check_spec(mfs, spec)  # every feature in the store, with its type, or named
+        if {TARGET_CATEGORY_KEY, TARGET_BRAND_KEY} & set(extra_join_keys(mfs, spec)):
+            # the user x category / brand views join on the target item's category / brand
+            entities = with_target_keys(entities, items)
         joined = historical_features(mfs, entities, spec_features(spec), timestamp_column="ts")
     table = assemble_training_set(impressions, joined, items, categories, end, spec)
     write_training_set(table, out, spec)

@@ -261,6 +261,11 @@ class RankerConfig(_Section):
                 f"behaviour.module: {self.behaviour.module!r} needs a feature_set with a "
                 "moon_embedding feature (e.g. 'ids+moon')"
             )
+        spec = self.feature_spec()
+        if self.semantic_ids is None and any(e.kind == "semantic_ids" for e in spec.features):
+            raise ValueError(f"semantic_ids: feature spec {spec.name!r} reads semantic-ID "
+                             "codes; give their levels and codebook (semantic_ids: {levels: "
+                             "L, codebook: K})")
         if self.look_head is not None and not self.uses_moon:
             raise ValueError("look_head: needs a feature_set with a moon_embedding feature "
                              "(e.g. 'ids+moon'; it reads MOON vectors)")

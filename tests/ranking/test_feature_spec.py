@@ -266,3 +266,16 @@ def test_ids_spec_ranker_ignores_other_columns_and_keeps_its_auc(
                  progress=False)
     aucs = {name: evaluate_ranker(tmp_path / name)["auc"] for name in ("plain", "wide", "file")}
     assert aucs["plain"] == aucs["wide"] == aucs["file"], aucs
+
+
+def test_a_spec_reading_codes_needs_their_sizes(tmp_path: Path) -> None:
+    from moon_rec.ranking.config import RankerConfig
+
+    spec = tmp_path / "sid.yaml"
+    spec.write_text(yaml.safe_dump(_spec({"source": "item_embedding:semantic_ids",
+                                          "kind": "semantic_ids"}, name="sid")))
+    with pytest.raises(ConfigError, match=r"semantic_ids: feature spec 'sid' reads semantic-ID"):
+        RankerConfig.from_dict({"feature_set": str(spec)})
+    cfg = RankerConfig.from_dict({"feature_set": str(spec),
+                                  "semantic_ids": {"levels": 2, "codebook": 16}})
+    assert cfg.feature_spec().name == "sid"

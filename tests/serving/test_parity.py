@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -58,11 +60,7 @@ def test_full_spec_served_score_equals_the_offline_score(
     through the request path equals its training batch; (2) the service's score of a
     request equals the model's score of a batch built offline from the feature tables'
     latest rows (what the online store was materialized from) for the same request."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     from moon_rec.data.feature_spec import FeatureSpecError
-    from moon_rec.featurestore.layout import FeatureDataPaths
     from moon_rec.loop import RANKER_EXPERIMENTS
     from moon_rec.ranking.config import load_ranker_config
     from moon_rec.ranking.data import load_training_set
@@ -100,27 +98,38 @@ def test_full_spec_served_score_equals_the_offline_score(
                     content_dim=0, position=int(data.position[r]), extra_ids=ids, dense=dense)
                 assert torch.allclose(model(online), train_logits[k : k + 1], atol=1e-5)
 
-        # (2) one request through the service vs the same request built offline
-        paths = FeatureDataPaths.from_dir(serving_loop.feature_data)
-        items = pq.read_table(paths.item_features)
-        latest = items.take(pc.sort_indices(items, [("item_id", "ascending"),
-                                                     ("event_timestamp", "descending")]))
-        ids_col = latest.column("item_id").to_numpy()
-        first = np.concatenate([[True], ids_col[1:] != ids_col[:-1]])
-        latest = latest.filter(pa.array(first))
-        cands = latest.column("item_id").to_numpy()[:7]
+        # (2) one request through the service vs the same request built offline: the
+        # spec's features read from the offline store (DuckDB) as of now, as the training
+        # set reads them, with the same entity rows
+        from datetime import datetime
+
+        from moon_rec.data.io import read_table
+        from moon_rec.featurestore.aggregates import with_target_keys
+        from moon_rec.featurestore.retrieval import historical_features
+        from moon_rec.featurestore.training_set import spec_features
+
+        items = read_table(serving_loop.layout.world, "items",
+                           columns=["item_id", "category_id", "brand_id"])
+        cands = items.column("item_id").to_numpy()[:7]
         user = int(data.user_id[rows[0]])
         served = service.rank(user, cands.tolist(), query_text="red shoe")
         seq = service.client.user_sequences([user])
         n = int(seq.lengths[0])
-        raw = {e.column: latest.column(e.field).to_numpy(zero_copy_only=False)[:7]
+        now = datetime.now(UTC)
+        entities = with_target_keys(pa.table({
+            "user_id": pa.array([user] * 7, pa.int64()), "item_id": pa.array(cands),
+            "ts": pa.array([now] * 7, pa.timestamp("us", tz="UTC"))}), items)
+        joined = historical_features(service.mfs, entities, spec_features(fitted.spec),
+                                     timestamp_column="ts")
+        raw = {e.column: joined.column(e.field).to_numpy(zero_copy_only=False)
                .astype(np.int64 if e.kind == "categorical" else np.float64)
                for e in fitted.spec.extras()}
+        assert np.isfinite(raw["user_category_share_30d"]).any()  # the aggregates are read
         ids, dense = fitted.encode(raw)
         offline = request_batch(
             user_id=user, item_ids=cands,
-            category_ids=latest.column("category_id").to_numpy()[:7],
-            brand_ids=latest.column("brand_id").to_numpy()[:7],
+            category_ids=items.column("category_id").to_numpy()[:7],
+            brand_ids=items.column("brand_id").to_numpy()[:7],
             hist_item_ids=seq.item_ids[0, :n], hist_category_ids=seq.category_ids[0, :n],
             query_text="red shoe", query_embedding=None,
             query_token_buckets=cfg.query_token_buckets, max_seq_len=cfg.max_seq_len,
