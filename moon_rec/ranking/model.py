@@ -105,7 +105,8 @@ class MoonRanker(nn.Module):
     ) -> None:
         super().__init__()
         if config.uses_moon and content is None:
-            raise ValueError("feature_set 'ids+moon' needs the MOON content table")
+            raise ValueError(f"feature_set {config.feature_set!r} reads MOON vectors: it needs the "
+                             "MOON content table")
         sid = config.semantic_ids
         if sid is not None:
             if semantic_ids is None:

@@ -94,7 +94,8 @@ def content_arch(
     if not config.uses_moon:
         return None
     if embeddings is None:
-        raise DataError("feature_set 'ids+moon' needs --embeddings")
+        raise DataError(f"feature_set {config.feature_set!r} reads MOON vectors: it needs "
+                        "--embeddings")
     return FrozenContentTable(
         torch.from_numpy(embeddings.item_ids), torch.from_numpy(embeddings.item_vectors)
     )
@@ -452,7 +453,7 @@ def train_ranker(
         if embeddings is not None:
             emb = load_moon_embeddings(embeddings, config.moon_dim, queries=query_embeddings)
         elif config.uses_embeddings:
-            what = "feature_set 'ids+moon'" if config.uses_moon else "semantic_ids"
+            what = f"feature_set {config.feature_set!r}" if config.uses_moon else "semantic_ids"
             raise DataError(f"{what} needs --embeddings")
         data.attach_queries(emb if config.uses_moon else None)
         q_vectors = emb.query_vectors if (emb is not None and config.uses_moon) else None
