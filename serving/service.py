@@ -136,7 +136,7 @@ class RankingService:
         # (through the serialised client)
         self.features = RankerDir(model_dir).features(self.meta)
         self.spec_reader = SpecFeatureReader(self.client, self.features.spec)
-        self.guard = StoreGuard(lambda: self.client.user_sequences([0]),
+        self.guard = StoreGuard(lambda: self.client.user_sequences([0]), self.mfs.fault_types(),
                                 retry_s=self.config.store_retry_s,
                                 health_s=self.config.health_s)
         center = load_center(self.mfs.paths, self.dim, self.gate)
