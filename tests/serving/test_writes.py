@@ -405,9 +405,10 @@ def test_items_reach_every_process_and_survive_a_restart(
 def test_sqlite_reads_are_served_while_another_process_holds_the_write_lock(
     serving_loop: ServingArtifacts, world_ids: dict[str, Any], tmp_path: Path
 ) -> None:
-    """/rank and /healthz answer while another process holds online.db's write lock; a
-    write meanwhile answers 503 (busy, after ``busy_timeout_s``) and leaves the breaker
-    closed; once the lock is let go, writes are accepted again."""
+    """/rank and /healthz answer while another process holds online.db's write lock, also
+    while a write of the service waits for that lock; the write then answers 503 (busy,
+    after ``busy_timeout_s``) and leaves the breaker closed; once the lock is let go,
+    writes are accepted again."""
     import yaml
     from sqlite_lock import LockHolder
 
@@ -415,20 +416,39 @@ def test_sqlite_reads_are_served_while_another_process_holds_the_write_lock(
     from serving.repo import open_repo_store
 
     repo = copy_store(serving_loop, tmp_path)
-    body = yaml.safe_load((repo / "feature_store.yaml").read_text())
+    fs_yaml = repo / "feature_store.yaml"
+    body = yaml.safe_load(fs_yaml.read_text())
+    # room to watch reads pass a waiting write (not a bound: the reads must not wait)
+    body["online_store"]["busy_timeout_s"] = 10.0
+    fs_yaml.write_text(yaml.safe_dump(body, sort_keys=False))
     db = Path(body["online_store"]["path"])
     user, items = world_ids["user"], world_ids["items"]
     rank = {"user_id": user, "item_ids": items[:20]}
     fresh = _fresh_user()
     proc = ServeProcess(serving_loop, repo, tmp_path / "serve.log").wait()
     try:
-        with httpx.Client(base_url=proc.url, timeout=60) as c:
+        with httpx.Client(base_url=proc.url, timeout=60, headers=AUTH) as c, \
+                ThreadPoolExecutor(1) as pool:
             assert c.post("/rank", json=rank).status_code == 200
             with LockHolder(db):
-                for _ in range(5):
+                for _ in range(3):
                     r = c.post("/rank", json=rank)
                     assert r.status_code == 200, r.text
-                w = c.post("/behaviors", json=_behaviour(fresh, items[0]))
+                write = pool.submit(_post, proc.url, "/behaviors", _behaviour(fresh, items[0]),
+                                    60.0)
+                # reads keep being answered while the write waits for the lock (a read
+                # queued behind it would wait out its 10 s: a handful would be answered)
+                answered = 0
+                while not write.done():
+                    r = c.post("/rank", json=rank)
+                    assert r.status_code == 200, r.text
+                    if not write.done():
+                        answered += 1
+                    if answered % 10 == 1:
+                        h = c.get("/healthz")
+                        assert h.status_code == 200 and h.json()["store"] is True, h.text
+                assert answered >= 20, f"{answered} reads answered while the write waited"
+                w = write.result()
                 assert w.status_code == 503 and "busy" in w.json()["error"], w.text
                 r = c.post("/rank", json=rank)
                 assert r.status_code == 200, r.text  # the breaker stayed closed
