@@ -87,8 +87,8 @@ def _profile_yaml(profile: str, default_store: bool, out: Path) -> Path:
     text = (PROFILE_DIR / f"{profile}.yaml").read_text()
     if default_store:  # Feast's own stores
         text = text.replace(
-            "type: moon_rec.featurestore.online_stores.MoonSqliteOnlineStore", "type: sqlite"
-        ).replace("type: moon_rec.featurestore.online_stores.MoonRedisOnlineStore", "type: redis")
+            "type: moon_rec.featurestore.stores.sqlite.MoonSqliteOnlineStore", "type: sqlite"
+        ).replace("type: moon_rec.featurestore.stores.redis.MoonRedisOnlineStore", "type: redis")
     out.write_text(text)
     return out
 

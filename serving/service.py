@@ -33,7 +33,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +60,6 @@ from serving.ranking import RankResult, RequestRanker, ServedVersions
 from serving.repo import open_repo_store
 from serving.store_guard import StoreGuard
 from serving.version_gate import VersionGate
-from serving.workers import SerialCalls
 from serving.writer import Writer
 
 __all__ = [
@@ -123,20 +122,15 @@ class RankingService:
             snapshot=(embeddings_model_version(self.mfs.paths), self.mfs.paths.embeddings_dir()),
         )
         self.embedding_version = self.gate.embedding_version
-        # every store call of this process one at a time (SerialCalls: requests run on
-        # worker threads, the SQLite store shares one connection among them)
-        store_lock = threading.RLock()
-        self.client = cast(OnlineFeatureClient, SerialCalls(
-            OnlineFeatureClient(self.mfs, expected_model_version=self.embedding_version),
-            store_lock))
-        self.online = cast(OnlineWriter, SerialCalls(  # the feature views, resolved once
-            OnlineWriter(self.mfs), store_lock, nested=("changes",)))
+        # store calls run on the worker threads side by side: the stores' reads never wait
+        # on a write (SQLite: a read connection per thread; MoonOnlineStore's contract)
+        self.client = OnlineFeatureClient(self.mfs, expected_model_version=self.embedding_version)
+        self.online = OnlineWriter(self.mfs)  # the feature views, resolved once
         # the ranker's feature spec against the store: a missing feature, or one of another
         # type, refuses the start (FeatureSpecError naming it); its extras are read online
-        # (through the serialised client)
         self.features = RankerDir(model_dir).features(self.meta)
         self.spec_reader = SpecFeatureReader(self.client, self.features.spec)
-        self.guard = StoreGuard(lambda: self.client.user_sequences([0]),
+        self.guard = StoreGuard(lambda: self.client.user_sequences([0]), self.mfs.fault_types(),
                                 retry_s=self.config.store_retry_s,
                                 health_s=self.config.health_s)
         center = load_center(self.mfs.paths, self.dim, self.gate)

@@ -1,11 +1,15 @@
 """The store guard: every online-store call of the service goes through one circuit breaker.
 
-Only store faults open it: a connection refused or reset, a timeout, a locked or
-unreadable database, a server that is loading or read-only (``is_store_fault``). Such a
-call becomes ``StoreUnavailable`` (503) and opens the breaker: requests then fail fast (no
-wait on the store) while a background probe calls the store every ``retry_s`` seconds;
-the first probe that succeeds closes it. Anything else raised by a call is about the
-request or a bug, never the store's health: it passes through unchanged and the breaker
+Only store faults open it: the exception types the feature store declares
+(``MoonFeatureStore.fault_types``: its online store's ``MoonOnlineStore.fault_types`` and
+its registry's), e.g. a connection refused or reset, a timeout, an unreadable database, a
+server that is loading or read-only (``is_store_fault``). Such a call becomes
+``StoreUnavailable`` (503) and opens the breaker: requests then fail fast (no wait on the
+store) while a background probe calls the store every ``retry_s`` seconds; the first probe
+that succeeds closes it. A write that gave up waiting for other writers (``StoreBusy``: a
+lock held by another process, a transaction lost to contention) is 503 too, but the store
+is up and reads go on, so the breaker stays closed. Anything else raised by a call is about
+the request or a bug, never the store's health: it passes through unchanged and the breaker
 stays as it is (``DataError`` / ``ServiceError`` become 4xx in the app).
 
 Health is known without waiting: a monitor thread probes the store every ``health_s``
@@ -16,66 +20,36 @@ seconds while the breaker is closed, so ``healthy`` is never older than that and
 from __future__ import annotations
 
 import logging
-import socket
-import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from moon_rec.featurestore.stores import StoreBusy
 from serving.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _fault_types() -> tuple[type[BaseException], ...]:
-    """The exception types that mean the store (not the request) failed."""
-    types: list[type[BaseException]] = [
-        ConnectionError, TimeoutError, socket.timeout, sqlite3.OperationalError,
-        sqlite3.InterfaceError,
-    ]
-    try:
-        from redis import exceptions as r
-
-        types += [r.ConnectionError, r.TimeoutError, r.BusyLoadingError, r.ReadOnlyError,
-                  r.NoScriptError, r.MasterDownError, r.TryAgainError]
-    except ImportError:  # pragma: no cover - redis is a dependency of the profiles
-        pass
-    try:
-        from sqlalchemy import exc as sa
-
-        types += [sa.OperationalError, sa.InterfaceError, sa.DisconnectionError,
-                  sa.TimeoutError]
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import psycopg
-
-        types += [psycopg.OperationalError, psycopg.InterfaceError]
-    except ImportError:  # pragma: no cover
-        pass
-    from moon_rec.featurestore.online_stores import StoreContention
-
-    types.append(StoreContention)
-    return tuple(types)
-
-
-_FAULTS: tuple[type[BaseException], ...] | None = None
-
-
-def is_store_fault(exc: BaseException) -> bool:
-    """True when ``exc`` (or an exception it was raised from) is a store fault."""
-    global _FAULTS
-    if _FAULTS is None:
-        _FAULTS = _fault_types()
-    seen = 0
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from (Feast and SQLAlchemy wrap driver
+    errors), at most 5."""
+    out: list[BaseException] = []
     cur: BaseException | None = exc
-    while cur is not None and seen < 5:  # Feast and SQLAlchemy wrap driver errors
-        if isinstance(cur, _FAULTS):
-            return True
+    while cur is not None and len(out) < 5:
+        out.append(cur)
         cur = cur.__cause__ or cur.__context__
-        seen += 1
-    return False
+    return out
+
+
+def is_store_fault(exc: BaseException, faults: tuple[type[BaseException], ...]) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is one of ``faults``."""
+    return any(isinstance(e, faults) for e in _chain(exc))
+
+
+def is_store_busy(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is ``StoreBusy``."""
+    return any(isinstance(e, StoreBusy) for e in _chain(exc))
 
 
 class StoreGuard:
@@ -83,18 +57,20 @@ class StoreGuard:
 
     Args:
         probe: a cheap store call (e.g. a one-row read) that raises while the store is down.
+        faults: the exception types that mean the store failed (``mfs.fault_types()``).
         retry_s: seconds between probes while the breaker is open.
         health_s: seconds between health probes while it is closed (0: none).
 
     Example::
 
-        guard = StoreGuard(lambda: client.user_sequences([0]), retry_s=1.0)
+        guard = StoreGuard(lambda: client.user_sequences([0]), mfs.fault_types())
         seq = guard.call("user features", client.user_sequences, [user_id])
     """
 
-    def __init__(self, probe: Callable[[], Any], retry_s: float = 1.0,
-                 health_s: float = 1.0) -> None:
+    def __init__(self, probe: Callable[[], Any], faults: tuple[type[BaseException], ...],
+                 retry_s: float = 1.0, health_s: float = 1.0) -> None:
         self._probe_fn = probe
+        self.faults = faults
         self.retry_s = retry_s
         self.health_s = health_s
         self.healthy = True
@@ -108,8 +84,9 @@ class StoreGuard:
 
     def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``; a store fault raises ``StoreUnavailable`` naming
-        ``what`` and opens the breaker; while it is open, raises at once. Other errors
-        pass through and leave the breaker alone."""
+        ``what`` and opens the breaker; while it is open, raises at once. ``StoreBusy``
+        raises ``StoreUnavailable`` and leaves the breaker closed. Other errors pass
+        through and leave the breaker alone."""
         if not self.healthy:
             raise StoreUnavailable(
                 f"online store unavailable ({what}): {self.error}; probing it in the background"
@@ -117,7 +94,11 @@ class StoreGuard:
         try:
             out = fn(*args, **kwargs)
         except Exception as exc:
-            if not is_store_fault(exc):
+            if is_store_busy(exc):
+                raise StoreUnavailable(
+                    f"online store busy ({what}): {type(exc).__name__}: {str(exc)[:200]}"
+                ) from exc
+            if not is_store_fault(exc, self.faults):
                 raise
             self.error = f"{type(exc).__name__}: {str(exc)[:200]}"
             self.trip()
@@ -163,7 +144,7 @@ class StoreGuard:
                 try:
                     self._probe_fn()
                 except Exception as exc:
-                    if is_store_fault(exc):
+                    if is_store_fault(exc, self.faults):
                         self.error = f"{type(exc).__name__}: {str(exc)[:200]}"
                         self.trip()
                     else:

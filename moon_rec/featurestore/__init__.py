@@ -5,7 +5,8 @@ Modules (import the one you need; ``layout`` and ``tables`` do not import Feast)
     layout         names, Matryoshka sizes, ``FeatureDataPaths``
     tables         behaviour-sequence and item-feature tables from world tables
     definitions    entities, sources, push sources, feature views
-    online_stores  ``MoonSqliteOnlineStore``: Feast's SQLite store, newest-wins writes
+    stores         the online store interface ``MoonOnlineStore`` (``stores.base``) and one
+                   module per back-end (``stores.sqlite``, ``stores.redis``)
     store          profiles (embedded / production) -> ``MoonFeatureStore``
     materialize    chunked, bounded-memory embedding materialization
     online         ``OnlineFeatureClient``: numpy arrays for a batch of ids

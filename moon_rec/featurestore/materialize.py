@@ -51,8 +51,8 @@ from moon_rec.featurestore.definitions import (
     USER_BEHAVIOUR_VIEW,
 )
 from moon_rec.featurestore.layout import AGGREGATE_VIEWS, check_view_fits
-from moon_rec.featurestore.online_stores import EncodedRows, WriteRow, from_epoch_micros
 from moon_rec.featurestore.store import MoonFeatureStore
+from moon_rec.featurestore.stores import EncodedRows, WriteRow, from_epoch_micros
 
 DEFAULT_BATCH_ROWS = 10_000
 T = TypeVar("T")

@@ -74,7 +74,7 @@ class SequenceLookup:
 
 def _micros(v: Any) -> int:
     if isinstance(v, datetime):
-        from moon_rec.featurestore.online_stores import epoch_micros
+        from moon_rec.featurestore.stores import epoch_micros
 
         return epoch_micros(v)
     return int(v) * 1_000_000  # Feast returns Unix seconds for some stores

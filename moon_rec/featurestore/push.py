@@ -2,16 +2,17 @@
 
 ``OnlineWriter`` resolves the feature views once (no registry read per write: on the
 production profile each read is a PostgreSQL round trip) and writes through the online
-store of the profile:
+store of the profile, a ``MoonOnlineStore`` (``moon_rec.featurestore.stores``; any other
+store is refused when the writer is made):
 
 - items: embedding and attribute rows, converted exactly as a Feast push converts them
   and written by the store's ``online_write_batch`` with its newest-wins rule, so a late
   write never replaces a newer embedding;
 - the item change log (``ItemChangeLog``): the items written since a cursor, which every
   serving process reads on to catch up with the others' writes;
-- behaviour: an atomic append to each user's sequence (the store's ``update_rows``: a
-  SQLite transaction, a Redis WATCH / MULTI / EXEC), so every acknowledged event is kept
-  whatever the number of serving processes writing for the same user.
+- behaviour: an atomic append to each user's sequence (the store's ``update_rows``), so
+  every acknowledged event is kept whatever the number of serving processes writing for
+  the same user.
 
 Sequence order: most recent first, by event time; events of equal time keep the order
 they were acknowledged in (the later one first), and none is ever dropped for a tie. Feast
@@ -30,14 +31,15 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from feast.feature_view import FeatureView
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Int64List, StringList
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.repo_config import RepoConfig
 
 from moon_rec.data.embeddings import SEMANTIC_IDS, emb_column
 from moon_rec.data.errors import DataError
@@ -50,8 +52,8 @@ from moon_rec.featurestore.layout import (
     check_view_fits,
 )
 from moon_rec.featurestore.online import OnlineFeatureClient
-from moon_rec.featurestore.online_stores import OnlineRow, epoch_micros
 from moon_rec.featurestore.store import MoonFeatureStore
+from moon_rec.featurestore.stores import MoonOnlineStore, OnlineRow, epoch_micros
 
 # the latest event time whose row stamp (+1 us) is still a datetime (9999-12-31 ...)
 MAX_EVENT_US = epoch_micros(datetime.max.replace(tzinfo=UTC)) - 1
@@ -141,39 +143,30 @@ def append_update(
 
 class ItemChangeLog:
     """Which items were written online since a cursor: the store's change log of the
-    embedding view (``log_changes`` / ``read_changes`` of the MOON online stores).
+    embedding view (``MoonOnlineStore.log_changes`` / ``read_changes``).
 
     Every process that writes an item records it here after the write; every process
     that serves from the store reads it on, so they all converge on the store's rows.
 
     Args:
         config: the repository config.
-        online_store: the profile's online store (a MOON store plug-in).
+        online_store: the profile's online store.
         view: the item embedding view.
     """
 
-    def __init__(self, config: Any, online_store: Any, view: Any) -> None:
+    def __init__(self, config: RepoConfig, online_store: MoonOnlineStore,
+                 view: FeatureView) -> None:
         self.config = config
         self.online_store = online_store
         self.view = view
 
-    def _method(self, name: str) -> Any:
-        fn = getattr(self.online_store, name, None)
-        if fn is None:
-            raise TypeError(
-                f"{type(self.online_store).__name__} keeps no change log: use "
-                "moon_rec.featurestore.online_stores.MoonSqliteOnlineStore or "
-                "MoonRedisOnlineStore (the profiles do)"
-            )
-        return fn
-
     def record(self, item_ids: Sequence[int]) -> int:
         """Log that ``item_ids`` were written; returns their sequence number."""
-        return int(self._method("log_changes")(self.config, self.view, list(item_ids)))
+        return int(self.online_store.log_changes(self.config, self.view, list(item_ids)))
 
     def read(self, after: int, limit: int = 10_000) -> tuple[list[int], int]:
         """(item ids written after cursor ``after``, each once; the next cursor)."""
-        ids, cursor = self._method("read_changes")(self.config, self.view, after, limit)
+        ids, cursor = self.online_store.read_changes(self.config, self.view, after, limit)
         return list(ids), int(cursor)
 
 
@@ -182,6 +175,10 @@ class OnlineWriter:
 
     Args:
         mfs: the feature store; its views are read from the registry here, once.
+
+    Raises:
+        StoreInterfaceError: naming the store's class when the profile's online store is
+            not a ``MoonOnlineStore``.
 
     Example::
 
@@ -194,7 +191,7 @@ class OnlineWriter:
         store = mfs.store
         self.config = store.config
         self.provider = store._get_provider()
-        self.online_store = self.provider.online_store
+        self.online_store = mfs.online_store
         self.embedding_view = store.get_feature_view(ITEM_EMBEDDING_VIEW)
         self.attributes_view = store.get_feature_view(ITEM_ATTRIBUTES_VIEW)
         self.behaviour_view = store.get_feature_view(USER_BEHAVIOUR_VIEW)
@@ -252,13 +249,6 @@ class OnlineWriter:
         """
         if events.num_rows == 0:
             return 0
-        update_rows = getattr(self.online_store, "update_rows", None)
-        if update_rows is None:
-            raise TypeError(
-                f"{type(self.online_store).__name__} cannot append behaviour atomically: use "
-                "moon_rec.featurestore.online_stores.MoonSqliteOnlineStore or "
-                "MoonRedisOnlineStore (the profiles do)"
-            )
         users = events.column("user_id").to_numpy()
         item_ids = events.column("item_id").to_numpy()
         ts_us = pc.cast(events.column("ts"), TIMESTAMP).cast(pa.int64()).to_numpy()
@@ -289,18 +279,8 @@ class OnlineWriter:
         def update(i: int, stored: OnlineRow | None) -> OnlineRow:
             return append_update(stored, per_user[i], cap)
 
-        update_rows(self.config, self.behaviour_view, keys, update)
+        self.online_store.update_rows(self.config, self.behaviour_view, keys, update)
         return len(keys)
-
-
-def push_item_embeddings(mfs: MoonFeatureStore, table: pa.Table) -> int:
-    """``OnlineWriter.item_embeddings`` (views read from the registry for this call)."""
-    return OnlineWriter(mfs).item_embeddings(table)
-
-
-def push_item_attributes(mfs: MoonFeatureStore, table: pa.Table) -> int:
-    """``OnlineWriter.item_attributes`` (views read from the registry for this call)."""
-    return OnlineWriter(mfs).item_attributes(table)
 
 
 def push_behaviour(

@@ -25,6 +25,7 @@ from moon_rec.featurestore.definitions import (
     FeatureDefinitions,
     build_definitions,
 )
+from moon_rec.featurestore.stores import MoonOnlineStore, online_store_of
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "configs" / "featurestore"
 PROFILES: tuple[str, ...] = ("embedded", "production")
@@ -106,6 +107,18 @@ class MoonFeatureStore:
     def config(self) -> RepoConfig:
         return self.store.config
 
+    @property
+    def online_store(self) -> MoonOnlineStore:
+        """The profile's online store (``online_store.type``), checked to implement
+        ``MoonOnlineStore``; a ``StoreInterfaceError`` names its class otherwise."""
+        return online_store_of(self.store._get_provider(), self.config.online_store.type)
+
+    def fault_types(self) -> tuple[type[BaseException], ...]:
+        """The exception types that mean the feature store failed, not the request: the
+        online store's (``MoonOnlineStore.fault_types``) and, on a SQL registry, its
+        database driver's (the registry is re-read when its cache expires)."""
+        return self.online_store.fault_types() + registry_fault_types(self.config)
+
     def apply(self) -> None:
         """Register every definition (``feast apply``) and create online tables, with one
         ``FeatureService`` per feature spec (:mod:`moon_rec.featurestore.services`; a spec
@@ -135,6 +148,18 @@ class MoonFeatureStore:
         # the file registry may already be gone
         with contextlib.suppress(Exception):
             store.registry.delete_project(project, commit=True)
+
+
+def registry_fault_types(config: RepoConfig) -> tuple[type[BaseException], ...]:
+    """The exception types of a failed registry backend: SQLAlchemy's and psycopg's
+    connection errors for a SQL registry (PostgreSQL); none for a file registry."""
+    if config.registry.registry_type != "sql":
+        return ()
+    import psycopg
+    from sqlalchemy import exc as sa
+
+    return (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError, sa.TimeoutError,
+            psycopg.OperationalError, psycopg.InterfaceError)
 
 
 def open_store(

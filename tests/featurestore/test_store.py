@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fs_data import embedding_table
+from fs_data import embedding_table, feast_push
 
 from moon_rec.encoders.config import DEFAULT_DIMS as EMBEDDING_DIMS
 from moon_rec.featurestore.layout import (
@@ -114,14 +114,15 @@ def test_no_stale_overwrite_by_pushes_and_feast_materialize(
     make_store: Any, tmp_path: Path, time0: datetime, one_us: timedelta
 ) -> None:
     from moon_rec.featurestore.online import OnlineFeatureClient
-    from moon_rec.featurestore.push import push_item_embeddings
+    from moon_rec.featurestore.push import OnlineWriter
 
     old = embedding_table([1, 2], time0, "v1", seed=1)
     _write_parts(tmp_path / "data", old)  # the offline table holds the OLD version
     mfs = make_store()
     new = embedding_table([1], time0 + one_us, "v2", seed=2)
-    push_item_embeddings(mfs, new)
-    push_item_embeddings(mfs, embedding_table([1], time0, "v1", seed=5))  # a late push
+    writer = OnlineWriter(mfs)
+    writer.item_embeddings(new)
+    writer.item_embeddings(embedding_table([1], time0, "v1", seed=5))  # a late push
     # Feast's own materialize of the older offline rows must not undo the push either
     mfs.store.materialize(
         time0 - timedelta(days=1), time0 + timedelta(days=1), [ITEM_EMBEDDING_VIEW]
@@ -215,18 +216,17 @@ def test_feast_default_sqlite_store_has_the_stale_overwrite_trap(
     """Why MoonSqliteOnlineStore exists: Feast's own SQLite store lets an older write win."""
     from moon_rec.featurestore.layout import FeatureDataPaths
     from moon_rec.featurestore.online import OnlineFeatureClient
-    from moon_rec.featurestore.push import push_item_embeddings
     from moon_rec.featurestore.store import PROFILE_DIR, open_store
 
     plain = tmp_path / "plain.yaml"
     plain.write_text(
         (PROFILE_DIR / "embedded.yaml")
         .read_text()
-        .replace("type: moon_rec.featurestore.online_stores.MoonSqliteOnlineStore", "type: sqlite")
+        .replace("type: moon_rec.featurestore.stores.sqlite.MoonSqliteOnlineStore", "type: sqlite")
     )
     mfs = open_store(plain, tmp_path / "state", FeatureDataPaths.from_dir(tmp_path / "data"))
-    push_item_embeddings(mfs, embedding_table([1], time0 + one_us, "v2"))
-    push_item_embeddings(mfs, embedding_table([1], time0, "v1"))
+    feast_push(mfs, embedding_table([1], time0 + one_us, "v2"))
+    feast_push(mfs, embedding_table([1], time0, "v1"))
     assert OnlineFeatureClient(mfs).item_embeddings([1], dim=32).model_versions == ["v1"]
     mfs.teardown()
 
@@ -240,7 +240,7 @@ def test_redis_script_respects_rows_written_by_feasts_own_store(
 
     from moon_rec.featurestore.layout import FeatureDataPaths
     from moon_rec.featurestore.online import OnlineFeatureClient
-    from moon_rec.featurestore.push import push_item_embeddings
+    from moon_rec.featurestore.push import OnlineWriter
     from moon_rec.featurestore.store import PROFILE_DIR, open_store
 
     project = f"t_{uuid.uuid4().hex[:12]}"
@@ -248,14 +248,15 @@ def test_redis_script_respects_rows_written_by_feasts_own_store(
     plain.write_text(
         (PROFILE_DIR / "production.yaml")
         .read_text()
-        .replace("type: moon_rec.featurestore.online_stores.MoonRedisOnlineStore", "type: redis")
+        .replace("type: moon_rec.featurestore.stores.redis.MoonRedisOnlineStore", "type: redis")
     )
     paths = FeatureDataPaths.from_dir(tmp_path / "data")
     feast_own = open_store(plain, tmp_path / "a", paths, project=project)
-    push_item_embeddings(feast_own, embedding_table([1, 2], time0 + one_us, "v2"))
+    feast_push(feast_own, embedding_table([1, 2], time0 + one_us, "v2"))
     ours = open_store("production", tmp_path / "b", paths, project=project)
-    push_item_embeddings(ours, embedding_table([1], time0, "v1"))  # older: skipped
-    push_item_embeddings(ours, embedding_table([2], time0 + 2 * one_us, "v3"))  # newer: written
+    writer = OnlineWriter(ours)
+    writer.item_embeddings(embedding_table([1], time0, "v1"))  # older: skipped
+    writer.item_embeddings(embedding_table([2], time0 + 2 * one_us, "v3"))  # newer: written
     got = OnlineFeatureClient(ours).item_embeddings([1, 2], dim=32)
     assert got.model_versions == ["v2", "v3"]
     ours.teardown()

@@ -32,7 +32,7 @@ def _codes_online(mfs: Any, ids: list[int]) -> list[Any]:
 
 def test_codes_materialized_and_pushed(make_store: Any, tmp_path: Path, time0: datetime) -> None:
     from moon_rec.featurestore.materialize import materialize_embeddings
-    from moon_rec.featurestore.push import push_item_embeddings
+    from moon_rec.featurestore.push import OnlineWriter
 
     data = tmp_path / "data"
     emb = data / "item_embeddings"
@@ -53,6 +53,7 @@ def test_codes_materialized_and_pushed(make_store: Any, tmp_path: Path, time0: d
     # a new item pushed with its code (what POST /items does), and one without
     later = time0 + timedelta(hours=1)
     new, new_codes = _with_codes(embedding_table([50], later, "v1", seed=2), 1)
-    push_item_embeddings(mfs, new)
-    push_item_embeddings(mfs, embedding_table([51], later, "v1", seed=3))
+    writer = OnlineWriter(mfs)
+    writer.item_embeddings(new)
+    writer.item_embeddings(embedding_table([51], later, "v1", seed=3))
     assert _codes_online(mfs, [50, 51]) == [new_codes[0].tolist(), None]
