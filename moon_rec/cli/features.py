@@ -2,7 +2,7 @@
 
 moon features build --world W --out DIR            # behaviour sequences, item features
 moon features init --data DIR [--embeddings E]     # record paths for feature_repo/
-moon features apply [--profile embedded|production]
+moon features apply [--profile embedded|production] [--features full ...]
 moon features materialize [--batch-rows N]         # chunked embeddings + Feast for the rest
 moon features publish --data DIR --serving-repo R  # init + apply + materialize + repo folder
 moon features training-set --world W --out T [--features full]  # point-in-time training set
@@ -66,7 +66,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    mfs = _open(args)
+    mfs = _open(args, apply=False)
+    mfs.apply(args.features)
     views = [v.name for v in mfs.store.list_feature_views()]
     services = [s.name for s in mfs.store.list_feature_services()]
     print(json.dumps({"project": mfs.config.project, "feature_views": views,
@@ -110,6 +111,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = fsub.add_parser("apply", help="register the feature definitions (feast apply)")
     _add_store_args(p)
+    p.add_argument("--features", nargs="+", default=None, metavar="SPEC",
+                   help="feature specs to serve as FeatureServices (configs/features/<name>"
+                   ".yaml or YAML files); each must fit the store, else an error names the "
+                   "feature (default: every spec that fits)")
     p.set_defaults(func=_cmd_apply)
 
     p = fsub.add_parser("materialize", help="load the online store from the offline tables")

@@ -2,8 +2,11 @@
 every feature a spec names, with its type.
 
 ``feature_services`` builds ``moon_<spec>`` (a ``FeatureService`` over exactly the spec's
-fields, ``spec`` tag = the spec's name) for every spec of ``configs/features/``; they are
-applied with the repository (``MoonFeatureStore.apply``, ``moon features apply``). A MOON
+fields, ``spec`` tag = the spec's name) for the specs asked for (``moon features apply
+--features full``: a spec that does not fit the repository is an error naming the
+feature), or for every spec of ``configs/features/`` that fits (the others are left out
+with a warning naming the feature: a spec may be of another world); they are applied with
+the repository (``MoonFeatureStore.apply``, ``moon features apply``). A MOON
 entry whose field is ``emb`` serves every Matryoshka field of the embedding view (the
 ranker picks one by its ``moon_dim``).
 
@@ -14,6 +17,7 @@ training set is built, and when serving starts.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -136,12 +140,25 @@ def feature_service(spec: FeatureSpec, views: Iterable[FeatureView]) -> FeatureS
 def feature_services(
     views: Iterable[FeatureView], specs: Iterable[str] | None = None
 ) -> list[FeatureService]:
-    """One ``FeatureService`` per spec (default: every spec of ``configs/features/``).
+    """One ``FeatureService`` per spec.
 
-    Raises:
-        FeatureSpecError: a spec that does not load, or names a feature the views lack or
-            hold with another type (spec and feature named).
+    Args:
+        views: the repository's feature views.
+        specs: the specs to serve (names or YAML paths): each must load and fit the views,
+            else a FeatureSpecError names the spec and the feature. None: every spec of
+            ``configs/features/`` that fits the views; one that does not (a spec of another
+            world: MovieLens demographics on a synthetic store) is left out with a warning
+            naming the feature, and a spec that does not load is an error.
     """
     views = list(views)
-    return [feature_service(load_feature_spec(name), views)
-            for name in (known_specs() if specs is None else specs)]
+    if specs is not None:
+        return [feature_service(load_feature_spec(name), views) for name in specs]
+    out = []
+    for name in known_specs():
+        spec = load_feature_spec(name)
+        try:
+            out.append(feature_service(spec, views))
+        except FeatureSpecError as exc:
+            warnings.warn(f"{exc}: no FeatureService for it in this repository",
+                          UserWarning, stacklevel=2)
+    return out

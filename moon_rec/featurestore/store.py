@@ -119,17 +119,18 @@ class MoonFeatureStore:
         database driver's (the registry is re-read when its cache expires)."""
         return self.online_store.fault_types() + registry_fault_types(self.config)
 
-    def apply(self) -> None:
+    def apply(self, specs: list[str] | None = None) -> None:
         """Register every definition (``feast apply``) and create online tables, with one
-        ``FeatureService`` per feature spec (:mod:`moon_rec.featurestore.services`; a spec
-        naming a feature the definitions lack, or type differently, is a FeatureSpecError
-        naming it, before anything is registered)."""
+        ``FeatureService`` per feature spec (:func:`moon_rec.featurestore.services.
+        feature_services`: ``specs`` named must fit the definitions, else a
+        FeatureSpecError names the feature before anything is registered; None: every
+        spec that fits)."""
         from feast import FeatureView
 
         from moon_rec.featurestore.services import feature_services
 
         objects = self.definitions.objects()
-        services = feature_services(o for o in objects if isinstance(o, FeatureView))
+        services = feature_services((o for o in objects if isinstance(o, FeatureView)), specs)
         self.store.apply([*objects, *services])  # type: ignore[list-item]
 
     def teardown(self) -> None:

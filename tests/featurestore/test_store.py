@@ -367,3 +367,39 @@ def test_a_size_the_code_has_never_seen_materializes_and_reads_back(
                           time0 + timedelta(days=1))
     with pytest.raises(DataError, match="emb_192"):
         OnlineWriter(mfs).item_embeddings(other)
+
+
+def test_apply_registers_a_feature_service_per_spec_and_refuses_a_bad_one_by_name(
+    make_store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every spec that fits is served (``moon_ids``, ``moon_full``, ...); a spec asked
+    for that names a field the store lacks is refused before anything changes."""
+    import yaml
+
+    from moon_rec.data.feature_spec import FeatureSpecError, load_feature_spec
+
+    mfs = make_store()
+    services = {s.name: s for s in mfs.store.list_feature_services()}
+    assert {"moon_ids", "moon_ids_plus_moon", "moon_full"} <= set(services)
+    refs = {f"{p.name}:{f.name}" for p in services["moon_full"].feature_view_projections
+            for f in p.features}
+    assert "item_attributes:price" in refs and "item_ctr:item_ctr_30d" in refs
+    bad = load_feature_spec("ids").model_dump(exclude_defaults=True)
+    bad["name"] = "bad"
+    bad["features"].append({"source": "item_attributes:n_returns", "kind": "numeric",
+                            "fill": 0})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(FeatureSpecError, match=r"feature n_returns .*no field 'n_returns'"):
+        mfs.apply([str(path)])
+    # among the specs applied by default, one that does not fit is left out, named
+    from feast import FeatureView
+
+    from moon_rec.featurestore import services as svc
+
+    known = svc.known_specs()
+    monkeypatch.setattr(svc, "known_specs", lambda: [*known, str(path)])
+    with pytest.warns(UserWarning, match=r"feature spec 'bad': feature n_returns"):
+        served = svc.feature_services(
+            o for o in mfs.definitions.objects() if isinstance(o, FeatureView))
+    assert "moon_bad" not in {s.name for s in served} and "moon_full" in {s.name for s in served}
