@@ -312,7 +312,7 @@ def materialize_embeddings(
     dims: tuple[int, ...] = ()
     for f in files:
         dims = check_view_fits(fv, pq.read_schema(f).names, str(f))
-    provider = store._get_provider()  # the SDK's write path for the configured store
+    online = mfs.online_store  # a MoonOnlineStore: its bulk path (same bytes as Feast's)
     report = MaterializeReport(view=ITEM_EMBEDDING_VIEW, files=files)
     columns = ["item_id", *(emb_column(d) for d in dims), "model_version", TIMESTAMP_FIELD]
     if any(f.name == SEMANTIC_IDS for f in fv.features):  # the view carries the codes
@@ -320,8 +320,6 @@ def materialize_embeddings(
     lo: datetime | None = None
     hi: datetime | None = None
     n_rows = 0
-    # the bulk path of our stores (same bytes, no protobuf objects), else the plug-in API
-    write_encoded = getattr(provider.online_store, "write_encoded", None)
     for enc in _prefetch(
         (
             embedding_encoded(b, dims)
@@ -330,10 +328,7 @@ def materialize_embeddings(
         ),
         depth=prefetch,
     ):
-        if write_encoded is not None:
-            write_encoded(store.config, fv, enc)
-        else:
-            provider.online_write_batch(store.config, fv, enc.write_rows(), None)
+        online.write_encoded(store.config, fv, enc)
         b_lo = from_epoch_micros(int(enc.event_us.min()))
         b_hi = from_epoch_micros(int(enc.event_us.max()))
         lo = b_lo if lo is None or b_lo < lo else lo
