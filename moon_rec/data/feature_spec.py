@@ -4,7 +4,9 @@ A spec is YAML (``configs/features/<name>.yaml``), read into the strict pydantic
 :class:`FeatureSpec`: unknown keys, wrong types and rules broken per kind are errors naming
 the feature. Each entry names a Feast feature ``view:field`` and its kind:
 
-- ``categorical``: an id (int64) looked up in a trainable embedding table; ``table`` names
+- ``categorical``: an id (``dtype: int64``) or a token (``dtype: string``: gender,
+  occupation, a zip prefix; its vocabulary is the train split's distinct values, or
+  ``hash: true`` into ``rows``) looked up in a trainable embedding table; ``table`` names
   the table (entries with the same table share it; default: the entry's own), ``rows`` its
   size (0: sized from the train split, max id + 2, the last row out of vocabulary),
   ``embedding_dim`` (default: the ranker's).
@@ -37,11 +39,20 @@ Example::
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from moon_rec._yaml_config import read_yaml
 
@@ -80,7 +91,9 @@ class FeatureEntry(BaseModel):
         rows: categorical / id_sequence: table rows (0: sized from the train split).
             An id >= rows - 1 in the train split is an error naming the feature (a
             vocabulary overflow), unless ``hash``.
-        hash: categorical with ``rows``: ids modulo rows - 1 instead (negatives: OOV).
+        hash: categorical with ``rows``: ids modulo rows - 1 instead (negatives: OOV);
+            tokens by crc32.
+        dtype: categorical: ``int64`` ids or ``string`` tokens (the stored type).
         embedding_dim: categorical / bucketised numeric: the table's width (None: the
             ranker's ``embedding_dim``; extras must match it to join the dot products).
         transform: numeric: steps in order (``log1p``, ``standardise``; or ``bucketise``
@@ -98,6 +111,7 @@ class FeatureEntry(BaseModel):
     table: str | None = None
     rows: int = Field(default=0, ge=0)
     hash: bool = False
+    dtype: Literal["int64", "string"] = "int64"
     embedding_dim: int | None = Field(default=None, gt=0)
     transform: list[Step] = Field(default_factory=list)
     buckets: int = Field(default=0, ge=0)
@@ -124,6 +138,8 @@ class FeatureEntry(BaseModel):
             raise ValueError(f"transform / buckets / fill are for numeric features, not {k}")
         if k not in ("categorical", "id_sequence") and (self.table or self.rows or self.hash):
             raise ValueError(f"table / rows / hash are for categorical and id_sequence, not {k}")
+        if self.dtype != "int64" and k != "categorical":
+            raise ValueError(f"dtype is for categorical features, not {k}")
         if self.hash and not self.rows:
             raise ValueError("hash needs rows (the table size ids are hashed into)")
         if k != "id_sequence" and self.length is not None:
@@ -428,6 +444,7 @@ class FittedFeatures(BaseModel):
         spec: the feature spec.
         rows: table rows of each sparse extra (categorical or bucketised), the last OOV.
         transforms: the fitted transform of each numeric extra.
+        vocab: each string categorical's tokens (row i: token i), unless hashed.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -435,6 +452,8 @@ class FittedFeatures(BaseModel):
     spec: FeatureSpec
     rows: dict[str, int] = Field(default_factory=dict)
     transforms: dict[str, FittedTransform] = Field(default_factory=dict)
+    vocab: dict[str, list[str]] = Field(default_factory=dict)
+    _token_rows: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)
 
     @property
     def sparse_names(self) -> list[str]:
@@ -463,7 +482,8 @@ class FittedFeatures(BaseModel):
 
         Args:
             raw: per extra column, [N] values as stored: int64 ids (negative: null) for a
-                categorical, float64 (NaN: null) for a numeric.
+                categorical (object strings, None: null, for a string one), float64 (NaN:
+                null) for a numeric.
         Raises:
             ValueError: a missing column, or a null numeric without a fill rule (named).
         """
@@ -476,7 +496,9 @@ class FittedFeatures(BaseModel):
                 raise ValueError(f"feature {col}: no values given")
             x = np.asarray(raw[col])
             n = len(x)
-            if e.kind == "categorical":
+            if e.kind == "categorical" and e.dtype == "string":
+                ids[col] = self._token_ids(e, x)
+            elif e.kind == "categorical":
                 ids[col] = _rows(x.astype(np.int64), self.rows[col], e.hash)
             elif e.bucketised:
                 ids[col] = self.transforms[col].apply(x)
@@ -484,6 +506,19 @@ class FittedFeatures(BaseModel):
                 dense.append(self.transforms[col].apply(x))
         out = np.stack(dense, axis=1) if dense else np.zeros((n, 0), np.float32)
         return ids, out.astype(np.float32, copy=False)
+
+    def _token_ids(self, e: FeatureEntry, tokens: np.ndarray) -> np.ndarray:
+        """Tokens [N] (None: null) -> rows: the vocabulary's, or hashed; else OOV."""
+        oov = self.rows[e.column] - 1
+        if e.hash:
+            return np.array([oov if t is None else zlib.crc32(str(t).encode()) % max(oov, 1)
+                             for t in tokens], np.int64)
+        lookup = self._token_rows.get(e.column)
+        if lookup is None:
+            lookup = {t: i for i, t in enumerate(self.vocab[e.column])}
+            self._token_rows[e.column] = lookup
+        return np.array([lookup.get(t, oov) if t is not None else oov for t in tokens],
+                        np.int64)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -512,9 +547,22 @@ def fit_features(spec: FeatureSpec, raw: dict[str, np.ndarray], train: np.ndarra
     """
     rows: dict[str, int] = {}
     transforms: dict[str, FittedTransform] = {}
+    vocab: dict[str, list[str]] = {}
     for e in spec.extras():
         x = np.asarray(raw[e.column])[train]
-        if e.kind == "categorical":
+        if e.kind == "categorical" and e.dtype == "string":
+            if e.hash:
+                rows[e.column] = e.rows
+                continue
+            tokens = sorted({str(t) for t in x.tolist() if t is not None})
+            if e.rows and len(tokens) > e.rows - 1:
+                raise ValueError(
+                    f"feature {e.column}: {len(tokens)} distinct values overflow its vocabulary "
+                    f"(rows {e.rows}, the last row is out of vocabulary); raise rows, set "
+                    "rows: 0 (sized from the train split) or hash: true")
+            vocab[e.column] = tokens
+            rows[e.column] = e.rows or len(tokens) + 1
+        elif e.kind == "categorical":
             ids = x.astype(np.int64)
             top = int(ids.max(initial=-1))
             if e.rows and not e.hash and top >= e.rows - 1:
@@ -528,4 +576,4 @@ def fit_features(spec: FeatureSpec, raw: dict[str, np.ndarray], train: np.ndarra
             transforms[e.column] = fitted
             if e.bucketised:
                 rows[e.column] = fitted.rows
-    return FittedFeatures(spec=spec, rows=rows, transforms=transforms)
+    return FittedFeatures(spec=spec, rows=rows, transforms=transforms, vocab=vocab)

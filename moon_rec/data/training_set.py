@@ -19,7 +19,7 @@ One row per impression, point-in-time correct (features as of the impression's `
 
 then, after these, one column per *extra* feature of the feature spec it was built with
 (:mod:`moon_rec.data.feature_spec`: ``spec.extras()``, in spec order, named by the entry):
-int64 for a categorical, float64 for a numeric (raw, as stored; null when unknown then;
+int64 for a categorical (string for a ``dtype: string`` one), float64 for a numeric (raw, as stored; null when unknown then;
 transforms are the ranker's, fitted on the train split). A training set built with the
 ``ids`` spec has exactly the columns above.
 
@@ -74,7 +74,8 @@ def training_set_schema(spec: FeatureSpec | None = None) -> pa.Schema:
     if spec is None:
         return TRAINING_SET_SCHEMA
     extra = [
-        pa.field(e.column, pa.int64() if e.kind == "categorical" else pa.float64())
+        pa.field(e.column, (pa.string() if e.dtype == "string" else pa.int64())
+                 if e.kind == "categorical" else pa.float64())
         for e in spec.extras()
     ]
     return pa.schema(list(TRAINING_SET_SCHEMA) + extra)

@@ -281,7 +281,9 @@ class SpecFeatureReader:
         out: dict[str, np.ndarray] = {}
         for e in self.spec.extras():
             vals = got[e.source]
-            if e.kind == "categorical":
+            if e.kind == "categorical" and e.dtype == "string":
+                out[e.column] = np.array(vals, dtype=object)
+            elif e.kind == "categorical":
                 out[e.column] = np.array([-1 if v is None else v for v in vals], np.int64)
             else:
                 out[e.column] = np.array([np.nan if v is None else v for v in vals], np.float64)

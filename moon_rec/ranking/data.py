@@ -241,7 +241,9 @@ def load_training_set(
     for e in spec.extras() if spec is not None else []:
         col = table.column(e.column)
         try:
-            if e.kind == "categorical":
+            if e.kind == "categorical" and e.dtype == "string":
+                extra_raw[e.column] = np.asarray(col.cast(pa.string()).to_pylist(), object)
+            elif e.kind == "categorical":
                 extra_raw[e.column] = (col.cast(pa.int64()).fill_null(-1)
                                        .to_numpy(zero_copy_only=False).astype(np.int64))
             else:

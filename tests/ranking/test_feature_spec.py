@@ -279,3 +279,55 @@ def test_a_spec_reading_codes_needs_their_sizes(tmp_path: Path) -> None:
     cfg = RankerConfig.from_dict({"feature_set": str(spec),
                                   "semantic_ids": {"levels": 2, "codebook": 16}})
     assert cfg.feature_spec().name == "sid"
+
+
+def test_string_categoricals_get_a_train_vocabulary_or_a_hash() -> None:
+    """Tokens (gender, occupation, a zip prefix): the train split's distinct values are
+    the vocabulary, anything else (a test-only value, a null) the OOV row."""
+    spec = FeatureSpec.from_dict(_spec(
+        {"source": "user_attributes:occupation", "kind": "categorical", "dtype": "string"},
+        {"source": "user_attributes:zip", "kind": "categorical", "dtype": "string",
+         "hash": True, "rows": 9},
+    ))
+    raw = {"occupation": np.array(["writer", "artist", None, "doctor"], object),
+           "zip": np.array(["021", "945", None, "100"], object)}
+    fitted = fit_features(spec, raw, np.array([True, True, True, False]))
+    assert fitted.vocab["occupation"] == ["artist", "writer"] and fitted.rows["occupation"] == 3
+    ids, dense = fitted.encode(raw)
+    assert ids["occupation"].tolist() == [1, 0, 2, 2] and dense.shape == (4, 0)
+    assert ids["zip"][2] == 8 and (ids["zip"] < 9).all()
+    again = type(fitted).from_dict(json.loads(json.dumps(fitted.to_dict())))
+    assert again.encode(raw)[0]["occupation"].tolist() == [1, 0, 2, 2]
+    small = FeatureSpec.from_dict(_spec({"source": "user_attributes:occupation",
+                                         "kind": "categorical", "dtype": "string", "rows": 2}))
+    with pytest.raises(ValueError, match=r"feature occupation: 2 distinct values overflow"):
+        fit_features(small, raw, np.array([True, True, True, False]))
+    with pytest.raises(FeatureSpecError, match=r"feature price: dtype is for categorical"):
+        FeatureSpec.from_dict(_spec({"source": "item_attributes:price", "kind": "numeric",
+                                     "dtype": "string"}))
+    as_token = FeatureSpec.from_dict(_spec({"source": "item_attributes:price",
+                                            "kind": "categorical", "dtype": "string"}))
+    with pytest.raises(FeatureSpecError, match=r"feature price .*of dtype string takes String"):
+        check_spec(_views(), as_token)
+    check_spec(_views(String), as_token)
+
+
+def test_ranker_trains_on_a_string_categorical(
+    ranker_data: SyntheticPaths, configs_file: Path, tmp_path: Path
+) -> None:
+    from moon_rec.ranking.evaluate import evaluate_ranker
+    from moon_rec.ranking.train import train_ranker
+
+    t = pq.read_table(ranker_data.training_set)
+    users = t.column("user_id").to_numpy()
+    segment = pa.array([None if u % 7 == 0 else f"seg{u % 5}" for u in users], pa.string())
+    pq.write_table(t.append_column("segment", segment), tmp_path / "ts.parquet")
+    spec = tmp_path / "seg.yaml"
+    spec.write_text(yaml.safe_dump(_spec({"source": "user_attributes:segment",
+                                          "kind": "categorical", "dtype": "string"},
+                                         name="seg")))
+    cfg = load_ranker_config(configs_file, "din_ids_tiny").with_overrides(
+        {"feature_set": str(spec), "train": {"epochs": 1}})
+    meta = train_ranker(tmp_path / "ts.parquet", cfg, tmp_path / "m", progress=False)
+    assert meta["features"]["vocab"]["segment"] == [f"seg{i}" for i in range(5)]
+    assert 0.5 < evaluate_ranker(tmp_path / "m")["auc"] <= 1.0
