@@ -14,6 +14,7 @@ online behaviour sequence.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,7 +154,8 @@ class RequestRanker:
             raw = self.guard.call("spec features", self.spec_reader.read, user_id, cands,
                                   cat, brand)
             try:
-                extra_ids, dense = self.model.features.encode(raw)
+                now_us = np.full(len(cands), time.time() * 1e6)  # ``since``: the request's
+                extra_ids, dense = self.model.features.encode(raw, now_us)
             except ValueError as exc:  # a stored null the ranker has no fill rule for
                 raise NotFound(f"item_ids: {exc}", "item_ids") from None
         batch = request_batch(

@@ -10,8 +10,9 @@ the feature. Each entry names a Feast feature ``view:field`` and its kind:
   the table (entries with the same table share it; default: the entry's own), ``rows`` its
   size (0: sized from the train split, max id + 2, the last row out of vocabulary),
   ``embedding_dim`` (default: the ranker's).
-- ``numeric``: a float; ``transform`` a list of steps applied in order (``log1p``,
-  ``standardise``), or ``bucketise`` (``buckets`` quantile buckets fitted on the train split,
+- ``numeric``: a float; ``transform`` a list of steps applied in order (``since``: a
+  stored time becomes the days from it to the row's time, the request's in serving, e.g.
+  the recency of a user's last click; then ``log1p``, ``standardise``), or ``bucketise`` (``buckets`` quantile buckets fitted on the train split,
   each an embedding row: the feature then enters as a categorical one); ``fill`` the value
   of a null (``mean``: the train split's mean, or a number; no fill and a null is an error
   naming the feature).
@@ -59,7 +60,8 @@ from moon_rec._yaml_config import read_yaml
 SPEC_DIR = Path(__file__).resolve().parents[2] / "configs" / "features"
 
 Kind = Literal["categorical", "numeric", "id_sequence", "moon_embedding", "semantic_ids"]
-Step = Literal["log1p", "standardise", "bucketise"]
+Step = Literal["since", "log1p", "standardise", "bucketise"]
+DAY_US = 86_400_000_000.0
 
 # (name, kind, feast feature) of the base ranker's inputs, read from the store in every spec
 BASE_FEATURES: tuple[tuple[str, str, str], ...] = (
@@ -153,6 +155,8 @@ class FeatureEntry(BaseModel):
                     raise ValueError("bucketise needs buckets >= 2")
             elif self.buckets:
                 raise ValueError("buckets needs transform [bucketise]")
+            if "since" in self.transform and self.transform[0] != "since":
+                raise ValueError("since is the first step (a time -> days before the row)")
             if self.embedding_dim is not None and "bucketise" not in self.transform:
                 raise ValueError("embedding_dim is for categorical or bucketised features")
         if k == "moon_embedding" and not (self.field == "emb" or self.field.startswith("emb_")):
@@ -384,10 +388,11 @@ class FittedTransform(BaseModel):
         """Table rows of a bucketised feature: one per bucket, plus the OOV row."""
         return len(self.boundaries) + 2
 
-    def apply(self, values: np.ndarray) -> np.ndarray:
+    def apply(self, values: np.ndarray, now_us: np.ndarray | None = None) -> np.ndarray:
         """Raw values [N] (NaN for null) -> transformed float32 [N], or bucket ids int64
-        [N] for ``bucketise``. A null with no fill is a ValueError naming the feature."""
-        x = np.asarray(values, np.float64).copy()
+        [N] for ``bucketise``. A null with no fill is a ValueError naming the feature.
+        ``now_us`` [N]: the rows' times (microseconds), which ``since`` needs."""
+        x = _since(self.name, self.steps, values, now_us)
         nulls = np.isnan(x)
         if nulls.any():
             if self.fill is None:
@@ -403,13 +408,26 @@ class FittedTransform(BaseModel):
         return x.astype(np.float32)
 
 
-def fit_transform(entry: FeatureEntry, train_values: np.ndarray) -> FittedTransform:
-    """Fit ``entry``'s transform on its train-split values [N] (NaN for null).
+def _since(name: str, steps: list[Step], values: np.ndarray,
+           now_us: np.ndarray | None) -> np.ndarray:
+    """``values`` as float64 (a copy); with ``since``, days from each value to ``now_us``."""
+    x = np.asarray(values, np.float64).copy()
+    if "since" in steps:
+        if now_us is None:
+            raise ValueError(f"feature {name}: since needs the rows' times")
+        x = np.maximum(np.asarray(now_us, np.float64) - x, 0.0) / DAY_US
+    return x
+
+
+def fit_transform(entry: FeatureEntry, train_values: np.ndarray,
+                  now_us: np.ndarray | None = None) -> FittedTransform:
+    """Fit ``entry``'s transform on its train-split values [N] (NaN for null; ``now_us``
+    [N] the rows' times, for ``since``).
 
     Raises:
         ValueError: nulls and no fill rule, or no non-null train value (feature named).
     """
-    x = np.asarray(train_values, np.float64)
+    x = _since(entry.column, entry.transform, train_values, now_us)
     nulls = np.isnan(x)
     known = x[~nulls]
     name = entry.column
@@ -477,13 +495,17 @@ class FittedFeatures(BaseModel):
             out[name] = ([*feats, e.column], max(rows, self.rows[e.column]), dim)
         return [(name, feats, rows, dim) for name, (feats, rows, dim) in out.items()]
 
-    def encode(self, raw: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def encode(
+        self, raw: dict[str, np.ndarray], now_us: np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Raw stored values -> (table rows int64 [N] per sparse extra, dense float32 [N, F]).
 
         Args:
             raw: per extra column, [N] values as stored: int64 ids (negative: null) for a
                 categorical (object strings, None: null, for a string one), float64 (NaN:
-                null) for a numeric.
+                null) for a numeric (a time: microseconds since the epoch).
+            now_us: [N] the rows' times in microseconds (the request's in serving), which
+                ``since`` steps need.
         Raises:
             ValueError: a missing column, or a null numeric without a fill rule (named).
         """
@@ -501,9 +523,9 @@ class FittedFeatures(BaseModel):
             elif e.kind == "categorical":
                 ids[col] = _rows(x.astype(np.int64), self.rows[col], e.hash)
             elif e.bucketised:
-                ids[col] = self.transforms[col].apply(x)
+                ids[col] = self.transforms[col].apply(x, now_us)
             else:
-                dense.append(self.transforms[col].apply(x))
+                dense.append(self.transforms[col].apply(x, now_us))
         out = np.stack(dense, axis=1) if dense else np.zeros((n, 0), np.float32)
         return ids, out.astype(np.float32, copy=False)
 
@@ -536,10 +558,10 @@ def _rows(ids: np.ndarray, rows: int, hashed: bool) -> np.ndarray:
     return np.where((ids >= 0) & (ids < oov), ids, oov).astype(np.int64)
 
 
-def fit_features(spec: FeatureSpec, raw: dict[str, np.ndarray], train: np.ndarray
-                 ) -> FittedFeatures:
+def fit_features(spec: FeatureSpec, raw: dict[str, np.ndarray], train: np.ndarray,
+                 now_us: np.ndarray | None = None) -> FittedFeatures:
     """Fit ``spec``'s extras on the ``train`` rows (bool [N]) of ``raw`` (as for
-    :meth:`FittedFeatures.encode`).
+    :meth:`FittedFeatures.encode`; ``now_us`` [N] the rows' times).
 
     Raises:
         ValueError: nulls without a fill rule, a vocabulary overflow (an id beyond a
@@ -572,7 +594,8 @@ def fit_features(spec: FeatureSpec, raw: dict[str, np.ndarray], train: np.ndarra
                     "set rows: 0 (sized from the train split) or hash: true")
             rows[e.column] = e.rows or max(top, 0) + 2
         else:
-            fitted = fit_transform(e, x.astype(np.float64))
+            fitted = fit_transform(e, x.astype(np.float64),
+                                   None if now_us is None else np.asarray(now_us)[train])
             transforms[e.column] = fitted
             if e.bucketised:
                 rows[e.column] = fitted.rows

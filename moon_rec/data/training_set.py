@@ -19,7 +19,8 @@ One row per impression, point-in-time correct (features as of the impression's `
 
 then, after these, one column per *extra* feature of the feature spec it was built with
 (:mod:`moon_rec.data.feature_spec`: ``spec.extras()``, in spec order, named by the entry):
-int64 for a categorical (string for a ``dtype: string`` one), float64 for a numeric (raw, as stored; null when unknown then;
+int64 for a categorical (string for a ``dtype: string`` one), float64 for a numeric (a
+stored time: microseconds since the epoch) (raw, as stored; null when unknown then;
 transforms are the ranker's, fitted on the train split). A training set built with the
 ``ids`` spec has exactly the columns above.
 
@@ -117,4 +118,6 @@ def read_training_set(path: str | Path, spec: FeatureSpec | None = None) -> pa.T
             f"training set with it: moon features training-set --features {spec.name})",
             file=str(files[0]), column=absent[0])
     flags = [c for c in OPTIONAL_FLAGS if c in names]
+    if extras and "ts" in names:  # a spec's ``since`` steps measure from each row's time
+        flags.append("ts")
     return read_parquet(files, list(REQUIRED_COLUMNS) + flags + extras)

@@ -285,6 +285,9 @@ class SpecFeatureReader:
                 out[e.column] = np.array(vals, dtype=object)
             elif e.kind == "categorical":
                 out[e.column] = np.array([-1 if v is None else v for v in vals], np.int64)
+            elif "since" in e.transform:  # a time: microseconds since the epoch
+                out[e.column] = np.array([np.nan if v is None else _micros(v) for v in vals],
+                                         np.float64)
             else:
                 out[e.column] = np.array([np.nan if v is None else v for v in vals], np.float64)
         return out

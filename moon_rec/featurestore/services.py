@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from feast import FeatureService, FeatureView
-from feast.types import Array, Float32, Float64, Int32, Int64, String
+from feast.types import Array, Float32, Float64, Int32, Int64, String, UnixTimestamp
 
 from moon_rec.data.feature_spec import (
     FeatureEntry,
@@ -85,7 +85,9 @@ def check_spec(store_or_views: Any, spec: FeatureSpec, where: str = "the feature
                     f"feature spec {spec.name!r}: feature {entry.column} ({entry.source}): "
                     f"view {entry.view} of {where} has no field {field!r} (fields: "
                     f"{', '.join(sorted(types))})")
-            kinds = (String,) if entry.dtype == "string" else KIND_TYPES[entry.kind]
+            kinds = ((String,) if entry.dtype == "string"
+                     else (UnixTimestamp,) if "since" in entry.transform
+                     else KIND_TYPES[entry.kind])
             if types[field] not in kinds:
                 allowed = ", ".join(str(t) for t in kinds)
                 raise FeatureSpecError(

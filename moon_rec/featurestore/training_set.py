@@ -101,7 +101,10 @@ def assemble_training_set(
         "look_driven": pa.array(look),
     }
     for e in spec.extras() if spec is not None else []:
-        cols[e.column] = joined.column(e.field)
+        col = joined.column(e.field)
+        if pa.types.is_timestamp(col.type):  # a time: microseconds since the epoch
+            col = pc.cast(pc.cast(col, TIMESTAMP), pa.int64())
+        cols[e.column] = col
     schema = training_set_schema(spec)
     return pa.table({f.name: pc.cast(cols[f.name], f.type) for f in schema}, schema=schema)
 

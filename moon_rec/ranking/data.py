@@ -76,6 +76,7 @@ class TrainingSet:
         extra_raw: the spec's extra features as stored, [N] each (int64 ids, -1 for null;
             float64, NaN for null); :meth:`encode_features` turns them into
         extra_ids ([N] table rows per sparse extra) and dense ([N, F] float32).
+        ts_us: [N] the rows' times in microseconds (when the spec has extras).
     """
 
     path: str
@@ -101,19 +102,20 @@ class TrainingSet:
     extra_raw: dict[str, np.ndarray] = field(default_factory=dict)
     extra_ids: dict[str, np.ndarray] = field(default_factory=dict)
     dense: np.ndarray | None = None
+    ts_us: np.ndarray | None = None
 
     def fit_features(self, spec: FeatureSpec) -> FittedFeatures:
         """Fit ``spec``'s extras on the train split (DataError naming the feature: nulls
         without a fill rule, a vocabulary overflow)."""
         try:
-            return fit_features(spec, self.extra_raw, ~self.is_test)
+            return fit_features(spec, self.extra_raw, ~self.is_test, self.ts_us)
         except ValueError as exc:
             raise DataError(str(exc), file=self.path) from None
 
     def encode_features(self, fitted: FittedFeatures) -> None:
         """Set ``extra_ids`` and ``dense`` from ``extra_raw`` through ``fitted``."""
         try:
-            self.extra_ids, self.dense = fitted.encode(self.extra_raw)
+            self.extra_ids, self.dense = fitted.encode(self.extra_raw, self.ts_us)
         except ValueError as exc:
             raise DataError(str(exc), file=self.path) from None
         if not fitted.spec.extras():
@@ -252,8 +254,13 @@ def load_training_set(
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise DataError(f"feature {e.column}: not a {e.kind} column ({exc})", file=where,
                             column=e.column) from exc
+    ts_us = None
+    if "ts" in table.column_names:
+        ts_us = (pc.cast(table.column("ts"), pa.timestamp("us", tz="UTC")).cast(pa.int64())
+                 .to_numpy(zero_copy_only=False).astype(np.float64))
     return TrainingSet(
         path=where,
+        ts_us=ts_us,
         extra_raw=extra_raw,
         request_id=_ids(table, "request_id", where),
         user_id=_ids(table, "user_id", where),

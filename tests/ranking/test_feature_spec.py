@@ -331,3 +331,20 @@ def test_ranker_trains_on_a_string_categorical(
     meta = train_ranker(tmp_path / "ts.parquet", cfg, tmp_path / "m", progress=False)
     assert meta["features"]["vocab"]["segment"] == [f"seg{i}" for i in range(5)]
     assert 0.5 < evaluate_ranker(tmp_path / "m")["auc"] <= 1.0
+
+
+def test_since_turns_a_stored_time_into_days_before_the_row() -> None:
+    spec = FeatureSpec.from_dict(_spec({"source": "user_clicks:user_last_click_ts",
+                                        "name": "days_since", "kind": "numeric",
+                                        "transform": ["since"], "fill": 365}))
+    day = 86_400_000_000.0
+    raw = {"days_since": np.array([0.0, 5 * day, np.nan])}
+    now = np.array([2 * day, 6 * day, 9 * day])
+    fitted = fit_features(spec, raw, np.array([True, True, True]), now)
+    _, dense = fitted.encode(raw, now)
+    assert dense[:, 0].tolist() == [2.0, 1.0, 365.0]
+    with pytest.raises(ValueError, match=r"feature days_since: since needs the rows' times"):
+        fitted.encode(raw)
+    with pytest.raises(FeatureSpecError, match=r"since is the first step"):
+        FeatureSpec.from_dict(_spec({"source": "user_clicks:user_last_click_ts",
+                                     "kind": "numeric", "transform": ["log1p", "since"]}))

@@ -86,7 +86,9 @@ def test_full_spec_served_score_equals_the_offline_score(
             train_logits = model(data.batch(rows, None))
             for k, r in enumerate(rows):
                 n = int(data.hist_lengths[r])
-                ids, dense = fitted.encode({c: v[r : r + 1] for c, v in data.extra_raw.items()})
+                assert data.ts_us is not None
+                ids, dense = fitted.encode({c: v[r : r + 1] for c, v in data.extra_raw.items()},
+                                           data.ts_us[r : r + 1])
                 online = request_batch(
                     user_id=int(data.user_id[r]), item_ids=data.item_id[r : r + 1],
                     category_ids=data.category_id[r : r + 1],
@@ -125,7 +127,10 @@ def test_full_spec_served_score_equals_the_offline_score(
                .astype(np.int64 if e.kind == "categorical" else np.float64)
                for e in fitted.spec.extras()}
         assert np.isfinite(raw["user_category_share_30d"]).any()  # the aggregates are read
-        ids, dense = fitted.encode(raw)
+        assert np.isfinite(raw["days_since_last_click"]).any()
+        # ``since`` measures to the request's time (the service's clock, milliseconds
+        # from this one: a difference far below the tolerance)
+        ids, dense = fitted.encode(raw, np.full(7, now.timestamp() * 1e6))
         offline = request_batch(
             user_id=user, item_ids=cands,
             category_ids=items.column("category_id").to_numpy()[:7],
