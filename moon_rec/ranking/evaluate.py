@@ -63,15 +63,16 @@ def _trained_rows(emb: MoonEmbeddings, ids: torch.Tensor, what: str, where: str)
 
 def snapshot_lookups(
     config: RankerConfig, meta: dict[str, Any], state: dict[str, Any],
-    embeddings: str | Path | None = None,
+    embeddings: str | Path | None = None, loaded: MoonEmbeddings | None = None,
 ) -> tuple[ContentLookup | None, SemanticIdLookup | None]:
     """The frozen content table and semantic-ID table of a trained ranker, rebuilt from
-    the snapshot for the item ids ``model.pt`` keeps (None where the ranker has none)."""
+    the snapshot for the item ids ``model.pt`` keeps (None where the ranker has none).
+    ``loaded``: that snapshot's vectors when the caller has read them already."""
     if not config.uses_embeddings:
         return None, None
     snap = snapshot_of(meta, embeddings)
     dim = config.moon_dim if config.moon_dim in snap.dims else snap.dims[-1]
-    emb = snap.vectors(dim)
+    emb = loaded if loaded is not None and loaded.dim == dim else snap.vectors(dim)
     content: ContentLookup | None = None
     codes: SemanticIdLookup | None = None
     if config.uses_moon and CONTENT_ROWS in state:
@@ -95,6 +96,7 @@ def load_ranker(
     content: ContentLookup | None = None,
     semantic_ids: SemanticIdLookup | None = None,
     embeddings: str | Path | None = None,
+    loaded: MoonEmbeddings | None = None,
 ) -> tuple[MoonRanker, dict[str, Any]]:
     """The trained, unsharded ranker of ``model_dir`` in eval mode, and its meta dict.
 
@@ -109,6 +111,7 @@ def load_ranker(
             semantic IDs.
         embeddings: the snapshot to read them from (default: the one meta.json records;
             its model_version must be the ranker's).
+        loaded: that snapshot's vectors, when the caller has already read them.
 
     Raises:
         DataError: the snapshot is missing, of another model_version, or lacks an item the
@@ -128,7 +131,7 @@ def load_ranker(
     need_content = config.uses_moon and content is None
     need_codes = config.semantic_ids is not None and semantic_ids is None
     if need_content or need_codes:
-        own_content, own_codes = snapshot_lookups(config, meta, state, embeddings)
+        own_content, own_codes = snapshot_lookups(config, meta, state, embeddings, loaded)
         content = own_content if need_content else content
         semantic_ids = own_codes if need_codes else semantic_ids
     features = rdir.features(meta)
@@ -239,18 +242,20 @@ def score_test_split(
     Raises:
         DataError: embeddings of another encoder version, no test rows.
     """
-    model, meta = load_ranker(model_dir, embeddings=embeddings)
-    config = model.config
+    meta = read_meta(model_dir)
+    config = RankerConfig.from_dict(meta["config"])
+    emb: MoonEmbeddings | None = None
+    if config.uses_moon:  # read once: the content table and the query vectors
+        q_path = query_embeddings or meta.get("query_embeddings")
+        emb = snapshot_of(meta, embeddings).vectors(config.moon_dim, queries=q_path)
+    model, meta = load_ranker(model_dir, embeddings=embeddings, loaded=emb)
     ts_path = training_set or meta["training_set"]
     features = model.features
     assert features is not None  # load_ranker always gives the ranker its features
     data = load_training_set(ts_path, config.max_seq_len, config.query_token_buckets,
                              features.spec)
     data.encode_features(features)
-    emb: MoonEmbeddings | None = None
-    if config.uses_moon:
-        q_path = query_embeddings or meta.get("query_embeddings")
-        emb = snapshot_of(meta, embeddings).vectors(config.moon_dim, queries=q_path)
+    if emb is not None:
         data.attach_queries(emb)
     rows = np.flatnonzero(data.is_test)
     if rows.size == 0:
