@@ -495,7 +495,6 @@ class EmbeddingSnapshot:
         self.path = path
         self.manifest = manifest
         self.has_manifest = has_manifest
-        self._ids: np.ndarray | None = None
 
     # -- opening ----------------------------------------------------------------------
     @classmethod
@@ -567,34 +566,11 @@ class EmbeddingSnapshot:
 
     def vectors(self, dim: int, queries: str | Path | None = None) -> MoonEmbeddings:
         """Every item's vector at size ``dim`` (and the query vectors of ``queries``, or of
-        the folder's query files), with the items' semantic-ID codes."""
+        the folder's query files), with the items' semantic-ID codes (``semantic_ids``)
+        and their id -> row lookup (``item_rows``)."""
         self.require_dim(dim)
         emb = load_moon_embeddings(self.path, dim, queries=queries)
         if self.has_manifest and emb.model_version != self.model_version:
             raise DataError(f"rows are model_version {emb.model_version}, the manifest says "
                             f"{self.model_version}", file=str(self.path), column="model_version")
-        self._ids = emb.item_ids
         return emb
-
-    def item_ids(self) -> np.ndarray:
-        """[N] the items, sorted (read once)."""
-        if self._ids is None:
-            files, _ = embedding_files(self.path)
-            ids = read_parquet(files, [ITEM_KEY]).column(ITEM_KEY).to_numpy(
-                zero_copy_only=False).astype(np.int64)
-            self._ids = np.unique(ids)
-        return self._ids
-
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        """The row of each of ``ids`` among ``item_ids()`` (and of ``vectors(d)``), -1
-        where the snapshot has no such item."""
-        return sorted_rows(self.item_ids(), np.asarray(ids, np.int64))
-
-    def codes(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(item_ids [N] sorted, semantic-ID codes [N, L]) or None when the rows carry none."""
-        if self.quantiser is None and self.has_manifest:
-            return None
-        emb = load_moon_embeddings(self.path, self.dims[0])
-        if emb.semantic_ids is None:
-            return None
-        return emb.item_ids, emb.semantic_ids
