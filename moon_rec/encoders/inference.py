@@ -21,6 +21,7 @@ tensor [N, 3, S, S].
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,13 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
+    return _native_precision(str(device))
+
+
+@functools.cache
+def _native_precision(device: str) -> str:
+    """What ``auto`` means on ``device``, asked of the hardware once per process (serving
+    encodes one query per request)."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
