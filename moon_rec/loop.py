@@ -632,12 +632,14 @@ def ranker_experiments(preset: str) -> list[str]:
     first. On the small world that is CUBE on look vectors (``cube_moon_look``: the look
     head post-trained on clicks, twice plain CUBE's gap closed), then plain CUBE; SIM is
     left to ``moon ranker compare`` (it pays off on long sequences only: 0.7507 vs CUBE's
-    0.7505 on the small world)."""
+    0.7505 on the small world). Last, the same pair on the stored features of the ``full``
+    spec (``din_full``, ``cube_moon_look_full``): what the feature store adds, and whether
+    content still pays on top of it."""
     if preset == "tiny":
         return ["din_ids_tiny", "cube_moon_tiny"]
     if preset == "movielens":
         return ["din_ids_movielens", "cube_moon_movielens"]
-    return ["din_ids", "cube_moon_look", "cube_moon"]
+    return ["din_ids", "cube_moon_look", "cube_moon", "din_full", "cube_moon_look_full"]
 
 
 def main_steps(layout: Layout, preset: str, seed: int, experiments: Sequence[str], *,
