@@ -3,7 +3,8 @@ HTTP on loopback, and against a naive Feast-per-request path measured in the sam
 then a bounded loopback load test with several concurrent clients.
 
 Setup: the tiny world (or ``--loop DIR`` from ``moon_rec.loop.prepare_serving``) through the whole
-loop with the ``cube_moon`` ranker (moon_dim 64, max_seq_len 50; one short epoch: latency
+loop with the ``cube_moon`` ranker (``--experiment``: e.g. ``cube_moon_full``, the full
+spec's stored features; moon_dim 64, max_seq_len 50; one short epoch: latency
 does not depend on training), the embedded store (SQLite) unless ``--profile production``.
 The benchmark user gets 50 behaviours pushed first, so every request scores 100 candidates
 against a 50-item sequence.
@@ -53,7 +54,7 @@ def _stats(samples: list[float]) -> dict[str, float]:
     }
 
 
-def build_loop(out: Path, world: Path | None, profile: str) -> Any:
+def build_loop(out: Path, world: Path | None, profile: str, experiment: str = "cube_moon") -> Any:
     from moon_rec.data.world import generate_world, make_config
     from moon_rec.loop import prepare_serving
 
@@ -62,7 +63,7 @@ def build_loop(out: Path, world: Path | None, profile: str) -> Any:
         if not (world / "world.json").is_file():
             generate_world(make_config("tiny", 1), world, progress=False)
     return prepare_serving(
-        world, out / "loop", experiment="cube_moon", profile=profile,
+        world, out / "loop", experiment=experiment, profile=profile,
         train_overrides={"train": {"epochs": 1, "batch_size": 1024}},
     )
 
@@ -235,6 +236,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--load-s", type=float, default=60.0)
     ap.add_argument("--no-http", action="store_true")
+    ap.add_argument("--experiment", default="cube_moon",
+                    help="the served ranker (cube_moon_full: the full spec's stored features)")
     args = ap.parse_args()
 
     import httpx
@@ -252,7 +255,7 @@ def main() -> None:
     if args.loop is not None:
         loop = ServingArtifacts.load(args.loop)
     else:
-        loop = build_loop(work, args.world, args.profile)
+        loop = build_loop(work, args.world, args.profile, args.experiment)
     setup_s = time.perf_counter() - t0
     service = RankingService(loop.ranker, loop.repo, encoder=loop.encoder,
                              config=ServiceConfig(refresh_s=0))
