@@ -22,6 +22,23 @@ dataset config (as in reczoo's LongCTR benchmark configs):
 - ``moon_item_id.npz`` (``key``: encoded item_id, ``value``: [n, C] float32): our MOON
   vectors (column ``emb_{C}`` of the embedding table) for FuxiCTR's ``pretrained_emb``.
 
+With a feature spec (``spec``), every extra feature of it (``FeatureSpec.extras``: the
+stored categorical and numeric features beyond the base ranker's) is one more column of
+``{train,valid,test}.parquet``, after ``query_tokens``, named as in the spec, and in
+``FuxiExport.extras`` (what the dataset config lists). The values are our ranker's own
+model inputs: the spec's transforms fitted on the fit rows and applied by the one path
+from stored values to model inputs (``moon_rec.data.feature_spec.fit_features`` /
+``FittedFeatures.encode``, over the raw columns ``moon_rec.ranking.data.load_training_set``
+reads), so both libraries see the same numbers:
+
+- a categorical extra (int ids or string tokens, e.g. gender, occupation, a zip prefix) and
+  a bucketised numeric one: FuxiCTR ``categorical``, int64, our table row + 1 (0 stays
+  FuxiCTR's padding; our out-of-vocabulary row is its own index), ``vocab_size`` our rows
+  + 1; extras sharing a table in the spec share FuxiCTR's (``share_embedding``);
+- a numeric extra: FuxiCTR ``numeric``, float32, already transformed (since / log1p /
+  standardise, nulls filled), so FuxiCTR's own normalizer is not used (no
+  ``normalizer`` key).
+
 Ids are encoded FuxiCTR's way (its ``Tokenizer``): a vocabulary from the fit rows (train
 minus the validation slice; an item or category counts when a fit row shows it as target
 or behaviour), 0 = padding, 1..V the vocabulary, V + 1 = OOV. In the MOON dataset the
@@ -38,7 +55,7 @@ timestamps, so a request is never cut); the rest is fit. Rows keep the training 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +66,7 @@ import pyarrow.parquet as pq
 
 from moon_rec.data.embeddings import MoonEmbeddings, parquet_files, read_parquet
 from moon_rec.data.errors import DataError
+from moon_rec.data.feature_spec import FeatureSpec, fit_features
 from moon_rec.data.training_set import REQUIRED_COLUMNS, write_training_set
 from moon_rec.ranking.data import MAX_QUERY_TOKENS
 from moon_rec.ranking.features import query_tokens
@@ -110,6 +128,10 @@ class FuxiExport:
         moon_vocab_size: item_id vocab_size of the MOON dataset (V + E + 2).
         hist_category_mismatches: behaviours whose category in the row differs from the
             item's category in item_info (FuxiCTR takes the latter).
+        extras: the spec's extra feature columns, in spec order: {"name", "type"
+            (categorical | numeric), "dtype" (int | float), and for a categorical
+            "vocab_size" and, when it shares another's table, "share_embedding"}.
+        feature_spec: the spec's name (None: no spec).
     """
 
     data_dir: Path
@@ -122,6 +144,8 @@ class FuxiExport:
     moon_extra_items: int
     moon_vocab_size: int
     hist_category_mismatches: int
+    extras: list[dict[str, Any]] = field(default_factory=list)
+    feature_spec: str | None = None
 
     def summary(self) -> dict[str, Any]:
         n_train = self.rows["fit"].size + self.rows["valid"].size
@@ -138,6 +162,8 @@ class FuxiExport:
             "moon_items_outside_vocab": self.moon_extra_items,
             "moon_item_vocab_size": self.moon_vocab_size,
             "hist_category_mismatches": self.hist_category_mismatches,
+            "feature_spec": self.feature_spec,
+            "extra_features": [e["name"] for e in self.extras],
         }
 
 
@@ -237,6 +263,7 @@ def export_training_set(
     query_token_buckets: int,
     valid_fraction: float = 0.1,
     embeddings: MoonEmbeddings | None = None,
+    spec: FeatureSpec | None = None,
 ) -> FuxiExport:
     """Write our training set in FuxiCTR's LongCTR format (module docstring) into ``out``.
 
@@ -247,21 +274,82 @@ def export_training_set(
         query_token_buckets: hash buckets of our query tokens (the ranker config's).
         valid_fraction: the validation slice, from the end of the train period.
         embeddings: MOON vectors; writes item_info_moon.parquet and moon_item_id.npz.
+        spec: also export its extra features (module docstring); the training set must
+            hold their columns.
 
     Raises:
         DataError: a missing column, a null id or label, a split other than train / test,
-            histories of items and categories of different lengths.
+            histories of items and categories of different lengths; a spec's feature with
+            no column, or a null without a fill rule (the feature named).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     where = str(training_set)
     table = read_for_export(training_set)
     try:
-        return _export(table, out, max_len, query_token_buckets, valid_fraction, embeddings)
+        extras = _extra_inputs(training_set, spec, table.column("split"), table.column("ts"),
+                               max_len, query_token_buckets, valid_fraction)
+        made = _export(table, out, max_len, query_token_buckets, valid_fraction, embeddings,
+                       extras)
+        if spec is not None:
+            made.feature_spec = spec.name
+        return made
     except DataError as exc:
         if exc.file is None:
             exc = DataError(exc.reason, file=where, column=exc.column, row=exc.row)
         raise exc from None
+
+
+@dataclass
+class _Extra:
+    """One exported extra feature: its FuxiCTR column spec and values [N]."""
+
+    spec: dict[str, Any]
+    values: np.ndarray
+
+
+def _extra_inputs(
+    training_set: str | Path,
+    spec: FeatureSpec | None,
+    split_col: pa.ChunkedArray,
+    ts_col: pa.ChunkedArray,
+    max_len: int,
+    buckets: int,
+    valid_fraction: float,
+) -> list[_Extra]:
+    """The spec's extras as our ranker's model inputs, fitted on the fit rows."""
+    if spec is None or not spec.extras():
+        return []
+    from moon_rec.ranking.data import load_training_set
+
+    data = load_training_set(training_set, max_len, buckets, spec)
+    split = np.asarray(split_col.fill_null("").to_pylist(), dtype=object)
+    ts = ts_col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+    fit = np.zeros(split.size, bool)
+    fit[split_rows(split, ts, valid_fraction)["fit"]] = True
+    try:
+        fitted = fit_features(spec, data.extra_raw, fit, data.ts_us)
+        ids, dense = fitted.encode(data.extra_raw, data.ts_us)
+    except ValueError as exc:  # names the feature
+        raise DataError(str(exc)) from None
+    out: list[_Extra] = []
+    first_of_table: dict[str, str] = {}
+    table_rows = {name: rows for name, _, rows, _ in fitted.tables(1)}
+    dense_at = {name: j for j, name in enumerate(fitted.dense_names)}
+    for e in spec.extras():
+        if e.is_dense:
+            out.append(_Extra({"name": e.column, "type": "numeric", "dtype": "float"},
+                              dense[:, dense_at[e.column]].astype(np.float32)))
+            continue
+        table = e.table_name if e.kind == "categorical" else e.column
+        col: dict[str, Any] = {"name": e.column, "type": "categorical", "dtype": "int",
+                               "vocab_size": int(table_rows[table]) + 1}
+        if table in first_of_table:
+            col["share_embedding"] = first_of_table[table]
+        else:
+            first_of_table[table] = e.column
+        out.append(_Extra(col, ids[e.column].astype(np.int64) + 1))
+    return out
 
 
 def _export(
@@ -271,6 +359,7 @@ def _export(
     buckets: int,
     valid_fraction: float,
     embeddings: MoonEmbeddings | None,
+    extras: list[_Extra] | None = None,
 ) -> FuxiExport:
     split = np.asarray(table.column("split").fill_null("").to_pylist(), dtype=object)
     ts = table.column("ts").cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
@@ -369,6 +458,7 @@ def _export(
         "position": vocabs["position"].encode(position),
         "clicked": clicked.astype(np.int64),
     }
+    extras = extras or []
     for name, idx in parts.items():
         fname = "train" if name == "fit" else name
         _write(
@@ -383,8 +473,13 @@ def _export(
                 "brand_id",
                 "position",
                 "query_tokens",
+                *(x.spec["name"] for x in extras),
                 "clicked",
             ],
+            floats={x.spec["name"]: x.values[idx] for x in extras
+                    if x.spec["type"] == "numeric"},
+            more_ints={x.spec["name"]: x.values[idx] for x in extras
+                       if x.spec["type"] == "categorical"},
         )
     sizes = {k: v.size for k, v in vocabs.items()}
     sizes["query_tokens"] = token_vocab.size
@@ -403,6 +498,7 @@ def _export(
         moon_extra_items=extra,
         moon_vocab_size=vocabs["item_id"].size + extra,
         hist_category_mismatches=mismatches,
+        extras=[x.spec for x in extras],
     )
 
 
@@ -445,19 +541,25 @@ def _write(
     cols: dict[str, np.ndarray],
     lists: dict[str, list[list[int]]] | None = None,
     order: list[str] | None = None,
+    floats: dict[str, np.ndarray] | None = None,
+    more_ints: dict[str, np.ndarray] | None = None,
 ) -> None:
-    arrays: dict[str, pa.Array] = {k: pa.array(v, pa.int64()) for k, v in cols.items()}
+    arrays: dict[str, pa.Array] = {k: pa.array(v, pa.int64())
+                                   for k, v in {**cols, **(more_ints or {})}.items()}
+    for k, f in (floats or {}).items():
+        arrays[k] = pa.array(np.asarray(f, np.float32), pa.float32())
     for k, v in (lists or {}).items():
         arrays[k] = pa.array(v, pa.list_(pa.int64()))
     names = order or list(arrays)
     pq.write_table(pa.table({k: arrays[k] for k in names}), path)
 
 
-def write_without_valid(training_set: str | Path, valid_rows: np.ndarray, out: str | Path) -> Path:
-    """Our training set less the validation slice (through its owner's writer), so our
-    ranker trains on exactly FuxiCTR's fit rows."""
+def write_without_valid(training_set: str | Path, valid_rows: np.ndarray, out: str | Path,
+                        spec: FeatureSpec | None = None) -> Path:
+    """Our training set less the validation slice (through its owner's writer, with
+    ``spec``'s extra columns), so our ranker trains on exactly FuxiCTR's fit rows."""
     files = parquet_files(training_set)
     table = read_parquet(files)
     keep = np.ones(table.num_rows, bool)
     keep[valid_rows] = False
-    return write_training_set(table.filter(pa.array(keep)), out)
+    return write_training_set(table.filter(pa.array(keep)), out, spec)

@@ -17,6 +17,14 @@ spent in FuxiCTR's per-epoch validation pass and best-checkpoint save (its ``eva
 ``train_seconds`` = fit - eval: the epochs' batches (its collation of each batch from
 item_info / user_info, forward, backward, Adam step). Building the data loaders (reading
 the parquet files) is ``load_seconds``, outside.
+
+Numeric features (a feature spec's, ``benchmarks/fuxictr_format.py``): FuxiCTR's
+``ParquetDataset`` stacks every column into one array, float64 once a column is float, and
+its ``BatchCollator`` then indexes ``user_info`` / ``item_info`` with the float
+``user_index`` / ``item_index`` values, which numpy and pandas refuse. ``IntIndexCollator``
+is the same collation with those two columns cast to int64 (exact: they are small whole
+numbers); the features reach the model as before (FuxiCTR casts categoricals with
+``.long()`` and numerics with ``.float()``).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 
 def main() -> None:
@@ -51,8 +60,33 @@ def main() -> None:
     from fuxictr.pytorch.dataloaders import RankDataLoader
     from fuxictr.pytorch.torch_utils import seed_everything
     from fuxictr.utils import load_config, set_logger
+    from model_zoo.LongCTR import longctr_dataloader
     from model_zoo.LongCTR.DIN import DIN
     from model_zoo.LongCTR.longctr_dataloader import LongCTRDataLoader
+
+    class IntIndexCollator(longctr_dataloader.BatchCollator):
+        """FuxiCTR's ``BatchCollator.__call__`` with user_index / item_index as int64."""
+
+        def __call__(self, batch: Any) -> Any:
+            from torch.utils.data.dataloader import default_collate
+
+            batch_tensor = default_collate(batch)
+            all_cols = set(list(self.feature_map.features.keys()) + self.feature_map.labels)
+            batch_dict = {col: batch_tensor[:, idx] for col, idx in self.column_index.items()
+                          if col in all_cols}
+            user_index = batch_dict["user_index"].numpy().astype(np.int64)
+            user_seqs = self.user_info[user_index]
+            seq_lens = batch_dict["seq_len"].int().numpy()
+            batch_seqs = self.padding_seqs(user_seqs, seq_lens)
+            mask = (torch.from_numpy(batch_seqs) > 0).float()
+            item_index = batch_dict["item_index"].numpy().astype(np.int64).reshape(-1, 1)
+            batch_items = np.hstack([batch_seqs, item_index]).flatten().astype(np.int64)
+            item_info = self.item_info.iloc[batch_items]
+            item_dict = {col: torch.from_numpy(np.array(item_info[col].to_list()))
+                         for col in item_info.columns if col in all_cols}
+            return batch_dict, item_dict, mask
+
+    longctr_dataloader.BatchCollator = IntIndexCollator  # read when a loader is made
 
     class TimedDIN(DIN):
         """FuxiCTR's DIN, with the time of its per-epoch validation + checkpoint counted."""

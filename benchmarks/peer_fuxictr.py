@@ -2,7 +2,8 @@
 split, in the same run.
 
     python benchmarks/peer_fuxictr.py --training-set T --embeddings E --world W --out DIR \
-        [--tiny] [--threads N] [--seeds 0 1 2] [--query-embeddings Q]
+        [--tiny] [--threads N] [--seeds 0 1 2] [--query-embeddings Q] \
+        [--experiments DIN CUBE] [--features SPEC]
 
 1. FuxiCTR goes into its own virtual environment, ``.peer/fuxictr-venv`` (python3.11
    -m venv; ``torch==2.13.0`` first, the CPU wheel, then the pins of
@@ -23,7 +24,14 @@ split, in the same run.
    length) and FuxiCTR's own defaults otherwise (Adam 1e-3, Dice attention activation).
    Its features are our DIN's inputs: user_id, brand_id, position, our hashed query tokens
    (a mean-pooled sequence feature), and item_id + category_id of the target and of each
-   behaviour (DIN's target attention).
+   behaviour (DIN's target attention), plus the extra features of the DIN experiment's
+   feature spec (``feature_set``; ``--features SPEC`` names another): categorical ones
+   (ids, string tokens, bucketised numbers) as FuxiCTR ``categorical``, numeric ones as
+   FuxiCTR ``numeric``, exported as our ranker's own fitted-transform output (fitted on
+   the fit rows; FuxiCTR's normalizer unused), see ``benchmarks/fuxictr_format.py``. With
+   ``--experiments din_full_movielens cube_moon_full_movielens`` both libraries read the
+   ``movielens_full`` spec's features. The JSON keeps the role names ``din_ids`` /
+   ``din_moon`` / ``cube_moon`` whatever the spec (``feature_spec`` names it).
 4. Ours: ``din_ids`` / ``cube_moon`` (``*_tiny`` with ``--tiny``) of
    configs/ranker/experiments.yaml through ``moon_rec.ranking.compare.compare_rankers``.
 5. Both libraries' test predictions are scored by the same code
@@ -130,6 +138,7 @@ def dataset_config(
             freeze_emb=True,
             pretrain_usage=pretrain_usage,
         )
+    extras: list[dict[str, Any]] = [{"active": True, **e} for e in export.extras]
     cols: list[dict[str, Any]] = [
         {"name": "user_index", "active": True, "dtype": "int", "type": "meta"},
         {"name": "item_index", "active": True, "dtype": "int", "type": "meta"},
@@ -163,6 +172,7 @@ def dataset_config(
             "max_len": 8,
             "vocab_size": v["query_tokens"],
         },
+        *extras,
         item_id,
         {
             "name": "category_id",
@@ -350,6 +360,21 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- ours
+def covering_spec(specs: list[str]) -> Any:
+    """The first of the feature specs ``specs`` whose training-set columns cover every
+    one's (what our rankers' training set without the validation slice keeps)."""
+    from moon_rec.data.feature_spec import load_feature_spec
+
+    loaded = [load_feature_spec(s) for s in specs]
+    cols = [{(e.column, e.source) for e in sp.table_columns()} for sp in loaded]
+    need = set().union(*cols)
+    for sp, have in zip(loaded, cols, strict=True):
+        if need <= have:
+            return sp
+    raise SystemExit(f"peer_fuxictr: no one spec of {specs} holds every column the "
+                     "experiments read")
+
+
 def run_ours(
     training_set: Path,
     embeddings: Path,
@@ -415,6 +440,9 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=20, help="FuxiCTR epochs (upper bound)")
     parser.add_argument("--pretrain-usage", choices=("sum", "init", "concat"), default="sum")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
+    parser.add_argument("--features", default=None, metavar="SPEC",
+                        help="FuxiCTR's extra features: this feature spec's (default: the "
+                        "DIN experiment's feature_set)")
     args = parser.parse_args()
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -439,6 +467,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     fx_root = out / "fuxictr"
 
+    from moon_rec.data.feature_spec import load_feature_spec
+
+    spec = load_feature_spec(args.features or din.feature_set)
     py = ensure_venv(args.venv)
     moon = load_moon_embeddings(args.embeddings, cube.moon_dim)
     export = export_training_set(
@@ -448,6 +479,7 @@ def main() -> None:
         query_token_buckets=din.query_token_buckets,
         valid_fraction=args.valid_fraction,
         embeddings=moon,
+        spec=spec,
     )
     cfg = write_fuxictr_configs(
         export,
@@ -459,7 +491,8 @@ def main() -> None:
         pretrain_usage=args.pretrain_usage,
     )
     ours_set = write_without_valid(
-        args.training_set, export.rows["valid"], out / "ours" / "training_set.parquet"
+        args.training_set, export.rows["valid"], out / "ours" / "training_set.parquet",
+        covering_spec([din.feature_set, cube.feature_set]),
     )
     info = test_rows_info(args.training_set, args.world, export.rows["test"])
 
@@ -538,7 +571,12 @@ def main() -> None:
             "pretrain_usage": args.pretrain_usage,
             "moon_dim": export.moon_dim,
             "features": "user_id, brand_id, position, query_tokens (mean-pooled); target + "
-            "behaviours: item_id, category_id (DIN attention)",
+            "behaviours: item_id, category_id (DIN attention)"
+            + (f"; feature spec {spec.name}: " + ", ".join(
+                f"{e['name']} ({e['type']})" for e in export.extras) if export.extras else ""),
+            "feature_spec": spec.name,
+            "extras_encoding": "our fitted transforms (fit rows): categorical = our table row "
+            "+ 1, numeric = our transformed float (FuxiCTR normalizer unused)",
         },
         "results": results,
         "ratio_ours_over_fuxictr_examples_per_s_din_ids": (

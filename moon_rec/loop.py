@@ -570,8 +570,38 @@ def feature_store_step(layout: Layout, *, profile: str = "embedded", project: st
 
 # The loop's training set carries the widest stored spec's columns, so that every
 # experiment (``feature_set: ids | ids+moon | full``) finds its features in it; a ranker
-# reads only its own spec's columns.
+# reads only its own spec's columns. A loop whose rankers read columns ``full`` lacks (the
+# MovieLens demographics of ``movielens_full``) builds it with their spec instead
+# (``training_features``).
 LOOP_FEATURES = "full"
+
+
+def training_features(experiments: Sequence[str]) -> str:
+    """The feature spec of the loop's training set for ranker ``experiments``: the first of
+    ``LOOP_FEATURES`` and the experiments' own specs whose training-set columns (name and
+    stored source) cover every experiment's, so each ranker finds its columns in it.
+
+    Raises:
+        ValueError: no such spec (the experiments' columns are named).
+    """
+    from moon_rec.data.feature_spec import load_feature_spec
+    from moon_rec.ranking.config import load_ranker_config
+
+    names = [load_ranker_config(RANKER_EXPERIMENTS, e).feature_set for e in experiments]
+
+    def columns(spec: str) -> set[tuple[str, str]]:
+        return {(e.column, e.source) for e in load_feature_spec(spec).table_columns()}
+
+    need: set[tuple[str, str]] = set()
+    for name in names:
+        need |= columns(name)
+    for name in dict.fromkeys([LOOP_FEATURES, *names]):
+        if need <= columns(name):
+            return name
+    raise ValueError(
+        f"experiments {', '.join(experiments)}: no one feature spec among "
+        f"{', '.join(dict.fromkeys([LOOP_FEATURES, *names]))} holds every column they read "
+        f"({', '.join(sorted(c for c, _ in need))}); give the loop a spec that does")
 
 
 def training_set_step(
@@ -634,10 +664,16 @@ def ranker_experiments(preset: str) -> list[str]:
     left to ``moon ranker compare`` (it pays off on long sequences only: 0.7507 vs CUBE's
     0.7505 on the small world). Last, the same pair on the stored features of the ``full``
     spec (``din_full``, ``cube_moon_look_full``): what the feature store adds, and whether
-    content still pays on top of it."""
+    content still pays on top of it. MovieLens (``movielens``): DIN and CUBE on IDs, then on
+    the ``movielens_full`` spec (user demographics, rating counts, windowed aggregates);
+    another imported world (``imported``): the first pair only (it may have no users
+    table)."""
     if preset == "tiny":
         return ["din_ids_tiny", "cube_moon_tiny"]
     if preset == "movielens":
+        return ["din_ids_movielens", "cube_moon_movielens", "din_full_movielens",
+                "cube_moon_full_movielens"]
+    if preset == "imported":  # any imported world: the stored features every world has
         return ["din_ids_movielens", "cube_moon_movielens"]
     return ["din_ids", "cube_moon_look", "cube_moon", "din_full", "cube_moon_look_full"]
 
@@ -653,7 +689,7 @@ def main_steps(layout: Layout, preset: str, seed: int, experiments: Sequence[str
         embed_step(layout),
         feature_tables_step(layout),
         feature_store_step(layout),
-        training_set_step(layout),
+        training_set_step(layout, features=training_features(experiments)),
         query_embeddings_step(layout),
         rankers_step(layout, experiments, seed=seed),
     ]
@@ -679,7 +715,7 @@ def imported_main_steps(layout: Layout, source: str, path: str | Path,
         embed_step(layout, encoder_dep=POSTTRAIN_ENCODER),
         feature_tables_step(layout, deps=(IMPORT_WORLD,)),
         feature_store_step(layout),
-        training_set_step(layout),
+        training_set_step(layout, features=training_features(experiments)),
         query_embeddings_step(layout, encoder_dep=POSTTRAIN_ENCODER),
         rankers_step(layout, experiments, seed=seed, world=False, queries=False),
     ]

@@ -85,7 +85,8 @@ def build_steps(preset: str, seed: int, art: Path, *, world: str = "synthetic",
     if world_dir is not None:
         world = "movielens"  # the same recipe: text tower, real-world rankers, no oracle
     name = "movielens" if world == "movielens" else preset
-    experiments = experiments or ranker_experiments(name)
+    experiments = experiments or ranker_experiments(
+        "imported" if world_dir is not None else name)
     threads = max(1, min(2, os.cpu_count() or 1))  # the demo owns the machine
     model = layout.rankers / experiments[1]
     serving = layout.file("serving.json")

@@ -26,8 +26,16 @@ What the tables hold (every choice is one a CTR benchmark on MovieLens usually m
                  the split (a release date would make a 1995 movie first rated in the test
                  period warm, and 24 movies have a release date after their first rating).
                  A movie nobody rated launches at its release date (else the first rating).
-    users        user_id, signup_ts = the user's first rating (age, gender, occupation and
-                 zip are checked but not kept: the ``users`` contract has no column for them).
+    users        user_id, signup_ts = the user's first rating, and the demographics as
+                 typed extra columns of the ``users`` table (``moon_rec.data.schemas``, the
+                 logs import's ``extra`` path): age (int64), gender (string, "M" / "F"),
+                 occupation (string, one of GroupLens's 21) and zip_prefix (string: the first
+                 ``ZIP_PREFIX_CHARS`` = 3 characters of the zip code, upper-cased). Why a
+                 prefix: the full code is nearly a user id (795 distinct codes for 943
+                 users), so as a categorical feature it would only alias the user's own
+                 embedding; the first 3 characters are the US ZIP's sectional centre (and a
+                 Canadian postcode's forward sortation area), a region several users share
+                 (382 prefixes), which a ranker can generalise over.
     impressions  every rating is one impression of its own request: request_id 1..N in time
                  order, position 0, query_text "" (MovieLens has no search queries),
                  clicked = rating >= 4 (the usual MovieLens CTR formulation).
@@ -69,6 +77,7 @@ import pyarrow.parquet as pq
 
 from moon_rec.data.errors import DataError
 from moon_rec.data.logs import (
+    ExtraType,
     InteractionsSource,
     ItemsSource,
     LogsMapping,
@@ -91,6 +100,10 @@ ITEM_COLUMNS: tuple[str, ...] = (
     "movie_id", "movie_title", "release_date", "video_release_date", "IMDb_URL", *GENRES,
 )
 USER_COLUMNS: tuple[str, ...] = ("user_id", "age", "gender", "occupation", "zip_code")
+USER_EXTRAS: dict[str, ExtraType] = {  # the users table's extra columns and their types
+    "age": "int64", "gender": "string", "occupation": "string", "zip_prefix": "string",
+}
+ZIP_PREFIX_CHARS = 3
 PARQUET_FILES = {
     "ratings": "MovieLens100k_data.parquet.brotli",
     "items": "MovieLens100k_items.parquet.brotli",
@@ -110,7 +123,8 @@ class MovieLensData:
     """The three inputs, parsed and checked (row-aligned arrays per input).
 
     Ratings: user [R], movie [R], rating [R], ts_s [R] (unix seconds). Movies: movie_id [M],
-    title [M], release (datetime or None) [M], genres bool [M, 19]. Users: user_id [U].
+    title [M], release (datetime or None) [M], genres bool [M, 19]. Users: user_id [U],
+    age [U], gender [U], occupation [U], zip_code [U] (the code as given).
     """
 
     format: str
@@ -124,6 +138,10 @@ class MovieLensData:
     release: list[datetime | None]
     genres: np.ndarray
     user_id: np.ndarray
+    age: np.ndarray
+    gender: list[str]
+    occupation: list[str]
+    zip_code: list[str]
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -199,10 +217,12 @@ def _read_grouplens(files: dict[str, Path]) -> dict[str, Any]:
         items["_row"].append(n)
 
     f = files["users"]
-    users: dict[str, list[int]] = {"user_id": [], "age": [], "_row": []}
+    users: dict[str, list[Any]] = {c: [] for c in (*USER_COLUMNS, "_row")}
     for n, fields in _lines(f, "latin-1", "|", USER_COLUMNS):
         users["user_id"].append(_int(fields[0], f, "user_id", n))
         users["age"].append(_int(fields[1], f, "age", n))
+        for j, c in enumerate(USER_COLUMNS[2:], start=2):
+            users[c].append(fields[j])
         users["_row"].append(n)
     return {"ratings": ratings, "items": items, "users": users}
 
@@ -247,7 +267,7 @@ def _read_parquet(files: dict[str, Path]) -> dict[str, Any]:
     ratings = _read_parquet_file(files["ratings"], RATING_COLUMNS, RATING_COLUMNS)
     items = _read_parquet_file(files["items"], ("movie_id", "movie_title", "release_date", *GENRES),
                                ("movie_id", *GENRES))
-    users = _read_parquet_file(files["users"], ("user_id", "age"), ("user_id", "age"))
+    users = _read_parquet_file(files["users"], USER_COLUMNS, ("user_id", "age"))
     return {"ratings": ratings, "items": items, "users": users}
 
 
@@ -277,7 +297,7 @@ def read_movielens(path: str | Path) -> MovieLensData:
         DataError: naming the file, column and row of the first problem: a missing column,
             a non-integer id, a rating outside 1..5, an unparsable or implausible time or
             release date, a genre flag other than 0/1, a duplicate id, a rating of an
-            unknown user or movie.
+            unknown user or movie, a negative age, an empty gender, occupation or zip code.
     """
     fmt, files = _locate(Path(path))
     raw = _read_grouplens(files) if fmt == "grouplens" else _read_parquet(files)
@@ -288,6 +308,14 @@ def read_movielens(path: str | Path) -> MovieLensData:
     for uid, row in zip(us["user_id"], us["_row"], strict=True):
         if uid < 0:
             raise DataError(f"negative id {uid}", file=str(f), column="user_id", row=row)
+    for k, row in enumerate(us["_row"]):
+        if us["age"][k] < 0:
+            raise DataError(f"negative age {us['age'][k]}", file=str(f), column="age", row=row)
+        for c in USER_COLUMNS[2:]:
+            v = us[c][k]
+            if not isinstance(v, str) or not v.strip():
+                raise DataError(f"expected a non-empty text, got {v!r}", file=str(f), column=c,
+                                row=row)
 
     f = files["items"]
     _check_unique(it["movie_id"], it["_row"], f, "movie_id")
@@ -331,6 +359,9 @@ def read_movielens(path: str | Path) -> MovieLensData:
         rating=np.asarray(r["rating"], np.int64), ts_s=np.asarray(r["timestamp"], np.int64),
         movie_id=np.asarray(it["movie_id"], np.int64), title=titles, release=releases,
         genres=genres, user_id=np.asarray(us["user_id"], np.int64),
+        age=np.asarray(us["age"], np.int64), gender=[v.strip() for v in us["gender"]],
+        occupation=[v.strip() for v in us["occupation"]],
+        zip_code=[v.strip() for v in us["zip_code"]],
     )
 
 
@@ -372,10 +403,17 @@ def _first_ts(keys: np.ndarray, by: np.ndarray, ts: np.ndarray) -> dict[int, int
     return {int(k): found[int(k)] for k in keys.tolist() if int(k) in found}
 
 
+def zip_prefix(code: str) -> str:
+    """The region of a zip code: its first ``ZIP_PREFIX_CHARS`` characters, upper-cased
+    (``85711`` -> ``857``, ``T8H1N`` -> ``T8H``; see the module docstring)."""
+    return code.strip()[:ZIP_PREFIX_CHARS].upper()
+
+
 def write_inputs(data: MovieLensData, folder: Path) -> LogsMapping:
     """The parsed files as the logs import's inputs (parquet in ``folder``) and their
     mapping: ratings as labelled interactions, the movies with their text, most specific
-    genre, decade and launch (first rating, else release date) already derived."""
+    genre, decade and launch (first rating, else release date) already derived, the users
+    with their demographics as extra columns (``USER_EXTRAS``)."""
     ts_us = data.ts_s * 1_000_000
     order = np.argsort(data.movie_id, kind="stable")
     movie_id = data.movie_id[order]
@@ -395,7 +433,15 @@ def write_inputs(data: MovieLensData, folder: Path) -> LogsMapping:
                                pa.string()),
         "launch_ts": pa.array(launch, pa.int64()).cast(TIMESTAMP),
     }), folder / "items.parquet")
-    pq.write_table(pa.table({"user_id": np.sort(data.user_id)}), folder / "users.parquet")
+    by_user = np.argsort(data.user_id, kind="stable")
+    pq.write_table(pa.table({
+        "user_id": data.user_id[by_user],
+        "age": data.age[by_user],
+        "gender": pa.array([data.gender[i] for i in by_user.tolist()], pa.string()),
+        "occupation": pa.array([data.occupation[i] for i in by_user.tolist()], pa.string()),
+        "zip_prefix": pa.array([zip_prefix(data.zip_code[i]) for i in by_user.tolist()],
+                               pa.string()),
+    }), folder / "users.parquet")
     pq.write_table(pa.table({"user_id": data.user, "movie_id": data.movie, "rating": data.rating,
                              "timestamp": data.ts_s}), folder / "ratings.parquet")
     return LogsMapping(
@@ -407,7 +453,7 @@ def write_inputs(data: MovieLensData, folder: Path) -> LogsMapping:
                                    "category": "category_id", "brand": "brand_id",
                                    "attributes": "attributes", "launch_ts": "launch_ts"},
                           category_names=dict(enumerate(GENRES))),
-        users=UsersSource(path=folder / "users.parquet"),
+        users=UsersSource(path=folder / "users.parquet", extra=dict(USER_EXTRAS)),
         interactions=InteractionsSource(
             path=folder / "ratings.parquet", label_threshold=CLICK_MIN_RATING, action="click",
             columns={"user_id": "user_id", "item_id": "movie_id", "ts": "timestamp",

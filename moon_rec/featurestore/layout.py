@@ -19,8 +19,10 @@ from moon_rec.data.errors import DataError
 DEFAULT_SEQ_LEN = 50
 TIMESTAMP_FIELD = "event_timestamp"
 # Feast starts `materialize_incremental` at now - ttl when nothing was materialized yet
-# (a known trap), and the point-in-time join drops rows older than ttl: ten years keeps
-# synthetic worlds of any date in range while still being a finite ttl.
+# (a known trap: our ``materialize_views`` starts at the source's first event when that is
+# earlier, so a 1997 world loads too), and the point-in-time join drops rows older than ttl
+# before the entity's time: ten years keeps worlds of any date in range while still being a
+# finite ttl.
 FEATURE_TTL = timedelta(days=3650)
 
 ITEM_EMBEDDING_VIEW = "item_embedding"

@@ -20,7 +20,10 @@ Smaller views (attributes, behaviour sequences, the daily aggregates and entity
 attributes) go through Feast's own ``materialize`` with a tuned
 ``online_write_batch_size``: the DuckDB offline store hands it only the latest row per
 entity key in the interval, so its memory grows with the number of keys (users, items,
-user x category / brand pairs), not with the history of snapshots.
+user x category / brand pairs), not with the history of snapshots. The interval starts at
+the earlier of ``end - ttl`` and the first event time of the view's source table
+(``source_start``): a world whose events are older than the ttl (MovieLens-100k:
+1997-98, ten years' ttl) would otherwise load nothing online.
 """
 
 from __future__ import annotations
@@ -345,6 +348,41 @@ def materialize_embeddings(
     return report
 
 
+def source_start(fv: Any) -> datetime | None:
+    """The earliest event time in the parquet source of feature view ``fv`` (its batch
+    source: a push source's, or the file source itself); None when the source is not a
+    local parquet path or holds no rows."""
+    src = getattr(fv, "batch_source", None)
+    path = getattr(src, "path", None)
+    field = getattr(src, "timestamp_field", None) or TIMESTAMP_FIELD
+    if not path:
+        return None
+    try:
+        files = parquet_files(path)
+    except FileNotFoundError:
+        return None
+    lo: int | None = None
+    for f in files:
+        pf = pq.ParquetFile(f)
+        try:
+            first = _min_micros(pf, field)
+        finally:
+            pf.close()
+        if first is not None and (lo is None or first < lo):
+            lo = first
+    return from_epoch_micros(lo) if lo is not None else None
+
+
+def _min_micros(pf: pq.ParquetFile, field: str) -> int | None:
+    """Microseconds of the smallest ``field`` of one parquet file (None: no rows); reads
+    that one column."""
+    if field not in pf.schema_arrow.names:
+        return None
+    col = pf.read(columns=[field]).column(field)
+    first = pc.min(pc.cast(col, pa.timestamp("us", tz="UTC")).cast(pa.int64())).as_py()
+    return int(first) if first is not None else None
+
+
 def materialize_views(
     mfs: MoonFeatureStore,
     views: list[str],
@@ -357,7 +395,8 @@ def materialize_views(
 
     Args:
         views: feature view names.
-        start / end: event-time interval (default: the whole ttl window up to now).
+        start / end: event-time interval (default: up to now, from the earlier of
+            now - ttl and the source table's first event time, ``source_start``).
     """
     store = mfs.store
     end = end or datetime.now(UTC)
@@ -369,6 +408,10 @@ def materialize_views(
             t0 = time.perf_counter()
             fv = store.get_feature_view(name)
             lo = start or end - (fv.ttl or timedelta(days=3650))
+            if start is None:
+                first = source_start(fv)
+                if first is not None and first < lo:
+                    lo = first
             store.materialize(start_date=lo, end_date=end, feature_views=[name])
             reports.append(
                 MaterializeReport(

@@ -204,3 +204,74 @@ def test_bad_input_is_named(tmp_path: Path) -> None:
         export_training_set(
             tmp_path / "label.parquet", tmp_path / "b", max_len=2, query_token_buckets=16
         )
+
+
+# a feature spec with one extra of each export kind: string tokens, a transformed number
+# (with a null) and the same number bucketised
+SPEC = {
+    "name": "peer_test",
+    "features": [
+        {"source": "item_attributes:category_id", "kind": "categorical", "table": "category"},
+        {"source": "item_attributes:brand_id", "kind": "categorical", "table": "brand"},
+        {"source": "user_behaviour:hist_item_ids", "kind": "id_sequence", "table": "item"},
+        {"source": "user_behaviour:hist_category_ids", "kind": "id_sequence",
+         "table": "category"},
+        {"source": "user_attributes:gender", "kind": "categorical", "dtype": "string"},
+        {"source": "item_attributes:price", "kind": "numeric",
+         "transform": ["log1p", "standardise"], "fill": "mean"},
+        {"source": "item_attributes:price", "name": "price_bucket", "kind": "numeric",
+         "transform": ["bucketise"], "buckets": 2, "fill": "mean"},
+    ],
+}
+GENDER = ["M", "F", "M", "M", "F", "F", "M", "F", "X", "X", "F", "Y", "M"]  # Y: test only
+PRICE = [1.0, 3.0, 3.0, None, 1.0, 7.0, 3.0, 1.0, 2.0, 2.0, 5.0, 1.0, 1.0]
+
+
+def test_spec_extras_are_exported_as_the_spec_names_them(tmp_path: Path) -> None:
+    """The export's extra columns and FuxiCTR's dataset config name exactly the spec's
+    extra features, typed for FuxiCTR, with our fitted transforms' values (fit rows)."""
+    from peer_fuxictr import covering_spec, dataset_config
+
+    from moon_rec.data.feature_spec import FeatureSpec, fit_features
+
+    spec = FeatureSpec.from_dict(SPEC)
+    base = pq.read_table(_training_set(tmp_path / "base.parquet"))
+    table = (base.append_column("gender", pa.array(GENDER))
+             .append_column("price", pa.array(PRICE, pa.float64()))
+             .append_column("price_bucket", pa.array(PRICE, pa.float64())))
+    ts_path = write_training_set(table, tmp_path / "ts.parquet", spec)
+    export = export_training_set(ts_path, tmp_path / "fx", max_len=2, query_token_buckets=256,
+                                 valid_fraction=0.2, spec=spec)
+    extras = [e.column for e in spec.extras()]
+    assert [e["name"] for e in export.extras] == extras == ["gender", "price", "price_bucket"]
+    assert export.summary()["extra_features"] == extras
+    assert export.feature_spec == "peer_test"
+    for split in ("train", "valid", "test"):
+        cols = pq.read_schema(tmp_path / "fx" / f"{split}.parquet").names
+        assert cols[cols.index("query_tokens") + 1: -1] == extras and cols[-1] == "clicked"
+    cfg = dataset_config(export, tmp_path / "root", False, "sum")
+    by = {c["name"]: c for c in cfg["feature_cols"]}
+    assert [c["name"] for c in cfg["feature_cols"] if c["name"] in extras] == extras
+    assert (by["gender"]["type"], by["price"]["type"], by["price_bucket"]["type"]) == (
+        "categorical", "numeric", "categorical")
+    assert by["price"]["dtype"] == "float" and "normalizer" not in by["price"]
+    # the values are our ranker's inputs, fitted on the fit rows (rows 0-7)
+    fit = np.zeros(len(ROWS), bool)
+    fit[export.rows["fit"]] = True
+    raw = {"gender": np.array(GENDER, object),
+           "price": np.array([np.nan if p is None else p for p in PRICE]),
+           "price_bucket": np.array([np.nan if p is None else p for p in PRICE])}
+    ids, dense = fit_features(spec, raw, fit).encode(raw)
+    train = _read(tmp_path / "fx" / "train.parquet")
+    test = _read(tmp_path / "fx" / "test.parquet")
+    assert train["gender"] == (ids["gender"][export.rows["fit"]] + 1).tolist()
+    assert test["gender"] == [1, 3, 2]  # F, unseen Y (OOV: row 2), M; vocab [F, M]; +1
+    assert by["gender"]["vocab_size"] == 4  # pad, F, M, OOV
+    assert np.allclose(train["price"], dense[export.rows["fit"], 0])
+    assert abs(np.mean(train["price"])) < 1e-6  # standardised on the fit rows
+    assert train["price_bucket"] == (ids["price_bucket"][export.rows["fit"]] + 1).tolist()
+    # our rankers' copy keeps the extra columns
+    assert covering_spec(["ids", "full"]).name == "full"
+    ours = write_without_valid(ts_path, export.rows["valid"], tmp_path / "ours.parquet", spec)
+    assert read_training_set(ours, spec).column("gender").to_pylist() == [
+        g for i, g in enumerate(GENDER) if i not in (8, 9)]

@@ -31,7 +31,7 @@ MOVIES = [
     (7, "Nobody Saw It (1997)", "05-May-1997", ("Comedy",)),  # never rated
 ]
 USERS = [(1, 24, "M", "technician", "85711"), (2, 53, "F", "other", "94043"),
-         (3, 23, "M", "writer", "32067"), (4, 33, "F", "student", "15213")]
+         (3, 23, "M", "writer", "32067"), (4, 33, "F", "student", "t8h1n")]
 
 
 def _ratings() -> list[tuple[int, int, int, int]]:
@@ -147,6 +147,14 @@ def test_grouplens_import_is_a_valid_text_only_world(tmp_path: Path) -> None:
 
     users = read_table(out, "users")
     assert users.column("user_id").to_pylist() == [1, 2, 3, 4]
+    # the demographics are typed extra columns; the zip code is kept as its region prefix
+    assert {f.name: f.type for f in users.schema if f.name not in ("user_id", "signup_ts")} == {
+        "age": pa.int64(), "gender": pa.string(), "occupation": pa.string(),
+        "zip_prefix": pa.string()}
+    assert [(r["age"], r["gender"], r["occupation"], r["zip_prefix"])
+            for r in users.to_pylist()] == [(24, "M", "technician", "857"),
+                                            (53, "F", "other", "940"), (23, "M", "writer", "320"),
+                                            (33, "F", "student", "T8H")]
 
     # the split: 16 of 20 ratings train; half a second before the first test rating
     end = _us(datetime.fromisoformat(meta["train_end_ts"]))
@@ -208,6 +216,9 @@ BAD_GROUPLENS = [
     (_line_replace("u.item", 4, "1|Again (1995)|01-Jan-1995||url|" + "|".join(["0"] * 19)),
      "u.item", "movie_id", 4, "duplicate id 1"),
     (_line_replace("u.user", 2, "2|53|F"), "u.user", "occupation", 2, "missing column"),
+    (_line_replace("u.user", 3, "3|-1|M|writer|32067"), "u.user", "age", 3, "negative age"),
+    (_line_replace("u.user", 1, "1|24|M| |85711"), "u.user", "occupation", 1, "non-empty"),
+    (_line_replace("u.user", 4, "4|33|F|student|"), "u.user", "zip_code", 4, "non-empty"),
 ]
 
 
@@ -256,6 +267,8 @@ BAD_PARQUET = [
     (_parquet_replace("items", "release_date", 1, "1995/01/01"), "items", "release_date", 1,
      "unparsable date"),
     (_parquet_replace("items", "Drama", None, None), "items", "Drama", None, "missing column"),
+    (_parquet_replace("users", "gender", None, None), "users", "gender", None, "missing column"),
+    (_parquet_replace("users", "zip_code", 2, None), "users", "zip_code", 2, "non-empty"),
 ]
 
 

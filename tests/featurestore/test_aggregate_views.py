@@ -147,3 +147,57 @@ def test_the_target_keys_do_not_collide_with_item_attribute_fields(
     on = _online(mfs, refs, [{"user_id": 1, "item_id": 11, "target_category_id": 5,
                               "target_brand_id": 2}])
     assert (on["category_id"], on["brand_id"], on["target_category_id"]) == ([5], [2], [5])
+
+
+def _shift_times(path: Path, by: pd.Timedelta) -> None:
+    """Move every timestamp column of the parquet table at ``path`` by ``by``."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    for i, f in enumerate(t.schema):
+        if pa.types.is_timestamp(f.type):
+            moved = pc.add(t.column(i), pa.scalar(by.to_pytimedelta(), pa.duration("us")))
+            t = t.set_column(i, f, pc.cast(moved, f.type))
+    pq.write_table(t, path)
+
+
+def test_a_world_decades_old_is_materialized_from_its_first_event(
+    make_store: Any, tmp_path: Path
+) -> None:
+    """A MovieLens-era world (events in 1997, older than the views' ten-year ttl): the
+    default materialization window starts at the source's first event, not at now - ttl,
+    so the online views hold its values (they were empty before)."""
+    from moon_rec.featurestore.materialize import (
+        aggregate_views_to_load,
+        materialize_views,
+        source_start,
+    )
+    from moon_rec.featurestore.tables import build_item_features
+
+    data = tmp_path / "data"
+    _write(data, extras=True)
+    items = items_table().append_column("spu_id", pa.array([1, 2, 3], pa.int64())) \
+        .append_column("price", pa.array([1.0, 2.0, 3.0]))
+    write_table(build_item_features(items, behaviours(LOG).append_column(
+        "action", pa.array(["click"] * len(LOG)))), data / "item_features.parquet")
+    back = pd.Timestamp("1997-06-01", tz="UTC") - T0  # about 29 years back
+    for f in data.glob("*.parquet"):
+        _shift_times(f, back)
+    mfs = make_store()
+    assert source_start(mfs.store.get_feature_view(USER_ATTRIBUTES_VIEW)) == \
+        T0 - 5 * D + back  # the users' signup
+    reports = materialize_views(mfs, ["item_attributes", *aggregate_views_to_load(mfs)])
+    assert all(r.start is not None and r.start.year == 1997 for r in reports)
+    on = _online(mfs, ["user_clicks:user_clicks_7d", "user_clicks:user_last_click_ts",
+                       "user_attributes:age", "user_attributes:gender",
+                       "user_category_clicks:user_category_share_7d"],
+                 [{"user_id": 1, "target_category_id": 6}, {"user_id": 2, "target_category_id": 5}])
+    assert on["user_clicks_7d"] == [1, 0]
+    assert pd.Timestamp(on["user_last_click_ts"][0]) == T0 + 40 * D + back
+    assert on["age"] == [31, None] and on["gender"] == ["f", "m"]
+    assert on["user_category_share_7d"] == [1.0, None]
+    items_on = _online(mfs, ["item_attributes:category_id", "item_ctr:item_impressions_30d",
+                             "item_extra_attributes:colour_group"], [{"item_id": 10}])
+    assert items_on["category_id"] == [5] and items_on["item_impressions_30d"] == [2]
+    assert items_on["colour_group"] == ["red"]

@@ -213,7 +213,8 @@ def test_the_recall_step_prints_every_file_it_writes(tmp_path: Path) -> None:
     from moon_rec.loop import RECALL
 
     layout = Layout.at(tmp_path)
-    step = next(s for s in main_steps(layout, "tiny", 0, ["a", "b"]) if s.name == RECALL)
+    step = next(s for s in main_steps(layout, "tiny", 0, ranker_experiments("tiny"))
+                if s.name == RECALL)
     assert step.output == layout.recall
     assert f"--out {layout.recall}" in step.command
     for stage in ("pretrain", "stage1", "stage2"):
@@ -312,3 +313,35 @@ def test_each_request_is_exactly_its_subcommands_options() -> None:
         assert dests == set(command.model_fields), (command.shell_name(), dests)
     used = {type(c) for s in _every_loop_step(Path("/nonexistent")) for c in s.commands}
     assert used <= seen, used - seen
+
+
+def test_the_training_set_carries_every_ranker_s_columns(tmp_path: Path) -> None:
+    """The loop's training set is built with one spec whose columns cover every ranker's:
+    ``full`` on the synthetic world (its key unchanged), ``movielens_full`` for the
+    MovieLens rankers (demographics ``full`` lacks); each ranker reads its own spec's."""
+    from moon_rec.data.feature_spec import load_feature_spec
+    from moon_rec.loop import (
+        RANKER_EXPERIMENTS,
+        TRAINING_SET,
+        imported_main_steps,
+        training_features,
+    )
+    from moon_rec.ranking.config import load_ranker_config
+
+    assert training_features(ranker_experiments("small")) == "full"
+    assert training_features(ranker_experiments("tiny")) == "full"
+    assert training_features(ranker_experiments("imported")) == "full"
+    assert training_features(ranker_experiments("movielens")) == "movielens_full"
+    for preset in ("small", "movielens"):
+        exps = ranker_experiments(preset)
+        built = load_feature_spec(training_features(exps)).table_columns()
+        have = {(e.column, e.source) for e in built}
+        for exp in exps:
+            spec = load_feature_spec(load_ranker_config(RANKER_EXPERIMENTS, exp).feature_set)
+            assert {(e.column, e.source) for e in spec.table_columns()} <= have, exp
+    steps = imported_main_steps(Layout.at(tmp_path / "art"), "movielens", tmp_path / "ml",
+                                tmp_path / "tower", ranker_experiments("movielens"))
+    assert next(s for s in steps if s.name == TRAINING_SET).params["features"] == \
+        "movielens_full"
+    with pytest.raises(ValueError, match="no one feature spec"):
+        training_features(["din_full", "din_full_movielens"])
