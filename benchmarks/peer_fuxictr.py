@@ -3,7 +3,7 @@ split, in the same run.
 
     python benchmarks/peer_fuxictr.py --training-set T --embeddings E --world W --out DIR \
         [--tiny] [--threads N] [--seeds 0 1 2] [--query-embeddings Q] \
-        [--experiments DIN CUBE] [--features SPEC]
+        [--experiments DIN CUBE] [--features SPEC] [--din-only]
 
 1. FuxiCTR goes into its own virtual environment, ``.peer/fuxictr-venv`` (python3.11
    -m venv; ``torch==2.13.0`` first, the CPU wheel, then the pins of
@@ -46,6 +46,9 @@ building the data (both), FuxiCTR's per-epoch validation pass and best-model sav
 and reported apart as ``eval_seconds``), model construction. Ours counts the examples of
 its full batches (it drops a last partial batch). Both libraries run with ``--threads``
 torch threads, FuxiCTR's loader with ``num_workers: 0`` (no extra processes).
+
+``--din-only`` trains just the two DINs (FuxiCTR's ``din_ids`` and our DIN experiment):
+the like-for-like pair, at half the cost.
 
 Prints one JSON object (also written to ``DIR/peer_fuxictr.json``).
 """
@@ -379,7 +382,7 @@ def run_ours(
     training_set: Path,
     embeddings: Path,
     out: Path,
-    experiments: tuple[str, str],
+    experiments: tuple[str, ...],
     world: Path | None,
     query_embeddings: Path | None,
     seed: int,
@@ -440,6 +443,9 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=20, help="FuxiCTR epochs (upper bound)")
     parser.add_argument("--pretrain-usage", choices=("sum", "init", "concat"), default="sum")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
+    parser.add_argument("--din-only", action="store_true",
+                        help="train only the DINs (FuxiCTR's din_ids, our DIN experiment): no "
+                        "MOON / CUBE models")
     parser.add_argument("--features", default=None, metavar="SPEC",
                         help="FuxiCTR's extra features: this feature spec's (default: the "
                         "DIN experiment's feature_set)")
@@ -470,6 +476,7 @@ def main() -> None:
     from moon_rec.data.feature_spec import load_feature_spec
 
     spec = load_feature_spec(args.features or din.feature_set)
+    fx_models = ("din_ids",) if args.din_only else ("din_ids", "din_moon")
     py = ensure_venv(args.venv)
     moon = load_moon_embeddings(args.embeddings, cube.moon_dim)
     export = export_training_set(
@@ -499,7 +506,7 @@ def main() -> None:
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {"fuxictr": {}, "ours": {}}
     fx_versions: dict[str, Any] = {}
     for seed in args.seeds:
-        for model in ("din_ids", "din_moon"):
+        for model in fx_models:
             r = run_fuxictr(
                 py, cfg, f"{model}_s{seed}", fx_root / "runs" / f"{model}_s{seed}", args.threads
             )
@@ -522,7 +529,7 @@ def main() -> None:
             ours_set,
             args.embeddings,
             out / "ours" / f"s{seed}",
-            experiments,
+            experiments[:1] if args.din_only else experiments,
             args.world,
             args.query_embeddings,
             seed,
@@ -556,7 +563,8 @@ def main() -> None:
         "training_set": str(args.training_set),
         "embeddings": str(args.embeddings),
         "query_embeddings": str(args.query_embeddings) if args.query_embeddings else None,
-        "experiments": {"ours": list(experiments), "fuxictr": ["din_ids", "din_moon"]},
+        "experiments": {"ours": list(experiments[:1] if args.din_only else experiments),
+                        "fuxictr": list(fx_models)},
         "split": {
             **export.summary(),
             "test_cold_rows": int(info["is_cold"].sum()),
