@@ -29,13 +29,15 @@ from moon_rec.featurestore.services import check_spec, feature_services, service
 from moon_rec.ranking.config import ConfigError, load_ranker_config
 from moon_rec.ranking.synthetic import SyntheticPaths
 
+# a spec's behaviour pairs (no brand: a spec reads what it names)
 BASE = [
     {"source": "item_attributes:category_id", "kind": "categorical", "table": "category"},
-    {"source": "item_attributes:brand_id", "kind": "categorical", "table": "brand"},
-    {"source": "user_behaviour:hist_item_ids", "kind": "id_sequence", "table": "item"},
+    {"source": "user_behaviour:hist_item_ids", "kind": "id_sequence", "table": "item",
+     "target": "item_id"},
     {"source": "user_behaviour:hist_category_ids", "kind": "id_sequence",
-     "table": "category"},
+     "table": "category", "target": "category_id"},
 ]
+HIST = {"source": "user_behaviour:hist_category_ids", "kind": "id_sequence"}
 
 
 def _spec(*extra: dict[str, object], name: str = "t") -> dict[str, object]:
@@ -57,8 +59,10 @@ def test_known_specs_and_what_they_read() -> None:
     assert "item_embedding:emb_32" in load_feature_spec("ids+moon").feast_features(32)
     full = load_feature_spec("full")
     assert "item_attributes:price" in full.feast_features()
-    assert [e.column for e in full.dense_extras()][:1] == ["price"]
-    assert {e.column for e in full.sparse_extras()} == {"spu_id", "price_bucket"}
+    assert [e.column for e in full.dense()][:1] == ["price"]
+    assert [e.column for e in full.pooled()] == ["brand_id", "spu_id", "price_bucket"]
+    assert full.pairs() == [("item_id", "hist_item_ids"), ("category_id", "hist_category_ids")]
+    assert [e.column for e in full.targets()] == ["category_id"]
 
 
 @pytest.mark.parametrize(
@@ -75,9 +79,27 @@ def test_known_specs_and_what_they_read() -> None:
         (_spec({"source": "item_attributes:spu_id", "kind": "categorical"},
                {"source": "item_attributes:spu_id", "kind": "numeric"}),
          r"feature spu_id: named twice"),
-        ({"name": "t", "features": BASE[1:]}, r"feature category_id: missing"),
-        (_spec({"source": "item_attributes:spu_id", "kind": "categorical", "table": "brand"}),
-         r"table brand: a table of the base ranker"),
+        (_spec({"source": "item_attributes:spu_id", "kind": "categorical",
+                "table": "category"}),
+         r"feature spu_id: table category is a behaviour sequence's table"),
+        (_spec({"source": "item_attributes:spu_id", "kind": "categorical", "table": "user"}),
+         r"feature spu_id: table user is the ranker's own"),
+        # a sequence's target must be a feature of the spec
+        ({"name": "t", "features": [BASE[1], {**HIST, "target": "categry_id"}]},
+         r"feature hist_category_ids: target categry_id is not a feature of the spec"),
+        ({"name": "t", "features": [BASE[1], HIST]},
+         r"feature hist_category_ids: .*id_sequence needs target"),
+        ({"name": "t", "features": [BASE[0], BASE[2], BASE[1]]},
+         r"first id_sequence must target item_id \(the first, hist_category_ids"),
+        ({"name": "t", "features": [BASE[0]]}, r"first id_sequence must target item_id"),
+        # one table, one width
+        (_spec({"source": "item_attributes:spu_id", "kind": "categorical", "table": "s",
+                "embedding_dim": 8},
+               {"source": "item_attributes:brand_id", "kind": "categorical", "table": "s",
+                "embedding_dim": 16}),
+         r"feature brand_id: table s is shared with spu_id, of another embedding_dim"),
+        (_spec({"source": "item_attributes:brand_id", "kind": "numeric"}),
+         r"feature brand_id: expected item_attributes:brand_id of kind categorical"),
     ],
 )
 def test_bad_specs_are_named(data: dict[str, object], match: str) -> None:
@@ -212,7 +234,10 @@ def test_ranker_trains_on_the_specs_extras_and_reloads_them(
     assert set(meta["features"]["transforms"]) == {"price"}
     model, _ = load_ranker(tmp_path / "m")
     tables = model.sparse_arch.embedding_bag_collection.embedding_bag_configs()
-    assert [t.name for t in tables][-1] == "extra_spu_id"
+    # the spec's tables, from its entries (no brand: the spec names none)
+    assert [t.name for t in tables] == ["user", "spu_id", "position", "query_token"]
+    assert [t.name for t in model.sparse_arch.embedding_collection.embedding_configs()] == [
+        "item", "category"]
     assert model.dense_dim == 1
     report = evaluate_ranker(tmp_path / "m")
     assert 0.5 < report["auc"] <= 1.0
