@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from moon_rec import runtime
-from moon_rec.data.feature_spec import FeatureSpecError, FittedFeatures
+from moon_rec.data.feature_spec import FeatureSpec, FeatureSpecError, FittedFeatures
 
 META = "meta.json"
 WEIGHTS = "model.pt"
@@ -99,12 +99,12 @@ class RankerDir:
             raise FeatureSpecError(f"{self.meta_file}: no fitted features recorded (written "
                                    "before feature specs); retrain the ranker")
         try:
+            FeatureSpec.from_dict(meta["features"].get("spec"), f"{self.meta_file}: its spec")
             return FittedFeatures.from_dict(meta["features"])
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, AttributeError) as exc:
             raise FeatureSpecError(
-                f"{self.meta_file}: its feature spec does not read ({exc}); a ranker written "
-                "before the ranker built itself from the spec (id_sequence target) must be "
-                "retrained") from None
+                f"{str(exc).splitlines()[0]}; a ranker written by another version (e.g. "
+                "before id_sequence entries named their target) must be retrained") from None
 
     def table_rows(self, meta: dict[str, Any], tables: list[str]) -> dict[str, int]:
         """``meta``'s table rows; FeatureSpecError naming the directory when one of

@@ -46,7 +46,7 @@ class RankerTables:
 
         tables = RankerTables({"user": 10, "item": 20, "category": 5, "position": 8,
                                "query_token": 65}, fitted)
-        tables.feature_rows(RankerLayout.of(fitted.spec))["hist_item_ids"]  # 20
+        tables.feature_rows()["hist_item_ids"]  # 20 (its table: item)
     """
 
     rows: dict[str, int]
