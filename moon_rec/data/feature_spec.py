@@ -684,6 +684,8 @@ def fit_features(spec: FeatureSpec, raw: dict[str, np.ndarray], train: np.ndarra
     transforms: dict[str, FittedTransform] = {}
     vocab: dict[str, list[str]] = {}
     for e in spec.encoded():
+        if e.column not in raw:
+            raise ValueError(f"feature {e.column}: no values given")
         x = np.asarray(raw[e.column])[train]
         if e.kind == "categorical" and e.dtype == "string":
             if e.hash:
