@@ -27,105 +27,98 @@ import time
 import numpy as np
 import torch
 from torch import nn
+from torchrec.modules.embedding_configs import PoolingType
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from moon_rec import runtime
+from moon_rec.data.feature_spec import FittedFeatures
 from moon_rec.ranking.config import BEHAVIOUR_KINDS, BehaviourConfig, RankerConfig, TrainConfig
-from moon_rec.ranking.features import POOLED_FEATURES, SEQUENCE_FEATURES, RankerBatch, make_batch
+from moon_rec.ranking.features import RankerBatch, make_batch
 from moon_rec.ranking.item_tables import MoonContentArch
 from moon_rec.ranking.model import MoonRanker
-from moon_rec.ranking.sparse import IdRemap, SparseArch, SparseFeatures, TableSizes
+from moon_rec.ranking.sparse import IdRemap, RankerTables, SparseArch, SparseFeatures
 from moon_rec.ranking.train import shard_model
 
 
 class PlainSparseArch(nn.Module):
-    """SparseArch's contract with plain torch modules and dense gradients (the baseline)."""
+    """SparseArch's contract with plain torch modules and dense gradients (the baseline):
+    one ``nn.EmbeddingBag`` per pooled table, one ``nn.Embedding`` per sequence table, with
+    the reference's initial weights."""
 
-    def __init__(self, reference: SparseArch, tables: TableSizes) -> None:
+    def __init__(self, reference: SparseArch) -> None:
         super().__init__()
-        d = reference.embedding_dim
         self.max_seq_len = reference.max_seq_len
         self.remap: IdRemap = reference.remap
-        rows = {
-            "user_id": tables.user,
-            "brand_id": tables.brand,
-            "position": tables.position,
-            "query_tokens": tables.query_token,
-        }
-        self.bags = nn.ModuleDict(
-            {
-                k: nn.EmbeddingBag(n, d, mode="mean" if k == "query_tokens" else "sum")
-                for k, n in rows.items()
-            }
-        )
-        self.item = nn.Embedding(tables.item, d)
-        self.category = nn.Embedding(tables.category, d)
-        # Same initial weights as the TorchRec tables.
+        self.layout = reference.layout
+        self.pooled_features = list(reference.pooled_features)
+        self.extra_features = list(reference.extra_features)
         state = reference.state_dict()
+        self.bags = nn.ModuleDict()
+        self.bag_of: dict[str, str] = {}
+        for c in reference.embedding_bag_collection.embedding_bag_configs():
+            mode = "mean" if c.pooling == PoolingType.MEAN else "sum"
+            self.bags[c.name] = nn.EmbeddingBag(c.num_embeddings, c.embedding_dim, mode=mode)
+            self.bag_of |= {f: c.name for f in c.feature_names}
+        self.tables = nn.ModuleDict()
+        self.table_of: dict[str, str] = {}
+        for t in reference.embedding_collection.embedding_configs():
+            self.tables[t.name] = nn.Embedding(t.num_embeddings, t.embedding_dim)
+            self.table_of |= {f: t.name for f in t.feature_names}
+        # Same initial weights as the TorchRec tables.
         with torch.no_grad():
-            for k, name in (
-                ("user_id", "user"),
-                ("brand_id", "brand"),
-                ("position", "position"),
-                ("query_tokens", "query_token"),
-            ):
-                self.bags[k].weight.copy_(
-                    state[f"embedding_bag_collection.embedding_bags.{name}.weight"]
-                )
-            self.item.weight.copy_(state["embedding_collection.embeddings.item.weight"])
-            self.category.weight.copy_(state["embedding_collection.embeddings.category.weight"])
+            for name, bag in self.bags.items():
+                bag.weight.copy_(state[f"embedding_bag_collection.embedding_bags.{name}.weight"])
+            for name, table in self.tables.items():
+                table.weight.copy_(state[f"embedding_collection.embeddings.{name}.weight"])
 
-    def _sequence(
-        self, kjt: KeyedJaggedTensor, key: str, table: nn.Embedding, length: int
-    ) -> torch.Tensor:
+    def _sequence(self, kjt: KeyedJaggedTensor, key: str, length: int) -> torch.Tensor:
         jt = kjt[key]
+        table = self.tables[self.table_of[key]]
         return JaggedTensor(values=table(jt.values()), lengths=jt.lengths()).to_padded_dense(length)
 
     def forward(self, pooled: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> SparseFeatures:
         pooled, sequence = self.remap(pooled), self.remap(sequence)
-        bags = []
-        for k in POOLED_FEATURES:
+        bags = {}
+        for k in self.layout.pooled_keys:
             jt = pooled[k]
-            bags.append(self.bags[k](jt.values(), jt.offsets()[:-1]))
-        item_t = self._sequence(sequence, "item_id", self.item, 1).squeeze(1)
-        cat_t = self._sequence(sequence, "category_id", self.category, 1).squeeze(1)
+            bags[k] = self.bags[self.bag_of[k]](jt.values(), jt.offsets()[:-1])
+        pairs = self.layout.pairs
+        target = torch.cat([self._sequence(sequence, t, 1).squeeze(1) for t, _ in pairs], 1)
         length = self.max_seq_len
-        hist = torch.cat(
-            [
-                self._sequence(sequence, SEQUENCE_FEATURES[2], self.item, length),
-                self._sequence(sequence, SEQUENCE_FEATURES[3], self.category, length),
-            ],
-            dim=2,
-        )
-        lengths = sequence["hist_item_ids"].lengths()
+        hist = torch.cat([self._sequence(sequence, s, length) for _, s in pairs], dim=2)
+        lengths = sequence[self.layout.primary].lengths()
         mask = torch.arange(length)[None, :] < lengths[:, None]
-        return SparseFeatures(torch.cat(bags, 1), torch.cat([item_t, cat_t], 1), hist, mask)
+        return SparseFeatures(torch.cat([bags[k] for k in self.pooled_features], 1), target,
+                              hist, mask, extra=[bags[k] for k in self.extra_features])
 
 
 def random_batches(
-    n: int, batch: int, tables: TableSizes, cfg: RankerConfig, seed: int
+    n: int, batch: int, tables: RankerTables, cfg: RankerConfig, seed: int
 ) -> list[RankerBatch]:
-    """Batches with Zipf-like ids (popular items and users recur, as in real logs)."""
+    """Batches with Zipf-like ids (popular items and users recur, as in real logs) of the
+    ``ids+moon`` spec's features."""
     rng = np.random.default_rng(seed)
+    rows = tables.rows
 
-    def ids(rows: int, shape: tuple[int, ...]) -> np.ndarray:
-        return (rng.zipf(1.2, size=shape) - 1) % (rows - 1)
+    def ids(n_rows: int, shape: tuple[int, ...]) -> np.ndarray:
+        return (rng.zipf(1.2, size=shape) - 1) % (n_rows - 1)
 
     out = []
     length = cfg.max_seq_len
     for _ in range(n):
-        hist = ids(tables.item, (batch, length))
+        hist = ids(rows["item"], (batch, length))
         out.append(
             make_batch(
-                user_id=ids(tables.user, (batch,)),
-                item_id=ids(tables.item, (batch,)),
-                category_id=ids(tables.category, (batch,)),
-                brand_id=ids(tables.brand, (batch,)),
+                tables.layout,
+                user_id=ids(rows["user"], (batch,)),
+                item_id=ids(rows["item"], (batch,)),
+                targets={"category_id": ids(rows["category"], (batch,))},
+                sparse_ids={"brand_id": ids(tables.features.rows["brand_id"], (batch,))},
                 position=rng.integers(0, 20, batch),
                 query_tokens_padded=rng.integers(0, cfg.query_token_buckets, (batch, 8)),
                 query_token_lengths=rng.integers(0, 5, batch),
-                hist_item_ids=hist,
-                hist_category_ids=hist % (tables.category - 1),
+                sequences={"hist_item_ids": hist,
+                           "hist_category_ids": hist % (rows["category"] - 1)},
                 hist_lengths=rng.integers(0, length + 1, batch),
                 query_embedding=rng.normal(size=(batch, cfg.moon_dim)).astype(np.float32),
                 has_query=rng.random(batch) < 0.9,
@@ -153,13 +146,10 @@ def measure(items: int, users: int, args: argparse.Namespace) -> dict[str, objec
         query_token_buckets=65_536,
         train=TrainConfig(batch_size=args.batch_size),
     )
-    tables = TableSizes(
-        user=users + 1,
-        item=items + 1,
-        category=1_001,
-        brand=5_001,
-        query_token=cfg.query_token_buckets + 1,
-        position=cfg.max_position,
+    tables = RankerTables(
+        {"user": users + 1, "item": items + 1, "category": 1_001,
+         "query_token": cfg.query_token_buckets + 1, "position": cfg.max_position},
+        FittedFeatures(spec=cfg.feature_spec(), rows={"brand_id": 5_001}),
     )
     torch.manual_seed(0)
     content = MoonContentArch(
@@ -167,7 +157,7 @@ def measure(items: int, users: int, args: argparse.Namespace) -> dict[str, objec
     )
     model = MoonRanker(cfg, tables, content)
     plain = copy.deepcopy(model)
-    plain.sparse_arch = PlainSparseArch(model.sparse_arch, tables)  # type: ignore[assignment]
+    plain.sparse_arch = PlainSparseArch(model.sparse_arch)  # type: ignore[assignment]
     batches = random_batches(args.warmup + args.steps, args.batch_size, tables, cfg, seed=1)
     loss_fn = nn.BCEWithLogitsLoss()
 
@@ -200,7 +190,7 @@ def measure(items: int, users: int, args: argparse.Namespace) -> dict[str, objec
         dmp_eps = _run(dmp_step, batches, args.warmup)
         plain_eps = _run(plain_step, batches, args.warmup)
     return {
-        "tables": dict(vars(tables)),
+        "tables": {**tables.rows, **tables.features.rows},
         "dmp_examples_per_s": round(dmp_eps, 1),
         "plain_examples_per_s": round(plain_eps, 1),
         "ratio": round(dmp_eps / plain_eps, 2),

@@ -131,6 +131,7 @@ def naive_rank(
 ) -> np.ndarray:
     """Score like ``RankingService.rank`` with every item feature read from Feast."""
     from moon_rec.ranking.features import request_batch
+    from serving.ranking import CATALOG_FEATURES, request_sequences
 
     model, content = naive
     client, dim = service.client, service.dim
@@ -149,10 +150,19 @@ def naive_rank(
     ids, first = np.unique(ids, return_index=True)
     content.set(ids, vecs[first])
     qvec = service.query_vector(query, None)
+    # the spec's features as the service reads them (catalog attributes read from Feast
+    # here, the other stored features online), encoded by the ranker's fitted features
+    fitted = model.features
+    held = dict(zip(CATALOG_FEATURES, (cat, brand), strict=True))
+    raw = {e.column: held[e.source] for e in fitted.spec.features if e.source in held}
+    if fitted.spec.extras():
+        raw |= service.spec_reader.read(user, cands, cat, brand)
+    sparse_ids, dense = fitted.encode(raw, np.full(len(cands), time.time() * 1e6))
     batch = request_batch(
-        user_id=user, item_ids=cands, category_ids=cat,
-        brand_ids=brand, hist_item_ids=hist,
-        hist_category_ids=seq.category_ids[0, :n], query_text=query, query_embedding=qvec,
+        model.layout, user_id=user, item_ids=cands,
+        targets={k: raw[k] for k in model.layout.targets},
+        sequences=request_sequences(fitted.spec, seq, n), sparse_ids=sparse_ids, dense=dense,
+        query_text=query, query_embedding=qvec,
         query_token_buckets=service.ranker_config.query_token_buckets,
         max_seq_len=service.ranker_config.max_seq_len, content_dim=model.content_dim,
     )

@@ -1,12 +1,13 @@
 """Ranking and search of one request: the trained ranker over the catalog and the user's
 online behaviour sequence.
 
-- rank: one online-store read per request (the user's behaviour sequence; and one per
+- rank: one online-store read per request (the user's behaviour sequences; and one per
   view of the ranker's extra features, when its spec has them); candidate and
-  behaviour-item embeddings and attributes come from the catalog (the ranker's content
-  lookup is the same center); the ``RankerBatch`` is built by
-  ``moon_rec.ranking.features.request_batch`` (the same ``make_batch`` and query hashing
-  as training);
+  behaviour-item embeddings and attributes (the spec's item_attributes category_id and
+  brand_id, :data:`CATALOG_FEATURES`) come from the catalog (the ranker's content lookup is
+  the same center); every encoded feature goes through the model's fitted features and the
+  ``RankerBatch`` is built by ``moon_rec.ranking.features.request_batch`` laid out by the
+  model's spec (the same ``make_batch`` and query hashing as training);
 - search: the query's MOON embedding against the catalog's ANN index; rank without
   candidates retrieves them this way.
 """
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from moon_rec.featurestore.online import SpecFeatureReader
+from moon_rec.data.feature_spec import FeatureSpec, FeatureSpecError
+from moon_rec.featurestore.online import SequenceLookup, SpecFeatureReader
 from moon_rec.ranking.features import request_batch
 from moon_rec.ranking.model import MoonRanker
 from serving.catalog import Catalog
@@ -29,6 +31,29 @@ from serving.config import MAX_ID, ServiceConfig
 from serving.errors import BadInput, NotFound
 from serving.query_encoder import QueryEncoder
 from serving.store_guard import StoreGuard
+
+# spec sources the catalog holds per item in memory (what else a spec reads of the
+# candidate comes from the online store, SpecFeatureReader)
+CATALOG_FEATURES: tuple[str, ...] = ("item_attributes:category_id", "item_attributes:brand_id")
+# spec sources of the online behaviour sequences: the SequenceLookup field of each
+SEQUENCE_FIELDS: dict[str, str] = {
+    "user_behaviour:hist_item_ids": "item_ids",
+    "user_behaviour:hist_category_ids": "category_ids",
+}
+
+
+def check_servable(spec: FeatureSpec) -> None:
+    """FeatureSpecError naming a behaviour sequence serving cannot read online."""
+    for e in spec.sequences():
+        if e.source not in SEQUENCE_FIELDS:
+            raise FeatureSpecError(
+                f"feature spec {spec.name!r}: feature {e.column} ({e.source}): serving reads "
+                f"the behaviour sequences {', '.join(SEQUENCE_FIELDS)} only")
+
+
+def request_sequences(spec: FeatureSpec, seq: SequenceLookup, n: int) -> dict[str, np.ndarray]:
+    """The spec's behaviour sequences of the first user of ``seq`` (its ``n`` behaviours)."""
+    return {e.column: getattr(seq, SEQUENCE_FIELDS[e.source])[0, :n] for e in spec.sequences()}
 
 
 @dataclass
@@ -91,6 +116,7 @@ class RequestRanker:
         self.versions = versions
         self._lock = lock
         self.spec_reader = spec_reader
+        check_servable(model.features.spec)
 
     def search(
         self, query_text: str | None, query_image: str | bytes | None, k: int
@@ -149,28 +175,30 @@ class RequestRanker:
         if not found.all():
             bad = np.unique(cands[~found])[:10].tolist()
             raise NotFound(f"item_ids: unknown items {bad}", "item_ids")
-        extra_ids, dense = None, None
-        if self.spec_reader is not None and self.model.features is not None:
-            raw = self.guard.call("spec features", self.spec_reader.read, user_id, cands,
-                                  cat, brand)
-            try:
-                now_us = np.full(len(cands), time.time() * 1e6)  # ``since``: the request's
-                extra_ids, dense = self.model.features.encode(raw, now_us)
-            except ValueError as exc:  # a stored null the ranker has no fill rule for
-                raise NotFound(f"item_ids: {exc}", "item_ids") from None
+        fitted = self.model.features
+        spec = fitted.spec
+        held = dict(zip(CATALOG_FEATURES, (cat, brand), strict=True))
+        raw = {e.column: held[e.source] for e in spec.features if e.source in held}
+        if self.spec_reader is not None:
+            raw |= self.guard.call("spec features", self.spec_reader.read, user_id, cands,
+                                   cat, brand)
+        try:
+            now_us = np.full(len(cands), time.time() * 1e6)  # ``since``: the request's
+            sparse_ids, dense = fitted.encode(raw, now_us)
+        except ValueError as exc:  # a stored null the ranker has no fill rule for
+            raise NotFound(f"item_ids: {exc}", "item_ids") from None
         batch = request_batch(
+            self.model.layout,
             user_id=user_id,
             item_ids=cands,
-            category_ids=cat,
-            brand_ids=brand,
-            hist_item_ids=seq.item_ids[0, :n_hist],
-            hist_category_ids=seq.category_ids[0, :n_hist],
+            targets={k: raw[k] for k in self.model.layout.targets},
+            sequences=request_sequences(spec, seq, n_hist),
             query_text=query_text,
             query_embedding=qvec,
             query_token_buckets=self.ranker_config.query_token_buckets,
             max_seq_len=self.ranker_config.max_seq_len,
             content_dim=self.model.content_dim,
-            extra_ids=extra_ids,
+            sparse_ids=sparse_ids,
             dense=dense,
         )
         with self._lock, torch.inference_mode():

@@ -16,8 +16,14 @@ the feature. Each entry names a Feast feature ``view:field`` and its kind:
   each an embedding row: the feature then enters as a categorical one); ``fill`` the value
   of a null (``mean``: the train split's mean, or a number; no fill and a null is an error
   naming the feature).
-- ``id_sequence``: a list of ids (a behaviour sequence), ``table`` shared with the
-  categorical of the same ids, ``length`` (default: the ranker's ``max_seq_len``).
+- ``id_sequence``: a list of ids (a behaviour sequence), ``target`` the candidate's feature
+  it is matched with in the ranker's target attention (``item_id``, the impression's item,
+  or a categorical entry of the spec: the category of the behaviours against the target's),
+  ``table`` shared with the target's table (``item`` for item ids: the ranker's item
+  table), ``length`` (default: the ranker's ``max_seq_len``). The first sequence targets
+  ``item_id`` (the primary pair: MOON content and semantic IDs are looked up by its ids);
+  ids of sequences and their targets are raw ids the ranker maps to rows (its
+  ``id_policy``), so they cannot be hashed or strings.
 - ``moon_embedding``: the item's MOON vector; ``field`` is ``emb`` (the Matryoshka prefix
   the ranker's ``moon_dim`` picks: ``emb_{moon_dim}``) or ``emb_{d}``.
 - ``semantic_ids``: the item's semantic-ID codes (levels and codebook: the ranker's
@@ -26,15 +32,21 @@ the feature. Each entry names a Feast feature ``view:field`` and its kind:
 Transforms are fitted on the train split only (:func:`fit_transforms`) and saved with the
 model (the ranker's model directory records the spec and the fitted transforms).
 
-The features of today's base ranker (:data:`BASE_FEATURES`: the target's category and
-brand, the behaviour item and category sequences) must be in every spec; every other
-categorical or numeric entry is an *extra* the ranker builds a table or a dense input for.
+The ranker builds itself from the spec (:mod:`moon_rec.ranking.features`): one embedding
+table per ``table`` name (entries sharing a name share it, one width), pooled unless a
+behaviour sequence or its target uses it, numerics dense into the over-arch, the
+(target, sequence) pairs into the behaviour module. A spec may leave any store feature out
+(a dataset without brands). :data:`BASE_FEATURES` are the columns every training set
+carries (the training-set job's, whatever the spec); an entry of such a name must read it
+from there. The *extras* are the spec's other categorical and numeric entries: the
+training set's columns beyond its base ones.
 
 Example::
 
     spec = load_feature_spec("full")          # configs/features/full.yaml
     spec.feast_features(moon_dim=64)          # ["item_attributes:category_id", ...]
-    [e.name for e in spec.extras()]           # ["price", "n_clicks", ...]
+    [e.column for e in spec.extras()]         # ["spu_id", "price", ...]
+    spec.pairs()                              # [("item_id", "hist_item_ids"), ...]
 """
 
 from __future__ import annotations
@@ -63,7 +75,8 @@ Kind = Literal["categorical", "numeric", "id_sequence", "moon_embedding", "seman
 Step = Literal["since", "log1p", "standardise", "bucketise"]
 DAY_US = 86_400_000_000.0
 
-# (name, kind, feast feature) of the base ranker's inputs, read from the store in every spec
+# (name, kind, feast feature) of the columns every training set carries (the training-set
+# job's base columns, whatever the spec); a spec entry of one of these names reads it
 BASE_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("category_id", "categorical", "item_attributes:category_id"),
     ("brand_id", "categorical", "item_attributes:brand_id"),
@@ -71,11 +84,19 @@ BASE_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("hist_category_ids", "id_sequence", "user_behaviour:hist_category_ids"),
 )
 BASE_NAMES: tuple[str, ...] = tuple(name for name, _, _ in BASE_FEATURES)
-# training-set columns the base ranker has besides the spec's features (the impression's)
+# training-set columns besides the spec's features (the impression's: user, item, position
+# and query are the ranker's own keys)
 RESERVED_NAMES: tuple[str, ...] = (
     "request_id", "user_id", "item_id", "ts", "query_text", "position", "clicked",
     "hist_actions", "hist_ts", "split", "is_cold", "look_driven", "query_tokens",
 )
+# the ranker's own tables (of user_id, item_id, position, query tokens); a spec's entries may
+# share only ``item`` (a sequence of item ids, or its target item_id)
+RANKER_TABLES: tuple[str, ...] = ("user", "item", "position", "query_token")
+ITEM_TABLE = "item"
+ITEM_KEY = "item_id"
+# the spec the ranker reads when none is named (RankerConfig.feature_set's default)
+DEFAULT_SPEC = "ids"
 
 
 class FeatureSpecError(ValueError):
@@ -103,6 +124,8 @@ class FeatureEntry(BaseModel):
         buckets: numeric with ``bucketise``: quantile buckets fitted on the train split.
         fill: numeric: the value of a null (``mean`` or a number); None: nulls are an error.
         length: id_sequence: values kept, most recent first (None: ``max_seq_len``).
+        target: id_sequence: the candidate feature matched with it in target attention
+            (``item_id`` or a categorical entry's name).
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -119,6 +142,7 @@ class FeatureEntry(BaseModel):
     buckets: int = Field(default=0, ge=0)
     fill: float | Literal["mean"] | None = None
     length: int | None = Field(default=None, gt=0)
+    target: str | None = None
 
     @field_validator("source")
     @classmethod
@@ -146,6 +170,15 @@ class FeatureEntry(BaseModel):
             raise ValueError("hash needs rows (the table size ids are hashed into)")
         if k != "id_sequence" and self.length is not None:
             raise ValueError(f"length is for id_sequence features, not {k}")
+        if k != "id_sequence" and self.target is not None:
+            raise ValueError(f"target is for id_sequence features, not {k}")
+        if k == "id_sequence":
+            if self.target is None:
+                raise ValueError("an id_sequence needs target: the candidate feature it is "
+                                 "matched with (item_id, or a categorical of the spec)")
+            if self.hash or self.embedding_dim is not None:
+                raise ValueError("an id_sequence holds raw ids in the ranker's tables (no "
+                                 "hash; embedding_dim is the ranker's)")
         if k == "numeric":
             if "bucketise" in self.transform:
                 if self.transform != ["bucketise"]:
@@ -218,25 +251,69 @@ class FeatureSpec(BaseModel):
             seen[col] = e.source
         for name, kind, source in BASE_FEATURES:
             entry = next((e for e in self.features if e.column == name), None)
-            if entry is None:
-                raise ValueError(f"feature {name}: missing ({source}, {kind}: the base "
-                                 "ranker reads it)")
-            if entry.kind != kind or entry.source != source:
-                raise ValueError(f"feature {name}: expected {source} of kind {kind}, got "
-                                 f"{entry.source} of kind {entry.kind}")
+            if entry is not None and (entry.kind != kind or entry.source != source):
+                raise ValueError(f"feature {name}: expected {source} of kind {kind} (a base "
+                                 f"column of every training set), got {entry.source} of kind "
+                                 f"{entry.kind}; give the entry another name")
         for kind in ("moon_embedding", "semantic_ids"):
             if sum(e.kind == kind for e in self.features) > 1:
                 raise ValueError(f"at most one {kind} feature")
-        for e in self.features:
-            if e.kind == "id_sequence" and e.column not in BASE_NAMES:
-                raise ValueError(f"feature {e.column}: only the behaviour sequences "
-                                 f"({', '.join(BASE_NAMES[2:])}) are id_sequence features "
-                                 "the ranker reads today")
-        tables = {e.table_name for e in self.extras() if e.kind == "categorical"}
-        base_tables = {"user", "item", "category", "brand", "position", "query_token"}
-        for t in sorted(tables & base_tables):
-            raise ValueError(f"table {t}: a table of the base ranker; extras have their own")
+        self._check_sequences()
+        self._check_tables()
         return self
+
+    def _check_sequences(self) -> None:
+        cats = {e.column: e for e in self.features if e.kind == "categorical"}
+        seqs = self.sequences()
+        if not seqs or seqs[0].target != ITEM_KEY:
+            first = f" (the first, {seqs[0].column}, targets {seqs[0].target})" if seqs else ""
+            raise ValueError(f"the first id_sequence must target {ITEM_KEY}{first}: the ranker's "
+                             "behaviour module attends over the user's items")
+        for e in seqs:
+            t = e.target
+            if t == ITEM_KEY:
+                continue
+            if t not in cats:
+                raise ValueError(
+                    f"feature {e.column}: target {t} is not a feature of the spec ({ITEM_KEY} "
+                    f"or a categorical entry: {', '.join(cats) or 'none'})")
+            c = cats[t]
+            if c.dtype != "int64" or c.hash:
+                raise ValueError(f"feature {e.column}: target {t} must hold raw int64 ids (not "
+                                 "hashed, not strings), as the sequence does")
+
+    def _check_tables(self) -> None:
+        """Tables: one width per table, sequence tables apart from pooled ones, the ranker's
+        own names left to it."""
+        targets = {e.target for e in self.sequences()}
+        seq_tables = {ITEM_TABLE} | {self.table_of(e) for e in self.features
+                                     if e.kind == "id_sequence" or e.column in targets}
+        owner: dict[str, FeatureEntry] = {}
+        for e in self.features:
+            if not (e.kind in ("categorical", "id_sequence") or e.bucketised):
+                continue
+            table = self.table_of(e)
+            in_seq = e.kind == "id_sequence" or e.column in targets
+            if table in RANKER_TABLES and not (in_seq and table == ITEM_TABLE):
+                raise ValueError(f"feature {e.column}: table {table} is the ranker's own (of "
+                                 "user_id, item_id, position, query tokens); name another")
+            if not in_seq and table in seq_tables:
+                raise ValueError(f"feature {e.column}: table {table} is a behaviour sequence's "
+                                 "table; a pooled feature cannot share it (make it the "
+                                 "sequence's target)")
+            if in_seq and e.embedding_dim is not None:
+                raise ValueError(f"feature {e.column}: a behaviour sequence's target is the "
+                                 "ranker's embedding_dim wide (no embedding_dim)")
+            first = owner.setdefault(table, e)
+            if first.embedding_dim != e.embedding_dim:
+                raise ValueError(
+                    f"feature {e.column}: table {table} is shared with {first.column}, of "
+                    f"another embedding_dim ({e.embedding_dim} vs {first.embedding_dim})")
+
+    @staticmethod
+    def table_of(e: FeatureEntry) -> str:
+        """The table of a sparse entry: its ``table`` (a bucketised numeric: its own)."""
+        return e.column if e.bucketised else e.table_name
 
     # -- what consumers ask ------------------------------------------------------------
     @property
@@ -244,17 +321,48 @@ class FeatureSpec(BaseModel):
         return any(e.kind == "moon_embedding" for e in self.features)
 
     def extras(self) -> list[FeatureEntry]:
-        """The categorical and numeric entries beyond the base ranker's, in spec order."""
+        """The categorical and numeric entries beyond the training set's base columns (the
+        columns a training-set job adds for the spec), in spec order."""
         return [e for e in self.features
                 if e.column not in BASE_NAMES and e.kind in ("categorical", "numeric")]
 
-    def sparse_extras(self) -> list[FeatureEntry]:
-        """Extras looked up in embedding tables: categoricals and bucketised numerics."""
-        return [e for e in self.extras() if not e.is_dense]
+    def sequences(self) -> list[FeatureEntry]:
+        """The id_sequence entries (behaviour sequences), in spec order."""
+        return [e for e in self.features if e.kind == "id_sequence"]
 
-    def dense_extras(self) -> list[FeatureEntry]:
-        """Extras that enter the over-arch as floats (transformed numerics)."""
-        return [e for e in self.extras() if e.is_dense]
+    def pairs(self) -> list[tuple[str, str]]:
+        """(target, sequence) of each id_sequence, in spec order (the first: item_id's)."""
+        return [(str(e.target), e.column) for e in self.sequences()]
+
+    def targets(self) -> list[FeatureEntry]:
+        """The categorical entries some sequence targets (raw ids, looked up with their
+        sequence's tables), in the order the pairs name them."""
+        by = {e.column: e for e in self.features if e.kind == "categorical"}
+        out: list[FeatureEntry] = []
+        for t, _ in self.pairs():
+            if t in by and by[t] not in out:
+                out.append(by[t])
+        return out
+
+    def encoded(self) -> list[FeatureEntry]:
+        """The entries :class:`FittedFeatures` fits and encodes: the categoricals no
+        sequence targets and the numerics, in spec order."""
+        targets = {e.target for e in self.sequences()}
+        return [e for e in self.features
+                if e.kind == "numeric" or (e.kind == "categorical" and e.column not in targets)]
+
+    def pooled(self) -> list[FeatureEntry]:
+        """Encoded entries looked up in pooled tables: categoricals and bucketised numerics."""
+        return [e for e in self.encoded() if not e.is_dense]
+
+    def dense(self) -> list[FeatureEntry]:
+        """Encoded entries that enter the over-arch as floats (transformed numerics)."""
+        return [e for e in self.encoded() if e.is_dense]
+
+    def columns(self) -> list[str]:
+        """The training-set columns the spec reads (categorical, numeric, id_sequence)."""
+        return [e.column for e in self.features
+                if e.kind in ("categorical", "numeric", "id_sequence")]
 
     def moon_field(self, moon_dim: int) -> str | None:
         """The embedding view's field the MOON entry reads (``emb_{moon_dim}`` for ``emb``)."""
@@ -454,14 +562,17 @@ def fit_transform(entry: FeatureEntry, train_values: np.ndarray,
 
 
 class FittedFeatures(BaseModel):
-    """A spec's extra features as fitted on a train split: what the ranker's tables and
+    """A spec's encoded features (:meth:`FeatureSpec.encoded`: the categoricals no sequence
+    targets, the numerics) as fitted on a train split: what the ranker's pooled tables and
     dense input are, and the one path from raw stored values to model inputs (training,
     evaluation and serving all call :meth:`encode`). Saved in the ranker's model directory.
+    (Behaviour sequences and their targets are raw ids the ranker sizes and maps itself.)
 
     Args:
         spec: the feature spec.
-        rows: table rows of each sparse extra (categorical or bucketised), the last OOV.
-        transforms: the fitted transform of each numeric extra.
+        rows: table rows of each pooled feature (categorical or bucketised), the last OOV;
+            features sharing a table have its rows.
+        transforms: the fitted transform of each numeric.
         vocab: each string categorical's tokens (row i: token i), unless hashed.
     """
 
@@ -475,18 +586,18 @@ class FittedFeatures(BaseModel):
 
     @property
     def sparse_names(self) -> list[str]:
-        return [e.column for e in self.spec.sparse_extras()]
+        return [e.column for e in self.spec.pooled()]
 
     @property
     def dense_names(self) -> list[str]:
-        return [e.column for e in self.spec.dense_extras()]
+        return [e.column for e in self.spec.dense()]
 
     def tables(self, default_dim: int) -> list[tuple[str, list[str], int, int]]:
-        """(table name, feature names, rows, dim) of the sparse extras' tables, in spec
+        """(table name, feature names, rows, dim) of the pooled features' tables, in spec
         order (features sharing a table share one entry)."""
         out: dict[str, tuple[list[str], int, int]] = {}
-        for e in self.spec.sparse_extras():
-            name = e.table_name if e.kind == "categorical" else e.column
+        for e in self.spec.pooled():
+            name = self.spec.table_of(e)
             dim = e.embedding_dim or default_dim
             feats, rows, d = out.get(name, ([], 0, dim))
             if d != dim:
@@ -498,10 +609,11 @@ class FittedFeatures(BaseModel):
     def encode(
         self, raw: dict[str, np.ndarray], now_us: np.ndarray | None = None
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Raw stored values -> (table rows int64 [N] per sparse extra, dense float32 [N, F]).
+        """Raw stored values -> (table rows int64 [N] per pooled feature, dense float32
+        [N, F]), in spec order.
 
         Args:
-            raw: per extra column, [N] values as stored: int64 ids (negative: null) for a
+            raw: per encoded column (:meth:`FeatureSpec.encoded`), [N] values as stored: int64 ids (negative: null) for a
                 categorical (object strings, None: null, for a string one), float64 (NaN:
                 null) for a numeric (a time: microseconds since the epoch).
             now_us: [N] the rows' times in microseconds (the request's in serving), which
@@ -512,7 +624,7 @@ class FittedFeatures(BaseModel):
         ids: dict[str, np.ndarray] = {}
         dense: list[np.ndarray] = []
         n = 0
-        for e in self.spec.extras():
+        for e in self.spec.encoded():
             col = e.column
             if col not in raw:
                 raise ValueError(f"feature {col}: no values given")
@@ -559,9 +671,10 @@ def _rows(ids: np.ndarray, rows: int, hashed: bool) -> np.ndarray:
 
 
 def fit_features(spec: FeatureSpec, raw: dict[str, np.ndarray], train: np.ndarray,
-                 now_us: np.ndarray | None = None) -> FittedFeatures:
-    """Fit ``spec``'s extras on the ``train`` rows (bool [N]) of ``raw`` (as for
-    :meth:`FittedFeatures.encode`; ``now_us`` [N] the rows' times).
+                 now_us: np.ndarray | None = None, default_rows: int = 0) -> FittedFeatures:
+    """Fit ``spec``'s encoded features on the ``train`` rows (bool [N]) of ``raw`` (as for
+    :meth:`FittedFeatures.encode`; ``now_us`` [N] the rows' times). ``default_rows`` (> 0):
+    the rows of an int64 categorical that declares none (else: max train id + 2).
 
     Raises:
         ValueError: nulls without a fill rule, a vocabulary overflow (an id beyond a
@@ -570,7 +683,9 @@ def fit_features(spec: FeatureSpec, raw: dict[str, np.ndarray], train: np.ndarra
     rows: dict[str, int] = {}
     transforms: dict[str, FittedTransform] = {}
     vocab: dict[str, list[str]] = {}
-    for e in spec.extras():
+    for e in spec.encoded():
+        if e.column not in raw:
+            raise ValueError(f"feature {e.column}: no values given")
         x = np.asarray(raw[e.column])[train]
         if e.kind == "categorical" and e.dtype == "string":
             if e.hash:
@@ -592,11 +707,17 @@ def fit_features(spec: FeatureSpec, raw: dict[str, np.ndarray], train: np.ndarra
                     f"feature {e.column}: id {top} overflows its vocabulary (rows {e.rows}: "
                     f"ids 0..{e.rows - 2}, the last row is out of vocabulary); raise rows, "
                     "set rows: 0 (sized from the train split) or hash: true")
-            rows[e.column] = e.rows or max(top, 0) + 2
+            rows[e.column] = e.rows or default_rows or max(top, 0) + 2
         else:
             fitted = fit_transform(e, x.astype(np.float64),
                                    None if now_us is None else np.asarray(now_us)[train])
             transforms[e.column] = fitted
             if e.bucketised:
                 rows[e.column] = fitted.rows
+    # features sharing a table: its rows (the largest any of them needs)
+    table_rows: dict[str, int] = {}
+    for e in spec.pooled():
+        t = spec.table_of(e)
+        table_rows[t] = max(table_rows.get(t, 0), rows[e.column])
+    rows = {e.column: table_rows[spec.table_of(e)] for e in spec.pooled()}
     return FittedFeatures(spec=spec, rows=rows, transforms=transforms, vocab=vocab)

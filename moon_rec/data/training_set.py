@@ -62,10 +62,13 @@ TRAINING_SET_SCHEMA = pa.schema(
     ]
 )
 
-# What a reader needs; the flags are optional (a training set from elsewhere may lack them).
+# What a reader needs (the impression's columns; with a spec, its columns, else the base
+# ones); the flags are optional (a training set from elsewhere may lack them).
+IMPRESSION_COLUMNS: tuple[str, ...] = (
+    "request_id", "user_id", "item_id", "query_text", "position", "clicked", "split",
+)
 REQUIRED_COLUMNS: tuple[str, ...] = (
-    "request_id", "user_id", "item_id", "query_text", "position", "clicked", "category_id",
-    "brand_id", "hist_item_ids", "hist_category_ids", "split",
+    *IMPRESSION_COLUMNS, "category_id", "brand_id", "hist_item_ids", "hist_category_ids",
 )
 OPTIONAL_FLAGS: tuple[str, ...] = ("is_cold", "look_driven")
 
@@ -101,15 +104,17 @@ def write_training_set(
 
 
 def read_training_set(path: str | Path, spec: FeatureSpec | None = None) -> pa.Table:
-    """The required columns, the optional flags present and ``spec``'s extra columns of a
-    training set (file or folder), checked for presence; a missing column is a DataError
-    naming file and column (for an extra: the feature, and the spec to rebuild with)."""
+    """The impression's columns, the optional flags present and ``spec``'s columns (None:
+    the base ones) of a training set (file or folder), checked for presence; a missing
+    column is a DataError naming file and column (for a spec's: the feature, and the spec
+    to rebuild with)."""
     files = parquet_files(path)
     names = set(pq.read_schema(files[0]).names)
-    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    required = IMPRESSION_COLUMNS if spec is not None else REQUIRED_COLUMNS
+    missing = [c for c in required if c not in names]
     if missing:
         raise DataError("missing column in training set", file=str(files[0]), column=missing[0])
-    extras = [e.column for e in spec.extras()] if spec is not None else []
+    extras = spec.columns() if spec is not None else []
     absent = [c for c in extras if c not in names]
     if absent:
         assert spec is not None
@@ -120,4 +125,4 @@ def read_training_set(path: str | Path, spec: FeatureSpec | None = None) -> pa.T
     flags = [c for c in OPTIONAL_FLAGS if c in names]
     if extras and "ts" in names:  # a spec's ``since`` steps measure from each row's time
         flags.append("ts")
-    return read_parquet(files, list(REQUIRED_COLUMNS) + flags + extras)
+    return read_parquet(files, list(required) + flags + extras)

@@ -24,7 +24,8 @@ _EXPORTS: dict[str, str] = {
     "MoonContentArch": "moon_rec.ranking.item_tables",
     "SemanticIdTable": "moon_rec.ranking.item_tables",
     "SemanticIdArch": "moon_rec.ranking.sparse",
-    "TableSizes": "moon_rec.ranking.sparse",
+    "RankerTables": "moon_rec.ranking.sparse",
+    "RankerLayout": "moon_rec.ranking.features",
 }
 
 __all__ = sorted(_EXPORTS)

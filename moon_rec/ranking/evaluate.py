@@ -26,7 +26,7 @@ from moon_rec.ranking.data import TrainingSet, load_training_set
 from moon_rec.ranking.item_tables import FrozenContentTable, SemanticIdTable
 from moon_rec.ranking.model import ContentLookup, MoonRanker, SemanticIdLookup
 from moon_rec.ranking.model_dir import CODE_ROWS, CONTENT_ROWS, SNAPSHOT_COPIES, RankerDir
-from moon_rec.ranking.sparse import TableSizes
+from moon_rec.ranking.sparse import RANKER_OWN_TABLES, RankerTables
 
 
 def read_meta(model_dir: str | Path) -> dict[str, Any]:
@@ -135,7 +135,9 @@ def load_ranker(
         content = own_content if need_content else content
         semantic_ids = own_codes if need_codes else semantic_ids
     features = rdir.features(meta)
-    model = MoonRanker(config, TableSizes(**meta["tables"]), content, semantic_ids, features)
+    needed = RankerTables({}, features)
+    rows = rdir.table_rows(meta, [*RANKER_OWN_TABLES, *needed.sequence_tables()])
+    model = MoonRanker(config, RankerTables(rows, features), content, semantic_ids)
     own = model.state_dict()
     # the snapshot's vectors and codes (not in model.pt); a given lookup replaces the one
     # the ranker was trained with
@@ -250,11 +252,8 @@ def score_test_split(
         emb = snapshot_of(meta, embeddings).vectors(config.moon_dim, queries=q_path)
     model, meta = load_ranker(model_dir, embeddings=embeddings, loaded=emb)
     ts_path = training_set or meta["training_set"]
-    features = model.features
-    assert features is not None  # load_ranker always gives the ranker its features
     data = load_training_set(ts_path, config.max_seq_len, config.query_token_buckets,
-                             features.spec)
-    data.encode_features(features)
+                             features=model.features)
     if emb is not None:
         data.attach_queries(emb)
     rows = np.flatnonzero(data.is_test)

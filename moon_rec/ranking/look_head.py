@@ -81,7 +81,7 @@ class BehaviourPairs:
 def behaviour_pairs(
     embeddings: MoonEmbeddings,
     target_item: np.ndarray,
-    hist_item_ids: np.ndarray,
+    behaviour_items: np.ndarray,
     clicked: np.ndarray,
     train: np.ndarray,
     history: int,
@@ -91,13 +91,13 @@ def behaviour_pairs(
 
     Args:
         embeddings: the catalog's MOON vectors (pairs hold rows of them).
-        target_item: [R] each row's target item id; hist_item_ids [R, L] (most recent first,
+        target_item: [R] each row's target item id; behaviour_items [R, L] (most recent first,
             -1 padding); clicked [R] labels; train [R] bool, the rows that may be used.
         history: behaviours kept per pair (the most recent).
     """
     keep = np.flatnonzero(train & (clicked > 0))
     target = embeddings.item_rows(target_item[keep])
-    hist = embeddings.item_rows(hist_item_ids[keep, :history])
+    hist = embeddings.item_rows(behaviour_items[keep, :history])
     use = (target >= 0) & (hist >= 0).any(1)
     return BehaviourPairs(hist[use].astype(np.int64), target[use].astype(np.int64))
 

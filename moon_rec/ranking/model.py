@@ -3,15 +3,18 @@
     logit = OverArch([SparseArch pooled | target IDs | behaviour module | MOON dense
                       | pairwise dots of the ID-space vectors (optional, DLRM-style)])
 
-The pairwise dots (``over_arch.interaction: dot``) are taken between the user, brand,
-position, query-token, target item and category embeddings, the behaviour module's
-ID-space interests and (``ids+moon``) a linear projection of the target's MOON embedding.
+The model builds itself from the feature spec (:class:`moon_rec.ranking.sparse.RankerTables`,
+:class:`moon_rec.ranking.features.RankerLayout`): the user, the spec's pooled features
+(categoricals, bucketised numerics), position and query tokens are pooled lookups; each
+behaviour sequence and its target (item_id with the item sequence, e.g. category_id with
+the category sequence) are looked up in a shared table and concatenated, pair by pair,
+into the target and behaviour vectors the behaviour module attends over; the transformed
+numerics (``batch.dense``) go straight into the over-arch.
 
-The feature spec's extras (:class:`moon_rec.data.feature_spec.FittedFeatures`): each
-sparse extra (categorical, bucketised numeric) is a pooled table of the SparseArch; those
-of the ranker's ``embedding_dim`` also join the pairwise dots; the transformed numerics
-(``batch.dense``) go straight into the over-arch. A spec without extras builds exactly the
-model of before (same modules, same order, same seeded weights).
+The pairwise dots (``over_arch.interaction: dot``) are taken between the D-wide pooled
+embeddings, the pairs' target embeddings, the behaviour module's ID-space interests and
+(with MOON content) a linear projection of the target's MOON embedding; pooled features of
+another width join the MLP only.
 
 where the MOON dense features (``ids+moon`` only) are the target's MOON embedding at the
 configured Matryoshka size and its cosine with the query's MOON embedding.
@@ -48,7 +51,7 @@ from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.features import RankerBatch
 from moon_rec.ranking.look_head import LookHead
 from moon_rec.ranking.over_arch import OverArch, PairwiseDotArch
-from moon_rec.ranking.sparse import SemanticIdArch, SparseArch, TableSizes
+from moon_rec.ranking.sparse import RankerTables, SemanticIdArch, SparseArch
 
 
 class ContentLookup(Protocol):
@@ -79,29 +82,26 @@ class MoonRanker(nn.Module):
 
     Args:
         config: the experiment config (feature set, behaviour module, sizes).
-        tables: rows of the ID tables.
+        tables: the ID tables (rows) and the spec's fitted features.
         content: the frozen MOON content lookup (required for ``ids+moon``, ignored for
             ``ids``): a ``FrozenContentTable`` in training, any ``ContentLookup`` (an
             ``nn.Module``) in serving.
         semantic_ids: the item -> code lookup (required when ``config.semantic_ids`` is
             set, ignored otherwise): a ``SemanticIdTable``, or any ``SemanticIdLookup``.
-        features: the spec's extras as fitted on the train split (None: none).
 
     Example::
 
         cfg = RankerConfig(feature_set="ids+moon", behaviour=BehaviourConfig(module="cube"))
-        model = MoonRanker(cfg, TableSizes(100, 400, 20, 30, 4096, 32),
-                           MoonContentArch(item_ids, vectors))
+        model = MoonRanker(cfg, table_sizes(data, cfg), FrozenContentTable(ids, vectors))
         logits = model(batch)  # [B]
     """
 
     def __init__(
         self,
         config: RankerConfig,
-        tables: TableSizes,
+        tables: RankerTables,
         content: ContentLookup | None = None,
         semantic_ids: SemanticIdLookup | None = None,
-        features: FittedFeatures | None = None,
     ) -> None:
         super().__init__()
         if config.uses_moon and content is None:
@@ -118,15 +118,13 @@ class MoonRanker(nn.Module):
                 )
         self.config = config
         self.tables = tables
-        self.features = features
+        self.features: FittedFeatures = tables.features
+        self.layout = tables.layout
         d = config.embedding_dim
-        extra_tables = features.tables(d) if features is not None else []
-        self.dense_dim = len(features.dense_names) if features is not None else 0
-        self.sparse_arch = SparseArch(config, tables, extra_tables)
-        # sparse extras of width D join the ID-space vectors (dots); the others the MLP only
+        self.dense_dim = len(self.features.dense_names)
+        self.sparse_arch = SparseArch(config, tables)
+        # pooled features of width D join the ID-space vectors (dots); the others the MLP
         dims = self.sparse_arch.extra_dims
-        self.extra_in_dots = [i for i, e in enumerate(dims) if e == d]
-        self.extra_outside = [i for i, e in enumerate(dims) if e != d]
         self.content_arch: ContentLookup | None = content if config.uses_moon else None
         self.semantic_id_table: SemanticIdLookup | None = semantic_ids if sid else None
         self.semantic_id_arch = SemanticIdArch(config) if sid is not None else None
@@ -146,7 +144,7 @@ class MoonRanker(nn.Module):
         self.interaction: PairwiseDotArch | None = None
         n_vectors = (
             self.sparse_arch.pooled_dim + self.target_dim + self.behaviour.id_space_dim
-        ) // d + len(self.extra_in_dots)
+        ) // d
         # The target's MOON embedding, projected into the ID space, joins the dot products:
         # user . W content is a learned taste x style term that also works for cold items.
         self.content_projection: nn.Linear | None = None
@@ -171,8 +169,8 @@ class MoonRanker(nn.Module):
             nn.init.zeros_(self.dot_logit.weight)
 
     def behaviour_inputs(self, batch: RankerBatch) -> tuple[torch.Tensor, BehaviourInputs]:
-        """The ID-space features [B, P*D + E (+ D per D-wide sparse extra)] and the
-        behaviour modules' inputs of ``batch``; the other extras in ``self._outside``."""
+        """The ID-space features [B, P*D + E] (D-wide pooled, targets) and the behaviour
+        modules' inputs of ``batch``."""
         ids, inputs, _ = self._inputs(batch)
         return ids, inputs
 
@@ -184,11 +182,12 @@ class MoonRanker(nn.Module):
         item_ids = None
         if self.content_arch is not None or self.semantic_id_table is not None:
             seq = batch.sequence
+            item, items = self.layout.pairs[0]  # the primary pair: item_id, its sequence
             # [B, 1 + L] raw ids: the target, then the behaviours (-1 at padding)
             item_ids = torch.cat(
                 [
-                    seq["item_id"].to_padded_dense(desired_length=1, padding_value=-1),
-                    seq["hist_item_ids"].to_padded_dense(
+                    seq[item].to_padded_dense(desired_length=1, padding_value=-1),
+                    seq[items].to_padded_dense(
                         desired_length=self.config.max_seq_len, padding_value=-1
                     ),
                 ],
@@ -197,7 +196,7 @@ class MoonRanker(nn.Module):
         if self.semantic_id_table is not None and self.semantic_id_arch is not None:
             assert item_ids is not None
             codes = self.semantic_id_table(item_ids)  # [B, 1 + L, levels]
-            lengths = 1 + seq["hist_item_ids"].lengths().clamp(max=self.config.max_seq_len)
+            lengths = 1 + seq[items].lengths().clamp(max=self.config.max_seq_len)
             sid = self.semantic_id_arch(codes, lengths)
             target = torch.cat([target, sid[:, 0]], dim=1)
             behaviours = torch.cat([behaviours, sid[:, 1:]], dim=2)
@@ -218,9 +217,7 @@ class MoonRanker(nn.Module):
             inputs.content_mask = found[:, 1:] & sparse.mask
             inputs.query_content = batch.query_embedding
             inputs.query_mask = batch.has_query
-        in_dots = [sparse.extra[i] for i in self.extra_in_dots]
-        outside = [sparse.extra[i] for i in self.extra_outside]
-        return torch.cat([sparse.pooled, *in_dots, target], dim=1), inputs, outside
+        return torch.cat([sparse.pooled, target], dim=1), inputs, sparse.extra
 
     def forward(self, batch: RankerBatch) -> torch.Tensor:
         """

@@ -1,9 +1,11 @@
 """The ranker's model directory: the one owner of its layout.
 
-    meta.json      config, table sizes, the embedding snapshot's model_version and path,
-                   inputs, progress (``done`` once training finished), and ``features``:
-                   the feature spec the ranker read and its extras' fitted transforms and
-                   table rows (``FittedFeatures``, fitted on the train split)
+    meta.json      config, ``tables`` (rows of the ranker's own tables and of its
+                   behaviour sequences' tables, by table name), the embedding snapshot's
+                   model_version and path, inputs, progress (``done`` once training
+                   finished), and ``features``: the feature spec the ranker read and its
+                   encoded features' fitted transforms and table rows (``FittedFeatures``,
+                   fitted on the train split)
     model.pt       the trained weights (unsharded), written on rank 0 at the end. The frozen
                    MOON vectors and semantic-ID codes are not copied into it: it keeps the
                    item ids the ranker was trained on, and loading reads their vectors and
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 
 from moon_rec import runtime
-from moon_rec.data.feature_spec import FeatureSpecError, FittedFeatures, load_feature_spec
+from moon_rec.data.feature_spec import FeatureSpec, FeatureSpecError, FittedFeatures
 
 META = "meta.json"
 WEIGHTS = "model.pt"
@@ -88,21 +90,31 @@ class RankerDir:
         return meta if meta.get("done") else None
 
     def features(self, meta: dict[str, Any] | None = None) -> FittedFeatures:
-        """The feature spec and fitted transforms the ranker was trained with (a model
-        directory written before specs existed: its ``feature_set``'s spec, which then has
-        no extras). FeatureSpecError naming the directory when they do not read."""
+        """The feature spec and fitted transforms the ranker was trained with.
+        FeatureSpecError naming the directory when they do not read: a directory written
+        before specs existed, or before the ranker built itself from the spec (its spec's
+        sequences name no target): retrain it."""
         meta = self.read_meta() if meta is None else meta
+        if "features" not in meta:
+            raise FeatureSpecError(f"{self.meta_file}: no fitted features recorded (written "
+                                   "before feature specs); retrain the ranker")
         try:
-            if "features" in meta:
-                return FittedFeatures.from_dict(meta["features"])
-            spec = load_feature_spec(meta["config"].get("feature_set", "ids"))
-        except (ValueError, KeyError) as exc:
-            raise FeatureSpecError(f"{self.meta_file}: its feature spec does not read ({exc})"
-                                   ) from None
-        if spec.extras():
-            raise FeatureSpecError(f"{self.meta_file}: no fitted features recorded for spec "
-                                   f"{spec.name!r}; retrain the ranker")
-        return FittedFeatures(spec=spec)
+            FeatureSpec.from_dict(meta["features"].get("spec"), f"{self.meta_file}: its spec")
+            return FittedFeatures.from_dict(meta["features"])
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise FeatureSpecError(
+                f"{str(exc).splitlines()[0]}; a ranker written by another version (e.g. "
+                "before id_sequence entries named their target) must be retrained") from None
+
+    def table_rows(self, meta: dict[str, Any], tables: list[str]) -> dict[str, int]:
+        """``meta``'s table rows; FeatureSpecError naming the directory when one of
+        ``tables`` is not recorded (a directory of another version of the ranker)."""
+        rows = meta.get("tables") or {}
+        missing = [t for t in tables if t not in rows]
+        if missing:
+            raise FeatureSpecError(f"{self.meta_file}: no rows recorded for table {missing[0]} "
+                                   "(written by another version of the ranker); retrain it")
+        return {t: int(rows[t]) for t in rows}
 
     # -- weights ------------------------------------------------------------------------
     def save_weights(self, state: dict[str, Any]) -> None:

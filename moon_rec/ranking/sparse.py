@@ -1,10 +1,13 @@
 """The ranker's ID lookups: raw ids -> trainable embedding-table rows.
 
-- :class:`TableSizes` says how many rows each ID table has (the last: out of vocabulary).
+- :class:`RankerTables` says which tables the ranker has and how many rows each (the last:
+  out of vocabulary): its own (user, item, position, query_token), each behaviour
+  sequence's (and its target's), and the spec's pooled tables (fitted features).
 - :class:`IdRemap` maps raw ids to table rows (out-of-range ids: the OOV row, or hashed).
-- :class:`SparseArch` looks up ID embeddings: pooled features through an
-  EmbeddingBagCollection, the target and the behaviour sequence through an
-  EmbeddingCollection whose item/category tables are shared by target and behaviours.
+- :class:`SparseArch` looks up ID embeddings, its tables built from the spec
+  (:class:`moon_rec.ranking.features.RankerLayout`): pooled features through an
+  EmbeddingBagCollection, the targets and the behaviour sequences through an
+  EmbeddingCollection whose tables a sequence and its target share (``item``, ...).
 - :class:`SemanticIdArch` embeds the semantic-ID codes of the target and every behaviour
   through one trainable EmbeddingCollection table per level (sharded like the ID tables);
   the codes come from :class:`moon_rec.ranking.item_tables.SemanticIdTable`.
@@ -12,7 +15,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,39 +23,57 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConf
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from moon_rec.data.feature_spec import ITEM_KEY, ITEM_TABLE, FittedFeatures
 from moon_rec.ranking.config import RankerConfig
-from moon_rec.ranking.features import POOLED_FEATURES, SEQUENCE_FEATURES
+from moon_rec.ranking.features import POSITION_KEY, QUERY_KEY, USER_KEY, RankerLayout
+
+USER_TABLE, POSITION_TABLE, QUERY_TABLE = "user", "position", "query_token"
+RANKER_OWN_TABLES = (USER_TABLE, ITEM_TABLE, POSITION_TABLE, QUERY_TABLE)
 
 
 @dataclass(frozen=True)
-class TableSizes:
-    """Rows of each ID table, the last row being the out-of-vocabulary (OOV) row.
+class RankerTables:
+    """The ranker's tables: rows of each raw-id table, and the fitted features (the spec,
+    and the rows of its pooled tables).
 
     Args:
-        user, item, category, brand: rows of those tables.
-        query_token: rows of the hashed query-token table.
-        position: rows of the position table.
+        rows: rows of the ranker's own tables (``user``, ``item``, ``position``,
+            ``query_token``) and of each table a behaviour sequence or its target uses
+            (e.g. ``category``), the last row out of vocabulary.
+        features: the spec's features as fitted on the train split.
+
+    Example::
+
+        tables = RankerTables({"user": 10, "item": 20, "category": 5, "position": 8,
+                               "query_token": 65}, fitted)
+        tables.feature_rows()["hist_item_ids"]  # 20 (its table: item)
     """
 
-    user: int
-    item: int
-    category: int
-    brand: int
-    query_token: int
-    position: int
+    rows: dict[str, int]
+    features: FittedFeatures
+
+    @property
+    def layout(self) -> RankerLayout:
+        return RankerLayout.of(self.features.spec)
+
+    def sequence_tables(self) -> dict[str, list[str]]:
+        """Table -> its features in the sequence KJT (targets, then sequences), in the
+        order of the layout's sequence keys (``item`` first)."""
+        spec = self.features.spec
+        by = {e.column: spec.table_of(e) for e in spec.features}
+        out: dict[str, list[str]] = {}
+        for key in self.layout.sequence_keys:
+            out.setdefault(ITEM_TABLE if key == ITEM_KEY else by[key], []).append(key)
+        return out
 
     def feature_rows(self) -> dict[str, int]:
         """Rows of the table behind each sparse feature."""
-        return {
-            "user_id": self.user,
-            "brand_id": self.brand,
-            "position": self.position,
-            "query_tokens": self.query_token,
-            "item_id": self.item,
-            "category_id": self.category,
-            "hist_item_ids": self.item,
-            "hist_category_ids": self.category,
-        }
+        out = {USER_KEY: self.rows[USER_TABLE], POSITION_KEY: self.rows[POSITION_TABLE],
+               QUERY_KEY: self.rows[QUERY_TABLE]}
+        out |= {f: self.features.rows[f] for f in self.layout.pooled}
+        for table, feats in self.sequence_tables().items():
+            out |= {f: self.rows[table] for f in feats}
+        return out
 
 
 def remap_ids(ids: torch.Tensor, rows: torch.Tensor, policy: str) -> torch.Tensor:
@@ -116,14 +136,15 @@ class SparseFeatures:
     """SparseArch output.
 
     Args:
-        pooled: [B, P*D] user, brand, position and query-token embeddings, concatenated.
-        target: [B, E] target item and category embeddings (E = 2D).
-        behaviours: [B, L, E] behaviour item and category embeddings (zeros at padding).
+        pooled: [B, P*D] the D-wide pooled embeddings (user, the spec's pooled features of
+            the ranker's width, position, query tokens), concatenated.
+        target: [B, E] the pairs' target embeddings (item, then e.g. category; E = pairs*D).
+        behaviours: [B, L, E] the pairs' behaviour embeddings (zeros at padding).
         mask: [B, L] bool, True at real behaviours.
         packed_behaviours: [N, E] the real behaviours' embeddings, N = mask.sum(), in the
             row-major order of ``mask`` (``behaviours[mask]``, straight from the jagged
             lookup, so no gather): what the attention scores.
-        extra: the feature spec's sparse extras, [B, d_f] each, in spec order.
+        extra: the spec's pooled features of another width than D, [B, d_f] each.
     """
 
     pooled: torch.Tensor
@@ -135,110 +156,76 @@ class SparseFeatures:
 
 
 class SparseArch(nn.Module):
-    """ID embedding lookups of every sparse feature.
+    """ID embedding lookups of every sparse feature, the tables built from the spec.
 
     Args:
         config: the ranker config (embedding_dim D, max_seq_len L, id_policy).
-        tables: rows of each table.
-        extra_tables: the feature spec's sparse extras, (table, feature names, rows, dim)
-            each (``FittedFeatures.tables``): more pooled tables in the same
-            EmbeddingBagCollection (sharded with the others), after the base ones.
+        tables: the tables (rows) and the fitted spec.
+
+    The EmbeddingBagCollection holds ``user``, the spec's pooled tables (spec order),
+    ``position`` and ``query_token``; the EmbeddingCollection one table per sequence table
+    (``item`` first), shared by each sequence and its target.
 
     Example::
 
-        arch = SparseArch(RankerConfig(), TableSizes(10, 20, 5, 5, 64, 8))
+        arch = SparseArch(RankerConfig(), tables)
         out = arch(batch.pooled, batch.sequence)   # SparseFeatures
-        out.behaviours.shape                       # [B, 50, 32]
+        out.behaviours.shape                       # [B, 50, 2 * 32]
     """
 
-    def __init__(
-        self,
-        config: RankerConfig,
-        tables: TableSizes,
-        extra_tables: Sequence[tuple[str, list[str], int, int]] = (),
-    ) -> None:
+    def __init__(self, config: RankerConfig, tables: RankerTables) -> None:
         super().__init__()
         d = config.embedding_dim
         self.max_seq_len = config.max_seq_len
         self.embedding_dim = d
-        extra_rows = {f: rows for _, feats, rows, _ in extra_tables for f in feats}
-        self.extra_features = [f for _, feats, _, _ in extra_tables for f in feats]
-        self.extra_dims = [dim for _, feats, _, dim in extra_tables for _ in feats]
-        self.remap = IdRemap(tables.feature_rows() | extra_rows, config.id_policy)
+        layout = tables.layout
+        self.layout = layout
+        pooled_tables = tables.features.tables(d)
+        dims = {f: dim for _, feats, _, dim in pooled_tables for f in feats}
+        # D-wide pooled vectors (in the dots) in layout order; the others beside them
+        self.pooled_features = [k for k in layout.pooled_keys if dims.get(k, d) == d]
+        self.extra_features = [k for k in layout.pooled if dims[k] != d]
+        self.extra_dims = [dims[k] for k in self.extra_features]
+        self.remap = IdRemap(tables.feature_rows(), config.id_policy)
         self.item_id_dropout = float(config.item_id_dropout)
-        self.item_oov_row = tables.item - 1
+        self.item_oov_row = tables.rows[ITEM_TABLE] - 1
         scale = float(config.embedding_init_scale)
         init = {"weight_init_min": -scale, "weight_init_max": scale} if scale > 0 else {}
+        rows = tables.rows
+
+        def bag(name: str, feats: list[str], n: int, dim: int, **kw: object) -> EmbeddingBagConfig:
+            return EmbeddingBagConfig(name=name, embedding_dim=dim, **init, num_embeddings=n,
+                                      feature_names=feats, **kw)
+
         self.embedding_bag_collection = EmbeddingBagCollection(
             tables=[
-                EmbeddingBagConfig(
-                    name="user",
-                    embedding_dim=d,
-                    **init,
-                    num_embeddings=tables.user,
-                    feature_names=["user_id"],
-                ),
-                EmbeddingBagConfig(
-                    name="brand",
-                    embedding_dim=d,
-                    **init,
-                    num_embeddings=tables.brand,
-                    feature_names=["brand_id"],
-                ),
-                EmbeddingBagConfig(
-                    name="position",
-                    embedding_dim=d,
-                    **init,
-                    num_embeddings=tables.position,
-                    feature_names=["position"],
-                ),
-                EmbeddingBagConfig(
-                    name="query_token",
-                    embedding_dim=d,
-                    **init,
-                    num_embeddings=tables.query_token,
-                    feature_names=["query_tokens"],
-                    pooling=PoolingType.MEAN,
-                ),
-            ]
-            + [
-                EmbeddingBagConfig(
-                    name=f"extra_{name}",
-                    embedding_dim=dim,
-                    **init,
-                    num_embeddings=rows,
-                    feature_names=list(feats),
-                )
-                for name, feats, rows, dim in extra_tables
+                bag(USER_TABLE, [USER_KEY], rows[USER_TABLE], d),
+                *(bag(name, list(feats), n, dim) for name, feats, n, dim in pooled_tables),
+                bag(POSITION_TABLE, [POSITION_KEY], rows[POSITION_TABLE], d),
+                bag(QUERY_TABLE, [QUERY_KEY], rows[QUERY_TABLE], d, pooling=PoolingType.MEAN),
             ]
         )
-        # Target and behaviours share the item and category tables (feature_names).
+        # each sequence shares its table with its target (item: item_id, hist_item_ids)
         self.embedding_collection = EmbeddingCollection(
             tables=[
                 EmbeddingConfig(
-                    name="item",
+                    name=name,
                     embedding_dim=d,
                     **init,
-                    num_embeddings=tables.item,
-                    feature_names=["item_id", "hist_item_ids"],
-                ),
-                EmbeddingConfig(
-                    name="category",
-                    embedding_dim=d,
-                    **init,
-                    num_embeddings=tables.category,
-                    feature_names=["category_id", "hist_category_ids"],
-                ),
+                    num_embeddings=rows[name],
+                    feature_names=feats,
+                )
+                for name, feats in tables.sequence_tables().items()
             ]
         )
-        self.pooled_dim = d * len(POOLED_FEATURES)
-        self.target_dim = 2 * d
+        self.pooled_dim = d * len(self.pooled_features)
+        self.target_dim = d * len(layout.pairs)
 
     def forward(self, pooled: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> SparseFeatures:
         """
         Args:
-            pooled: raw-id KJT with keys POOLED_FEATURES.
-            sequence: raw-id KJT with keys SEQUENCE_FEATURES.
+            pooled: raw-id KJT with keys ``layout.pooled_keys``.
+            sequence: raw-id KJT with keys ``layout.sequence_keys``.
 
         Returns:
             SparseFeatures (see there for shapes).
@@ -246,19 +233,18 @@ class SparseArch(nn.Module):
         bags = self.embedding_bag_collection(self.remap(pooled)).to_dict()
         seq = self.embedding_collection(self._drop_item_ids(self.remap(sequence)))
         length = self.max_seq_len
+        pairs = self.layout.pairs
         target = torch.cat(
-            [seq[k].to_padded_dense(desired_length=1).squeeze(1) for k in SEQUENCE_FEATURES[:2]],
-            dim=1,
+            [seq[t].to_padded_dense(desired_length=1).squeeze(1) for t, _ in pairs], dim=1
         )
         behaviours = torch.cat(
-            [seq[k].to_padded_dense(desired_length=length) for k in SEQUENCE_FEATURES[2:]],
-            dim=2,
+            [seq[s].to_padded_dense(desired_length=length) for _, s in pairs], dim=2
         )
-        lengths = seq["hist_item_ids"].lengths()
+        lengths = seq[self.layout.primary].lengths()
         mask = torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
-        packed = torch.cat([seq[k].values() for k in SEQUENCE_FEATURES[2:]], dim=1)
+        packed = torch.cat([seq[s].values() for _, s in pairs], dim=1)
         return SparseFeatures(
-            pooled=torch.cat([bags[k] for k in POOLED_FEATURES], dim=1),
+            pooled=torch.cat([bags[k] for k in self.pooled_features], dim=1),
             target=target,
             behaviours=behaviours,
             mask=mask,

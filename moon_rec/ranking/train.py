@@ -25,7 +25,6 @@ import logging
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -51,24 +50,36 @@ from tqdm import tqdm
 from moon_rec import runtime
 from moon_rec.data.embeddings import MoonEmbeddings, load_moon_embeddings
 from moon_rec.data.errors import DataError
-from moon_rec.data.feature_spec import FittedFeatures
+from moon_rec.data.feature_spec import ITEM_KEY, ITEM_TABLE
 from moon_rec.ranking.config import RankerConfig
 from moon_rec.ranking.data import TrainingSet, load_training_set
 from moon_rec.ranking.item_tables import CONTENT_TABLE, FrozenContentTable, SemanticIdTable
 from moon_rec.ranking.look_head import behaviour_pairs, pretrain_look_head
 from moon_rec.ranking.model import MoonRanker
 from moon_rec.ranking.model_dir import RankerDir, save
-from moon_rec.ranking.sparse import TableSizes
+from moon_rec.ranking.sparse import (
+    POSITION_TABLE,
+    QUERY_TABLE,
+    USER_TABLE,
+    RankerTables,
+    remap_ids,
+)
 
 log = logging.getLogger(__name__)
 
 
 
-def table_sizes(data: TrainingSet, config: RankerConfig) -> TableSizes:
-    """Rows of each ID table: ``config.id_table_rows`` or, when 0, the largest id of the
-    train split (targets and behaviours) + 2, so the last (OOV) row is never a real id.
-    Test-only ids (cold items) therefore share the OOV row."""
+def table_sizes(data: TrainingSet, config: RankerConfig) -> RankerTables:
+    """The ranker's tables for ``data`` (its features encoded): rows of the user table and
+    of each behaviour sequence's table (``item``, and e.g. ``category``, shared with the
+    sequence's target) are ``config.id_table_rows`` or, when 0, the largest id of the train
+    split (targets and behaviours) + 2, so the last (OOV) row is never a real id; a table an
+    entry declares ``rows`` for has those. Test-only ids (cold items) therefore share the
+    OOV row. The spec's pooled tables are sized by its fitted features."""
+    if data.features is None:
+        raise ValueError("table_sizes: encode the training set's features first")
     train = ~data.is_test
+    spec = data.features.spec
 
     def rows(*arrays: np.ndarray) -> int:
         if config.id_table_rows > 0:
@@ -76,15 +87,22 @@ def table_sizes(data: TrainingSet, config: RankerConfig) -> TableSizes:
         top = max((int(a.max()) if a.size else 0) for a in arrays)
         return max(top, 0) + 2
 
-    hist_mask = data.hist_item_ids[train] >= 0
-    return TableSizes(
-        user=rows(data.user_id[train]),
-        item=rows(data.item_id[train], data.hist_item_ids[train][hist_mask]),
-        category=rows(data.category_id[train], data.hist_category_ids[train][hist_mask]),
-        brand=rows(data.brand_id[train]),
-        query_token=config.query_token_buckets + 1,
-        position=config.max_position,
-    )
+    hist_mask = data.item_sequence[train] >= 0
+    sizes = {USER_TABLE: rows(data.user_id[train])}
+    tables = RankerTables({}, data.features)
+    for table, feats in tables.sequence_tables().items():
+        values = []
+        for f in feats:  # targets [N], sequences [N, L] (their real values)
+            if f == ITEM_KEY:
+                values.append(data.item_id[train])
+            elif f in data.sequences:
+                values.append(data.sequences[f][train][hist_mask])
+            else:
+                values.append(data.raw[f][train])
+        declared = max((e.rows for e in spec.features if e.column in feats), default=0)
+        sizes[table] = declared or rows(*values)
+    sizes |= {QUERY_TABLE: config.query_token_buckets + 1, POSITION_TABLE: config.max_position}
+    return RankerTables(sizes, data.features)
 
 
 def content_arch(
@@ -138,22 +156,20 @@ def semantic_id_table(
 
 def build_model(
     config: RankerConfig,
-    tables: TableSizes,
+    tables: RankerTables,
     embeddings: MoonEmbeddings | None,
     seed: int,
     data: TrainingSet | None = None,
-    features: FittedFeatures | None = None,
 ) -> MoonRanker:
     """The unsharded model with seeded initial weights (identical on every rank).
 
-    ``features``: the spec's extras as fitted on the train split (their tables and dense
-    inputs). With ``data``, the rows of user / item / brand ids that never occur in its train split
-    start at zero: they are never trained, and at test time (cold items) random initial
-    values would only add noise."""
+    ``tables``: the ranker's tables and the spec's fitted features (:func:`table_sizes`).
+    With ``data``, the rows of the user, item and pooled id tables that never occur in its
+    train split start at zero: they are never trained, and at test time (cold items) random
+    initial values would only add noise."""
     torch.manual_seed(seed)
     model = MoonRanker(
         config, tables, content_arch(embeddings, config), semantic_id_table(embeddings, config),
-        features,
     )
     if data is not None:
         zero_unseen_rows(model, data)
@@ -161,21 +177,28 @@ def build_model(
 
 
 def zero_unseen_rows(model: MoonRanker, data: TrainingSet) -> None:
-    """Zero the user / item / brand table rows no train-split row (target or behaviour)
-    uses."""
-    from moon_rec.ranking.sparse import remap_ids
-
+    """Zero the rows of the user table, the item table (targets and behaviours) and the
+    spec's pooled tables of int64 ids sized from the train split (not hashed) that no
+    train-split row uses."""
     train = ~data.is_test
-    hist = data.hist_item_ids[train]
     arch = model.sparse_arch
-    seen = {
-        ("ebc", "user"): data.user_id[train],
-        ("ebc", "brand"): data.brand_id[train],
-        ("ec", "item"): np.concatenate([data.item_id[train], hist[hist >= 0]]),
+    seen: dict[tuple[str, str], list[np.ndarray]] = {
+        ("ebc", USER_TABLE): [data.user_id[train]],
+        ("ec", ITEM_TABLE): [data.item_id[train]],
     }
+    for f in model.tables.sequence_tables()[ITEM_TABLE]:
+        if f in data.sequences:
+            hist = data.sequences[f][train]
+            seen[("ec", ITEM_TABLE)].append(hist[hist >= 0])
+    spec = model.features.spec
+    for e in spec.pooled():
+        if e.kind == "categorical" and e.dtype == "int64" and not e.hash:
+            ids = data.raw[e.column][train]
+            seen.setdefault(("ebc", spec.table_of(e)), []).append(ids[ids >= 0])
     policy = model.config.id_policy
     with torch.no_grad():
-        for (kind, name), ids in seen.items():
+        for (kind, name), parts in seen.items():
+            ids = np.concatenate(parts)
             if kind == "ebc":
                 weight = arch.embedding_bag_collection.embedding_bags[name].weight
             else:
@@ -216,14 +239,19 @@ def pretrain_head(
     cfg = model.config.look_head
     if model.look_head is None or cfg is None:
         return None
-    pairs = behaviour_pairs(embeddings, data.item_id, data.hist_item_ids, data.clicked,
+    pairs = behaviour_pairs(embeddings, data.item_id, data.item_sequence, data.clicked,
                             ~data.is_test, cfg.history)
-    # each catalog row's category, from the rows that name it (targets and behaviours)
+    # each catalog row's group for same-group negatives (the category in today's specs):
+    # the target of the spec's second (target, sequence) pair, from the rows that name it
+    # (targets and behaviours); none without such a pair
     category = np.full(len(embeddings.item_ids), -1, np.int64)
-    for items, cats in ((data.item_id, data.category_id),
-                        (data.hist_item_ids.ravel(), data.hist_category_ids.ravel())):
-        rows = embeddings.item_rows(items)
-        category[rows[rows >= 0]] = cats[rows >= 0]
+    layout = data.layout
+    if len(layout.pairs) > 1:
+        target, seq = layout.pairs[1]
+        for items, cats in ((data.item_id, data.raw[target]),
+                            (data.item_sequence.ravel(), data.sequences[seq].ravel())):
+            rows = embeddings.item_rows(items)
+            category[rows[rows >= 0]] = cats[rows >= 0]
     vectors = torch.from_numpy(np.ascontiguousarray(embeddings.item_vectors, np.float32))
     return pretrain_look_head(model.look_head, vectors, pairs, category, cfg, seed, progress)
 
@@ -382,16 +410,15 @@ def load_full_state(current: Any, full: Any) -> None:
 
 def _meta(
     config: RankerConfig,
-    tables: TableSizes,
+    tables: RankerTables,
     embeddings: MoonEmbeddings | None,
     training_set: str,
     embeddings_path: str | None,
-    features: FittedFeatures,
 ) -> dict[str, Any]:
     return {
         "config": config.to_dict(),
-        "features": features.to_dict(),
-        "tables": asdict(tables),
+        "features": tables.features.to_dict(),
+        "tables": dict(tables.rows),
         "model_version": embeddings.model_version if embeddings is not None else None,
         "moon_dim": config.moon_dim,
         "content_rows": int(embeddings.item_ids.shape[0]) if embeddings is not None else 0,
@@ -444,11 +471,10 @@ def train_ranker(
     started = time.perf_counter()
     with runtime.process_group(device) as env:
         spec = config.feature_spec()
+        # features fitted on the train split only, before anything trains (bad ones named
+        # here)
         data = load_training_set(training_set, config.max_seq_len, config.query_token_buckets,
-                                 spec)
-        # fitted on the train split only, before anything trains (bad features named here)
-        features = data.fit_features(spec)
-        data.encode_features(features)
+                                 spec, default_rows=config.id_table_rows)
         emb = None
         if embeddings is not None:
             emb = load_moon_embeddings(embeddings, config.moon_dim, queries=query_embeddings)
@@ -465,14 +491,13 @@ def train_ranker(
         tables = table_sizes(data, config)
         meta = _meta(
             config, tables, emb, str(training_set), str(embeddings) if embeddings else None,
-            features,
         )
         meta["query_embeddings"] = (
             str(Path(query_embeddings).resolve()) if query_embeddings else None
         )
         meta["n_queries"] = len(emb.query_index) if emb is not None else 0
         seed = config.train.seed
-        model = build_model(config, tables, emb, seed, data, features)
+        model = build_model(config, tables, emb, seed, data)
         ckpt_path = rdir.checkpoint_file
         if emb is not None and not (resume and ckpt_path.is_file()):
             # a resumed run restores the post-trained head from its checkpoint

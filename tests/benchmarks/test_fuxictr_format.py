@@ -213,9 +213,10 @@ SPEC = {
     "features": [
         {"source": "item_attributes:category_id", "kind": "categorical", "table": "category"},
         {"source": "item_attributes:brand_id", "kind": "categorical", "table": "brand"},
-        {"source": "user_behaviour:hist_item_ids", "kind": "id_sequence", "table": "item"},
+        {"source": "user_behaviour:hist_item_ids", "kind": "id_sequence", "table": "item",
+         "target": "item_id"},
         {"source": "user_behaviour:hist_category_ids", "kind": "id_sequence",
-         "table": "category"},
+         "table": "category", "target": "category_id"},
         {"source": "user_attributes:gender", "kind": "categorical", "dtype": "string"},
         {"source": "item_attributes:price", "kind": "numeric",
          "transform": ["log1p", "standardise"], "fill": "mean"},
@@ -260,7 +261,8 @@ def test_spec_extras_are_exported_as_the_spec_names_them(tmp_path: Path) -> None
     fit[export.rows["fit"]] = True
     raw = {"gender": np.array(GENDER, object),
            "price": np.array([np.nan if p is None else p for p in PRICE]),
-           "price_bucket": np.array([np.nan if p is None else p for p in PRICE])}
+           "price_bucket": np.array([np.nan if p is None else p for p in PRICE]),
+           "brand_id": base.column("brand_id").to_numpy()}  # the spec's, encoded too
     ids, dense = fit_features(spec, raw, fit).encode(raw)
     train = _read(tmp_path / "fx" / "train.parquet")
     test = _read(tmp_path / "fx" / "test.parquet")

@@ -29,13 +29,15 @@ from moon_rec.featurestore.services import check_spec, feature_services, service
 from moon_rec.ranking.config import ConfigError, load_ranker_config
 from moon_rec.ranking.synthetic import SyntheticPaths
 
+# a spec's behaviour pairs (no brand: a spec reads what it names)
 BASE = [
     {"source": "item_attributes:category_id", "kind": "categorical", "table": "category"},
-    {"source": "item_attributes:brand_id", "kind": "categorical", "table": "brand"},
-    {"source": "user_behaviour:hist_item_ids", "kind": "id_sequence", "table": "item"},
+    {"source": "user_behaviour:hist_item_ids", "kind": "id_sequence", "table": "item",
+     "target": "item_id"},
     {"source": "user_behaviour:hist_category_ids", "kind": "id_sequence",
-     "table": "category"},
+     "table": "category", "target": "category_id"},
 ]
+HIST = {"source": "user_behaviour:hist_category_ids", "kind": "id_sequence"}
 
 
 def _spec(*extra: dict[str, object], name: str = "t") -> dict[str, object]:
@@ -57,8 +59,10 @@ def test_known_specs_and_what_they_read() -> None:
     assert "item_embedding:emb_32" in load_feature_spec("ids+moon").feast_features(32)
     full = load_feature_spec("full")
     assert "item_attributes:price" in full.feast_features()
-    assert [e.column for e in full.dense_extras()][:1] == ["price"]
-    assert {e.column for e in full.sparse_extras()} == {"spu_id", "price_bucket"}
+    assert [e.column for e in full.dense()][:1] == ["price"]
+    assert [e.column for e in full.pooled()] == ["brand_id", "spu_id", "price_bucket"]
+    assert full.pairs() == [("item_id", "hist_item_ids"), ("category_id", "hist_category_ids")]
+    assert [e.column for e in full.targets()] == ["category_id"]
 
 
 @pytest.mark.parametrize(
@@ -75,9 +79,27 @@ def test_known_specs_and_what_they_read() -> None:
         (_spec({"source": "item_attributes:spu_id", "kind": "categorical"},
                {"source": "item_attributes:spu_id", "kind": "numeric"}),
          r"feature spu_id: named twice"),
-        ({"name": "t", "features": BASE[1:]}, r"feature category_id: missing"),
-        (_spec({"source": "item_attributes:spu_id", "kind": "categorical", "table": "brand"}),
-         r"table brand: a table of the base ranker"),
+        (_spec({"source": "item_attributes:spu_id", "kind": "categorical",
+                "table": "category"}),
+         r"feature spu_id: table category is a behaviour sequence's table"),
+        (_spec({"source": "item_attributes:spu_id", "kind": "categorical", "table": "user"}),
+         r"feature spu_id: table user is the ranker's own"),
+        # a sequence's target must be a feature of the spec
+        ({"name": "t", "features": [BASE[1], {**HIST, "target": "categry_id"}]},
+         r"feature hist_category_ids: target categry_id is not a feature of the spec"),
+        ({"name": "t", "features": [BASE[1], HIST]},
+         r"feature hist_category_ids: .*id_sequence needs target"),
+        ({"name": "t", "features": [BASE[0], BASE[2], BASE[1]]},
+         r"first id_sequence must target item_id \(the first, hist_category_ids"),
+        ({"name": "t", "features": [BASE[0]]}, r"first id_sequence must target item_id"),
+        # one table, one width
+        (_spec({"source": "item_attributes:spu_id", "kind": "categorical", "table": "s",
+                "embedding_dim": 8},
+               {"source": "item_attributes:brand_id", "kind": "categorical", "table": "s",
+                "embedding_dim": 16}),
+         r"feature brand_id: table s is shared with spu_id, of another embedding_dim"),
+        (_spec({"source": "item_attributes:brand_id", "kind": "numeric"}),
+         r"feature brand_id: expected item_attributes:brand_id of kind categorical"),
     ],
 )
 def test_bad_specs_are_named(data: dict[str, object], match: str) -> None:
@@ -212,7 +234,10 @@ def test_ranker_trains_on_the_specs_extras_and_reloads_them(
     assert set(meta["features"]["transforms"]) == {"price"}
     model, _ = load_ranker(tmp_path / "m")
     tables = model.sparse_arch.embedding_bag_collection.embedding_bag_configs()
-    assert [t.name for t in tables][-1] == "extra_spu_id"
+    # the spec's tables, from its entries (no brand: the spec names none)
+    assert [t.name for t in tables] == ["user", "spu_id", "position", "query_token"]
+    assert [t.name for t in model.sparse_arch.embedding_collection.embedding_configs()] == [
+        "item", "category"]
     assert model.dense_dim == 1
     report = evaluate_ranker(tmp_path / "m")
     assert 0.5 < report["auc"] <= 1.0
@@ -348,3 +373,76 @@ def test_since_turns_a_stored_time_into_days_before_the_row() -> None:
     with pytest.raises(FeatureSpecError, match=r"since is the first step"):
         FeatureSpec.from_dict(_spec({"source": "user_clicks:user_last_click_ts",
                                      "kind": "numeric", "transform": ["log1p", "since"]}))
+
+
+def test_a_spec_without_brand_trains_and_scores_as_it_serves(
+    ranker_data: SyntheticPaths, configs_file: Path, tmp_path: Path
+) -> None:
+    """The ranker builds itself from the spec: leave brand out and there is no brand table
+    (a dataset without brands trains); a request built like serving's scores a training row
+    as its training batch does."""
+    import torch
+
+    from moon_rec.ranking.data import load_training_set
+    from moon_rec.ranking.evaluate import evaluate_ranker, load_ranker
+    from moon_rec.ranking.features import request_batch
+    from moon_rec.ranking.train import train_ranker
+
+    ids = load_feature_spec("ids").to_dict()
+    ids["name"] = "no_brand"
+    ids["features"] = [e for e in ids["features"] if e["source"] != "item_attributes:brand_id"]
+    spec = tmp_path / "no_brand.yaml"
+    spec.write_text(yaml.safe_dump(ids))
+    ts = tmp_path / "ts.parquet"  # a training set without the column
+    pq.write_table(pq.read_table(ranker_data.training_set).drop(["brand_id"]), ts)
+    cfg = load_ranker_config(configs_file, "din_ids_tiny").with_overrides(
+        {"feature_set": str(spec), "train": {"epochs": 1}})
+    meta = train_ranker(ts, cfg, tmp_path / "m", progress=False)
+    assert meta["done"] and "brand" not in meta["tables"]
+    model, _ = load_ranker(tmp_path / "m")
+    bags = model.sparse_arch.embedding_bag_collection.embedding_bag_configs()
+    assert [t.name for t in bags] == ["user", "position", "query_token"]
+    assert model.layout.pairs == (("item_id", "hist_item_ids"),
+                                  ("category_id", "hist_category_ids"))
+    assert 0.5 < evaluate_ranker(tmp_path / "m")["auc"] <= 1.0
+
+    data = load_training_set(ts, cfg.max_seq_len, cfg.query_token_buckets,
+                             features=model.features)
+    rows = np.flatnonzero(data.hist_lengths > 0)[:5]
+    with torch.no_grad():
+        want = model(data.batch(rows, None))
+        for k, r in enumerate(rows):
+            n = int(data.hist_lengths[r])
+            sparse_ids, dense = model.features.encode({c: v[r : r + 1]
+                                                        for c, v in data.raw.items()})
+            got = model(request_batch(
+                model.layout, user_id=int(data.user_id[r]), item_ids=data.item_id[r : r + 1],
+                targets=data.targets(slice(r, r + 1)),
+                sequences={c: v[r, :n] for c, v in data.sequences.items()},
+                query_text=data.query_vocab[data.query_code[r]], query_embedding=None,
+                query_token_buckets=cfg.query_token_buckets, max_seq_len=cfg.max_seq_len,
+                content_dim=0, position=int(data.position[r]), sparse_ids=sparse_ids,
+                dense=dense))
+            assert torch.allclose(got, want[k : k + 1], atol=1e-6)
+
+
+def test_a_ranker_directory_of_the_ranker_before_specs_declared_targets_is_refused(
+    ranker_data: SyntheticPaths, configs_file: Path, tmp_path: Path
+) -> None:
+    """A model directory written before id_sequence entries named their target (its spec
+    has none): loading it names the file and says to retrain, never a silent mismatch."""
+    from moon_rec.ranking.evaluate import load_ranker
+    from moon_rec.ranking.train import train_ranker
+
+    cfg = load_ranker_config(configs_file, "din_ids_tiny").with_overrides(
+        {"train": {"epochs": 1}})
+    train_ranker(ranker_data.training_set, cfg, tmp_path / "m", progress=False)
+    meta_path = tmp_path / "m" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for e in meta["features"]["spec"]["features"]:
+        e.pop("target", None)
+    meta["tables"] = {"user": 9, "item": 9, "category": 9, "brand": 9, "query_token": 9,
+                      "position": 9}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(FeatureSpecError, match=r"meta.json: its spec: feature hist_item_ids: .*needs target.*retrained"):
+        load_ranker(tmp_path / "m")

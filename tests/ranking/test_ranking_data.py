@@ -32,10 +32,11 @@ def test_training_set_arrays(ranker_data: SyntheticPaths) -> None:
     data = load_training_set(ranker_data.training_set, max_seq_len=5, query_token_buckets=64)
     n = len(data)
     assert n > 0
-    assert data.hist_item_ids.shape == (n, 5)
+    assert data.item_sequence.shape == (n, 5)
+    assert list(data.sequences) == ["hist_item_ids", "hist_category_ids"]
     assert (data.hist_lengths <= 5).all()
     pad = np.arange(5)[None, :] >= data.hist_lengths[:, None]
-    assert (data.hist_item_ids[pad] == -1).all()
+    assert (data.item_sequence[pad] == -1).all()
     assert data.is_test.any() and (~data.is_test).any()
     assert ((data.query_tokens >= -1) & (data.query_tokens < 64)).all()
 
@@ -112,10 +113,10 @@ def test_unknown_ids_and_empty_sequences_do_not_crash(
     rows = np.arange(6)
     data.user_id[rows] = [10**12, -5, 0, 1, 2, 3]
     data.item_id[rows] = [10**15, -1, 1, 2, 3, 4]
-    data.brand_id[rows[:2]] = 10**9
+    data.raw["category_id"][rows[:2]] = 10**9  # a target: raw ids into the model
     data.position[rows[:2]] = 10**6
     data.hist_lengths[rows[:3]] = 0
-    data.hist_item_ids[3, 0] = 10**13
+    data.item_sequence[3, 0] = 10**13
     with torch.no_grad():
         out = model(data.batch(rows, emb.query_vectors))
     assert out.shape == (6,) and torch.isfinite(out).all()

@@ -251,10 +251,13 @@ def test_item_id_dropout_replaces_target_rows_in_training_only() -> None:
     never touches the behaviours or the other features."""
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+    from moon_rec.data.feature_spec import FittedFeatures, load_feature_spec
     from moon_rec.ranking.config import RankerConfig
-    from moon_rec.ranking.sparse import SparseArch, TableSizes
+    from moon_rec.ranking.sparse import RankerTables, SparseArch
 
-    tables = TableSizes(user=10, item=20, category=5, brand=5, query_token=64, position=8)
+    fitted = FittedFeatures(spec=load_feature_spec("ids"), rows={"brand_id": 5})
+    tables = RankerTables({"user": 10, "item": 20, "category": 5, "query_token": 64,
+                           "position": 8}, fitted)
     arch = SparseArch(RankerConfig(item_id_dropout=0.5, max_seq_len=3), tables)
     b = 400
     targets = torch.randint(0, 19, (b,))
@@ -269,7 +272,7 @@ def test_item_id_dropout_replaces_target_rows_in_training_only() -> None:
     arch.train()
     torch.manual_seed(0)
     out = arch._drop_item_ids(seq).values()
-    dropped = out[:b] == tables.item - 1
+    dropped = out[:b] == tables.rows["item"] - 1
     assert 0.4 < dropped.float().mean() < 0.6
     assert torch.equal(out[:b][~dropped], targets[~dropped])
     assert torch.equal(out[b:], seq.values()[b:])

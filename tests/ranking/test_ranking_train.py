@@ -203,10 +203,9 @@ def test_unseen_id_rows_start_at_zero_and_init_scale(ranker_data: SyntheticPaths
     model = build_model(cfg, tables, None, 0, data)
     items = model.sparse_arch.embedding_collection.embeddings["item"].weight
     train = ~data.is_test
-    seen = set(data.item_id[train].tolist()) | set(
-        data.hist_item_ids[train][data.hist_item_ids[train] >= 0].tolist()
-    )
-    unseen = [i for i in range(tables.item) if i not in seen]
+    hist = data.item_sequence[train]
+    seen = set(data.item_id[train].tolist()) | set(hist[hist >= 0].tolist())
+    unseen = [i for i in range(tables.rows["item"]) if i not in seen]
     assert unseen and bool((items[unseen] == 0).all())
     assert bool((items[sorted(seen)].abs().sum(1) > 0).all())
     assert float(items.abs().max()) <= 0.3 and float(items.abs().max()) > 0.2

@@ -21,23 +21,27 @@ def test_request_batch_matches_the_training_batch(serving_loop: ServingArtifacts
 
     service = make_service(serving_loop)
     cfg = service.ranker_config
-    data = load_training_set(serving_loop.training_set, cfg.max_seq_len, cfg.query_token_buckets)
+    data = load_training_set(serving_loop.training_set, cfg.max_seq_len, cfg.query_token_buckets,
+                             features=service.model.features)
     emb = load_moon_embeddings(serving_loop.embeddings, cfg.moon_dim,
                                queries=serving_loop.query_embeddings)
     data.attach_queries(emb)
     rows = np.flatnonzero((data.hist_lengths > 0) & data.has_query)[:: 97][:20]
     assert len(rows) >= 5
+    fitted = service.model.features
     with torch.inference_mode():
         train_logits = service.model(data.batch(rows, emb.query_vectors))
         for k, r in enumerate(rows):
             n = int(data.hist_lengths[r])
+            ids, dense = fitted.encode({c: v[r : r + 1] for c, v in data.raw.items()})
             online = request_batch(
+                service.model.layout,
                 user_id=int(data.user_id[r]),
                 item_ids=data.item_id[r : r + 1],
-                category_ids=data.category_id[r : r + 1],
-                brand_ids=data.brand_id[r : r + 1],
-                hist_item_ids=data.hist_item_ids[r, :n],
-                hist_category_ids=data.hist_category_ids[r, :n],
+                targets=data.targets(slice(r, r + 1)),
+                sequences={c: v[r, :n] for c, v in data.sequences.items()},
+                sparse_ids=ids,
+                dense=dense,
                 query_text=data.query_vocab[data.query_code[r]],
                 query_embedding=emb.query_vectors[data.query_rows[r]],
                 query_token_buckets=cfg.query_token_buckets,
@@ -79,25 +83,23 @@ def test_full_spec_served_score_equals_the_offline_score(
         assert fitted is not None and fitted.spec.name == "full"
         assert service.info()["feature_spec"] == "full"
         data = load_training_set(serving_loop.training_set, cfg.max_seq_len,
-                                 cfg.query_token_buckets, fitted.spec)
-        data.encode_features(fitted)
+                                 cfg.query_token_buckets, features=fitted)
         rows = np.flatnonzero(data.hist_lengths > 0)[::97][:10]
         with torch.inference_mode():
             train_logits = model(data.batch(rows, None))
             for k, r in enumerate(rows):
                 n = int(data.hist_lengths[r])
                 assert data.ts_us is not None
-                ids, dense = fitted.encode({c: v[r : r + 1] for c, v in data.extra_raw.items()},
+                ids, dense = fitted.encode({c: v[r : r + 1] for c, v in data.raw.items()},
                                            data.ts_us[r : r + 1])
                 online = request_batch(
+                    model.layout,
                     user_id=int(data.user_id[r]), item_ids=data.item_id[r : r + 1],
-                    category_ids=data.category_id[r : r + 1],
-                    brand_ids=data.brand_id[r : r + 1],
-                    hist_item_ids=data.hist_item_ids[r, :n],
-                    hist_category_ids=data.hist_category_ids[r, :n],
+                    targets=data.targets(slice(r, r + 1)),
+                    sequences={c: v[r, :n] for c, v in data.sequences.items()},
                     query_text=data.query_vocab[data.query_code[r]], query_embedding=None,
                     query_token_buckets=cfg.query_token_buckets, max_seq_len=cfg.max_seq_len,
-                    content_dim=0, position=int(data.position[r]), extra_ids=ids, dense=dense)
+                    content_dim=0, position=int(data.position[r]), sparse_ids=ids, dense=dense)
                 assert torch.allclose(model(online), train_logits[k : k + 1], atol=1e-5)
 
         # (2) one request through the service vs the same request built offline: the
@@ -130,15 +132,16 @@ def test_full_spec_served_score_equals_the_offline_score(
         assert np.isfinite(raw["days_since_last_click"]).any()
         # ``since`` measures to the request's time (the service's clock, milliseconds
         # from this one: a difference far below the tolerance)
+        raw |= {c: items.column(c).to_numpy()[:7] for c in ("category_id", "brand_id")}
         ids, dense = fitted.encode(raw, np.full(7, now.timestamp() * 1e6))
         offline = request_batch(
-            user_id=user, item_ids=cands,
-            category_ids=items.column("category_id").to_numpy()[:7],
-            brand_ids=items.column("brand_id").to_numpy()[:7],
-            hist_item_ids=seq.item_ids[0, :n], hist_category_ids=seq.category_ids[0, :n],
+            model.layout,
+            user_id=user, item_ids=cands, targets={"category_id": raw["category_id"]},
+            sequences={"hist_item_ids": seq.item_ids[0, :n],
+                       "hist_category_ids": seq.category_ids[0, :n]},
             query_text="red shoe", query_embedding=None,
             query_token_buckets=cfg.query_token_buckets, max_seq_len=cfg.max_seq_len,
-            content_dim=0, extra_ids=ids, dense=dense)
+            content_dim=0, sparse_ids=ids, dense=dense)
         with torch.inference_mode():
             expected = torch.sigmoid(model(offline)).numpy()
         assert np.allclose(served.scores, expected, atol=1e-6)

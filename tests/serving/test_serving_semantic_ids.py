@@ -116,10 +116,13 @@ def _request_batch(service: Any, user: int, cands: list[int], query: str) -> Any
     seq = service.client.user_sequences([user])
     n = int(seq.lengths[0])
     cfg = service.ranker_config
+    sparse_ids, dense = service.model.features.encode({"category_id": cat, "brand_id": brand})
     return request_batch(
-        user_id=user, item_ids=ids, category_ids=cat, brand_ids=brand,
-        hist_item_ids=seq.item_ids[0, :n], hist_category_ids=seq.category_ids[0, :n],
-        query_text=query, query_embedding=service.query_vector(query, None),
+        service.model.layout,
+        user_id=user, item_ids=ids, targets={"category_id": cat},
+        sequences={"hist_item_ids": seq.item_ids[0, :n],
+                   "hist_category_ids": seq.category_ids[0, :n]},
+        sparse_ids=sparse_ids, dense=dense, query_text=query, query_embedding=service.query_vector(query, None),
         query_token_buckets=cfg.query_token_buckets, max_seq_len=cfg.max_seq_len,
         content_dim=service.model.content_dim,
     )
