@@ -23,6 +23,9 @@ class ServiceConfig(BaseModel):
             (default: 404 naming user_id).
         query_cache: query embeddings kept (LRU).
         refresh_s: seconds between checks for a new embedding snapshot (0: never).
+        item_feature_cache_s: seconds an item's values of the ranker's feature spec (item
+            attributes, item CTR) are served from memory (``SpecFeatureReader``; 0: read
+            the store on every request).
         sync_s: seconds between reads of the store's item change log (items written by
             other processes, or re-written, reach this process's center; 0: never).
         store_retry_s: seconds between probes of a store that failed (503s meanwhile).
@@ -63,6 +66,7 @@ class ServiceConfig(BaseModel):
     allow_unknown_users: bool = False
     query_cache: int = Field(default=10_000, ge=0)
     refresh_s: float = Field(default=30.0, ge=0)
+    item_feature_cache_s: float = Field(default=60.0, ge=0)
     sync_s: float = Field(default=1.0, ge=0)
     ann_kind: str = "auto"
     threads: int = Field(default=1, ge=1)

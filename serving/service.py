@@ -129,7 +129,8 @@ class RankingService:
         # the ranker's feature spec against the store: a missing feature, or one of another
         # type, refuses the start (FeatureSpecError naming it); its extras are read online
         self.features = RankerDir(model_dir).features(self.meta)
-        self.spec_reader = SpecFeatureReader(self.client, self.features.spec)
+        self.spec_reader = SpecFeatureReader(self.client, self.features.spec,
+                                             item_cache_s=self.config.item_feature_cache_s)
         self.guard = StoreGuard(lambda: self.client.user_sequences([0]), self.mfs.fault_types(),
                                 retry_s=self.config.store_retry_s,
                                 health_s=self.config.health_s)

@@ -161,3 +161,54 @@ def test_full_spec_served_score_equals_the_offline_score(
     with pytest.raises(FeatureSpecError, match=r"feature n_returns .*has no field 'n_returns'"):
         RankingService(out, serving_loop.repo, encoder=serving_loop.encoder,
                        config=ServiceConfig(refresh_s=0, write_token=WRITE_TOKEN))
+
+
+def test_spec_reads_each_entity_once_and_cache_items_the_store_holds(
+    serving_loop: ServingArtifacts,
+) -> None:
+    """The full spec's online reads: the same values with and without the item cache;
+    two store reads (items; the user-keyed views), each distinct entity row once; a cached item is not read again; an item the
+    store does not hold is never cached (a later write is read at once)."""
+    from moon_rec.data.feature_spec import load_feature_spec
+    from moon_rec.data.io import read_table
+    from moon_rec.featurestore.online import SpecFeatureReader
+
+    service = make_service(serving_loop)
+    try:
+        spec = load_feature_spec("full")
+        calls: list[tuple[list[str], list[dict[str, int]]]] = []
+        real = service.client.online_rows
+
+        def counting(refs: list[str], rows: list[dict[str, int]]) -> dict[str, list]:
+            calls.append((refs, rows))
+            return real(refs, rows)
+
+        service.client.online_rows = counting  # type: ignore[method-assign]
+        items = read_table(serving_loop.layout.world, "items",
+                           columns=["item_id", "category_id", "brand_id"])
+        ids = items.column("item_id").to_numpy()[:6].tolist()
+        cats = items.column("category_id").to_numpy()[:6].tolist()
+        brands = items.column("brand_id").to_numpy()[:6].tolist()
+        absent = 10**9
+        cands, c, b = [*ids, *ids[:2], absent], [*cats, *cats[:2], 0], [*brands, *brands[:2], 0]
+        user = 1
+        plain = SpecFeatureReader(service.client, spec, item_cache_s=0).read(user, cands, c, b)
+        calls.clear()
+        reader = SpecFeatureReader(service.client, spec, item_cache_s=3600)
+        first = reader.read(user, cands, c, b)
+        for col in plain:
+            np.testing.assert_array_equal(first[col], plain[col])
+        assert np.isfinite(first["price"][:6]).all() and np.isnan(first["price"][-1])
+        item_rows = [rows for refs, rows in calls if "item_id" in rows[0]]
+        assert [r["item_id"] for r in item_rows[0]] == [*ids, absent]  # distinct, once
+        user_rows = [rows for refs, rows in calls if "user_id" in rows[0]]
+        assert len(user_rows) == 1  # user, user x category, user x brand: one read
+        assert len(user_rows[0]) == len(set(zip(c, b, strict=True)))
+        calls.clear()
+        again = reader.read(user, cands, c, b)
+        for col in plain:
+            np.testing.assert_array_equal(again[col], plain[col])
+        item_rows = [rows for refs, rows in calls if "item_id" in rows[0]]
+        assert [r["item_id"] for r in item_rows[0]] == [absent]  # only the uncached one
+    finally:
+        service.close()
