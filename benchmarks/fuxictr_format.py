@@ -328,8 +328,8 @@ def _extra_inputs(
     fit = np.zeros(split.size, bool)
     fit[split_rows(split, ts, valid_fraction)["fit"]] = True
     try:
-        fitted = fit_features(spec, data.extra_raw, fit, data.ts_us)
-        ids, dense = fitted.encode(data.extra_raw, data.ts_us)
+        fitted = fit_features(spec, data.raw, fit, data.ts_us)
+        ids, dense = fitted.encode(data.raw, data.ts_us)
     except ValueError as exc:  # names the feature
         raise DataError(str(exc)) from None
     out: list[_Extra] = []

@@ -260,7 +260,7 @@ class SpecFeatureReader:
         self._items: dict[int, tuple[float, tuple[Any, ...]]] = {}  # id -> (expiry, values)
         self._lock = threading.Lock()
         check_spec(client.store, spec, "the online store's registry")
-        self.refs: dict[tuple[str, ...], list[str]] = {}  # join keys -> refs, spec order
+        by_keys: dict[tuple[str, ...], list[str]] = {}  # join keys -> refs, spec order
         for e in spec.extras():
             keys = tuple(client.store.get_feature_view(e.view).join_keys)
             if not set(keys) <= set(self.KEYS):
@@ -268,13 +268,13 @@ class SpecFeatureReader:
                     f"feature spec {spec.name!r}: feature {e.column} ({e.source}): view "
                     f"{e.view} is keyed by {list(keys)}; the ranker reads views keyed by "
                     f"{', '.join(self.KEYS)}")
-            refs = self.refs.setdefault(keys, [])
+            refs = by_keys.setdefault(keys, [])
             if e.source not in refs:
                 refs.append(e.source)
         # two reads per request: the item-keyed views (cached), and every other view in one
         # get_online_features (Feast reads each view for its own keys' distinct values)
-        self.item_refs = self.refs.get(("item_id",), [])
-        rest = {k: r for k, r in self.refs.items() if k != ("item_id",)}
+        self.item_refs = by_keys.get(("item_id",), [])
+        rest = {k: r for k, r in by_keys.items() if k != ("item_id",)}
         self.request_keys = tuple(k for k in self.KEYS if any(k in keys for keys in rest))
         self.request_refs = [ref for refs in rest.values() for ref in refs]
 

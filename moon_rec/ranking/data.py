@@ -118,12 +118,6 @@ class TrainingSet:
         return RankerLayout.of(self.spec)
 
     @property
-    def extra_raw(self) -> dict[str, np.ndarray]:
-        """``raw`` (its name before the ranker built itself from the spec: every encoded
-        feature's stored values, what ``fit_features`` / ``FittedFeatures.encode`` take)."""
-        return self.raw
-
-    @property
     def item_sequence(self) -> np.ndarray:
         """[N, L] the behaviours' item ids (the primary pair's sequence)."""
         return self.sequences[self.layout.primary]

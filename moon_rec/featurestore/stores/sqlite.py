@@ -275,6 +275,17 @@ class MoonSqliteOnlineStore(SqliteOnlineStore, MoonOnlineStore):
             conn.execute(f"DROP INDEX IF EXISTS {_quote_id(name + '_ek')}")
         conn.commit()
 
+    def _upsert(self, config: RepoConfig, table: FeatureView) -> tuple[sqlite3.Connection, str]:
+        """The write connection and the upsert statement of ``table`` (its event-time
+        column made sure of first)."""
+        conn = self._get_conn(config)
+        table_name = _table_id(
+            config.project, table, config.registry.enable_online_feature_view_versioning
+        )
+        with self._writing(config):
+            self._ensure_ts_column(conn, table_name)
+        return conn, self._upsert_sql(table_name)
+
     @staticmethod
     def _upsert_sql(table_name: str) -> str:
         """One statement: insert, or replace only when the incoming row is strictly newer."""
@@ -306,13 +317,7 @@ class MoonSqliteOnlineStore(SqliteOnlineStore, MoonOnlineStore):
                 "online_store.vector_enabled is not supported by MoonSqliteOnlineStore "
                 "(SQLite vector search does not work on this Python)"
             )
-        conn = self._get_conn(config)
-        table_name = _table_id(
-            config.project, table, config.registry.enable_online_feature_view_versioning
-        )
-        with self._writing(config):
-            self._ensure_ts_column(conn, table_name)
-        sql = self._upsert_sql(table_name)
+        conn, sql = self._upsert(config, table)
         serialize = key_serializer(config.entity_key_serialization_version)
         seconds_of: dict[datetime | None, int | None] = {None: None}
         kinds: dict[str, str] = {}
@@ -358,13 +363,7 @@ class MoonSqliteOnlineStore(SqliteOnlineStore, MoonOnlineStore):
         n = len(batch)
         if n == 0:
             return
-        conn = self._get_conn(config)
-        table_name = _table_id(
-            config.project, table, config.registry.enable_online_feature_view_versioning
-        )
-        with self._writing(config):
-            self._ensure_ts_column(conn, table_name)
-        sql = self._upsert_sql(table_name)
+        conn, sql = self._upsert(config, table)
         keys = serialized_int64_keys(
             batch.join_key, batch.ids, config.entity_key_serialization_version
         )
