@@ -23,8 +23,10 @@ as the dual encoder), missing image-processor files.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -248,6 +250,77 @@ def longest_layer_list(model: nn.Module) -> list[nn.Module]:
     return list(lists[longest])
 
 
+class FrozenTrunkCache:
+    """What a frozen image trunk computes, by photo: the trunk's output (all of it frozen),
+    or a CNN's map after its frozen stem and first blocks (``frozen_image_blocks``) with the
+    pooled statistics of the stages below. Keyed by the photo's pixels (a 16-byte BLAKE2b
+    of the float tensor), so a catalog photo, a query photo or a fixed augmented view
+    (``augment_views``) runs through the frozen part once per stage; a fresh random
+    augmentation never hits. The trainer sets one on ``ImageTower.feature_cache`` for a
+    stage and drops it after. A frozen trunk is a fixed function (a CNN keeps its batch-norm
+    statistics; a transformers model's dropout would be the only randomness, and a hit
+    returns the first draw's output).
+
+    Args:
+        max_bytes: stop adding rows past this size (the rows already in stay; the rest are
+            computed each time).
+    """
+
+    def __init__(self, max_bytes: int = 6 << 30) -> None:
+        self._rows: dict[bytes, tuple[torch.Tensor, ...]] = {}
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    _shared: tuple[str, FrozenTrunkCache] | None = None
+
+    @classmethod
+    def shared(cls, tower: ImageTower) -> FrozenTrunkCache:
+        """The process's cache for this frozen trunk: the same one again while the frozen
+        part is unchanged (so stage 1 reuses what pretraining computed), a new one (the old
+        dropped) otherwise."""
+        key = tower.frozen_digest()
+        if cls._shared is None or cls._shared[0] != key:
+            cls._shared = None  # free the old rows first
+            cls._shared = (key, cls())
+        return cls._shared[1]
+
+    @staticmethod
+    def keys(images: torch.Tensor, tag: str) -> list[bytes]:
+        flat = images.detach().to("cpu", torch.float32).contiguous().reshape(images.shape[0], -1)
+        arr = flat.numpy()
+        return [hashlib.blake2b(arr[i].tobytes(), digest_size=16, person=tag.encode()[:16]).digest()
+                for i in range(arr.shape[0])]
+
+    def get(self, images: torch.Tensor,
+            compute: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+            tag: str) -> tuple[torch.Tensor, ...]:
+        """The rows of ``compute(images)`` (batched tensors), computed (without gradients)
+        for the photos not seen before under ``tag`` only."""
+        keys = self.keys(images, tag)
+        fresh: dict[bytes, tuple[torch.Tensor, ...]] = {}
+        miss = [i for i, k in enumerate(keys) if k not in self._rows and k not in fresh]
+        if miss:
+            with torch.no_grad():
+                out = compute(images[miss])
+            for j, i in enumerate(miss):
+                row = tuple(t[j].detach().clone() for t in out)
+                fresh[keys[i]] = row
+                size = sum(t.numel() * t.element_size() for t in row)
+                if self.bytes + size <= self.max_bytes:
+                    self._rows[keys[i]] = row
+                    self.bytes += size
+        self.misses += len(miss)
+        self.hits += len(keys) - len(miss)
+        rows = [self._rows.get(k) or fresh[k] for k in keys]
+        return tuple(torch.stack([r[p] for r in rows]).to(images.device)
+                     for p in range(len(rows[0])))
+
+
 class ImageTower(nn.Module):
     """A pretrained image backbone beside a separate text tower: [N, 3, S, S] in [0, 1] ->
     pooled features [N, feature_dim], its own preprocessing applied inside.
@@ -288,6 +361,8 @@ class ImageTower(nn.Module):
             self._interpolate = (native is not None and native != processing.out_size
                                  and "interpolate_pos_encoding" in params)
         self.feature_dim = self._feature_dim()
+        # set by the trainer while (part of) the trunk is frozen; not part of the weights
+        self.feature_cache: FrozenTrunkCache | None = None
 
     def _feature_dim(self) -> int:
         if self.is_cnn:
@@ -317,25 +392,82 @@ class ImageTower(nn.Module):
         embeddings = [m for n, m in self.model.named_children() if "embed" in n]
         return [*embeddings, *longest_layer_list(self.model)]
 
+    def frozen_prefix(self) -> int:
+        """How many leading ``blocks`` (the stem first) have no trainable parameter."""
+        n = 0
+        for block in self.blocks():
+            if any(p.requires_grad for p in block.parameters()):
+                break
+            n += 1
+        return n
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = self.processing(images)
+        cache = self.feature_cache
+        if cache is not None and not any(p.requires_grad for p in self.parameters()):
+            return cache.get(images, lambda x: (self._features(x),), "all")[0]
+        if cache is not None and self.is_cnn:
+            n = self.frozen_prefix()
+            if n:  # a frozen stem and first n-1 blocks: cache their output, run the rest
+                pooled, x = cache.get(images, lambda im: self._cnn_prefix(im, n - 1), f"cnn{n}")
+                return self._cnn_from(x, n - 1, pooled)
+        return self._features(images)
+
+    def _pooled(self, maps: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
+        return [t for k, m in maps if k in self.stages
+                for t in (m.mean((2, 3)), m.std((2, 3), correction=0))]
+
+    def _cnn_prefix(self, images: torch.Tensor, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Photos -> (the pooled statistics of the chosen stages that end within the stem
+        and the first ``blocks`` blocks [N, d] (d may be 0), the map after them)."""
+        stem = self.model.stem(self.processing(images))
+        x, maps = self.model.run_blocks(stem, 0, blocks)
+        parts = self._pooled([(0, stem), *maps])
+        pooled = torch.cat(parts, 1) if parts else stem.new_zeros((stem.shape[0], 0))
+        return pooled, x
+
+    def _cnn_from(self, x: torch.Tensor, start: int, pooled: torch.Tensor) -> torch.Tensor:
+        """The CNN's output from the map after ``start`` blocks (and the pooled statistics
+        of the stages below it)."""
+        net = self.model
+        if not self.stages:
+            x, _ = net.run_blocks(x, start, len(net._blocks))
+            return net.head(x).mean((2, 3))
+        last = self.stages[-1]
+        parts = [pooled] if pooled.shape[1] else []
+        x, maps = net.run_blocks(x, start, max(start, net.stage_stop(last)))
+        if last >= HEAD_STAGE:
+            maps.append((HEAD_STAGE, net.head(x)))
+        return torch.cat([*parts, *self._pooled(maps)], 1)
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
         if self.is_cnn:
-            if self.stages:
-                maps = self.model.stage_maps(pixels, last=self.stages[-1])
-                return torch.cat([t for k in self.stages for t in
-                                  (maps[k].mean((2, 3)), maps[k].std((2, 3), correction=0))], 1)
-            fmap: torch.Tensor = self.model.feature_map(pixels)
-            return fmap.mean((2, 3))
+            pooled, x = self._cnn_prefix(images, 0)
+            return self._cnn_from(x, 0, pooled)
+        pixels = self.processing(images)
         kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
         out = self.model(pixel_values=pixels, **kwargs)
         if self.pool == "head":
-            pooled = getattr(out, "pooler_output", None)
-            if pooled is None:
+            head = getattr(out, "pooler_output", None)
+            if head is None:
                 raise ValueError(f"{type(self.model).__name__} has no pooled output; use "
                                  "vision_pool: mean")
-            return torch.as_tensor(pooled).flatten(1)
+            return torch.as_tensor(head).flatten(1)
         hidden: torch.Tensor = out.last_hidden_state
         return hidden.mean((2, 3)) if hidden.ndim == 4 else hidden.mean(1)
+
+    def frozen_digest(self) -> str:
+        """What the frozen part computes from: its weights and buffers, the preprocessing,
+        the pooled stages and how many blocks are frozen (the key of a shared cache)."""
+        n = self.frozen_prefix()
+        whole = n == len(self.blocks()) and not any(p.requires_grad for p in self.parameters())
+        h = hashlib.blake2b(digest_size=16)
+        h.update(json.dumps([asdict(self.processing), list(self.stages), self.pool, n, whole],
+                            sort_keys=True, default=str).encode())
+        modules = [self] if whole else self.blocks()[:n]
+        for m in modules:
+            for t in m.state_dict().values():
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     # -- sources and checkpoints -------------------------------------------------------
     @classmethod

@@ -248,6 +248,11 @@ class MoonEncoder(nn.Module, ABC):
         the first k; [] when there is none."""
         return []
 
+    def image_tower_module(self) -> Any:
+        """The separate pretrained image tower (an ``ImageTower``, where a frozen trunk's
+        features can be cached), or None."""
+        return None
+
     @abstractmethod
     def _head_modules(self) -> dict[str, nn.Module]:
         """Modules outside the backbone, saved in heads.safetensors."""

@@ -153,31 +153,49 @@ class EfficientNetLite(nn.Module):
         self.num_classes = 0
         return self
 
+    def stem(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels [N, 3, H, W] -> the stem's map (stage 0) [N, 32, H/2, W/2]."""
+        return F.relu6(self._bn0(self._conv_stem(pixels)))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's map -> the head's map [N, 1280, ...] (stage 8)."""
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def run_blocks(self, x: torch.Tensor, start: int, stop: int
+                   ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+        """Blocks ``start`` .. ``stop - 1`` on ``x`` (the stem's map after blocks
+        ``0 .. start - 1``) -> (their output, the (stage number 1-7, map) of each stage that
+        ends among them): how a trunk resumes above a frozen, cached prefix."""
+        maps: list[tuple[int, torch.Tensor]] = []
+        for i in range(start, stop):
+            x = self._blocks[i](x)
+            if i in self.stage_ends:
+                maps.append((self.stage_ends.index(i) + 1, x))
+        return x, maps
+
+    def stage_stop(self, last: int) -> int:
+        """The number of blocks to run for the maps up to stage ``last``."""
+        if last >= HEAD_STAGE:
+            return len(self._blocks)
+        return self.stage_ends[last - 1] + 1 if last > 0 else 0
+
     def feature_map(self, x: torch.Tensor, upto: int | None = None) -> torch.Tensor:
         """Normalised pixels [N, 3, H, W] -> the head's map [N, 1280, H/32, W/32], or
         (``upto`` k) the output of the stem plus the first k blocks."""
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for i, block in enumerate(self._blocks):
-            if upto is not None and i >= upto:
-                return x
-            x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        n = len(self._blocks)
+        x, _ = self.run_blocks(self.stem(x), 0, n if upto is None else min(upto, n))
+        return x if upto is not None and upto < n else self.head(x)
 
     def stage_maps(self, x: torch.Tensor, last: int = HEAD_STAGE) -> list[torch.Tensor]:
         """Normalised pixels -> the feature maps after the stem (0), after each of the 7
         stages (1-7) and after the head (8), coarser along the list, up to stage ``last``
         (the trunk above it is not run): where a probe or a multi-scale pooling reads it."""
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        maps = [x]
-        for i, block in enumerate(self._blocks):
-            if len(maps) > last:
-                return maps
-            x = block(x)
-            if i in self.stage_ends:
-                maps.append(x)
+        stem = self.stem(x)
+        x, maps = self.run_blocks(stem, 0, self.stage_stop(last))
+        out = [stem, *(m for k, m in maps if k <= last)]
         if last >= HEAD_STAGE:
-            maps.append(F.relu6(self._bn1(self._conv_head(x))))
-        return maps
+            out.append(self.head(x))
+        return out
 
     def stage_channels(self) -> list[int]:
         """Channels of the 9 ``stage_maps``."""

@@ -218,6 +218,9 @@ class PretrainedTowersEncoder(MoonEncoder):
         embeddings = [m for n, m in vision.named_children() if "embed" in n]
         return [*embeddings, *longest_layer_list(vision)]
 
+    def image_tower_module(self) -> ImageTower | None:
+        return self.image_tower
+
     # -- the towers ------------------------------------------------------------------------
     def _text(self, texts: list[str]) -> torch.Tensor:
         ids, mask = self.tokenizer(texts, self.config.max_text_len)

@@ -77,6 +77,14 @@ class StageConfig(BaseModel):
             only the top blocks train.
         freeze: parameter-name patterns (``fnmatch``, e.g. ``image_tower.model._blocks.1*``,
             ``text_tower.*``) frozen in this stage.
+        augment_views: 0: a fresh random user-photo augmentation of the catalog photo at
+            every draw (``aug_*`` pairs); k: one of k fixed augmentations per photo
+            (seeded by the run's seed, the row and the view), so a frozen image trunk's
+            features of the augmented photos are cached as well.
+        cache_frozen_image: cache what a frozen pretrained image trunk computes per photo
+            (the whole trunk with ``image_tower_lr`` 0, or a CNN's stem and first blocks
+            with ``frozen_image_blocks``) for the stage (``FrozenTrunkCache``): the same
+            training, without running the frozen part again on a photo it has seen.
         checkpoint_every / log_every: in steps.
     """
 
@@ -116,6 +124,8 @@ class StageConfig(BaseModel):
     image_tower_lr: float | None = Field(default=None, ge=0.0)
     frozen_image_blocks: int = Field(default=0, ge=0)
     freeze: list[str] = Field(default_factory=list)
+    augment_views: int = Field(default=0, ge=0)
+    cache_frozen_image: bool = True
     checkpoint_every: int = 50
     log_every: int = 10
 

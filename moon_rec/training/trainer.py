@@ -35,6 +35,7 @@ from transformers import get_cosine_schedule_with_warmup
 from moon_rec import runtime
 from moon_rec.data.schemas import attribute_values
 from moon_rec.encoders import MoonEncoder, build_encoder, make_tokenizer
+from moon_rec.encoders.backbones import FrozenTrunkCache
 from moon_rec.encoders.inference import embed_products, resolve_checkpoint
 from moon_rec.training.augment import user_photo_augment
 from moon_rec.training.config import STAGES, StageConfig, TrainConfig
@@ -131,6 +132,21 @@ def _product_photo(data: WorldData, row: int) -> torch.Tensor | None:
     return None if data.images is None else _float(data.images[row: row + 1])
 
 
+def _augment(data: WorldData, rows: list[int], g: torch.Generator, views: int,
+             seed: int) -> torch.Tensor:
+    """Simulated user photos of catalog ``rows``: fresh draws from ``g``, or (``views`` k)
+    one of k fixed views per row."""
+    if views <= 0:
+        return user_photo_augment(_photos(data, rows), g)
+    picks = torch.randint(0, views, (len(rows),), generator=g).tolist()
+    out = []
+    for row, view in zip(rows, picks, strict=True):
+        state = np.random.SeedSequence([seed, 7919, row, view]).generate_state(1, np.uint64)[0]
+        out.append(user_photo_augment(_photos(data, [row]),
+                                      torch.Generator().manual_seed(int(state >> np.uint64(1)))))
+    return torch.cat(out)
+
+
 def assemble(
     data: WorldData,
     pairs: PairSet,
@@ -139,11 +155,15 @@ def assemble(
     *,
     hard_rows: np.ndarray | None = None,
     caption: bool = False,
+    augment_views: int = 0,
+    seed: int = 0,
 ) -> Batch:
-    """Build the encoder inputs of pairs ``idx`` (+ hard-negative catalog rows [B, k])."""
+    """Build the encoder inputs of pairs ``idx`` (+ hard-negative catalog rows [B, k]);
+    ``augment_views`` k > 0: each user photo is one of k fixed views of its catalog photo
+    (view drawn from ``g``, pixels seeded by ``seed``, the row and the view)."""
     s = _Slots()
     aug_rows = [int(pairs.query_ref[i]) for i in idx if KINDS[KIND_NAMES[pairs.kind[i]]][0] == "aug"]
-    augmented = (user_photo_augment(_photos(data, aug_rows), g) if aug_rows
+    augmented = (_augment(data, aug_rows, g, augment_views, seed) if aug_rows
                  else torch.zeros(0))
     a = 0
     q_slots, t_slots = [], []
@@ -445,6 +465,11 @@ def train_stage(
 
     param_groups = tower_param_groups(encoder, sc, stage)
     params = [p for g in param_groups for p in g["params"]]
+    tower = encoder.image_tower_module()
+    cache: FrozenTrunkCache | None = None
+    if sc.cache_frozen_image and tower is not None and (
+            tower.frozen_prefix() == len(tower.blocks()) or (tower.is_cnn and tower.frozen_prefix())):
+        cache = tower.feature_cache = FrozenTrunkCache.shared(tower)
     log_scale: torch.nn.Parameter | None = None
     if sc.learn_temperature and sc.loss == "infonce":
         log_scale = torch.nn.Parameter(torch.tensor(math.log(1.0 / sc.temperature), device=dev))
@@ -521,7 +546,8 @@ def train_stage(
             found = hard_ids >= 0
             hard_rows[found] = data.rows_of(hard_ids[found])
             hard_rows = hard_rows.reshape(-1)
-        batch = assemble(data, pairs, idx, g, hard_rows=hard_rows, caption=caption).to(dev)
+        batch = assemble(data, pairs, idx, g, hard_rows=hard_rows, caption=caption,
+                         augment_views=sc.augment_views, seed=config.seed).to(dev)
         outs = model(batch.inputs)
         emb = flat_outputs(outs, encoder.embed_dim)
         q, t, h = emb[batch.query_index], emb[batch.target_index], emb[batch.hard_index]
@@ -619,6 +645,11 @@ def train_stage(
         "world_size": world_size, "pairs": pairs.counts(), "n_pairs": len(pairs),
         "final": last, "config": config.model_dump(mode="json"),
     }
+    if cache is not None and tower is not None:
+        tower.feature_cache = None
+        summary["frozen_image_cache"] = {"photos": len(cache), "hits": cache.hits,
+                                         "misses": cache.misses,
+                                         "mib": round(cache.bytes / 2**20, 1)}
     if rank == 0:
         encoder.save_pretrained(out / "encoder")
         runtime.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))

@@ -478,3 +478,54 @@ def test_image_tower_beside_a_pretrained_text_tower(sources: dict[str, Path],
         assert torch.allclose(loaded.encode_product(fx.TEXTS[:2], imgs),
                               enc.encode_product(fx.TEXTS[:2], imgs), atol=1e-6)
     assert loaded.model_version == enc.model_version
+
+
+# -- the frozen trunk's cache (issue 26: the CPU budget) -------------------------------------
+
+
+@pytest.mark.parametrize(("stages", "frozen"), [((), 17), ((0, 4, 5), 17), ((0, 4, 5), 5),
+                                                 ((0, 4, 5), 1), ((), 9), ((2, 8), 12)])
+def test_frozen_trunk_cache_gives_the_uncached_features(
+        sources: dict[str, Path], stages: tuple[int, ...], frozen: int) -> None:
+    from moon_rec.encoders.backbones import FrozenTrunkCache
+
+    tower = ImageTower.from_source(sources["cnn"], resolution=64, stages=stages).train()
+    for block in tower.blocks()[:frozen]:
+        block.requires_grad_(False)
+    if frozen == len(tower.blocks()):
+        tower.requires_grad_(False)
+    imgs = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    want = tower(imgs)
+    tower.feature_cache = cache = FrozenTrunkCache()
+    first = tower(imgs)
+    again = tower(torch.cat([imgs[1:], torch.rand(1, 3, 64, 64)]))
+    assert torch.allclose(first, want, atol=1e-5) and torch.allclose(again[:2], want[1:], atol=1e-5)
+    assert (cache.misses, cache.hits, len(cache)) == (4, 2, 4)
+    if frozen < len(tower.blocks()):  # the blocks above the cached prefix still get gradients
+        tower(imgs).sum().backward()
+        top = tower.blocks()[frozen]  # the first trained block
+        assert all(p.grad is not None for p in top.parameters())
+
+
+def test_stage_trains_on_cached_frozen_trunk_and_fixed_views(sources: dict[str, Path],
+                                                             tiny_world: Path,
+                                                             tmp_path: Path) -> None:
+    enc_keys = {**SMALL, "dims": "[8, 16, 64]", **source_config("cnn", sources["cnn"])}
+    overrides = [f"encoder.{k}={v}" for k, v in enc_keys.items()]
+    # 4 x 32 draws of 400 items: rows repeat, so their photo and their one view hit
+    overrides += ["pretrain.steps=4", "pretrain.batch_size=32", "pretrain.warmup_steps=0",
+                  "pretrain.mix={aug_image: 1.0}", "pretrain.image_tower_lr=0",
+                  "pretrain.augment_views=1"]
+    runs = {}
+    for cache in ("true", "false"):
+        config = load_config("tiny", None, [*overrides, f"pretrain.cache_frozen_image={cache}"])
+        runs[cache] = train_stage(tiny_world, "pretrain", config, tmp_path / cache,
+                                  progress=False)
+    stats = runs["true"]["frozen_image_cache"]
+    assert stats["hits"] > 0 and stats["photos"] == stats["misses"]
+    assert "frozen_image_cache" not in runs["false"]
+    a = MoonEncoder.from_pretrained(tmp_path / "true")
+    b = MoonEncoder.from_pretrained(tmp_path / "false")
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5), name  # the cache changes no result
+    assert a.image_tower.feature_cache is None  # type: ignore[union-attr]
