@@ -1,0 +1,118 @@
+"""The CPU cost of a pretrained image tower's training step (issue 26's budget): median
+seconds per stage-1 step (the small recipe's batch and mix) of the scratch tower (the
+same-run baseline) against EfficientNet-Lite0 frozen without the cache, frozen with the
+cache cold (its first pass over the photos) and warm (every photo seen: what most of a
+long run is), partly unfrozen (stages 4-5 trained above the cached stem and stages 1-3),
+and frozen at 128 px; plus the frozen trunk's forward at 64 px in bf16 against fp32
+(speed, and how far its features move).
+
+    python -m benchmarks.frozen_trunk_speed --world WORLD \
+        --lite0 data/pretrained/efficientnet-lite0-57934424.pth --steps 30
+
+Each variant runs ``train_stage`` for ``--steps`` steps in this process, one torch thread
+(the recipe's); the first 3 steps are left out of the median. The warm variant repeats the
+cold one's steps (same seed, the same photos) with the process's cache already filled.
+Prints JSON: per variant the median step seconds and its ratio to the scratch tower's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _frozen(lite0: Path, resolution: int = 64) -> list[str]:
+    return [f"encoder.image_tower={lite0}", "encoder.conv_stem=0",
+            f"encoder.image_resolution={resolution}", "encoder.image_tower_stages=[0,4,5]",
+            "stage1.image_tower_lr=0", "stage1.augment_views=4"]
+
+
+def variants(lite0: Path) -> dict[str, list[str]]:
+    frozen = _frozen(lite0)
+    return {
+        "scratch": [],
+        "lite0_frozen_nocache": [*frozen, "stage1.cache_frozen_image=false"],
+        "lite0_frozen_cache_cold": frozen,
+        "lite0_frozen_cache_warm": frozen,
+        "lite0_top_cache_warm": [k for k in frozen if "image_tower_lr" not in k]
+        + ["stage1.frozen_image_blocks=6", "stage1.image_tower_lr=1e-4"],
+        "lite0_frozen_128px_nocache": [*_frozen(lite0, 128), "stage1.cache_frozen_image=false"],
+    }
+
+
+def step_seconds(world: Any, overrides: list[str], steps: int, out: Path) -> dict[str, Any]:
+    from moon_rec.training.config import load_config
+    from moon_rec.training.trainer import train_stage
+
+    config = load_config("small", None, [*overrides, f"stage1.steps={steps}", "stage1.log_every=1",
+                                         f"stage1.checkpoint_every={steps + 1}",
+                                         "stage1.warmup_steps=1"])
+    t0 = time.perf_counter()
+    summary = train_stage(world, "stage1", config, out, progress=False, resume=False)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    batch = config.stage1.batch_size
+    per_step = [batch / r["pairs_per_s"] for r in rows if r["step"] > 3]
+    return {"median_step_s": round(float(np.median(per_step)), 4), "steps": len(per_step),
+            "wall_s": round(wall, 1), "frozen_image_cache": summary.get("frozen_image_cache")}
+
+
+def bf16_forward(world: Any, lite0: Path, n: int = 256) -> dict[str, Any]:
+    import torch
+
+    from moon_rec.encoders.backbones import ImageTower
+
+    tower = ImageTower.from_source(lite0, resolution=64, stages=(0, 4, 5)).eval()
+    x = world.images[:n].float() / 255.0
+    out: dict[str, Any] = {}
+    with torch.no_grad():
+        ref = tower(x)
+        for name, ctx in (("fp32", torch.autocast("cpu", enabled=False)),
+                          ("bf16", torch.autocast("cpu", dtype=torch.bfloat16))):
+            with ctx:
+                tower(x[:32])
+                t0 = time.perf_counter()
+                y = tower(x).float()
+                out[f"{name}_ms_per_photo"] = round((time.perf_counter() - t0) / n * 1000, 3)
+            out[f"{name}_rel_error"] = round(float((y - ref).norm() / ref.norm()), 5)
+    out["bf16_speedup"] = round(out["fp32_ms_per_photo"] / out["bf16_ms_per_photo"], 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from moon_rec.training.data import load_world
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--world", type=Path, required=True)
+    p.add_argument("--lite0", type=Path,
+                   default=Path("data/pretrained/efficientnet-lite0-57934424.pth"))
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--only", nargs="*", default=None, help="variant names")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    world = load_world(args.world)
+    result: dict[str, Any] = {"world": str(args.world), "steps": args.steps, "variants": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, keys in variants(args.lite0.resolve()).items():
+            if args.only and name not in args.only:
+                continue
+            result["variants"][name] = step_seconds(world, keys, args.steps, Path(tmp) / name)
+            print(name, result["variants"][name], flush=True)
+    base = result["variants"].get("scratch", {}).get("median_step_s")
+    for v in result["variants"].values():
+        v["vs_scratch"] = round(v["median_step_s"] / base, 2) if base else None
+    result["lite0_forward_64px"] = bf16_forward(world, args.lite0.resolve())
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
