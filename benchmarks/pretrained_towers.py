@@ -121,7 +121,18 @@ def build(root: Path, world_seed: int, rows: list[str], ranker_seeds: list[int],
                               deps=(GENERATE_WORLD,)))
     from moon_rec.loop import TRAINING_SET, embed_step, recall_step
 
-    for row in rows:
+    def rankers(row: str, seed: int) -> Step:
+        lay = Layout.at(root / row, world=base.world)
+        cmd = RankerCompare(
+            training_set=base.training_set, embeddings=lay.embeddings,
+            query_embeddings=lay.query_embeddings, world=base.world,
+            config=RANKER_EXPERIMENTS, experiments=EXPERIMENTS, seed=seed,
+            out=root / "rankers" / f"seed{seed}", reuse=True,
+            style_embeddings=style / "items.parquet", quiet=True)
+        return _compare_step(f"{row}: rankers seed {seed}", cmd,
+                             lay.file(f"compare-seed{seed}.json"), f"{row}: query embeddings")
+
+    for row in rows:  # each row whole with the first ranker seed: the table fills row by row
         lay = Layout.at(root / row, world=base.world)
         enc = encoder_step(lay, "small", threads=threads,
                            overrides=row_overrides(row, lite0, minilm), progress=False)
@@ -137,18 +148,8 @@ def build(root: Path, world_seed: int, rows: list[str], ranker_seeds: list[int],
             [EmbedQueries(training_set=base.training_set, checkpoint=lay.checkpoint,
                           out=lay.query_embeddings)], {}, (TRAINING_SET, enc_name),
             clean=(lay.query_embeddings,)))
-    for seed in ranker_seeds:  # every row's seed 0 first: the table fills row by row
-        for row in rows:
-            lay = Layout.at(root / row, world=base.world)
-            cmd = RankerCompare(
-                training_set=base.training_set, embeddings=lay.embeddings,
-                query_embeddings=lay.query_embeddings, world=base.world,
-                config=RANKER_EXPERIMENTS, experiments=EXPERIMENTS, seed=seed,
-                out=root / "rankers" / f"seed{seed}", reuse=True,
-                style_embeddings=style / "items.parquet", quiet=True)
-            steps.append(_compare_step(f"{row}: rankers seed {seed}", cmd,
-                                       lay.file(f"compare-seed{seed}.json"),
-                                       f"{row}: query embeddings"))
+        steps.append(rankers(row, ranker_seeds[0]))
+    steps += [rankers(row, seed) for seed in ranker_seeds[1:] for row in rows]
     return steps
 
 
