@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -68,3 +69,46 @@ def user_photo_augment(images: torch.Tensor, g: torch.Generator) -> torch.Tensor
         out = out.clone()
         out[blur] = blurred
     return out.clamp(0, 1)
+
+
+class ViewBank:
+    """k fixed user-photo views of each catalog photo (``StageConfig.augment_views``): view
+    v of row r is ``user_photo_augment`` seeded by (seed, r, v), made at its first draw and
+    kept as uint8 (the pixels a phone would store), so a draw costs a lookup and a frozen
+    image trunk sees the same pixels again (its cache hits).
+
+    Args:
+        views: k (> 0).
+        seed: the run's seed.
+        max_bytes: stop keeping views past this size (the rest are made at each draw; the
+            same pixels either way).
+    """
+
+    def __init__(self, views: int, seed: int, max_bytes: int = 2 << 30) -> None:
+        if views <= 0:
+            raise ValueError(f"augment_views {views}: a positive number of views")
+        self.views, self.seed, self.max_bytes = views, seed, max_bytes
+        self._kept: dict[tuple[int, int], torch.Tensor] = {}
+        self.bytes = 0
+
+    def _make(self, photo: torch.Tensor, row: int, view: int) -> torch.Tensor:
+        state = np.random.SeedSequence([self.seed, 7919, row, view]).generate_state(1, np.uint64)
+        g = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+        return (user_photo_augment(photo[None].float() / 255.0, g)[0] * 255.0).round_().to(
+            torch.uint8)
+
+    def draw(self, photos: np.ndarray | torch.Tensor, rows: list[int],
+             g: torch.Generator) -> torch.Tensor:
+        """User photos of catalog ``rows`` (``photos``: the catalog's uint8 [N, 3, S, S]),
+        each one of the row's k views picked by ``g``: float [len(rows), 3, S, S] in [0, 1]."""
+        picks = torch.randint(0, self.views, (len(rows),), generator=g).tolist()
+        out = []
+        for row, view in zip(rows, picks, strict=True):
+            x = self._kept.get((row, view))
+            if x is None:
+                x = self._make(torch.as_tensor(photos[row]), row, view)
+                if self.bytes + x.numel() <= self.max_bytes:
+                    self._kept[(row, view)] = x
+                    self.bytes += x.numel()
+            out.append(x)
+        return torch.stack(out).float().div_(255.0)

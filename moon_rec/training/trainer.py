@@ -37,7 +37,7 @@ from moon_rec.data.schemas import attribute_values
 from moon_rec.encoders import MoonEncoder, build_encoder, make_tokenizer
 from moon_rec.encoders.backbones import FrozenTrunkCache
 from moon_rec.encoders.inference import embed_products, resolve_checkpoint
-from moon_rec.training.augment import user_photo_augment
+from moon_rec.training.augment import ViewBank, user_photo_augment
 from moon_rec.training.config import STAGES, StageConfig, TrainConfig
 from moon_rec.training.data import WorldData, load_world
 from moon_rec.training.losses import LOSSES, matryoshka_loss
@@ -132,21 +132,6 @@ def _product_photo(data: WorldData, row: int) -> torch.Tensor | None:
     return None if data.images is None else _float(data.images[row: row + 1])
 
 
-def _augment(data: WorldData, rows: list[int], g: torch.Generator, views: int,
-             seed: int) -> torch.Tensor:
-    """Simulated user photos of catalog ``rows``: fresh draws from ``g``, or (``views`` k)
-    one of k fixed views per row."""
-    if views <= 0:
-        return user_photo_augment(_photos(data, rows), g)
-    picks = torch.randint(0, views, (len(rows),), generator=g).tolist()
-    out = []
-    for row, view in zip(rows, picks, strict=True):
-        state = np.random.SeedSequence([seed, 7919, row, view]).generate_state(1, np.uint64)[0]
-        out.append(user_photo_augment(_photos(data, [row]),
-                                      torch.Generator().manual_seed(int(state >> np.uint64(1)))))
-    return torch.cat(out)
-
-
 def assemble(
     data: WorldData,
     pairs: PairSet,
@@ -155,16 +140,19 @@ def assemble(
     *,
     hard_rows: np.ndarray | None = None,
     caption: bool = False,
-    augment_views: int = 0,
-    seed: int = 0,
+    views: ViewBank | None = None,
 ) -> Batch:
     """Build the encoder inputs of pairs ``idx`` (+ hard-negative catalog rows [B, k]);
-    ``augment_views`` k > 0: each user photo is one of k fixed views of its catalog photo
-    (view drawn from ``g``, pixels seeded by ``seed``, the row and the view)."""
+    with ``views`` each user photo is one of its catalog photo's fixed views (picked by
+    ``g``), else a fresh augmentation drawn from ``g``."""
     s = _Slots()
     aug_rows = [int(pairs.query_ref[i]) for i in idx if KINDS[KIND_NAMES[pairs.kind[i]]][0] == "aug"]
-    augmented = (_augment(data, aug_rows, g, augment_views, seed) if aug_rows
-                 else torch.zeros(0))
+    augmented = torch.zeros(0)
+    if aug_rows and views is not None:
+        assert data.images is not None
+        augmented = views.draw(data.images, aug_rows, g)
+    elif aug_rows:
+        augmented = user_photo_augment(_photos(data, aug_rows), g)
     a = 0
     q_slots, t_slots = [], []
     for i in idx:
@@ -465,6 +453,8 @@ def train_stage(
 
     param_groups = tower_param_groups(encoder, sc, stage)
     params = [p for g in param_groups for p in g["params"]]
+    views = (ViewBank(sc.augment_views, config.seed)
+             if sc.augment_views and data.images is not None else None)
     tower = encoder.image_tower_module()
     cache: FrozenTrunkCache | None = None
     if sc.cache_frozen_image and tower is not None and (
@@ -547,7 +537,7 @@ def train_stage(
             hard_rows[found] = data.rows_of(hard_ids[found])
             hard_rows = hard_rows.reshape(-1)
         batch = assemble(data, pairs, idx, g, hard_rows=hard_rows, caption=caption,
-                         augment_views=sc.augment_views, seed=config.seed).to(dev)
+                         views=views).to(dev)
         outs = model(batch.inputs)
         emb = flat_outputs(outs, encoder.embed_dim)
         q, t, h = emb[batch.query_index], emb[batch.target_index], emb[batch.hard_index]
