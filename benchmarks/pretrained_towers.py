@@ -95,7 +95,6 @@ def _probe_step(name: str, world: Path, ckpt: Path, out: Path, dep: str) -> Step
         out.write_text(res.stdout)
 
     return Step(name, out, run, {"checkpoint": str(ckpt)}, (dep,),
-                code=("benchmarks.look_layers",),
                 command=f"python -m benchmarks.look_layers --world {world} --encoder {ckpt}")
 
 
