@@ -109,7 +109,11 @@ def _compare_step(name: str, cmd: RankerCompare, keep: Path, dep: str) -> Step:
 
 
 def build(root: Path, world_seed: int, rows: list[str], ranker_seeds: list[int], lite0: Path,
-          minilm: Path, threads: int) -> list[Step]:
+          minilm: Path, threads: int, look_rows: list[str] | None = None,
+          rankers_dir: str = "rankers") -> list[Step]:
+    """The steps; ``look_rows``: the rows that also train ``cube_moon_look`` (its look head
+    is most of a seed's time; default all); ``rankers_dir``: where the rankers of all rows
+    go (``ROOT/<rankers_dir>/seed<k>``, one per invocation)."""
     base = Layout.at(root)
     steps = [s for s in world_steps(base, "small", world_seed) if s.name == GENERATE_WORLD]
     steps += [feature_tables_step(base),
@@ -125,8 +129,9 @@ def build(root: Path, world_seed: int, rows: list[str], ranker_seeds: list[int],
         cmd = RankerCompare(
             training_set=base.training_set, embeddings=lay.embeddings,
             query_embeddings=lay.query_embeddings, world=base.world,
-            config=RANKER_EXPERIMENTS, experiments=EXPERIMENTS, seed=seed,
-            out=root / "rankers" / f"seed{seed}", reuse=True,
+            config=RANKER_EXPERIMENTS, seed=seed,
+            experiments=EXPERIMENTS if look_rows is None or row in look_rows else EXPERIMENTS[:2],
+            out=root / rankers_dir / f"seed{seed}", reuse=True,
             style_embeddings=style / "items.parquet", quiet=True)
         return _compare_step(f"{row}: rankers seed {seed}", cmd,
                              lay.file(f"compare-seed{seed}.json"), f"{row}: query embeddings")
@@ -193,13 +198,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lite0", type=Path, default=Path("data/pretrained/efficientnet-lite0-57934424.pth"))
     p.add_argument("--minilm", type=Path, default=Path("data/pretrained/all-MiniLM-L6-v2"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--look-rows", nargs="*", default=None, choices=ROWS,
+                   help="only these rows also train cube_moon_look (default: all)")
+    p.add_argument("--state", default="state",
+                   help="the run record ROOT/s<seed>/<STATE>.json (two invocations on one "
+                   "world: different rows, different records)")
     p.add_argument("--table-only", action="store_true", help="print what is there, run nothing")
     args = p.parse_args(argv)
     root = (args.root / f"s{args.world_seed}").resolve()
     lite0, minilm = args.lite0.resolve(), args.minilm.resolve()
     if not args.table_only:
         run_steps(build(root, args.world_seed, args.rows, args.ranker_seeds, lite0, minilm,
-                        args.threads), root / "state.json", label="pretrained_towers")
+                        args.threads, args.look_rows,
+                        "rankers" if args.state == "state" else f"rankers-{args.state}"),
+                  root / f"{args.state}.json",
+                  label="pretrained_towers")
     result = {"world_seed": args.world_seed, "rows": table(root, args.rows, args.ranker_seeds)}
     pts = {}
     for row, rec in result["rows"].items():

@@ -364,6 +364,20 @@ def encoder_preset(preset: str) -> str:
     return preset if (CONFIGS / "encoder" / f"{preset}.yaml").is_file() else "small"
 
 
+def file_digest(path: Path) -> str:
+    """``folder_digest`` of a folder, the bytes of a file, the path of what is missing
+    (the step then fails naming it)."""
+    if path.is_dir():
+        return folder_digest(path)
+    if not path.is_file():
+        return str(path)
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def folder_digest(path: Path) -> str:
     """A hash of the names and bytes of every regular file under ``path`` (hidden ones
     skipped): the identity of an input from outside the loop (a download, a checkpoint)."""
@@ -404,11 +418,13 @@ def world_steps(layout: Layout, preset: str, seed: int) -> list[Step]:
 def encoder_step(layout: Layout, preset: str, *, threads: int = 2,
                  deps: Sequence[str] = (GENERATE_WORLD,), overrides: Sequence[str] = (),
                  snapshots: dict[str, Sequence[int]] | None = None,
-                 progress: bool = True) -> Step:
+                 progress: bool = True, image_tower: str | Path | None = None) -> Step:
     """Pretrain, then post-train stages 1 and 2 (``configs/encoder/<preset>.yaml``).
 
     Args:
         overrides: ``key.sub=value`` overrides of the recipe.
+        image_tower: a pretrained image tower (a CNN state-dict file or a vision model
+            folder; ``--image-tower``) in place of the recipe's; its bytes are in the key.
         snapshots: stage -> steps whose encoder is kept in
             ``layout.encoder/<stage>/snapshots/step-NNNNNN`` (``snapshot_dir``): versions
             along training for the studies.
@@ -425,8 +441,11 @@ def encoder_step(layout: Layout, preset: str, *, threads: int = 2,
         params["overrides"] = list(overrides)
     if keep:
         params["snapshots"] = keep
+    tower = None if image_tower is None else Path(image_tower).resolve()
+    if tower is not None:
+        params["image_tower"] = file_digest(tower)
     train = EncoderTrain(world=layout.world, out=layout.encoder, preset=preset,
-                         overrides=list(overrides), threads=threads,
+                         overrides=list(overrides), threads=threads, image_tower=tower,
                          snapshot=[f"{s}:{n}" for s, steps in keep.items() for n in steps],
                          quiet=not progress)
     return command_step(TRAIN_ENCODER, layout.encoder / "stage2" / "summary.json", [train],
@@ -680,12 +699,19 @@ def ranker_experiments(preset: str) -> list[str]:
 
 
 def main_steps(layout: Layout, preset: str, seed: int, experiments: Sequence[str], *,
-               threads: int = 2) -> list[Step]:
+               threads: int = 2, encoder_recipe: str | None = None,
+               image_tower: str | Path | None = None) -> list[Step]:
     """The whole loop on a synthetic world: world, encoder, recall, embed, feature store,
-    training set, query embeddings, rankers."""
+    training set, query embeddings, rankers.
+
+    Args:
+        encoder_recipe: ``configs/encoder/<name>.yaml`` (default ``encoder_preset``).
+        image_tower: the pretrained image tower file or folder the recipe starts from.
+    """
     return [
         *world_steps(layout, preset, seed),
-        encoder_step(layout, encoder_preset(preset), threads=threads),
+        encoder_step(layout, encoder_recipe or encoder_preset(preset), threads=threads,
+                     image_tower=image_tower),
         recall_step(layout, threads=threads),
         embed_step(layout),
         feature_tables_step(layout),

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from moon_rec.loop import (
+    CONFIGS,
     CONTACT_SHEET,
     FEATURE_STORE,
     RANKERS,
@@ -66,7 +67,8 @@ def build_steps(preset: str, seed: int, art: Path, *, world: str = "synthetic",
                 movielens_path: Path = MOVIELENS_PATH, text_tower: Path = TEXT_TOWER,
                 world_dir: Path | None = None,
                 experiments: list[str] | None = None,
-                encoder_overrides: tuple[str, ...] = ()) -> list[Step]:
+                encoder_overrides: tuple[str, ...] = (),
+                image_tower: Path | None = None) -> list[Step]:
     """The whole demo, in order (see the module docstring).
 
     Args:
@@ -78,6 +80,10 @@ def build_steps(preset: str, seed: int, art: Path, *, world: str = "synthetic",
         experiments: the rankers (default ``ranker_experiments``: the baseline first, the
             served MOON ranker second).
         encoder_overrides: ``key=value`` overrides of the MovieLens encoder recipe.
+        image_tower: a synthetic world's encoder starts from this pretrained image tower
+            (a CNN state-dict file or a vision model folder) with the ``<preset>_pretrained``
+            recipe when there is one (small: EfficientNet-Lite0, frozen), else the preset's
+            own; None: the from-scratch tower.
     """
     if world not in WORLDS:
         raise ValueError(f"--world {world!r}: one of {', '.join(WORLDS)}")
@@ -98,7 +104,11 @@ def build_steps(preset: str, seed: int, art: Path, *, world: str = "synthetic",
                                     encoder_overrides=encoder_overrides)
         report_deps: tuple[str, ...] = (RECALL, SERVE)  # no photos: no contact sheet
     else:
-        steps = main_steps(layout, preset, seed, experiments, threads=threads)
+        recipe = None
+        if image_tower is not None and (CONFIGS / "encoder" / f"{preset}_pretrained.yaml").is_file():
+            recipe = f"{preset}_pretrained"
+        steps = main_steps(layout, preset, seed, experiments, threads=threads,
+                           encoder_recipe=recipe, image_tower=image_tower)
         report_deps = (RECALL, SERVE, CONTACT_SHEET)
     return [
         *steps,
@@ -131,6 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--text-tower", type=Path, default=TEXT_TOWER,
                         help="the pretrained text model folder of the MovieLens encoder "
                         "(scripts/fetch_minilm.sh DIR)")
+    parser.add_argument("--image-tower", type=Path, default=None,
+                        help="a synthetic world's encoder starts from this pretrained image "
+                        "tower (scripts/fetch_efficientnet_lite.sh DIR: EfficientNet-Lite0) "
+                        "with the <preset>_pretrained recipe; left out: the from-scratch "
+                        "tower")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--artifacts", type=Path, default=None,
                         help="where everything goes (default: artifacts, or "
@@ -146,11 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path("artifacts") / "movielens" if args.world == "movielens" else Path("artifacts"))
     steps = build_steps(args.preset, args.seed, art, world=args.world,
                         movielens_path=args.movielens_path, text_tower=args.text_tower,
-                        world_dir=args.world_dir)
+                        world_dir=args.world_dir, image_tower=args.image_tower)
     if args.dry_run:
         for i, s in enumerate(steps, 1):
             print(f"[{i:2d}] {s.name}\n     $ {s.command}\n     -> {s.output}")
         return 0
+    if args.image_tower is not None and not args.image_tower.exists():
+        print(f"demo: error: --image-tower {args.image_tower}: no such file or folder (fetch "
+              f"EfficientNet-Lite0 with scripts/fetch_efficientnet_lite.sh "
+              f"{args.image_tower.parent} 0)", file=sys.stderr)
+        return 2
     if args.world == "movielens" or args.world_dir is not None:
         needed = [(args.text_tower, "fetch_minilm.sh")]
         if args.world_dir is None:

@@ -171,6 +171,10 @@ class EncoderConfig(BaseModel):
             value = getattr(self, name)
             if value is not None and not value.strip():
                 raise ValueError(f"{name} is an empty path")
+        if self.image_tower_stages and self.image_tower is None:
+            raise ValueError(f"image_tower_stages {list(self.image_tower_stages)}: an option of "
+                             "a pretrained CNN image tower, and image_tower is not set "
+                             "(--image-tower FILE)")
         if self.image_tower is not None and self.backbone != "dual_tower":
             raise ValueError("image_tower (a pretrained image model) is a dual_tower option")
         if self.pretrained is not None and self.backbone == "dual_tower" and (

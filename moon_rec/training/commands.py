@@ -29,28 +29,24 @@ def encoder_config(preset: str | None, config: Path | None, overrides: Sequence[
     encoder (not with ``init``), each a local path: ``text_tower`` (a text model folder
     with its tokenizer), ``image_tower`` (a vision model folder or a CNN state-dict file),
     ``pretrained`` (a full dual encoder or an MLLM checkpoint)."""
-    from moon_rec.encoders import EncoderConfig
     from moon_rec.training.config import load_config
 
     sets = list(overrides)
     if threads is not None:
         sets.append(f"threads={threads}")
-    cfg = load_config(preset, config, sets)
     given = {key: path for key, path in (("text_tower", text_tower),
                                          ("image_tower", image_tower),
                                          ("pretrained", pretrained)) if path is not None}
-    if given:
-        if init is not None:
-            flags = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise ValueError(f"{flags} build a fresh encoder and --init continues a "
-                             "checkpoint (which carries its own pretrained parts): pass one")
-        for key, path in given.items():
-            if not path.exists():
-                raise FileNotFoundError(f"--{key.replace('_', '-')} {path}: no such file or folder")
-        encoder = EncoderConfig.model_validate(
-            {**cfg.encoder.model_dump(), **{k: str(v.resolve()) for k, v in given.items()}})
-        cfg = cfg.model_copy(update={"encoder": encoder})
-    return cfg
+    if given and init is not None:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"{flags} build a fresh encoder and --init continues a "
+                         "checkpoint (which carries its own pretrained parts): pass one")
+    for key, path in given.items():
+        if not path.exists():
+            raise FileNotFoundError(f"--{key.replace('_', '-')} {path}: no such file or folder")
+        # a JSON string is YAML: any path, validated with the rest of the recipe
+        sets.append(f"encoder.{key}={json.dumps(str(path.resolve()))}")
+    return load_config(preset, config, sets)
 
 
 def snapshot_dir(stage_dir: Path, step: int) -> Path:
