@@ -345,3 +345,29 @@ def test_the_training_set_carries_every_ranker_s_columns(tmp_path: Path) -> None
         "movielens_full"
     with pytest.raises(ValueError, match="no one feature spec"):
         training_features(["din_full", "din_full_movielens"])
+
+
+def test_demo_image_tower_picks_the_pretrained_recipe_and_keys_the_weights(tmp_path: Path) -> None:
+    """``--image-tower``: the small world's encoder runs ``small_pretrained`` on that file,
+    whose bytes are in the encoder step's key; a preset without such a recipe keeps its own."""
+    from moon_rec.loop import TRAIN_ENCODER
+    from moon_rec.training.commands import encoder_config
+    from pipelines.demo import build_steps
+
+    tower = tmp_path / "lite0.pth"
+    tower.write_bytes(b"weights v1")
+
+    def encoder(preset: str, image_tower: Path | None) -> Any:
+        steps = build_steps(preset, 0, tmp_path / "art", image_tower=image_tower)
+        return next(s for s in steps if s.name == TRAIN_ENCODER)
+
+    step = encoder("small", tower)
+    assert "--preset small_pretrained" in step.command and f"--image-tower {tower}" in step.command
+    first = step_key(step, {d: "k" for d in step.deps})
+    tower.write_bytes(b"weights v2")
+    assert step_key(encoder("small", tower), {d: "k" for d in step.deps}) != first
+    assert "--preset small " in encoder("small", None).command + " "
+    assert "--preset tiny" in encoder("tiny", tower).command  # no tiny_pretrained recipe
+    # the recipe needs its tower: without one it stops naming the key
+    with pytest.raises(ValueError, match=r"image_tower_stages .* image_tower is not set"):
+        encoder_config("small_pretrained", None, [])
