@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         # image tower, the MLLM) at its outputs only
         inside = getattr(enc, "stem", None) is not None
         names = ("stem_mean_std", "stem_4x4", "tokens_mean", "tokens_flat") if inside else ()
-        feats: dict[str, list[torch.Tensor]] = {k: [] for k in (*names, "image_64", "product_64")}
+        feats: dict[str, list[torch.Tensor]] = {
+            k: [] for k in (*names, "image_64", "image_full", "product_64")}
         with torch.no_grad():
             assert images is not None
             for s in range(0, len(keep), 256):
@@ -119,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                     h = enc._vision()(pixel_values=st).last_hidden_state
                     feats["tokens_mean"].append(h.mean(1))
                     feats["tokens_flat"].append(h.flatten(1))
-                feats["image_64"].append(F.normalize(enc._image(b)[:, :64], dim=-1))
+                img = enc._image(b)
+                feats["image_64"].append(F.normalize(img[:, :64], dim=-1))
+                feats["image_full"].append(F.normalize(img, dim=-1))  # where 64 dims lose it
                 titles = [items.column("title")[int(i)].as_py() for i in keep[s:s + 256]]
                 feats["product_64"].append(
                     F.normalize(enc.encode_product(titles, b)[:, :64], dim=-1))
