@@ -8,6 +8,9 @@ SEED ?= 0
 # WORLD=movielens: MovieLens-100k + all-MiniLM-L6-v2, both fetched into DOWNLOADS when absent
 # (GroupLens terms: research use, no redistribution; never commit the data or the weights).
 WORLD ?= synthetic
+# IMAGE_TOWER=lite0: the synthetic world's encoder on the ImageNet EfficientNet-Lite0 trunk
+# (configs/encoder/<preset>_pretrained.yaml), fetched into DOWNLOADS when absent.
+IMAGE_TOWER ?=
 DOWNLOADS ?= artifacts/downloads
 MOVIELENS ?= $(DOWNLOADS)/movielens
 TEXT_TOWER ?= $(DOWNLOADS)/all-MiniLM-L6-v2
@@ -39,6 +42,10 @@ else ifeq ($(WORLD),movielens)
 	bash scripts/fetch_minilm.sh $(TEXT_TOWER)
 	$(PY) -m pipelines.demo --world movielens --movielens-path $(MOVIELENS) \
 	  --text-tower $(TEXT_TOWER) --seed $(SEED) --artifacts $(ART)
+else ifneq ($(IMAGE_TOWER),)
+	bash scripts/fetch_efficientnet_lite.sh $(DOWNLOADS) 0
+	$(PY) -m pipelines.demo --preset $(PRESET) --seed $(SEED) --artifacts $(ART)/pretrained \
+	  --image-tower $(DOWNLOADS)/efficientnet-lite0-57934424.pth
 else
 	$(PY) -m pipelines.demo --preset $(PRESET) --seed $(SEED) --artifacts $(ART)
 endif
