@@ -2,15 +2,15 @@
 seconds per stage-1 step (the small recipe's batch and mix) of the scratch tower (the
 same-run baseline) against EfficientNet-Lite0 frozen without the cache, frozen with the
 cache cold (its first pass over the photos) and warm (every photo seen: what most of a
-long run is), partly unfrozen (stages 4-5 trained above the cached stem and stages 1-3),
-and frozen at 128 px; plus the frozen trunk's forward at 64 px in bf16 against fp32
+long run is), partly unfrozen (stages 4-5 trained above the cached stem and stages 1-3;
+cold and warm), and frozen at 128 px; plus the frozen trunk's forward at 64 px in bf16 against fp32
 (speed, and how far its features move).
 
     python -m benchmarks.frozen_trunk_speed --world WORLD \
         --lite0 data/pretrained/efficientnet-lite0-57934424.pth --steps 30
 
 Each variant runs ``train_stage`` for ``--steps`` steps in this process, one torch thread
-(the recipe's); the first 3 steps are left out of the median. The warm variant repeats the
+(the recipe's); the first 3 steps are left out of the median. A warm variant repeats the
 cold one's steps (same seed, the same photos) with the process's cache already filled.
 Prints JSON: per variant the median step seconds and its ratio to the scratch tower's.
 """
@@ -27,32 +27,33 @@ from typing import Any
 import numpy as np
 
 
-def _frozen(lite0: Path, resolution: int = 64) -> list[str]:
-    return [f"encoder.image_tower={lite0}", "encoder.conv_stem=0",
-            f"encoder.image_resolution={resolution}", "encoder.image_tower_stages=[0,4,5]",
-            "stage1.image_tower_lr=0", "stage1.augment_views=4"]
-
-
-def variants(lite0: Path) -> dict[str, list[str]]:
-    frozen = _frozen(lite0)
+def variants() -> dict[str, tuple[str, list[str]]]:
+    """name -> (encoder recipe, overrides): the scratch tower's ``small``, and
+    ``small_pretrained`` (Lite0 frozen at 64 px, stages 0/4/5, 4 views) and its variations.
+    A warm variant follows its cold one: the same steps again, the process's cache filled."""
+    top = ["stage1.frozen_image_blocks=6", "stage1.image_tower_lr=1e-4"]
     return {
-        "scratch": [],
-        "lite0_frozen_nocache": [*frozen, "stage1.cache_frozen_image=false"],
-        "lite0_frozen_cache_cold": frozen,
-        "lite0_frozen_cache_warm": frozen,
-        "lite0_top_cache_warm": [k for k in frozen if "image_tower_lr" not in k]
-        + ["stage1.frozen_image_blocks=6", "stage1.image_tower_lr=1e-4"],
-        "lite0_frozen_128px_nocache": [*_frozen(lite0, 128), "stage1.cache_frozen_image=false"],
+        "scratch": ("small", []),
+        "lite0_frozen_nocache": ("small_pretrained", ["stage1.cache_frozen_image=false"]),
+        "lite0_frozen_cache_cold": ("small_pretrained", []),
+        "lite0_frozen_cache_warm": ("small_pretrained", []),
+        "lite0_top_cache_cold": ("small_pretrained", top),
+        "lite0_top_cache_warm": ("small_pretrained", top),
+        "lite0_frozen_128px_nocache": ("small_pretrained", ["encoder.image_resolution=128",
+                                                            "stage1.cache_frozen_image=false"]),
     }
 
 
-def step_seconds(world: Any, overrides: list[str], steps: int, out: Path) -> dict[str, Any]:
-    from moon_rec.training.config import load_config
+def step_seconds(world: Any, recipe: str, overrides: list[str], lite0: Path, steps: int,
+                 out: Path) -> dict[str, Any]:
+    from moon_rec.training.commands import encoder_config
     from moon_rec.training.trainer import train_stage
 
-    config = load_config("small", None, [*overrides, f"stage1.steps={steps}", "stage1.log_every=1",
-                                         f"stage1.checkpoint_every={steps + 1}",
-                                         "stage1.warmup_steps=1"])
+    config = encoder_config(recipe, None, [*overrides, f"stage1.steps={steps}",
+                                           "stage1.log_every=1",
+                                           f"stage1.checkpoint_every={steps + 1}",
+                                           "stage1.warmup_steps=1"],
+                            image_tower=None if recipe == "small" else lite0)
     t0 = time.perf_counter()
     summary = train_stage(world, "stage1", config, out, progress=False, resume=False)
     wall = time.perf_counter() - t0
@@ -101,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     world = load_world(args.world)
     result: dict[str, Any] = {"world": str(args.world), "steps": args.steps, "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, keys in variants(args.lite0.resolve()).items():
+        for name, (recipe, keys) in variants().items():
             if args.only and name not in args.only:
                 continue
-            result["variants"][name] = step_seconds(world, keys, args.steps, Path(tmp) / name)
+            result["variants"][name] = step_seconds(world, recipe, keys, args.lite0, args.steps,
+                                                    Path(tmp) / name)
             print(name, result["variants"][name], flush=True)
     base = result["variants"].get("scratch", {}).get("median_step_s")
     for v in result["variants"].values():

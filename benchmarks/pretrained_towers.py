@@ -6,13 +6,13 @@ encoder versions through the same loop, one table.
         --minilm data/pretrained/all-MiniLM-L6-v2 --rows scratch lite0 lite0_top lite0_minilm \
         --ranker-seeds 0 1 2
 
-Rows (``ROWS``; each the small recipe, ``configs/encoder/small.yaml``, 250 pretraining +
-3,500 stage-1 + 150 stage-2 steps, with these overrides):
+Rows (``ROWS``; each 250 pretraining + 3,500 stage-1 + 150 stage-2 steps):
 
-- ``scratch``: today's tower (conv stem + ViT, random init).
-- ``lite0``: ImageNet EfficientNet-Lite0 at 64 px, the stem and stages 4-5 pooled by mean
-  and std (``image_tower_stages: [0, 4, 5]``), frozen in every stage, its features cached
-  per photo (``FrozenTrunkCache``) over 4 fixed user-photo views per catalog photo.
+- ``scratch``: today's tower (conv stem + ViT, random init), ``configs/encoder/small.yaml``.
+- ``lite0``: ``configs/encoder/small_pretrained.yaml`` on ``--lite0``: ImageNet
+  EfficientNet-Lite0 at 64 px, the stem and stages 4-5 pooled by mean and std, frozen in
+  every stage, its features cached per photo (``FrozenTrunkCache``) over 4 fixed
+  user-photo views per catalog photo.
 - ``lite0_top``: the same, stages 4-5 trained (``frozen_image_blocks: 6``, the stem and
   stages 1-3 frozen and cached) at ``image_tower_lr`` 1e-4 (5e-5 in stage 2).
 - ``lite0_minilm``: ``lite0`` beside the all-MiniLM-L6-v2 text tower (frozen), instead of
@@ -36,6 +36,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,14 @@ import numpy as np
 from moon_rec.loop import (
     GENERATE_WORLD,
     RANKER_EXPERIMENTS,
+    TRAINING_SET,
     Layout,
     Step,
     command_step,
+    embed_step,
     encoder_step,
     feature_tables_step,
+    recall_step,
     run_steps,
     training_features,
     training_set_step,
@@ -61,25 +65,19 @@ EXPERIMENTS = ["din_ids", "cube_moon", "cube_moon_look"]
 STAGES = ("pretrain", "stage1", "stage2")
 
 
-def _frozen_lite0(lite0: Path) -> list[str]:
-    keys = [f"encoder.image_tower={lite0}", "encoder.conv_stem=0", "encoder.image_resolution=64",
-            "encoder.image_tower_stages=[0,4,5]"]
-    return keys + [f"{s}.{k}" for s in STAGES for k in ("image_tower_lr=0", "augment_views=4")]
-
-
-def row_overrides(row: str, lite0: Path, minilm: Path) -> list[str]:
-    """The encoder recipe's overrides of a table row."""
+def row_recipe(row: str, minilm: Path) -> tuple[str, list[str]]:
+    """The encoder recipe (``configs/encoder/<name>.yaml``) and overrides of a table row;
+    every row but ``scratch`` starts from the image tower given to ``encoder_step``."""
     if row == "scratch":
-        return []
+        return "small", []
     if row == "lite0":
-        return _frozen_lite0(lite0)
+        return "small_pretrained", []
     if row == "lite0_top":
-        keys = [k for k in _frozen_lite0(lite0) if "image_tower_lr" not in k]
-        return keys + [f"{s}.frozen_image_blocks=6" for s in STAGES] + [
+        return "small_pretrained", [f"{s}.frozen_image_blocks=6" for s in STAGES] + [
             "pretrain.image_tower_lr=1e-4", "stage1.image_tower_lr=1e-4",
             "stage2.image_tower_lr=5e-5"]
     if row == "lite0_minilm":
-        return _frozen_lite0(lite0) + [f"encoder.text_tower={minilm}"] + [
+        return "small_pretrained", [f"encoder.text_tower={minilm}"] + [
             f"{s}.text_tower_lr=0" for s in STAGES]
     raise ValueError(f"unknown row {row!r} ({', '.join(ROWS)})")
 
@@ -122,8 +120,6 @@ def build(root: Path, world_seed: int, rows: list[str], ranker_seeds: list[int],
     steps.append(command_step("style embeddings", style / "items.parquet",
                               [StyleEmbeddings(world=base.world, out=style)],
                               deps=(GENERATE_WORLD,)))
-    from moon_rec.loop import TRAINING_SET, embed_step, recall_step
-
     def rankers(row: str, seed: int) -> Step:
         lay = Layout.at(root / row, world=base.world)
         cmd = RankerCompare(
@@ -138,13 +134,14 @@ def build(root: Path, world_seed: int, rows: list[str], ranker_seeds: list[int],
 
     for row in rows:  # each row whole with the first ranker seed: the table fills row by row
         lay = Layout.at(root / row, world=base.world)
-        enc = encoder_step(lay, "small", threads=threads,
-                           overrides=row_overrides(row, lite0, minilm), progress=False)
+        recipe, overrides = row_recipe(row, minilm)
+        enc = encoder_step(lay, recipe, threads=threads, overrides=overrides, progress=False,
+                           image_tower=None if row == "scratch" else lite0)
         enc_name = f"{row}: {enc.name}"
-        steps.append(Step(**{**enc.__dict__, "name": enc_name}))
+        steps.append(replace(enc, name=enc_name))
         for s in (recall_step(lay, threads=threads, encoder_dep=enc_name),
                   embed_step(lay, encoder_dep=enc_name)):
-            steps.append(Step(**{**s.__dict__, "name": f"{row}: {s.name}"}))
+            steps.append(replace(s, name=f"{row}: {s.name}"))
         steps.append(_probe_step(f"{row}: style probe", base.world, lay.checkpoint,
                                  lay.file("look_layers.json"), enc_name))
         steps.append(command_step(

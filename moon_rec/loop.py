@@ -364,28 +364,17 @@ def encoder_preset(preset: str) -> str:
     return preset if (CONFIGS / "encoder" / f"{preset}.yaml").is_file() else "small"
 
 
-def file_digest(path: Path) -> str:
-    """``folder_digest`` of a folder, the bytes of a file, the path of what is missing
-    (the step then fails naming it)."""
-    if path.is_dir():
-        return folder_digest(path)
-    if not path.is_file():
-        return str(path)
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def folder_digest(path: Path) -> str:
     """A hash of the names and bytes of every regular file under ``path`` (hidden ones
-    skipped): the identity of an input from outside the loop (a download, a checkpoint)."""
+    skipped), or of the bytes of ``path`` when it is a file: the identity of an input from
+    outside the loop (a download, a checkpoint, a weights file)."""
     h = hashlib.sha256()
-    files = sorted(f for f in path.rglob("*") if f.is_file()
-                   and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    files = [path] if path.is_file() else sorted(
+        f for f in path.rglob("*") if f.is_file()
+        and not any(part.startswith(".") for part in f.relative_to(path).parts))
     for f in files:
-        h.update(str(f.relative_to(path)).encode() + b"\0")
+        if f != path:
+            h.update(str(f.relative_to(path)).encode() + b"\0")
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
@@ -443,7 +432,7 @@ def encoder_step(layout: Layout, preset: str, *, threads: int = 2,
         params["snapshots"] = keep
     tower = None if image_tower is None else Path(image_tower).resolve()
     if tower is not None:
-        params["image_tower"] = file_digest(tower)
+        params["image_tower"] = folder_digest(tower) if tower.exists() else str(tower)
     train = EncoderTrain(world=layout.world, out=layout.encoder, preset=preset,
                          overrides=list(overrides), threads=threads, image_tower=tower,
                          snapshot=[f"{s}:{n}" for s, steps in keep.items() for n in steps],

@@ -401,15 +401,23 @@ class ImageTower(nn.Module):
             n += 1
         return n
 
+    def cacheable(self) -> str | None:
+        """What a ``FrozenTrunkCache`` can hold of this tower as it is frozen now: ``all``
+        (no trainable parameter: its output), ``prefix`` (a CNN's frozen stem and first
+        ``frozen_prefix() - 1`` blocks: their map), or None."""
+        if not any(p.requires_grad for p in self.parameters()):
+            return "all"
+        return "prefix" if self.is_cnn and self.frozen_prefix() else None
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         cache = self.feature_cache
-        if cache is not None and not any(p.requires_grad for p in self.parameters()):
+        part = None if cache is None else self.cacheable()
+        if cache is not None and part == "all":
             return cache.get(images, lambda x: (self._features(x),), "all")[0]
-        if cache is not None and self.is_cnn:
-            n = self.frozen_prefix()
-            if n:  # a frozen stem and first n-1 blocks: cache their output, run the rest
-                pooled, x = cache.get(images, lambda im: self._cnn_prefix(im, n - 1), f"cnn{n}")
-                return self._cnn_from(x, n - 1, pooled)
+        if cache is not None and part == "prefix":  # cache the frozen blocks, run the rest
+            n = self.frozen_prefix() - 1
+            pooled, x = cache.get(images, lambda im: self._cnn_prefix(im, n), f"cnn{n}")
+            return self._cnn_from(x, n, pooled)
         return self._features(images)
 
     def _pooled(self, maps: list[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
@@ -459,7 +467,7 @@ class ImageTower(nn.Module):
         """What the frozen part computes from: its weights and buffers, the preprocessing,
         the pooled stages and how many blocks are frozen (the key of a shared cache)."""
         n = self.frozen_prefix()
-        whole = n == len(self.blocks()) and not any(p.requires_grad for p in self.parameters())
+        whole = self.cacheable() == "all"
         h = hashlib.blake2b(digest_size=16)
         h.update(json.dumps([asdict(self.processing), list(self.stages), self.pool, n, whole],
                             sort_keys=True, default=str).encode())

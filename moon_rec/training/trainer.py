@@ -457,8 +457,7 @@ def train_stage(
              if sc.augment_views and data.images is not None else None)
     tower = encoder.image_tower_module()
     cache: FrozenTrunkCache | None = None
-    if sc.cache_frozen_image and tower is not None and (
-            tower.frozen_prefix() == len(tower.blocks()) or (tower.is_cnn and tower.frozen_prefix())):
+    if sc.cache_frozen_image and tower is not None and tower.cacheable():
         cache = tower.feature_cache = FrozenTrunkCache.shared(tower)
     log_scale: torch.nn.Parameter | None = None
     if sc.learn_temperature and sc.loss == "infonce":
