@@ -296,17 +296,33 @@ class FrozenTrunkCache:
         return [hashlib.blake2b(arr[i].tobytes(), digest_size=16, person=tag.encode()[:16]).digest()
                 for i in range(arr.shape[0])]
 
+    @staticmethod
+    def token_keys(ids: torch.Tensor, mask: torch.Tensor) -> list[bytes]:
+        """One key per tokenized text: its unpadded token ids (a title padded to two batch
+        lengths is one key)."""
+        ids64 = ids.detach().to("cpu", torch.int64)
+        keep = mask.detach().to("cpu").bool()
+        return [hashlib.blake2b(ids64[i][keep[i]].numpy().tobytes(), digest_size=16,
+                                person=b"text").digest() for i in range(ids64.shape[0])]
+
     def get(self, images: torch.Tensor,
             compute: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
             tag: str) -> tuple[torch.Tensor, ...]:
         """The rows of ``compute(images)`` (batched tensors), computed (without gradients)
         for the photos not seen before under ``tag`` only."""
-        keys = self.keys(images, tag)
+        return self.rows(self.keys(images, tag), lambda idx: compute(images[idx]),
+                         images.device)
+
+    def rows(self, keys: list[bytes],
+             compute: Callable[[list[int]], tuple[torch.Tensor, ...]],
+             device: torch.device) -> tuple[torch.Tensor, ...]:
+        """The rows under ``keys``, batched; ``compute(positions)`` (without gradients)
+        gives the rows of the keys not seen before, in the order of ``positions``."""
         fresh: dict[bytes, tuple[torch.Tensor, ...]] = {}
         miss = [i for i, k in enumerate(keys) if k not in self._rows and k not in fresh]
         if miss:
             with torch.no_grad():
-                out = compute(images[miss])
+                out = compute(miss)
             for j, i in enumerate(miss):
                 row = tuple(t[j].detach().clone() for t in out)
                 fresh[keys[i]] = row
@@ -317,8 +333,28 @@ class FrozenTrunkCache:
         self.misses += len(miss)
         self.hits += len(keys) - len(miss)
         rows = [self._rows.get(k) or fresh[k] for k in keys]
-        return tuple(torch.stack([r[p] for r in rows]).to(images.device)
+        return tuple(torch.stack([r[p] for r in rows]).to(device)
                      for p in range(len(rows[0])))
+
+    def stats(self, noun: str) -> dict[str, float]:
+        """For a stage summary: rows held (as ``noun``), hits, misses, MiB."""
+        return {noun: len(self), "hits": self.hits, "misses": self.misses,
+                "mib": round(self.bytes / 2**20, 1)}
+
+
+def mean_pooled_text(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                     cache: FrozenTrunkCache | None = None) -> torch.Tensor:
+    """A `transformers` text model's last hidden states, mean-pooled over the mask
+    [N, hidden]. With ``cache`` and the model frozen (no trainable parameter), each text's
+    row is computed once (``FrozenTrunkCache.token_keys``) and read back after."""
+    def pooled(idx: list[int] | slice) -> tuple[torch.Tensor]:
+        hidden = model(input_ids=ids[idx], attention_mask=mask[idx]).last_hidden_state
+        m = mask[idx].unsqueeze(-1).to(hidden.dtype)
+        return ((hidden * m).sum(1) / m.sum(1).clamp_min(1.0),)
+
+    if cache is not None and not any(p.requires_grad for p in model.parameters()):
+        return cache.rows(FrozenTrunkCache.token_keys(ids, mask), pooled, ids.device)[0]
+    return pooled(slice(None))[0]
 
 
 class ImageTower(nn.Module):

@@ -144,6 +144,18 @@ class MoonEncoder(nn.Module, ABC):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
+        # set by the trainer while a pretrained text tower is frozen (a FrozenTrunkCache of
+        # its pooled output per text); not part of the weights
+        self.text_feature_cache: Any = None
+
+    def train(self: E, mode: bool = True) -> E:
+        """A frozen pretrained text tower (no trainable parameter) stays in eval mode: a
+        fixed feature extractor, without dropout, whose output per text can be cached."""
+        super().train(mode)
+        tower = self.text_tower_module()
+        if mode and tower is not None and not any(p.requires_grad for p in tower.parameters()):
+            tower.eval()
+        return self
 
     # -- the interface ---------------------------------------------------------------
     @property
@@ -247,6 +259,11 @@ class MoonEncoder(nn.Module, ABC):
         """The pretrained image trunk's stages in input order (stem first), for freezing
         the first k; [] when there is none."""
         return []
+
+    def text_tower_module(self) -> nn.Module | None:
+        """The separate pretrained text tower (a `transformers` model, mean-pooled), or
+        None."""
+        return None
 
     def image_tower_module(self) -> Any:
         """The separate pretrained image tower (an ``ImageTower``, where a frozen trunk's

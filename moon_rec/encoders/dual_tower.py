@@ -38,6 +38,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from moon_rec.encoders.backbones import mean_pooled_text
 from moon_rec.encoders.base import MoonEncoder
 from moon_rec.encoders.config import EncoderConfig
 from moon_rec.encoders.tokenizer import TEXT_TOWER_DIR, MoonTokenizer, TextTokenizer
@@ -227,6 +228,9 @@ class DualTowerEncoder(MoonEncoder):
     def pretrained_text_parameters(self) -> list[nn.Parameter]:
         return [] if self.text_tower is None else list(self.text_tower.parameters())
 
+    def text_tower_module(self) -> nn.Module | None:
+        return self.text_tower
+
     def _head_modules(self) -> dict[str, nn.Module]:
         heads: dict[str, nn.Module] = {"image_proj": self.image_proj,
                                        "text_proj": self.text_proj, "fusion": self.fusion}
@@ -245,13 +249,11 @@ class DualTowerEncoder(MoonEncoder):
         ids, mask = self.tokenizer(texts, self.config.max_text_len)
         ids, mask = ids.to(self.device), mask.to(self.device)
         if self.text_tower is not None:
-            hidden = self.text_tower(input_ids=ids, attention_mask=mask).last_hidden_state
+            model: nn.Module = self.text_tower
         else:
             assert isinstance(self.backbone, SiglipModel)
-            hidden = self.backbone.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-        return self.text_proj(pooled)
+            model = self.backbone.text_model
+        return self.text_proj(mean_pooled_text(model, ids, mask, self.text_feature_cache))
 
     def _image(self, images: torch.Tensor) -> torch.Tensor:
         pixels = (images - 0.5) / 0.5  # SigLIP normalisation

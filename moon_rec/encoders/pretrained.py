@@ -46,6 +46,7 @@ from moon_rec.encoders.backbones import (
     dual_text_features,
     load_dual_encoder,
     longest_layer_list,
+    mean_pooled_text,
     native_size,
 )
 from moon_rec.encoders.base import BACKBONE_DIR, MoonEncoder
@@ -221,6 +222,9 @@ class PretrainedTowersEncoder(MoonEncoder):
     def image_tower_module(self) -> ImageTower | None:
         return self.image_tower
 
+    def text_tower_module(self) -> nn.Module | None:
+        return self.text_tower
+
     # -- the towers ------------------------------------------------------------------------
     def _text(self, texts: list[str]) -> torch.Tensor:
         ids, mask = self.tokenizer(texts, self.config.max_text_len)
@@ -229,9 +233,7 @@ class PretrainedTowersEncoder(MoonEncoder):
             return self.text_proj(dual_text_features(self.dual, ids, mask))
         model = self.text_tower if self.text_tower is not None else self.text_model
         assert model is not None
-        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return self.text_proj((hidden * m).sum(1) / m.sum(1).clamp_min(1.0))
+        return self.text_proj(mean_pooled_text(model, ids, mask, self.text_feature_cache))
 
     def _image(self, images: torch.Tensor) -> torch.Tensor:
         if self.dual is not None:

@@ -85,6 +85,9 @@ class StageConfig(BaseModel):
             (the whole trunk with ``image_tower_lr`` 0, or a CNN's stem and first blocks
             with ``frozen_image_blocks``) for the stage (``FrozenTrunkCache``): the same
             training, without running the frozen part again on a photo it has seen.
+        cache_frozen_text: cache a frozen pretrained text tower's pooled output per text
+            (``text_tower_lr`` 0: the tower then runs in eval mode, a fixed feature
+            extractor) for the stage: each title or query runs through it once.
         checkpoint_every / log_every: in steps.
     """
 
@@ -126,6 +129,7 @@ class StageConfig(BaseModel):
     freeze: list[str] = Field(default_factory=list)
     augment_views: int = Field(default=0, ge=0)
     cache_frozen_image: bool = True
+    cache_frozen_text: bool = True
     checkpoint_every: int = 50
     log_every: int = 10
 

@@ -452,6 +452,7 @@ def train_stage(
         raise ValueError(f"matryoshka_weights has {len(weights)} entries for dims {dims}")
 
     param_groups = tower_param_groups(encoder, sc, stage)
+    encoder.train()  # again: a text tower the stage froze runs in eval mode (MoonEncoder.train)
     params = [p for g in param_groups for p in g["params"]]
     views = (ViewBank(sc.augment_views, config.seed)
              if sc.augment_views and data.images is not None else None)
@@ -459,6 +460,11 @@ def train_stage(
     cache: FrozenTrunkCache | None = None
     if sc.cache_frozen_image and tower is not None and tower.cacheable():
         cache = tower.feature_cache = FrozenTrunkCache.shared(tower)
+    text_tower = encoder.text_tower_module()
+    text_cache: FrozenTrunkCache | None = None
+    if (sc.cache_frozen_text and text_tower is not None
+            and not any(p.requires_grad for p in text_tower.parameters())):
+        text_cache = encoder.text_feature_cache = FrozenTrunkCache()
     log_scale: torch.nn.Parameter | None = None
     if sc.learn_temperature and sc.loss == "infonce":
         log_scale = torch.nn.Parameter(torch.tensor(math.log(1.0 / sc.temperature), device=dev))
@@ -636,9 +642,10 @@ def train_stage(
     }
     if cache is not None and tower is not None:
         tower.feature_cache = None
-        summary["frozen_image_cache"] = {"photos": len(cache), "hits": cache.hits,
-                                         "misses": cache.misses,
-                                         "mib": round(cache.bytes / 2**20, 1)}
+        summary["frozen_image_cache"] = cache.stats("photos")
+    if text_cache is not None:
+        encoder.text_feature_cache = None
+        summary["frozen_text_cache"] = text_cache.stats("texts")
     if rank == 0:
         encoder.save_pretrained(out / "encoder")
         runtime.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
