@@ -529,3 +529,78 @@ def test_stage_trains_on_cached_frozen_trunk_and_fixed_views(sources: dict[str, 
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5), name  # the cache changes no result
     assert a.image_tower.feature_cache is None  # type: ignore[union-attr]
+
+
+# -- a frozen pretrained text tower: eval mode, its pooled output cached per text ------------
+
+
+def _bert(path: Path) -> Path:
+    vocab = fx.save_tokenizer(path)
+    BertModel(BertConfig(vocab_size=vocab, hidden_size=24, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=48,
+                         max_position_embeddings=32)).save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize("image_side", ["cnn", None])  # beside an image tower / the SigLIP ViT
+def test_frozen_text_cache_gives_the_uncached_features(image_side: str | None,
+                                                       sources: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    from moon_rec.encoders.backbones import FrozenTrunkCache
+
+    kw: dict[str, object] = {"text_tower": str(_bert(tmp_path / "bert"))}
+    if image_side is None:
+        cfg = EncoderConfig.model_validate({**SMALL, **kw})
+        enc = build_encoder(cfg, make_tokenizer(cfg, fx.TEXTS * 4))
+    else:
+        enc = make_encoder(image_side, sources[image_side], **kw)
+    tower = enc.text_tower_module()
+    assert tower is not None
+    tower.requires_grad_(False)
+    enc.train()
+    assert enc.training and not tower.training  # frozen: a fixed feature extractor
+    long_batch = [fx.TEXTS[0], " ".join([*fx.TEXTS[1:], fx.TEXTS[1]])]
+    want = enc.encode_text(fx.TEXTS)
+    enc.text_feature_cache = cache = FrozenTrunkCache()
+    enc.encode_text(long_batch)  # TEXTS[0] padded to the longer title's length
+    got = enc.encode_text(fx.TEXTS)  # the same TEXTS[0], padded less: one key
+    assert torch.allclose(got, want, atol=1e-5)
+    assert (cache.misses, cache.hits, len(cache)) == (4, 1, 4)
+    got.sum().backward()  # the fresh head above the frozen tower still trains
+    assert enc.text_proj.weight.grad is not None
+    tower.requires_grad_(True)  # trained again: the cache is bypassed, dropout back on
+    enc.train()
+    assert tower.training
+    before = cache.hits
+    enc.encode_text(fx.TEXTS)
+    assert cache.hits == before
+
+
+def test_stage_caches_a_frozen_text_tower(sources: dict[str, Path], tiny_world: Path,
+                                          tmp_path: Path) -> None:
+    text = _bert(tmp_path / "bert")
+    enc_keys = {**SMALL, "dims": "[8, 16, 64]", **source_config("cnn", sources["cnn"]),
+                "text_tower": str(text)}
+    overrides = [f"encoder.{k}={v}" for k, v in enc_keys.items()]
+    overrides += ["pretrain.steps=4", "pretrain.batch_size=32", "pretrain.warmup_steps=0",
+                  "pretrain.mix={title_image: 1.0}", "pretrain.text_tower_lr=0",
+                  "pretrain.image_tower_lr=0"]
+    runs, modes = {}, []
+
+    def on_step(_: int, enc: MoonEncoder) -> None:
+        tower = enc.text_tower_module()
+        assert tower is not None
+        modes.append(tower.training)
+
+    for cache in ("true", "false"):
+        config = load_config("tiny", None, [*overrides, f"pretrain.cache_frozen_text={cache}"])
+        runs[cache] = train_stage(tiny_world, "pretrain", config, tmp_path / cache,
+                                  progress=False, on_step=on_step)
+    assert modes and not any(modes)  # the frozen tower trained no dropout in either run
+    stats = runs["true"]["frozen_text_cache"]
+    assert stats["hits"] > 0 and stats["texts"] == stats["misses"]
+    assert "frozen_text_cache" not in runs["false"]
+    a = MoonEncoder.from_pretrained(tmp_path / "true")
+    b = MoonEncoder.from_pretrained(tmp_path / "false")
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5), name  # the cache changes no result
