@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -483,6 +484,21 @@ def test_image_tower_beside_a_pretrained_text_tower(sources: dict[str, Path],
 # -- the frozen trunk's cache (issue 26: the CPU budget) -------------------------------------
 
 
+def cached_run_matches(runs: dict[str, dict[str, Any]], root: Path, key: str,
+                       noun: str) -> MoonEncoder:
+    """The stage run with the cache on (``root/true``) reports its cache (``key``: each
+    row computed once, some hits) and ends at the weights of the run without it
+    (``root/false``); its encoder."""
+    stats = runs["true"][key]
+    assert stats["hits"] > 0 and stats[noun] == stats["misses"]
+    assert key not in runs["false"]
+    a = MoonEncoder.from_pretrained(root / "true")
+    b = MoonEncoder.from_pretrained(root / "false")
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5), name  # the cache changes no result
+    return a
+
+
 @pytest.mark.parametrize(("stages", "frozen"), [((), 17), ((0, 4, 5), 17), ((0, 4, 5), 5),
                                                  ((0, 4, 5), 1), ((), 9), ((2, 8), 12)])
 def test_frozen_trunk_cache_gives_the_uncached_features(
@@ -521,13 +537,7 @@ def test_stage_trains_on_cached_frozen_trunk_and_fixed_views(sources: dict[str, 
         config = load_config("tiny", None, [*overrides, f"pretrain.cache_frozen_image={cache}"])
         runs[cache] = train_stage(tiny_world, "pretrain", config, tmp_path / cache,
                                   progress=False)
-    stats = runs["true"]["frozen_image_cache"]
-    assert stats["hits"] > 0 and stats["photos"] == stats["misses"]
-    assert "frozen_image_cache" not in runs["false"]
-    a = MoonEncoder.from_pretrained(tmp_path / "true")
-    b = MoonEncoder.from_pretrained(tmp_path / "false")
-    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
-        assert torch.allclose(p, q, atol=1e-5), name  # the cache changes no result
+    a = cached_run_matches(runs, tmp_path, "frozen_image_cache", "photos")
     assert a.image_tower.feature_cache is None  # type: ignore[union-attr]
 
 
@@ -597,10 +607,5 @@ def test_stage_caches_a_frozen_text_tower(sources: dict[str, Path], tiny_world: 
         runs[cache] = train_stage(tiny_world, "pretrain", config, tmp_path / cache,
                                   progress=False, on_step=on_step)
     assert modes and not any(modes)  # the frozen tower trained no dropout in either run
-    stats = runs["true"]["frozen_text_cache"]
-    assert stats["hits"] > 0 and stats["texts"] == stats["misses"]
-    assert "frozen_text_cache" not in runs["false"]
-    a = MoonEncoder.from_pretrained(tmp_path / "true")
-    b = MoonEncoder.from_pretrained(tmp_path / "false")
-    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
-        assert torch.allclose(p, q, atol=1e-5), name  # the cache changes no result
+    a = cached_run_matches(runs, tmp_path, "frozen_text_cache", "texts")
+    assert a.text_feature_cache is None
