@@ -319,7 +319,11 @@ class FrozenTrunkCache:
         """The rows under ``keys``, batched; ``compute(positions)`` (without gradients)
         gives the rows of the keys not seen before, in the order of ``positions``."""
         fresh: dict[bytes, tuple[torch.Tensor, ...]] = {}
-        miss = [i for i, k in enumerate(keys) if k not in self._rows and k not in fresh]
+        miss: list[int] = []
+        for i, k in enumerate(keys):  # a key twice in one call is computed once
+            if k not in self._rows and k not in fresh:
+                fresh[k] = ()
+                miss.append(i)
         if miss:
             with torch.no_grad():
                 out = compute(miss)
@@ -331,7 +335,7 @@ class FrozenTrunkCache:
                     self._rows[keys[i]] = row
                     self.bytes += size
         self.misses += len(miss)
-        self.hits += len(keys) - len(miss)
+        self.hits += len(keys) - len(miss)  # a repeat within the call counts as a hit
         rows = [self._rows.get(k) or fresh[k] for k in keys]
         return tuple(torch.stack([r[p] for r in rows]).to(device)
                      for p in range(len(rows[0])))

@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from moon_rec import runtime
 from moon_rec.data.errors import DataError
 from moon_rec.encoders.config import EncoderConfig
 from moon_rec.encoders.tokenizer import MoonTokenizer, PretrainedTokenizer, TextTokenizer
+
+if TYPE_CHECKING:
+    from moon_rec.encoders.backbones import FrozenTrunkCache
 
 META_FILE = "moon_encoder.json"
 HEADS_FILE = "heads.safetensors"
@@ -146,7 +149,7 @@ class MoonEncoder(nn.Module, ABC):
         self.tokenizer = tokenizer
         # set by the trainer while a pretrained text tower is frozen (a FrozenTrunkCache of
         # its pooled output per text); not part of the weights
-        self.text_feature_cache: Any = None
+        self.text_feature_cache: FrozenTrunkCache | None = None
 
     def train(self: E, mode: bool = True) -> E:
         """A frozen pretrained text tower (no trainable parameter) stays in eval mode: a

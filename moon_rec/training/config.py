@@ -86,8 +86,10 @@ class StageConfig(BaseModel):
             with ``frozen_image_blocks``) for the stage (``FrozenTrunkCache``): the same
             training, without running the frozen part again on a photo it has seen.
         cache_frozen_text: cache a frozen pretrained text tower's pooled output per text
-            (``text_tower_lr`` 0: the tower then runs in eval mode, a fixed feature
-            extractor) for the stage: each title or query runs through it once.
+            for the stage (a tower the stage freezes whole, by ``text_tower_lr`` 0 or
+            ``freeze`` patterns, runs in eval mode with the cache on or off: a fixed feature
+            extractor): a title or query runs through it once while the cache has room.
+            The separate ``text_tower`` only, not a dual encoder's text side.
         checkpoint_every / log_every: in steps.
     """
 

@@ -265,9 +265,19 @@ def _finished(out: Path, stage: str, config: TrainConfig) -> dict[str, Any] | No
     if not (path.exists() and (out / "encoder").exists()):
         return None
     summary: dict[str, Any] = json.loads(path.read_text())
-    want = {k: v for k, v in config.model_dump(mode="json").items() if k != "threads"}
-    got = {k: v for k, v in (summary.get("config") or {}).items() if k != "threads"}
+    want = _result_keys(config.model_dump(mode="json"))
+    got = _result_keys(summary.get("config") or {})
     return summary if summary.get("stage") == stage and got == want else None
+
+
+# what changes the speed of a run, not its result
+_SPEED_KEYS = frozenset({"threads", "cache_frozen_image", "cache_frozen_text"})
+
+
+def _result_keys(dump: dict[str, Any]) -> dict[str, Any]:
+    """A config dump without the keys that change only the speed (at any depth)."""
+    return {k: _result_keys(v) if isinstance(v, dict) else v
+            for k, v in dump.items() if k not in _SPEED_KEYS}
 
 
 def _find_state(out: Path) -> Path | None:

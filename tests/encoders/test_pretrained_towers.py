@@ -569,13 +569,18 @@ def test_frozen_text_cache_gives_the_uncached_features(image_side: str | None,
     tower.requires_grad_(False)
     enc.train()
     assert enc.training and not tower.training  # frozen: a fixed feature extractor
-    long_batch = [fx.TEXTS[0], " ".join([*fx.TEXTS[1:], fx.TEXTS[1]])]
+    ids, mask = enc.tokenizer(fx.TEXTS, 16)
+    short = int(mask.sum(1).max())  # the same texts padded to their longest: the same keys
+    assert (FrozenTrunkCache.token_keys(ids, mask)
+            == FrozenTrunkCache.token_keys(ids[:, :short], mask[:, :short]))
+    assert len(set(FrozenTrunkCache.token_keys(ids, mask))) == len(fx.TEXTS)
     want = enc.encode_text(fx.TEXTS)
     enc.text_feature_cache = cache = FrozenTrunkCache()
-    enc.encode_text(long_batch)  # TEXTS[0] padded to the longer title's length
-    got = enc.encode_text(fx.TEXTS)  # the same TEXTS[0], padded less: one key
+    enc.encode_text([fx.TEXTS[0], fx.TEXTS[1], fx.TEXTS[0]])  # a repeat: computed once
+    assert (cache.misses, cache.hits, len(cache)) == (2, 1, 2)
+    got = enc.encode_text(fx.TEXTS)
     assert torch.allclose(got, want, atol=1e-5)
-    assert (cache.misses, cache.hits, len(cache)) == (4, 1, 4)
+    assert (cache.misses, cache.hits, len(cache)) == (3, 3, 3)
     got.sum().backward()  # the fresh head above the frozen tower still trains
     assert enc.text_proj.weight.grad is not None
     tower.requires_grad_(True)  # trained again: the cache is bypassed, dropout back on
