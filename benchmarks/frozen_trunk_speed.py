@@ -2,12 +2,15 @@
 seconds per stage-1 step (the small recipe's batch and mix) of the scratch tower (the
 same-run baseline) against EfficientNet-Lite0 frozen without the cache, frozen with the
 cache cold (its first pass over the photos) and warm (every photo seen: what most of a
-long run is), partly unfrozen (stages 4-5 trained above the cached stem and stages 1-3;
-cold and warm), and frozen at 128 px; plus the frozen trunk's forward at 64 px in bf16 against fp32
+long run is), beside the frozen all-MiniLM-L6-v2 text tower with its pooled output uncached,
+cached cold and warm (the trunk's cache warm in all three), partly unfrozen (the top block
+trained above the cached stem and blocks, as ``pretrained_towers``' ``lite0_top``; cold and
+warm), and frozen at 128 px; plus the frozen trunk's forward at 64 px in bf16 against fp32
 (speed, and how far its features move).
 
     python -m benchmarks.frozen_trunk_speed --world WORLD \
-        --lite0 data/pretrained/efficientnet-lite0-57934424.pth --steps 30
+        --lite0 data/pretrained/efficientnet-lite0-57934424.pth \
+        --minilm data/pretrained/all-MiniLM-L6-v2 --steps 30
 
 Each variant runs ``train_stage`` for ``--steps`` steps in this process, one torch thread
 (the recipe's); the first 3 steps are left out of the median. A warm variant repeats the
@@ -26,17 +29,25 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.pretrained_towers import TOP_FROZEN
 
-def variants() -> dict[str, tuple[str, list[str]]]:
+
+def variants(minilm: Path) -> dict[str, tuple[str, list[str]]]:
     """name -> (encoder recipe, overrides): the scratch tower's ``small``, and
     ``small_pretrained`` (Lite0 frozen at 64 px, stages 0/4/5, 4 views) and its variations.
-    A warm variant follows its cold one: the same steps again, the process's cache filled."""
-    top = ["stage1.frozen_image_blocks=6", "stage1.image_tower_lr=1e-4"]
+    A warm variant follows its cold one: the same steps again, the process's cache filled.
+    The MiniLM variants follow the frozen trunk's warm one, so only the text side differs."""
+    top = [f"stage1.frozen_image_blocks={TOP_FROZEN}", "stage1.image_tower_lr=1e-4"]
+    text = [f"encoder.text_tower={minilm}", "stage1.text_tower_lr=0"]
     return {
         "scratch": ("small", []),
         "lite0_frozen_nocache": ("small_pretrained", ["stage1.cache_frozen_image=false"]),
         "lite0_frozen_cache_cold": ("small_pretrained", []),
         "lite0_frozen_cache_warm": ("small_pretrained", []),
+        "lite0_minilm_frozen_text_nocache": ("small_pretrained",
+                                             [*text, "stage1.cache_frozen_text=false"]),
+        "lite0_minilm_frozen_text_cache_cold": ("small_pretrained", text),
+        "lite0_minilm_frozen_text_cache_warm": ("small_pretrained", text),
         "lite0_top_cache_cold": ("small_pretrained", top),
         "lite0_top_cache_warm": ("small_pretrained", top),
         "lite0_frozen_128px_nocache": ("small_pretrained", ["encoder.image_resolution=128",
@@ -61,7 +72,8 @@ def step_seconds(world: Any, recipe: str, overrides: list[str], lite0: Path, ste
     batch = config.stage1.batch_size
     per_step = [batch / r["pairs_per_s"] for r in rows if r["step"] > 3]
     return {"median_step_s": round(float(np.median(per_step)), 4), "steps": len(per_step),
-            "wall_s": round(wall, 1), "frozen_image_cache": summary.get("frozen_image_cache")}
+            "wall_s": round(wall, 1), "frozen_image_cache": summary.get("frozen_image_cache"),
+            "frozen_text_cache": summary.get("frozen_text_cache")}
 
 
 def bf16_forward(world: Any, lite0: Path, n: int = 256) -> dict[str, Any]:
@@ -95,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world", type=Path, required=True)
     p.add_argument("--lite0", type=Path,
                    default=Path("data/pretrained/efficientnet-lite0-57934424.pth"))
+    p.add_argument("--minilm", type=Path, default=Path("data/pretrained/all-MiniLM-L6-v2"))
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--only", nargs="*", default=None, help="variant names")
     args = p.parse_args(argv)
@@ -102,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     world = load_world(args.world)
     result: dict[str, Any] = {"world": str(args.world), "steps": args.steps, "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (recipe, keys) in variants().items():
+        for name, (recipe, keys) in variants(args.minilm.resolve()).items():
             if args.only and name not in args.only:
                 continue
             result["variants"][name] = step_seconds(world, recipe, keys, args.lite0, args.steps,

@@ -29,7 +29,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -276,18 +276,29 @@ class FrozenTrunkCache:
     def __len__(self) -> int:
         return len(self._rows)
 
-    _shared: tuple[str, FrozenTrunkCache] | None = None
+    # the process's caches by role ("image", "text"): (what the frozen part computes from, cache)
+    _shared: ClassVar[dict[str, tuple[str, FrozenTrunkCache]]] = {}
 
     @classmethod
     def shared(cls, tower: ImageTower) -> FrozenTrunkCache:
         """The process's cache for this frozen trunk: the same one again while the frozen
         part is unchanged (so stage 1 reuses what pretraining computed), a new one (the old
         dropped) otherwise."""
-        key = tower.frozen_digest()
-        if cls._shared is None or cls._shared[0] != key:
-            cls._shared = None  # free the old rows first
-            cls._shared = (key, cls())
-        return cls._shared[1]
+        return cls._shared_for("image", tower.frozen_digest())
+
+    @classmethod
+    def shared_text(cls, tower: nn.Module) -> FrozenTrunkCache:
+        """The process's cache for this frozen text tower (keyed by its weights and
+        buffers), kept across stages like ``shared``."""
+        return cls._shared_for("text", module_digest(tower))
+
+    @classmethod
+    def _shared_for(cls, role: str, key: str) -> FrozenTrunkCache:
+        held = cls._shared.get(role)
+        if held is None or held[0] != key:
+            cls._shared.pop(role, None)  # free the old rows first
+            cls._shared[role] = (key, cls())
+        return cls._shared[role][1]
 
     @staticmethod
     def keys(images: torch.Tensor, tag: str) -> list[bytes]:
@@ -344,6 +355,14 @@ class FrozenTrunkCache:
         """For a stage summary: rows held (as ``noun``), hits, misses, MiB."""
         return {noun: len(self), "hits": self.hits, "misses": self.misses,
                 "mib": round(self.bytes / 2**20, 1)}
+
+
+def module_digest(module: nn.Module) -> str:
+    """A digest of a module's weights and buffers (what a frozen module computes from)."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in module.state_dict().values():
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def mean_pooled_text(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
@@ -511,10 +530,8 @@ class ImageTower(nn.Module):
         h = hashlib.blake2b(digest_size=16)
         h.update(json.dumps([asdict(self.processing), list(self.stages), self.pool, n, whole],
                             sort_keys=True, default=str).encode())
-        modules = [self] if whole else self.blocks()[:n]
-        for m in modules:
-            for t in m.state_dict().values():
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        for m in [self] if whole else self.blocks()[:n]:
+            h.update(module_digest(m).encode())
         return h.hexdigest()
 
     # -- sources and checkpoints -------------------------------------------------------

@@ -474,7 +474,7 @@ def train_stage(
     text_cache: FrozenTrunkCache | None = None
     if (sc.cache_frozen_text and text_tower is not None
             and not any(p.requires_grad for p in text_tower.parameters())):
-        text_cache = encoder.text_feature_cache = FrozenTrunkCache()
+        text_cache = encoder.text_feature_cache = FrozenTrunkCache.shared_text(text_tower)
     log_scale: torch.nn.Parameter | None = None
     if sc.learn_temperature and sc.loss == "infonce":
         log_scale = torch.nn.Parameter(torch.tensor(math.log(1.0 / sc.temperature), device=dev))

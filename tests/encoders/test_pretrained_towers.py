@@ -614,3 +614,8 @@ def test_stage_caches_a_frozen_text_tower(sources: dict[str, Path], tiny_world: 
     assert modes and not any(modes)  # the frozen tower trained no dropout in either run
     a = cached_run_matches(runs, tmp_path, "frozen_text_cache", "texts")
     assert a.text_feature_cache is None
+    # a later stage on the same frozen tower reuses the process's cache: nothing new to run
+    config = load_config("tiny", None, overrides)
+    again = train_stage(tiny_world, "pretrain", config, tmp_path / "again", progress=False)
+    assert again["frozen_text_cache"]["misses"] == runs["true"]["frozen_text_cache"]["misses"]
+    assert again["frozen_text_cache"]["hits"] > runs["true"]["frozen_text_cache"]["hits"]
