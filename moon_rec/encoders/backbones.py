@@ -357,6 +357,11 @@ class FrozenTrunkCache:
                 "mib": round(self.bytes / 2**20, 1)}
 
 
+def is_frozen(module: nn.Module) -> bool:
+    """No trainable parameter: a fixed function of its input (what a cache may hold)."""
+    return not any(p.requires_grad for p in module.parameters())
+
+
 def module_digest(module: nn.Module) -> str:
     """A digest of a module's weights and buffers (what a frozen module computes from)."""
     h = hashlib.blake2b(digest_size=16)
@@ -375,7 +380,7 @@ def mean_pooled_text(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
         m = mask[idx].unsqueeze(-1).to(hidden.dtype)
         return ((hidden * m).sum(1) / m.sum(1).clamp_min(1.0),)
 
-    if cache is not None and not any(p.requires_grad for p in model.parameters()):
+    if cache is not None and is_frozen(model):
         return cache.rows(FrozenTrunkCache.token_keys(ids, mask), pooled, ids.device)[0]
     return pooled(slice(None))[0]
 
@@ -455,7 +460,7 @@ class ImageTower(nn.Module):
         """How many leading ``blocks`` (the stem first) have no trainable parameter."""
         n = 0
         for block in self.blocks():
-            if any(p.requires_grad for p in block.parameters()):
+            if not is_frozen(block):
                 break
             n += 1
         return n
@@ -464,7 +469,7 @@ class ImageTower(nn.Module):
         """What a ``FrozenTrunkCache`` can hold of this tower as it is frozen now: ``all``
         (no trainable parameter: its output), ``prefix`` (a CNN's frozen stem and first
         ``frozen_prefix() - 1`` blocks: their map), or None."""
-        if not any(p.requires_grad for p in self.parameters()):
+        if is_frozen(self):
             return "all"
         return "prefix" if self.is_cnn and self.frozen_prefix() else None
 

@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,11 +32,9 @@ from torch import nn
 
 from moon_rec import runtime
 from moon_rec.data.errors import DataError
+from moon_rec.encoders.backbones import FrozenTrunkCache, is_frozen
 from moon_rec.encoders.config import EncoderConfig
 from moon_rec.encoders.tokenizer import MoonTokenizer, PretrainedTokenizer, TextTokenizer
-
-if TYPE_CHECKING:
-    from moon_rec.encoders.backbones import FrozenTrunkCache
 
 META_FILE = "moon_encoder.json"
 HEADS_FILE = "heads.safetensors"
@@ -156,7 +154,7 @@ class MoonEncoder(nn.Module, ABC):
         fixed feature extractor, without dropout, whose output per text can be cached."""
         super().train(mode)
         tower = self.text_tower_module()
-        if mode and tower is not None and not any(p.requires_grad for p in tower.parameters()):
+        if mode and tower is not None and is_frozen(tower):
             tower.eval()
         return self
 

@@ -35,7 +35,7 @@ from transformers import get_cosine_schedule_with_warmup
 from moon_rec import runtime
 from moon_rec.data.schemas import attribute_values
 from moon_rec.encoders import MoonEncoder, build_encoder, make_tokenizer
-from moon_rec.encoders.backbones import FrozenTrunkCache
+from moon_rec.encoders.backbones import FrozenTrunkCache, is_frozen
 from moon_rec.encoders.inference import embed_products, resolve_checkpoint
 from moon_rec.training.augment import ViewBank, user_photo_augment
 from moon_rec.training.config import STAGES, StageConfig, TrainConfig
@@ -472,8 +472,7 @@ def train_stage(
         cache = tower.feature_cache = FrozenTrunkCache.shared(tower)
     text_tower = encoder.text_tower_module()
     text_cache: FrozenTrunkCache | None = None
-    if (sc.cache_frozen_text and text_tower is not None
-            and not any(p.requires_grad for p in text_tower.parameters())):
+    if sc.cache_frozen_text and text_tower is not None and is_frozen(text_tower):
         text_cache = encoder.text_feature_cache = FrozenTrunkCache.shared_text(text_tower)
     log_scale: torch.nn.Parameter | None = None
     if sc.learn_temperature and sc.loss == "infonce":
